@@ -1,0 +1,46 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// Hot numeric code is built optimised even in debug builds, so `swift test` stays fast.
+let fastC: [CSetting] = [.unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=fast"])]
+let fastSwift: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "selm-server",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "selm", targets: ["selm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries (found through pkg-config; `make deps` installs the apt providers).
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+
+        // BLAS-backed math on Float buffers: forward/backward kernel pairs, dequantisation.
+        .target(name: "Kernels", dependencies: ["CBLAS"], cSettings: fastC),
+
+        // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
+        .target(name: "Model", dependencies: ["Kernels"], swiftSettings: fastSwift),
+        // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
+        .target(name: "Tokenizer", swiftSettings: fastSwift),
+        // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
+        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+
+        .executableTarget(
+            name: "selm",
+            dependencies: [
+                "Model", "Tokenizer", "Kernels", "ModelBundle",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: fastSwift),
+
+        .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model"],
+                    resources: [.copy("Fixtures")]),
+    ]
+)
