@@ -29,11 +29,13 @@ let package = Package(
         .target(name: "Tokenizer", swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
         .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
+        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
 
         .executableTarget(
             name: "selm",
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),

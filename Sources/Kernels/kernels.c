@@ -1,1 +1,327 @@
+// Kernels: see include/kernels.h for shapes and conventions.
 #include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// OpenBLAS control
+
+const char *kernels_blas_core(void) { return openblas_get_corename(); }
+int kernels_blas_threads(void) { return openblas_get_num_threads(); }
+void kernels_set_blas_threads(int n) { openblas_set_num_threads(n); }
+
+#if defined(__x86_64__)
+static unsigned long long xgetbv0(void) {
+    unsigned int eax, edx;
+    __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+    return ((unsigned long long)edx << 32) | eax;
+}
+#endif
+
+const char *kernels_best_core_for_cpu(void) {
+#if defined(__x86_64__)
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return NULL;
+    int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+    if (!osxsave || !avx) return NULL;
+    unsigned long long xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return NULL;  // OS does not save YMM state
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return "Sandybridge";
+    int avx2 = (b >> 5) & 1;
+    int avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    if (avx512f && avx512dq && avx512bw && avx512vl && (xcr0 & 0xE0) == 0xE0) return "SkylakeX";
+    if (avx2 && fma) return "Haswell";
+    return "Sandybridge";
+#else
+    return NULL;
+#endif
+}
+
+int kernels_core_rank(const char *core) {
+    if (!core) return 0;
+    static const struct { const char *name; int rank; } table[] = {
+        {"Prescott", 1}, {"Core2", 1}, {"Penryn", 1}, {"Dunnington", 1}, {"Nehalem", 1}, {"Atom", 1},
+        {"Opteron", 1}, {"Barcelona", 1}, {"Bobcat", 1}, {"Katmai", 1}, {"Northwood", 1},
+        {"Sandybridge", 2}, {"Bulldozer", 2}, {"Piledriver", 2}, {"Steamroller", 2}, {"Excavator", 2},
+        {"Haswell", 3}, {"Zen", 3}, {"SkylakeX", 4}, {"Cooperlake", 4}, {"SapphireRapids", 4},
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (strcasecmp(core, table[i].name) == 0) return table[i].rank;
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix multiply
+
+void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate) {
+    if (T == 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, weight, C,
+                accumulate ? 1.0f : 0.0f, out, OC);
+}
+
+void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                     int T, int C, int OC) {
+    if (T == 0) return;
+    if (dinp)  // (T, C) += (T, OC) · (OC, C)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
+    if (dweight)  // (OC, C) += (T, OC)^T · (T, C)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+void embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
+    for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * C);
+}
+
+void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int T, int C) {
+    for (int t = 0; t < T; t++) {
+        float *row = dtable + (size_t)tokens[t] * C;
+        const float *g = dout + (size_t)t * C;
+        for (int i = 0; i < C; i++) row[i] += g[i];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm
+
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        float *o = out + (size_t)t * C;
+        double ss = 0.0;
+        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        float r = 1.0f / sqrtf((float)(ss / C) + eps);
+        for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
+        if (rstd) rstd[t] = r;
+    }
+}
+
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int T, int C) {
+    // y_i = w_i * x_i * r,  r = (mean(x^2) + eps)^(-1/2)
+    // dx_j = r * w_j * dy_j - r^3 / C * x_j * sum_i(dy_i * w_i * x_i)
+    for (int t = 0; t < T; t++) {
+        const float *x = inp + (size_t)t * C;
+        const float *dy = dout + (size_t)t * C;
+        float r = rstd[t];
+        double dot = 0.0;
+        for (int i = 0; i < C; i++) dot += (double)dy[i] * weight[i] * x[i];
+        float k = (float)(dot * r * r * r / C);
+        if (dinp) {
+            float *dx = dinp + (size_t)t * C;
+            for (int i = 0; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
+        }
+        if (dweight)
+            for (int i = 0; i < C; i++) dweight[i] += dy[i] * x[i] * r;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RoPE (Hugging Face rotate_half convention, float32 angle as transformers computes it)
+
+void rope_tables(float *cos_out, float *sin_out, const int32_t *positions, int T, int hd, float theta) {
+    int half = hd / 2;
+    float inv[512];
+    for (int i = 0; i < half && i < 512; i++) {
+        float e = (float)(2 * i) / (float)hd;
+        inv[i] = 1.0f / powf(theta, e);
+    }
+    for (int t = 0; t < T; t++) {
+        float p = (float)positions[t];
+        for (int i = 0; i < half; i++) {
+            float f = p * inv[i];
+            cos_out[(size_t)t * half + i] = (float)cos((double)f);
+            sin_out[(size_t)t * half + i] = (float)sin((double)f);
+        }
+    }
+}
+
+static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride,
+                        float sign) {
+    int half = hd / 2;
+    for (int t = 0; t < T; t++) {
+        const float *c = cos_t + (size_t)t * half;
+        const float *s = sin_t + (size_t)t * half;
+        for (int h = 0; h < nHeads; h++) {
+            float *v = x + (size_t)t * rowStride + (size_t)h * hd;
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                float si = sign * s[i];
+                v[i] = a * c[i] - b * si;
+                v[i + half] = b * c[i] + a * si;
+            }
+        }
+    }
+}
+
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    rope_rotate(x, cos_t, sin_t, T, nHeads, hd, rowStride, 1.0f);
+}
+
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    rope_rotate(dx, cos_t, sin_t, T, nHeads, hd, rowStride, -1.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+size_t attention_scratch_floats(int n, int nH, int hd) { return (size_t)2 * n * nH * hd; }
+
+size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd) {
+    int G = nH / nKV;
+    return (size_t)n * G * (3 * (size_t)hd + (size_t)L);
+}
+
+// Copy the G query heads of group g for n tokens into a contiguous (n*G, hd) matrix, or back.
+static void group_gather(float *dst, const float *src, int n, int g, int G, int hd, int stride) {
+    for (int t = 0; t < n; t++)
+        memcpy(dst + (size_t)t * G * hd, src + (size_t)t * stride + (size_t)g * G * hd, sizeof(float) * G * hd);
+}
+static void group_scatter(float *dst, const float *src, int n, int g, int G, int hd, int stride, int add) {
+    for (int t = 0; t < n; t++) {
+        float *d = dst + (size_t)t * stride + (size_t)g * G * hd;
+        const float *s = src + (size_t)t * G * hd;
+        if (add) for (int i = 0; i < G * hd; i++) d[i] += s[i];
+        else memcpy(d, s, sizeof(float) * G * hd);
+    }
+}
+
+void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
+                       int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
+                       float *scratch) {
+    if (n == 0) return;
+    const int G = nH / nKV, L = p0 + n, M = n * G;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *qg = scratch;                      // (M, hd)
+    float *og = scratch + (size_t)M * hd;     // (M, hd)
+    for (int g = 0; g < nKV; g++) {
+        float *P = probs + (size_t)g * M * L;  // (M, L)
+        group_gather(qg, q, n, g, G, hd, qStride);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride,
+                    0.0f, P, L);
+        for (int r = 0; r < M; r++) {
+            float *row = P + (size_t)r * L;
+            int valid = p0 + r / G + 1;  // keys 0 .. p0 + t
+            float mx = -INFINITY;
+            for (int j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
+            float sum = 0.0f;
+            for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
+            float inv = 1.0f / sum;
+            for (int j = 0; j < valid; j++) row[j] *= inv;
+            for (int j = valid; j < L; j++) row[j] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride,
+                    0.0f, og, hd);
+        group_scatter(out, og, n, g, G, hd, oStride, 0);
+    }
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                        const float *probs, const float *q, const float *k, const float *v,
+                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
+                        float *scratch) {
+    if (n == 0) return;
+    const int G = nH / nKV, L = p0 + n, M = n * G;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *qg = scratch;                        // (M, hd)
+    float *dog = qg + (size_t)M * hd;           // (M, hd)
+    float *dqg = dog + (size_t)M * hd;          // (M, hd)
+    float *dP = dqg + (size_t)M * hd;           // (M, L)
+    for (int g = 0; g < nKV; g++) {
+        const float *P = probs + (size_t)g * M * L;
+        group_gather(qg, q, n, g, G, hd, qStride);
+        group_gather(dog, dout, n, g, G, hd, oStride);
+        // dP = dO · V^T ;  dV += P^T · dO
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, L, hd, 1.0f, dog, hd, v + (size_t)g * hd, kvStride,
+                    0.0f, dP, L);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, M, 1.0f, P, L, dog, hd, 1.0f,
+                    dv + (size_t)g * hd, kvStride);
+        // dS = P ⊙ (dP − rowsum(P ⊙ dP))   (masked entries have P = 0)
+        for (int r = 0; r < M; r++) {
+            const float *pr = P + (size_t)r * L;
+            float *dr = dP + (size_t)r * L;
+            int valid = p0 + r / G + 1;
+            double dot = 0.0;
+            for (int j = 0; j < valid; j++) dot += (double)pr[j] * dr[j];
+            float fd = (float)dot;
+            for (int j = 0; j < valid; j++) dr[j] = pr[j] * (dr[j] - fd);
+            for (int j = valid; j < L; j++) dr[j] = 0.0f;
+        }
+        // dQ = scale · dS · K ;  dK += scale · dS^T · Q
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, L, scale, dP, L, k + (size_t)g * hd, kvStride,
+                    0.0f, dqg, hd);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f,
+                    dk + (size_t)g * hd, kvStride);
+        group_scatter(dq, dqg, n, g, G, hd, qStride, 1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU
+
+void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i];
+        h[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
+    for (size_t i = 0; i < N; i++) {
+        float g = gate[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        float silu = g * s;
+        dup[i] += dh[i] * silu;
+        dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+
+void add_forward(float *out, const float *a, const float *b, size_t N) {
+    for (size_t i = 0; i < N; i++) out[i] = a[i] + b[i];
+}
+
+void gather_rows(float *dst, const float *src, const int32_t *rows, int n, int C) {
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * C, sizeof(float) * C);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-softmax
+
+void logsumexp_rows(float *lse, const float *logits, int R, int V) {
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float mx = -INFINITY;
+        for (int i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) sum += expf(x[i] - mx);
+        lse[r] = mx + (float)log(sum);
+    }
+}
+
+void logprob_gather_forward(float *logp, float *lse, const float *logits, const int32_t *targets, int R, int V) {
+    logsumexp_rows(lse, logits, R, V);
+    for (int r = 0; r < R; r++) logp[r] = logits[(size_t)r * V + targets[r]] - lse[r];
+}
+
+void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
+                             const int32_t *targets, int R, int V) {
+    for (int r = 0; r < R; r++) {
+        const float *x = logits + (size_t)r * V;
+        float *d = dlogits + (size_t)r * V;
+        float g = dlogp[r], l = lse[r];
+        for (int i = 0; i < V; i++) d[i] = -g * expf(x[i] - l);
+        d[targets[r]] += g;
+    }
+}

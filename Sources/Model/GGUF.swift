@@ -151,6 +151,11 @@ public final class GGUFFile: @unchecked Sendable {
         return i
     }
 
+    /// The integer at `key`, nil when absent; throws when present with another type.
+    public func optionalInt(_ key: String) throws -> Int? { metadata[key] == nil ? nil : try int(key) }
+    /// The number at `key`, nil when absent; throws when present with another type.
+    public func optionalDouble(_ key: String) throws -> Double? { metadata[key] == nil ? nil : try double(key) }
+
     public func double(_ key: String) throws -> Double {
         guard let v = metadata[key] else { throw ModelError.missingField(file: path, field: key) }
         guard let d = v.double else { throw ModelError.badField(file: path, field: key, reason: "expected a number") }

@@ -1,5 +1,103 @@
+// Kernels: the math of a Llama block on float buffers, each layer a *_forward / *_backward pair
+// (llm.c style: the backward's arguments mirror the forward's, gradients are named d*, and gradient
+// outputs are ACCUMULATED (+=) so that several uses of one parameter add up).
+//
+// All buffers are row-major float32. Shapes are given as comments: (T, C) = T rows of C floats.
+// Every matrix product goes through cblas_sgemm.
 #ifndef SELM_KERNELS_H
 #define SELM_KERNELS_H
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// OpenBLAS control
+
+/// The name of the OpenBLAS kernel core in use ("Haswell", "Zen", "SkylakeX", "Prescott", ...).
+const char *kernels_blas_core(void);
+/// Number of threads OpenBLAS uses for one call.
+int kernels_blas_threads(void);
+void kernels_set_blas_threads(int n);
+/// The best OpenBLAS core name this CPU supports (by cpuid), or NULL when the CPU is not x86-64.
+/// "SkylakeX" needs AVX-512 F/BW/DQ/VL, "Haswell" needs AVX2+FMA, else "Sandybridge" for AVX.
+const char *kernels_best_core_for_cpu(void);
+/// A rough rank of a core's speed class, used to decide whether OpenBLAS fell back to a slower core
+/// than the CPU supports: 0 = unknown/generic, 1 = SSE-era, 2 = AVX, 3 = AVX2, 4 = AVX-512.
+int kernels_core_rank(const char *core);
+
+// ---------------------------------------------------------------------------------------------
+// Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
+// accumulate != 0 adds into out instead of overwriting.
+void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate);
+// dinp (T, C) += dout (T, OC) · weight (OC, C);   dweight (OC, C) += dout^T · inp.   Either may be NULL.
+void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                     int T, int C, int OC);
+
+// ---------------------------------------------------------------------------------------------
+// Embedding lookup: out (T, C) = table[tokens[t]]
+void embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C);
+// dtable[tokens[t]] += dout[t]
+void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int T, int C);
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm (Llama): out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps).  rstd: (T) saved.
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps);
+void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                      const float *rstd, int T, int C);
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embedding, Hugging Face "rotate_half" layout: within each head, element i pairs
+// with element i + hd/2.  cos/sin: (T, hd/2) per token, from rope_tables().  x: (T, rowStride), heads
+// at column h*hd for h < nHeads.  Backward rotates the gradient by the opposite angle.
+void rope_tables(float *cos_out, float *sin_out, const int32_t *positions, int T, int hd, float theta);
+void rope_forward(float *x, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride);
+void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride);
+
+// ---------------------------------------------------------------------------------------------
+// Causal multi-head attention with grouped KV heads for ONE sequence.
+// n query tokens at positions p0 .. p0+n-1 attend to L = p0 + n keys (positions 0 .. L-1).
+//   q     (n, qStride)   query heads at columns h*hd, h < nH          (after RoPE)
+//   k, v  (L, kvStride)  key/value heads at columns g*hd, g < nKV     (after RoPE for k)
+//   out   (n, oStride)   head outputs at columns h*hd
+//   probs (nKV, n*G, L)  softmax probabilities (G = nH/nKV; row t*G+j is head g*G+j of token t);
+//                        kept for the backward when the caller passes storage, may be scratch.
+//   scratch              attention_scratch_floats(n, nH, hd) floats.
+size_t attention_scratch_floats(int n, int nH, int hd);
+void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
+                       int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
+                       float *scratch);
+// Gradients: dq (n, qStride), dk/dv (L, kvStride), accumulated.  scratch: attention_backward_scratch_floats.
+size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd);
+void attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                        const float *probs, const float *q, const float *k, const float *v,
+                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
+                        float *scratch);
+
+// ---------------------------------------------------------------------------------------------
+// SwiGLU: h = silu(gate) * up, silu(x) = x * sigmoid(x).  All (N) with N = T * hidden.
+void swiglu_forward(float *h, const float *gate, const float *up, size_t N);
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N);
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise
+// out = a + b (out may alias a or b)
+void add_forward(float *out, const float *a, const float *b, size_t N);
+// Copy rows: dst[i] = src[rows[i]]  (C floats each)
+void gather_rows(float *dst, const float *src, const int32_t *rows, int n, int C);
+
+// ---------------------------------------------------------------------------------------------
+// Log-softmax.  For each row r of logits (R, V): lse[r] = log(sum(exp(logits[r]))) computed stably.
+void logsumexp_rows(float *lse, const float *logits, int R, int V);
+// logp[r] = logits[r, targets[r]] - lse[r]
+void logprob_gather_forward(float *logp, float *lse, const float *logits, const int32_t *targets, int R, int V);
+// dlogits[r] (overwritten) = dlogp[r] * (onehot(targets[r]) - softmax(logits[r]))
+void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
+                             const int32_t *targets, int R, int V);
+
+#ifdef __cplusplus
+}
+#endif
 #endif

@@ -1,0 +1,32 @@
+# selm-server — the two commands are `make demo` and `make test`.
+SWIFT ?= swift
+MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
+SELM := .build/release/selm
+
+.PHONY: all deps model build test demo bench-model clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+model:
+	@scripts/fetch_model.sh
+
+build: deps
+	$(SWIFT) build -c release --product selm
+
+test: deps model
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+demo: deps model build
+	$(SELM) info --model $(MODEL)
+	$(SELM) generate --model $(MODEL) --chat --prompt "What is the capital of France? Answer in one sentence." --max-tokens 64
+
+bench-model: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench model --model $(MODEL)
+
+clean:
+	rm -rf .build

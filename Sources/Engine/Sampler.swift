@@ -1,0 +1,176 @@
+import Foundation
+
+/// How to pick each next token. Validated by `validate()`; every error names the field.
+public struct SamplingParams: Sendable, Equatable, Codable {
+    /// 0 = greedy (argmax); otherwise logits are divided by it.
+    public var temperature: Float = 1.0
+    /// Keep only the k most likely tokens; 0 = off.
+    public var topK: Int = 0
+    /// Keep the smallest set of most likely tokens whose probability reaches p; 1 = off.
+    public var topP: Float = 1.0
+    /// Drop tokens whose probability is below minP × the top probability; 0 = off.
+    public var minP: Float = 0.0
+    /// Divide positive (multiply negative) logits of tokens already in prompt or output; 1 = off.
+    public var repetitionPenalty: Float = 1.0
+    /// Subtract from the logit of every token already generated; 0 = off.
+    public var presencePenalty: Float = 0.0
+    /// Subtract count × this from the logit of every token already generated; 0 = off.
+    public var frequencyPenalty: Float = 0.0
+    /// With a seed, a sample's tokens depend only on (seed, sample index, version, prompt).
+    public var seed: UInt64? = nil
+    /// Maximum number of new tokens.
+    public var maxTokens: Int = 256
+
+    public init() {}
+
+    /// Throws `SamplingError.invalid` naming the first bad field.
+    public func validate() throws {
+        func bad(_ f: String, _ r: String) -> SamplingError { .invalid(field: f, reason: r) }
+        if !(temperature >= 0) || !temperature.isFinite { throw bad("temperature", "must be ≥ 0, got \(temperature)") }
+        if topK < 0 { throw bad("top_k", "must be ≥ 0 (0 = off), got \(topK)") }
+        if !(topP > 0 && topP <= 1) { throw bad("top_p", "must be in (0, 1], got \(topP)") }
+        if !(minP >= 0 && minP <= 1) { throw bad("min_p", "must be in [0, 1], got \(minP)") }
+        if !(repetitionPenalty > 0) || !repetitionPenalty.isFinite { throw bad("repetition_penalty", "must be > 0, got \(repetitionPenalty)") }
+        if !presencePenalty.isFinite { throw bad("presence_penalty", "must be finite") }
+        if !frequencyPenalty.isFinite { throw bad("frequency_penalty", "must be finite") }
+        if maxTokens < 1 { throw bad("max_tokens", "must be ≥ 1, got \(maxTokens)") }
+    }
+}
+
+public enum SamplingError: Error, CustomStringConvertible, Equatable {
+    /// A sampling parameter is out of range.
+    case invalid(field: String, reason: String)
+    public var description: String {
+        switch self { case let .invalid(f, r): return "\(f): \(r)" }
+    }
+}
+
+/// A small, fast, seedable generator (xoshiro256**), seeded through SplitMix64.
+public struct RandomSource: Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    public init(seed: UInt64) {
+        var x = seed
+        func next() -> UInt64 {
+            x &+= 0x9E37_79B9_7F4A_7C15
+            var z = x
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        s = (next(), next(), next(), next())
+    }
+
+    /// Derives an independent stream from several values (e.g. seed, sample index, version).
+    public init(mixing parts: [UInt64]) {
+        var h: UInt64 = 0x243F_6A88_85A3_08D3
+        for p in parts { h = (h ^ p) &* 0x100_0000_01B3; h ^= h >> 29 }
+        self.init(seed: h)
+    }
+
+    public mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0; s.3 ^= s.1; s.1 ^= s.2; s.0 ^= s.3
+        s.2 ^= t
+        s.3 = (s.3 << 45) | (s.3 >> 19)
+        return result
+    }
+
+    /// Uniform in [0, 1).
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}
+
+/// Picks tokens from logits (llama2.c's Sampler): penalties, temperature, top-k, top-p, min-p.
+/// One per sample; owns its random stream.
+public struct Sampler: Sendable {
+    public let params: SamplingParams
+    public var rng: RandomSource
+    private var counts: [Int32: Int] = [:]       // generated-token counts (presence / frequency)
+    private var seen: Set<Int32> = []            // prompt + generated tokens (repetition)
+
+    public init(params: SamplingParams, rng: RandomSource, prompt: [Int32] = []) {
+        self.params = params
+        self.rng = rng
+        if params.repetitionPenalty != 1 { seen = Set(prompt) }
+    }
+
+    /// Records a token the sample produced (for the penalties).
+    public mutating func accept(_ token: Int32) {
+        counts[token, default: 0] += 1
+        if params.repetitionPenalty != 1 { seen.insert(token) }
+    }
+
+    /// Chooses the next token. `logits` (vocab) is not modified.
+    public mutating func sample(_ logits: UnsafePointer<Float>, vocab: Int) -> Int32 {
+        let p = params
+        let penalised = p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0
+        var adjusted: [Float] = []
+        if penalised {
+            adjusted = Array(UnsafeBufferPointer(start: logits, count: vocab))
+            if p.repetitionPenalty != 1 {
+                for t in seen {
+                    let x = adjusted[Int(t)]
+                    adjusted[Int(t)] = x > 0 ? x / p.repetitionPenalty : x * p.repetitionPenalty
+                }
+            }
+            for (t, n) in counts {
+                adjusted[Int(t)] -= p.presencePenalty + Float(n) * p.frequencyPenalty
+            }
+        }
+        return adjusted.isEmpty ? choose(logits, vocab: vocab) : adjusted.withUnsafeBufferPointer { choose($0.baseAddress!, vocab: vocab) }
+    }
+
+    private mutating func choose(_ x: UnsafePointer<Float>, vocab: Int) -> Int32 {
+        let p = params
+        if p.temperature == 0 {
+            var best = 0
+            for i in 1..<vocab where x[i] > x[best] { best = i }
+            return Int32(best)
+        }
+        // Candidates: all tokens, or the top k.
+        var mx = -Float.infinity
+        for i in 0..<vocab where x[i] > mx { mx = x[i] }
+        let invT = 1 / p.temperature
+        var cand: [(id: Int32, w: Float)] = []
+        cand.reserveCapacity(p.topK > 0 ? min(p.topK, vocab) : vocab)
+        if p.topK > 0 && p.topK < vocab {
+            var all = (0..<vocab).map { (id: Int32($0), w: x[$0]) }
+            all.sort { $0.w > $1.w || ($0.w == $1.w && $0.id < $1.id) }
+            cand = Array(all.prefix(p.topK))
+        } else {
+            for i in 0..<vocab { cand.append((Int32(i), x[i])) }
+        }
+        var sum: Double = 0
+        for i in cand.indices {
+            let e = expf((cand[i].w - mx) * invT)
+            cand[i].w = e
+            sum += Double(e)
+        }
+        if p.topP < 1 || p.minP > 0 {
+            cand.sort { $0.w > $1.w || ($0.w == $1.w && $0.id < $1.id) }
+            var keep = cand.count
+            if p.minP > 0 {
+                let floor = cand[0].w * p.minP
+                keep = cand.firstIndex { $0.w < floor } ?? cand.count
+            }
+            if p.topP < 1 {
+                var acc: Double = 0
+                let target = Double(p.topP) * sum
+                for i in 0..<keep {
+                    acc += Double(cand[i].w)
+                    if acc >= target { keep = i + 1; break }
+                }
+            }
+            cand.removeSubrange(max(keep, 1)...)
+            sum = cand.reduce(0) { $0 + Double($1.w) }
+        }
+        let u = rng.nextUnit() * sum
+        var acc: Double = 0
+        for c in cand {
+            acc += Double(c.w)
+            if u < acc { return c.id }
+        }
+        return cand.last!.id
+    }
+}

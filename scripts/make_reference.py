@@ -1,0 +1,28 @@
+#!/usr/bin/env python3
+"""Writes the reference fixtures the Swift tests compare against.
+
+The references come from code no one in this project wrote: Hugging Face transformers, tokenizers,
+PyTorch autograd and the `gguf` package. Run it by hand in a throw-away virtual environment:
+
+    python3 -m venv /tmp/refvenv
+    /tmp/refvenv/bin/pip install torch transformers accelerate gguf safetensors tokenizers jinja2 numpy
+    make model
+    /tmp/refvenv/bin/python scripts/make_reference.py [part ...]
+
+Parts: model, tokenizer, quant (default: all). Fixtures go under Tests/*/Fixtures and are committed.
+"""
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from reference import model, tokenizer, quant  # noqa: E402
+
+PARTS = {"model": model.main, "tokenizer": tokenizer.main, "quant": quant.main}
+
+if __name__ == "__main__":
+    wanted = sys.argv[1:] or list(PARTS)
+    for name in wanted:
+        print(f"== {name}", flush=True)
+        PARTS[name](ROOT)
