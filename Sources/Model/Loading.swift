@@ -49,17 +49,15 @@ extension LlamaConfig {
                 if let d { return d }
                 throw ModelError.missingField(file: file, field: k)
             }
-            guard let n = v as? NSNumber, !(v is Bool), n.doubleValue == n.doubleValue.rounded() else {
-                throw ModelError.badField(file: file, field: k, reason: "expected an integer")
-            }
-            return n.intValue
+            guard let i = jsonInteger(v) else { throw ModelError.badField(file: file, field: k, reason: "expected an integer") }
+            return i
         }
         func double(_ k: String, default d: Double) throws -> Double {
             guard let v = obj[k], !(v is NSNull) else { return d }
-            guard let n = v as? NSNumber, !(v is Bool) else { throw ModelError.badField(file: file, field: k, reason: "expected a number") }
+            guard let n = v as? NSNumber, !isJSONBoolean(v) else { throw ModelError.badField(file: file, field: k, reason: "expected a number") }
             return n.doubleValue
         }
-        for flag in ["attention_bias", "mlp_bias"] where (obj[flag] as? Bool) == true {
+        for flag in ["attention_bias", "mlp_bias"] where obj[flag].map({ isJSONBoolean($0) && ($0 as? Bool) == true }) == true {
             throw ModelError.badField(file: file, field: flag, reason: "biases are not supported")
         }
         if let rs = obj["rope_scaling"], !(rs is NSNull) {
@@ -85,7 +83,7 @@ extension LlamaConfig {
         if let v = obj["head_dim"], !(v is NSNull) { headDim = try int("head_dim") }
         let tied: Bool
         if let v = obj["tie_word_embeddings"] {
-            guard let b = v as? Bool else { throw ModelError.badField(file: file, field: "tie_word_embeddings", reason: "expected true or false") }
+            guard isJSONBoolean(v), let b = v as? Bool else { throw ModelError.badField(file: file, field: "tie_word_embeddings", reason: "expected true or false") }
             tied = b
         } else { tied = false }  // transformers' LlamaConfig default
         self.init(
@@ -192,4 +190,41 @@ final class ErrorBox: @unchecked Sendable {
     private let lock = NSLock()
     private(set) var error: Error?
     func set(_ e: Error) { lock.lock(); if error == nil { error = e }; lock.unlock() }
+}
+
+extension LlamaModel {
+    /// Loads a Hugging Face model directory: `config.json` plus `model.safetensors` or a sharded
+    /// index; F32, F16 and BF16 tensors. With `tie_word_embeddings` the output head is the embedding
+    /// (an `lm_head.weight` in the files is then ignored, as transformers does).
+    public static func load(huggingFaceDirectory dir: String) throws -> LlamaModel {
+        let config = try LlamaConfig(huggingFaceConfig: URL(fileURLWithPath: dir).appendingPathComponent("config.json"))
+        let st = try SafetensorsDirectory(path: dir)
+        let params = ParameterSet(config: config)
+        var jobs: [(ParameterLayout.Entry, SafetensorsDirectory.Entry)] = []
+        for e in params.layout.entries {
+            guard let entry = st.entries[e.name] else { throw ModelError.missingTensor(file: dir, tensor: e.name) }
+            guard entry.info.shape == e.shape else {
+                throw ModelError.badTensorShape(file: entry.file.path, tensor: e.name, expected: e.shape, found: entry.info.shape)
+            }
+            jobs.append((e, entry))
+        }
+        let errors = ErrorBox()
+        let work = jobs
+        DispatchQueue.concurrentPerform(iterations: 2) { worker in
+            for (idx, job) in work.enumerated() where idx % 2 == worker {
+                do { try job.1.file.read(job.1.info, into: params.data + job.0.offset) } catch { errors.set(error) }
+            }
+        }
+        if let e = errors.error { throw e }
+        return LlamaModel(weights: params)
+    }
+
+    /// Loads a `.gguf` file or a Hugging Face directory, whichever `path` is.
+    public static func load(path: String) throws -> LlamaModel {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelError.io(file: path, reason: "no such file or directory")
+        }
+        return isDir.boolValue ? try load(huggingFaceDirectory: path) : try load(gguf: GGUFFile(path: path))
+    }
 }

@@ -40,3 +40,20 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+import Foundation
+
+/// Foundation's JSON parser returns numbers and booleans alike as NSNumber (and on Linux `1 is Bool`
+/// holds for the number 1): this tells a JSON `true`/`false` from a number.
+public func isJSONBoolean(_ v: Any) -> Bool {
+    guard let n = v as? NSNumber else { return false }
+    return String(cString: n.objCType) == "c"
+}
+
+/// An integer from a JSON value (a number with no fractional part, not a boolean), or nil.
+public func jsonInteger(_ v: Any) -> Int? {
+    guard let n = v as? NSNumber, !isJSONBoolean(n) else { return nil }
+    let d = n.doubleValue
+    guard d == d.rounded(), abs(d) < 9e15 else { return nil }
+    return n.intValue
+}

@@ -1,0 +1,108 @@
+import Kernels
+
+/// Scratch for the backward pass (llm.c's grads_acts), grown on demand and reused.
+public final class BackwardScratch: @unchecked Sendable {
+    let config: LlamaConfig
+    private var slab: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+    private(set) var dx: UnsafeMutablePointer<Float>! = nil     // (T, dim)   gradient of the residual stream
+    private(set) var dxn: UnsafeMutablePointer<Float>! = nil    // (T, dim)   gradient of a norm output
+    private(set) var dxf: UnsafeMutablePointer<Float>! = nil    // (R, dim)
+    private(set) var dxnF: UnsafeMutablePointer<Float>! = nil   // (R, dim)
+    private(set) var datt: UnsafeMutablePointer<Float>! = nil   // (T, qDim)
+    private(set) var dq: UnsafeMutablePointer<Float>! = nil     // (T, qDim)
+    private(set) var dk: UnsafeMutablePointer<Float>! = nil     // (T, kvDim)
+    private(set) var dv: UnsafeMutablePointer<Float>! = nil     // (T, kvDim)
+    private(set) var dh: UnsafeMutablePointer<Float>! = nil     // (T, hidden)
+    private(set) var dgate: UnsafeMutablePointer<Float>! = nil  // (T, hidden)
+    private(set) var dup: UnsafeMutablePointer<Float>! = nil    // (T, hidden)
+    private(set) var attScratch: UnsafeMutablePointer<Float>! = nil
+
+    public init(config: LlamaConfig) { self.config = config }
+    deinit { slab?.deallocate() }
+
+    func prepare(T: Int, R: Int, attention: Int) {
+        let c = config
+        let need = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim) + 2 * R * c.dim + attention
+        if need > capacity {
+            slab?.deallocate()
+            slab = .allocate(capacity: need)
+            capacity = need
+        }
+        var p = slab!
+        func take(_ n: Int) -> UnsafeMutablePointer<Float> { defer { p += n }; return p }
+        dx = take(T * c.dim); dxn = take(T * c.dim); dxf = take(R * c.dim); dxnF = take(R * c.dim)
+        datt = take(T * c.qDim); dq = take(T * c.qDim); dk = take(T * c.kvDim); dv = take(T * c.kvDim)
+        dh = take(T * c.hiddenDim); dgate = take(T * c.hiddenDim); dup = take(T * c.hiddenDim)
+        attScratch = take(attention)
+    }
+}
+
+extension LlamaModel {
+    /// Backpropagates `dlogits` (R, vocab) — the gradient of the loss with respect to the logits the
+    /// last `forward(batch, kv: nil, acts:)` returned — through the whole model, ADDING parameter
+    /// gradients into `grads` (same layout as the weights). `acts` must have been created with
+    /// `keepForBackward: true` and still hold that forward's activations. The reverse of `forward`,
+    /// step for step.
+    public func backward(_ batch: ForwardBatch, acts: Activations, dlogits: UnsafePointer<Float>,
+                         grads: ParameterSet, scratch: BackwardScratch) {
+        precondition(acts.keepForBackward, "backward needs activations kept by the forward pass")
+        let c = config
+        let w = weights
+        let T = batch.tokens.count, R = batch.logitRows.count
+        let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim), hidden = Int32(c.hiddenDim)
+        let hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
+        var attNeed = 0
+        for s in batch.sequences {
+            attNeed = max(attNeed, attention_backward_scratch_floats(Int32(s.count), Int32(s.startPos + s.count), nH, nKV, hd))
+        }
+        scratch.prepare(T: T, R: R, attention: attNeed)
+        let s = scratch
+
+        // Output head and final norm, for the rows that have logits.
+        s.dxnF.update(repeating: 0, count: R * c.dim)
+        matmul_backward(s.dxnF, grads.lmHead, dlogits, acts.xnF, w.lmHead, Int32(R), dim, Int32(c.vocabSize))
+        s.dxf.update(repeating: 0, count: R * c.dim)
+        rmsnorm_backward(s.dxf, grads.finalNorm, s.dxnF, acts.xf, w.finalNorm, acts.rstdF, Int32(R), dim)
+        s.dx.update(repeating: 0, count: T * c.dim)
+        for (i, r) in batch.logitRows.enumerated() {
+            let dst = s.dx + Int(r) * c.dim, src = s.dxf + i * c.dim
+            for j in 0..<c.dim { dst[j] += src[j] }
+        }
+
+        for l in stride(from: c.nLayers - 1, through: 0, by: -1) {
+            let a = acts.layers[l], p = w.layers[l], g = grads.layers[l]
+            // MLP: x_{l+1} = xmid + down(silu(gate(xn2)) * up(xn2)),  xn2 = rmsnorm(xmid)
+            s.dh.update(repeating: 0, count: T * c.hiddenDim)
+            matmul_backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T32, hidden, dim)
+            s.dgate.update(repeating: 0, count: T * c.hiddenDim)
+            s.dup.update(repeating: 0, count: T * c.hiddenDim)
+            swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)
+            s.dxn.update(repeating: 0, count: T * c.dim)
+            matmul_backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T32, dim, hidden)
+            matmul_backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T32, dim, hidden)
+            rmsnorm_backward(s.dx, g.mlpNorm, s.dxn, a.xmid, p.mlpNorm, a.rstd2, T32, dim)  // dx is now d(xmid)
+
+            // Attention: xmid = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))),  xn = rmsnorm(x)
+            s.datt.update(repeating: 0, count: T * c.qDim)
+            matmul_backward(s.datt, g.wo, s.dx, a.att, p.wo, T32, qDim, dim)
+            s.dq.update(repeating: 0, count: T * c.qDim)
+            s.dk.update(repeating: 0, count: T * c.kvDim)
+            s.dv.update(repeating: 0, count: T * c.kvDim)
+            for (i, sq) in batch.sequences.enumerated() {
+                let t0 = sq.tokenStart
+                attention_backward(s.dq + t0 * c.qDim, s.dk + t0 * c.kvDim, s.dv + t0 * c.kvDim, s.datt + t0 * c.qDim,
+                                   a.probs + acts.probOffsets[i], a.q + t0 * c.qDim, a.k + t0 * c.kvDim, a.v + t0 * c.kvDim,
+                                   Int32(sq.count), 0, nH, nKV, hd, qDim, kvDim, qDim, s.attScratch)
+            }
+            rope_backward(s.dq, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
+            rope_backward(s.dk, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
+            s.dxn.update(repeating: 0, count: T * c.dim)
+            matmul_backward(s.dxn, g.wq, s.dq, a.xn, p.wq, T32, dim, qDim)
+            matmul_backward(s.dxn, g.wk, s.dk, a.xn, p.wk, T32, dim, kvDim)
+            matmul_backward(s.dxn, g.wv, s.dv, a.xn, p.wv, T32, dim, kvDim)
+            rmsnorm_backward(s.dx, g.attnNorm, s.dxn, a.x, p.attnNorm, a.rstd1, T32, dim)  // dx is now d(x_l)
+        }
+        embedding_backward(grads.tokenEmbedding, s.dx, batch.tokens, T32, dim)
+    }
+}

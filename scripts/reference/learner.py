@@ -1,0 +1,179 @@
+"""Learner fixtures: the SELM loss (and IPO / hinge variants) written in PyTorch on the tiny random
+checkpoints, with a reference policy different from the policy, its value, metrics and the gradient
+of every parameter from autograd; torch.optim.AdamW steps; a short full training run."""
+import json
+import math
+import pathlib
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import LlamaForCausalLM
+
+FIX = pathlib.Path("Tests") / "LearnerTests" / "Fixtures"
+
+
+def seq_logps(model, prompt, response):
+    """Sum of log p over the response tokens only (the prompt conditions, it is not scored)."""
+    ids = torch.tensor([prompt + response])
+    logits = model(ids).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    P = len(prompt)
+    rows = logp[P - 1: P - 1 + len(response)]
+    return rows.gather(1, torch.tensor(response)[:, None]).sum()
+
+
+def pair_loss(policy, ref, pairs, loss_type, beta, alpha):
+    """Mean over pairs of the SELM loss and its metrics (TRL / SELM names)."""
+    losses, rc, rr, lc, lr, ly, lyr = [], [], [], [], [], [], []
+    for p in pairs:
+        c = seq_logps(policy, p["prompt_ids"], p["chosen_ids"])
+        r = seq_logps(policy, p["prompt_ids"], p["rejected_ids"])
+        with torch.no_grad():
+            c0 = seq_logps(ref, p["prompt_ids"], p["chosen_ids"])
+            r0 = seq_logps(ref, p["prompt_ids"], p["rejected_ids"])
+        z = (c - r) - (c0 - r0)
+        if loss_type == "sigmoid":
+            l = -F.logsigmoid(beta * z)
+        elif loss_type == "ipo":
+            l = (z - 1 / (2 * beta)) ** 2
+        else:
+            l = torch.relu(1 - beta * z)
+        if p.get("reference_ids"):
+            y = seq_logps(policy, p["prompt_ids"], p["reference_ids"])
+            with torch.no_grad():
+                y0 = seq_logps(ref, p["prompt_ids"], p["reference_ids"])
+            l = l + alpha * beta * (y - y0)
+            ly.append(y.item()); lyr.append(y0.item())
+        w = p.get("weight", 1.0)
+        losses.append(w * l)
+        rc.append(beta * (c - c0).item()); rr.append(beta * (r - r0).item())
+        lc.append(c.item()); lr.append(r.item())
+    loss = torch.stack(losses).mean()
+    n = len(pairs)
+    metrics = {
+        "loss": loss.item(),
+        "rewards/chosen": sum(rc) / n, "rewards/rejected": sum(rr) / n,
+        "rewards/accuracies": sum(1.0 for a, b in zip(rc, rr) if a > b) / n,
+        "rewards/margins": (sum(rc) - sum(rr)) / n,
+        "logps/chosen": sum(lc) / n, "logps/rejected": sum(lr) / n,
+        "logps/pi_response": sum(ly) / len(ly), "logps/ref_response": sum(lyr) / len(lyr),
+    }
+    return loss, metrics
+
+
+def make_pairs(vocab, seed):
+    g = torch.Generator().manual_seed(seed)
+    def ids(n):
+        return torch.randint(3, vocab, (n,), generator=g).tolist()
+    pairs = []
+    for i, (P, C, R, Y) in enumerate([(5, 7, 4, 6), (3, 2, 9, 0), (11, 5, 5, 3), (1, 8, 1, 4)]):
+        p = {"prompt_ids": ids(P), "chosen_ids": ids(C), "rejected_ids": ids(R)}
+        if Y:
+            p["reference_ids"] = ids(Y)
+        if i == 2:
+            p["weight"] = 0.5
+        pairs.append(p)
+    return pairs
+
+
+def perturbed(model, seed, scale=0.05):
+    ref = LlamaForCausalLM(model.config).eval()
+    ref.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    if model.config.tie_word_embeddings:
+        ref.tie_weights()
+    return ref
+
+
+def grads_case(root, name, model_dir, loss_type, beta, alpha, seed):
+    policy = LlamaForCausalLM.from_pretrained(root / model_dir, dtype=torch.float32).eval()
+    ref = perturbed(policy, seed)
+    ref_dir = root / FIX / f"{name}-ref"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    ref.save_pretrained(ref_dir)
+    pairs = make_pairs(policy.config.vocab_size, seed)
+    loss, metrics = pair_loss(policy, ref, pairs, loss_type, beta, alpha)
+    loss.backward()
+    grads = {}
+    for n, p in policy.named_parameters():
+        if p.grad is not None:
+            grads[n] = p.grad.detach().clone().contiguous()
+    save_file(grads, str(root / FIX / f"{name}.grads.safetensors"))
+    case = {"model": model_dir, "ref": f"{name}-ref", "loss_type": loss_type, "beta": beta, "alpha": alpha,
+            "pairs": pairs, "metrics": metrics}
+    (root / FIX / f"{name}.json").write_text(json.dumps(case, indent=1))
+    print(name, metrics["loss"], sorted(grads)[:2], len(grads))
+
+
+def adamw_case(root):
+    """Three torch.optim.AdamW steps on fixed random parameters and gradients."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.nn.Parameter(torch.randn(257, generator=g))
+    p0 = p.detach().clone()
+    grads = [torch.randn(257, generator=g) * s for s in (1.0, 0.1, 3.0)]
+    opt = torch.optim.AdamW([p], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    for gr in grads:
+        p.grad = gr.clone()
+        opt.step()
+    out = {"initial": p0.tolist(), "grads": [x.tolist() for x in grads], "lr": 1e-2, "weight_decay": 0.1,
+           "final": p.detach().tolist()}
+    (root / FIX / "adamw.json").write_text(json.dumps(out))
+
+
+def training_case(root):
+    """Three full optimizer steps as the transformers Trainer would take them: SELM loss, gradient
+    accumulation over 2 micro-batches, global-norm clipping, AdamW with weight decay skipping norm
+    weights, linear warm-up then cosine (get_cosine_schedule_with_warmup)."""
+    policy = LlamaForCausalLM.from_pretrained(root / "Tests/ModelTests/Fixtures/tiny-untied", dtype=torch.float32).eval()
+    ref = LlamaForCausalLM.from_pretrained(root / FIX / "selm-untied-ref", dtype=torch.float32).eval()
+    pairs = make_pairs(policy.config.vocab_size, 11)
+    beta, alpha, lr, wd, max_norm, total, warmup = 0.5, 0.1, 3e-3, 0.05, 0.5, 3, 1
+    decay = [p for n, p in policy.named_parameters() if not n.endswith("norm.weight")]
+    no_decay = [p for n, p in policy.named_parameters() if n.endswith("norm.weight")]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+    def factor(step):
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    log = []
+    for step in range(total):
+        opt.zero_grad()
+        ms = []
+        for mb in (pairs[:2], pairs[2:]):
+            loss, m = pair_loss(policy, ref, mb, "sigmoid", beta, alpha)
+            (loss / 2).backward()
+            ms.append(m)
+        norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+        lr_now = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        log.append({"loss": (ms[0]["loss"] + ms[1]["loss"]) / 2, "grad_norm": norm.item(), "learning_rate": lr_now})
+    state = {n: p.detach().clone().contiguous() for n, p in policy.named_parameters()}
+    save_file(state, str(root / FIX / "train3.weights.safetensors"))
+    out = {"pairs": pairs, "beta": beta, "alpha": alpha, "lr": lr, "weight_decay": wd, "max_grad_norm": max_norm,
+           "total_steps": total, "warmup_steps": warmup, "micro_batches": [[0, 1], [2, 3]], "log": log}
+    (root / FIX / "train3.json").write_text(json.dumps(out, indent=1))
+    print("train3", log)
+
+
+def main(root: pathlib.Path):
+    (root / FIX).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    grads_case(root, "selm-tied", "Tests/ModelTests/Fixtures/tiny-tied", "sigmoid", 0.5, 0.1, 21)
+    grads_case(root, "selm-untied", "Tests/ModelTests/Fixtures/tiny-untied", "sigmoid", 0.5, 0.1, 22)
+    grads_case(root, "ipo-untied", "Tests/ModelTests/Fixtures/tiny-untied", "ipo", 0.5, 0.1, 23)
+    grads_case(root, "hinge-tied", "Tests/ModelTests/Fixtures/tiny-tied", "hinge", 0.05, 0.1, 24)
+    adamw_case(root)
+    training_case(root)
+
+
+if __name__ == "__main__":
+    main(pathlib.Path(__file__).resolve().parents[2])
