@@ -121,14 +121,25 @@ public final class GGUFFile: @unchecked Sendable {
             let type = GGMLType(rawValue: rawType) ?? .unknown
             guard off < UInt64(Int.max / 2) else { throw ModelError.corrupt(file: path, what: "tensor '\(name)' offset \(off)") }
             let info = TensorInfo(name: name, dims: dims, type: type, rawType: rawType, offset: start + Int(off))
+            // Multiply checked: four dimensions below 2^40 can overflow Int (a trap in debug, a
+            // wrapped, plausible-looking count under -Ounchecked). This also makes `elementCount`
+            // safe to call later, whatever the type.
+            var count = 1
+            for d in dims {
+                let (p, overflow) = count.multipliedReportingOverflow(by: d)
+                guard !overflow else { throw ModelError.corrupt(file: path, what: "tensor '\(name)' has dimensions \(dims), too many elements") }
+                count = p
+            }
             if type != .unknown {
-                let count = info.elementCount
                 guard count % type.blockSize == 0 else {
                     throw ModelError.corrupt(file: path, what: "tensor '\(name)' has \(count) elements, not a multiple of its \(type) block size \(type.blockSize)")
                 }
-                let bytes = count / type.blockSize * type.blockBytes
-                if info.offset + bytes > file.count {
-                    throw ModelError.truncated(file: path, what: "data of tensor '\(name)' (needs bytes \(info.offset)..<\(info.offset + bytes), file has \(file.count))")
+                // Compare in blocks so that neither the byte count nor offset + bytes can overflow.
+                let blocks = count / type.blockSize
+                if info.offset > file.count || blocks > (file.count - info.offset) / type.blockBytes {
+                    let bytes = blocks.multipliedReportingOverflow(by: type.blockBytes)
+                    let needs = bytes.overflow ? "more than \(Int.max) bytes" : "\(bytes.partialValue) bytes at offset \(info.offset)"
+                    throw ModelError.truncated(file: path, what: "data of tensor '\(name)' (needs \(needs), file has \(file.count))")
                 }
             }
             byName[name] = list.count
