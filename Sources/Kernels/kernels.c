@@ -62,6 +62,12 @@ int kernels_core_rank(const char *core) {
 
 void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate) {
     if (T == 0) return;
+    if (T == 1) {
+        // A matrix-vector product: sgemm would pack the whole weight matrix first (a second pass
+        // over it); sgemv streams it once, which is what bounds single-sequence decoding.
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, weight, C, inp, 1, accumulate ? 1.0f : 0.0f, out, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, weight, C,
                 accumulate ? 1.0f : 0.0f, out, OC);
 }

@@ -24,6 +24,18 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var referenceModel: String?
     public var policyVersion: UInt64 = 0
     public var lastMetrics: [String: Double] = [:]
+
+    public init(step: Int, optimizerSteps: Int, skippedSteps: Int, epoch: Int = 0, nextMicroBatch: Int = 0,
+                walSequence: UInt64 = 0, options: TrainingOptions, schedule: LRSchedule,
+                referenceKind: ReferencePolicy.Kind, referenceGeneration: Int, referenceFile: String? = nil,
+                baseModel: String, referenceModel: String?, policyVersion: UInt64 = 0, lastMetrics: [String: Double] = [:]) {
+        self.step = step; self.optimizerSteps = optimizerSteps; self.skippedSteps = skippedSteps
+        self.epoch = epoch; self.nextMicroBatch = nextMicroBatch; self.walSequence = walSequence
+        self.options = options; self.schedule = schedule; self.referenceKind = referenceKind
+        self.referenceGeneration = referenceGeneration; self.referenceFile = referenceFile
+        self.baseModel = baseModel; self.referenceModel = referenceModel; self.policyVersion = policyVersion
+        self.lastMetrics = lastMetrics
+    }
 }
 
 /// Checkpoint directories: `config.json` + `model.safetensors` (a Hugging Face directory

@@ -1,1 +1,140 @@
+import Foundation
+import Learner
 import Model
+import Tokenizer
+
+/// Everything a user points `--model` at: a `.gguf` file or a Hugging Face directory, loaded into
+/// the weights, the tokenizer and the chat template it declares.
+public final class ModelBundle: @unchecked Sendable {
+    public enum Format: String, Sendable { case gguf, huggingFace = "hf" }
+
+    public let path: String
+    public let format: Format
+    public let model: LlamaModel
+    public let tokenizer: Tokenizer
+    /// The template the user named, else the one recognised from the model's metadata.
+    public let template: ChatTemplate?
+    /// Why there is no template (absent or unrecognised), reported when a chat is requested.
+    public let templateProblem: String?
+    /// The GGUF file when loaded from one (its tokenizer metadata is carried into checkpoints).
+    public let gguf: GGUFFile?
+    public let loadSeconds: Double
+
+    /// Loads `path`. `templateName` (`chatml`, `zephyr`, `llama3`) overrides the model's template.
+    public init(path: String, templateName: String? = nil) throws {
+        let t0 = Date()
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelError.io(file: path, reason: "no such file or directory")
+        }
+        self.path = path
+        if isDir.boolValue {
+            format = .huggingFace
+            gguf = nil
+            model = try LlamaModel.load(huggingFaceDirectory: path)
+            tokenizer = try Tokenizer.load(huggingFaceDirectory: path)
+        } else {
+            format = .gguf
+            let g = try GGUFFile(path: path)
+            gguf = g
+            model = try LlamaModel.load(gguf: g)
+            tokenizer = try Tokenizer.load(gguf: g)
+        }
+        if tokenizer.vocabSize > model.config.vocabSize {
+            throw ModelError.badField(file: path, field: "vocab_size",
+                                      reason: "the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(model.config.vocabSize) embeddings")
+        }
+        if let name = templateName {
+            template = try ChatTemplate(name: name)
+            templateProblem = nil
+        } else if let text = tokenizer.chatTemplateText {
+            template = ChatTemplate.recognize(text)
+            templateProblem = template == nil
+                ? "the model's chat template is not one this project recognises (ChatML, Zephyr, Llama-3); name one with --template chatml|zephyr|llama3"
+                : nil
+        } else {
+            template = nil
+            templateProblem = "the model has no chat template; name one with --template chatml|zephyr|llama3"
+        }
+        loadSeconds = Date().timeIntervalSince(t0)
+    }
+
+    /// A short name for the model (GGUF `general.name`, else the file or directory name).
+    public var name: String {
+        gguf?.metadata["general.name"]?.string ?? URL(fileURLWithPath: path).lastPathComponent
+    }
+
+    /// The chat template, or an error saying why there is none.
+    public func chatTemplate() throws -> ChatTemplate {
+        if let t = template { return t }
+        throw BundleError.noChatTemplate(reason: templateProblem ?? "no chat template")
+    }
+
+    /// Token ids that end a sample by default: EOS and the template's end-of-turn tokens.
+    public var stopTokenIds: Set<Int32> {
+        var s = Set<Int32>()
+        if let e = tokenizer.eosId { s.insert(e) }
+        for t in template?.stopTokens ?? [] { if let id = tokenizer.id(of: t) { s.insert(id) } }
+        return s
+    }
+
+    /// Prompt ids for a chat: the template applied with the generation prompt, special tokens parsed.
+    public func encodeChat(_ messages: [ChatMessage]) throws -> [Int32] {
+        let text = try chatTemplate().render(messages, addGenerationPrompt: true)
+        return tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+    }
+
+    /// Prompt ids for plain text (BOS added when the tokenizer says so).
+    public func encodePlain(_ text: String) -> [Int32] {
+        tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+    }
+
+    /// The source's `tokenizer.*` GGUF metadata, carried into GGUF checkpoints so they load with
+    /// their tokenizer in llama.cpp and here.
+    public var ggufTokenizerMetadata: [(String, GGUFFile.Value)] {
+        guard let g = gguf else { return [] }
+        return g.metadataKeys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, g.metadata[$0]!) }
+    }
+
+    /// Tokenizer files of a Hugging Face source, copied into checkpoints so transformers loads them.
+    public var huggingFaceTokenizerFiles: [String: Data] {
+        guard format == .huggingFace else { return [:] }
+        var out: [String: Data] = [:]
+        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"] {
+            if let d = FileManager.default.contents(atPath: path + "/" + f) { out[f] = d }
+        }
+        return out
+    }
+
+    /// What a checkpoint of this model carries besides the weights.
+    public func checkpointExtras(writeGGUF: Bool = true) -> Checkpoint.Extras {
+        Checkpoint.Extras(bosTokenId: tokenizer.bosId.map(Int.init), eosTokenId: tokenizer.eosId.map(Int.init),
+                          ggufMetadata: ggufTokenizerMetadata, writeGGUF: writeGGUF,
+                          files: huggingFaceTokenizerFiles)
+    }
+}
+
+/// Errors of loading a model bundle.
+public enum BundleError: Error, CustomStringConvertible {
+    /// A chat was requested but the model has no usable chat template.
+    case noChatTemplate(reason: String)
+    public var description: String {
+        switch self { case let .noChatTemplate(r): return "chat: \(r)" }
+    }
+}
+
+/// Applies the chat template to text prompts and appends EOS to responses, as TRL does.
+extension ModelBundle: PreferenceTextEncoder {
+    public func encodePrompt(_ prompt: PromptInput) throws -> [Int32] {
+        switch prompt {
+        case let .text(s): return try encodeChat([.user(s)])
+        case let .messages(ms): return try encodeChat(ms.map { ChatMessage(role: $0.role, content: $0.content) })
+        }
+    }
+
+    public func encodeResponse(_ text: String) throws -> [Int32] {
+        var ids = tokenizer.encode(text, parseSpecial: false)
+        if let e = tokenizer.eosId { ids.append(e) }
+        return ids
+    }
+}

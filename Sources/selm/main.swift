@@ -1,2 +1,31 @@
-import Model
-print("selm")
+import ArgumentParser
+import Foundation
+import Kernels
+
+/// OpenBLAS picks its kernel core when the library loads, from `OPENBLAS_CORETYPE` or its own CPU
+/// detection — and Debian's 0.3.21 falls back to a slow generic core on CPUs it does not know. When
+/// the user has not chosen a core and the detected one is weaker than what this CPU supports, start
+/// again with the right core set (the environment is the only way to choose it).
+func ensureBestBLASCore() {
+    let env = ProcessInfo.processInfo.environment
+    guard env["OPENBLAS_CORETYPE"] == nil, env["SELM_NO_BLAS_REEXEC"] == nil,
+          let best = kernels_best_core_for_cpu() else { return }
+    let current = String(cString: kernels_blas_core())
+    guard kernels_core_rank(current) < kernels_core_rank(best) else { return }
+    setenv("OPENBLAS_CORETYPE", best, 1)
+    setenv("SELM_NO_BLAS_REEXEC", "1", 1)
+    let argv = CommandLine.unsafeArgv
+    execv("/proc/self/exe", argv)
+    // exec failed: carry on with the current core.
+}
+
+ensureBestBLASCore()
+
+struct Selm: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "selm",
+        abstract: "Online preference learning (SELM) for Llama-architecture language models.",
+        subcommands: [Info.self, Tokenize.self, Detokenize.self, Logits.self, Generate.self, Train.self, Loss.self])
+}
+
+Selm.main()

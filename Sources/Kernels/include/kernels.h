@@ -30,7 +30,8 @@ int kernels_core_rank(const char *core);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
-// accumulate != 0 adds into out instead of overwriting.
+// accumulate != 0 adds into out instead of overwriting.  Every product goes through OpenBLAS: sgemm, or
+// sgemv when T == 1 (a matrix-vector product; sgemm would pack the whole weight matrix first).
 void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate);
 // dinp (T, C) += dout (T, OC) · weight (OC, C);   dweight (OC, C) += dout^T · inp.   Either may be NULL.
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,

@@ -1,0 +1,216 @@
+import ArgumentParser
+import Foundation
+import Learner
+import Model
+import ModelBundle
+
+/// Loss and optimizer options shared by `train`, `loss` and `serve`.
+struct LossOptions: ParsableArguments {
+    @Option(help: "Loss: sigmoid (DPO/SELM), ipo or hinge.") var loss: String = "sigmoid"
+    @Option(help: "β, the KL-regularisation strength (SELM recipe: 0.01).") var beta: Double = 0.01
+    @Option(help: "α, SELM's optimism weight; 0 = plain DPO (SELM recipe: 0.001, Llama-3: 0.0001).") var alpha: Double = 0.001
+
+    func config() throws -> LossConfig {
+        guard let t = LossType(rawValue: loss) else { throw ValidationError("--loss: expected sigmoid, ipo or hinge, got '\(loss)'") }
+        return LossConfig(type: t, beta: beta, alpha: alpha)
+    }
+}
+
+struct OptimizerOptions: ParsableArguments {
+    @Option(help: "Peak learning rate (SELM recipe: 5e-7 for 7-8B models).") var lr: Double = 5e-7
+    @Option(help: "Share of steps spent in linear warm-up.") var warmupRatio: Double = 0.1
+    @Option(help: "After warm-up: cosine (to 0) or constant.") var schedule: String = "cosine"
+    @Option(help: "Pairs per micro-batch.") var batchSize: Int = 4
+    @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
+    @Option(help: "Global gradient-norm clip; 0 = off.") var maxGradNorm: Double = 1.0
+    @Option(help: "AdamW decoupled weight decay (norm weights excluded).") var weightDecay: Double = 0
+    @Option(help: "Refresh the reference to the current policy every N optimizer steps; 0 = frozen.") var refRefreshSteps: Int = 0
+    @Option(help: "Seed for data order.") var seed: UInt64 = 42
+
+    func options(loss: LossConfig, epochs: Int) throws -> TrainingOptions {
+        var o = TrainingOptions()
+        o.loss = loss; o.learningRate = lr; o.warmupRatio = warmupRatio
+        guard let k = LRSchedule.Kind(rawValue: schedule) else { throw ValidationError("--schedule: expected cosine or constant, got '\(schedule)'") }
+        o.schedule = k; o.batchSize = batchSize; o.gradAccum = gradAccum; o.epochs = epochs
+        o.maxGradNorm = maxGradNorm; o.weightDecay = weightDecay; o.refRefreshSteps = refRefreshSteps; o.seed = seed
+        do { try o.validate() } catch { throw ValidationError("\(error)") }
+        return o
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    guard s.isFinite else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(t % 3600 / 60)m" : t >= 60 ? "\(t / 60)m\(t % 60)s" : "\(t)s"
+}
+
+/// The pairs of `data` in training order for `epoch`: a seeded shuffle, the same on every run.
+func epochOrder(count: Int, seed: UInt64, epoch: Int) -> [Int] {
+    var idx = Array(0..<count)
+    var rng = SplitMix(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+    for i in stride(from: count - 1, to: 0, by: -1) {
+        let j = Int(rng.next() % UInt64(i + 1))
+        idx.swapAt(i, j)
+    }
+    return idx
+}
+
+struct SplitMix {
+    var s: UInt64
+    init(seed: UInt64) { s = seed }
+    mutating func next() -> UInt64 {
+        s &+= 0x9E37_79B9_7F4A_7C15
+        var z = s
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a policy on preference pairs (JSONL) with the SELM loss.",
+        discussion: """
+        Rows are TRL's {"prompt","chosen","rejected","reference_response"?} (text: the chat template is applied to \
+        the prompt, EOS appended to each response) or {"prompt_ids","chosen_ids","rejected_ids","reference_ids"?}. \
+        Writes DIR/metrics.jsonl, DIR/checkpoint-<step>/ every --save-every steps and DIR/final/ at the end; each \
+        checkpoint is a Hugging Face directory (+ model.gguf) with the optimizer state beside it.
+        """)
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Preference rows (JSONL).") var data: String
+    @Option(help: "Output directory.") var out: String
+    @Option(help: "Reference model (default: a frozen copy of --model).") var ref: String?
+    @OptionGroup var lossOptions: LossOptions
+    @OptionGroup var opt: OptimizerOptions
+    @Option(help: "Passes over the data.") var epochs: Int = 1
+    @Option(help: "Save a checkpoint every N optimizer steps (0 = only at the end).") var saveEvery: Int = 0
+    @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
+    @Flag(help: "Do not write model.gguf into checkpoints.") var noGguf = false
+
+    func run() throws {
+        let options = try opt.options(loss: lossOptions.config(), epochs: epochs)
+        let bundle = try model.load()
+        let c = bundle.model.config
+        let pairs: [PreferencePair]
+        do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
+        catch { throw ValidationError("\(error)") }
+        let microPerEpoch = (pairs.count + options.batchSize - 1) / options.batchSize
+        let stepsPerEpoch = (microPerEpoch + options.gradAccum - 1) / options.gradAccum
+        let total = stepsPerEpoch * epochs
+        let refModel: LlamaModel? = try ref.map { p in
+            do { return try LlamaModel.load(path: p) } catch { throw ValidationError("--ref: \(error)") }
+        }
+        var schedule = LRSchedule(kind: options.schedule, baseLR: options.learningRate, warmupRatio: options.warmupRatio, totalSteps: total)
+        var epoch = 0, nextMicro = 0
+        if let r = resume {
+            // The policy restarts from the checkpoint's weights.
+            let ck = try LlamaModel.load(huggingFaceDirectory: r)
+            guard ck.config == c else { throw ValidationError("--resume: \(r) holds a model of another shape than --model") }
+            bundle.model.weights.data.update(from: ck.weights.data, count: ck.weights.count)
+        }
+        let learner = try Learner(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
+        if let r = resume {
+            let state = try Checkpoint.loadState(from: r)
+            guard state.options == options else {
+                throw ValidationError("--resume: the checkpoint was trained with other options (\(state.options)); pass the same options to resume exactly")
+            }
+            if learner.reference.kind == .initial && state.referenceGeneration == 0 {
+                // The frozen reference is the starting model, not the checkpoint's weights.
+                let start = try LlamaModel.load(path: state.baseModel)
+                learner.reference.model.weights.data.update(from: start.weights.data, count: start.weights.count)
+            }
+            try Checkpoint.restore(learner, from: r, state: state)
+            schedule = state.schedule
+            epoch = state.epoch; nextMicro = state.nextMicroBatch
+            note("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
+        }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let metricsPath = out + "/metrics.jsonl"
+        if !FileManager.default.fileExists(atPath: metricsPath) { FileManager.default.createFile(atPath: metricsPath, contents: nil) }
+        let metricsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+        metricsFile.seekToEndOfFile()
+        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate)")
+
+        func state(epoch: Int, next: Int, metrics: [String: Double]) -> TrainerState {
+            TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,
+                         epoch: epoch, nextMicroBatch: next, options: options, schedule: schedule,
+                         referenceKind: learner.reference.kind, referenceGeneration: learner.reference.generation,
+                         referenceFile: nil, baseModel: resume.flatMap { try? Checkpoint.loadState(from: $0).baseModel } ?? bundle.path,
+                         referenceModel: ref, lastMetrics: metrics)
+        }
+        let t0 = Date()
+        var tokensDone = 0
+        var last: [String: Double] = [:]
+        while epoch < epochs {
+            let order = epochOrder(count: pairs.count, seed: options.seed, epoch: epoch)
+            let micro = stride(from: 0, to: order.count, by: options.batchSize).map { Array(order[$0 ..< min($0 + options.batchSize, order.count)]) }
+            while nextMicro < micro.count {
+                let group = micro[nextMicro ..< min(nextMicro + options.gradAccum, micro.count)]
+                let report = try learner.step(group.map { idx in (idx.map { pairs[$0] }, idx.map { UInt64($0) }) })
+                nextMicro += group.count
+                tokensDone += report.tokens
+                last = report.metrics
+                let elapsed = Date().timeIntervalSince(t0)
+                let rate = Double(tokensDone) / elapsed
+                let remaining = Double(total - report.step) * report.seconds
+                var line = report.metrics
+                line["step"] = Double(report.step)
+                line["epoch"] = Double(epoch) + Double(nextMicro) / Double(micro.count)
+                line["tokens_per_second"] = Double(report.tokens) / report.seconds
+                metricsFile.write((jsonText(line.mapValues { $0.isFinite ? $0 as Any : NSNull() as Any }) + "\n").data(using: .utf8)!)
+                note(String(format: "step %d/%d  loss %.4f  acc %.2f  margin %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@%@",
+                            report.step, total, report.metrics["loss"] ?? .nan, report.metrics["rewards/accuracies"] ?? .nan,
+                            report.metrics["rewards/margins"] ?? .nan, report.metrics["learning_rate"] ?? .nan,
+                            report.metrics["grad_norm"] ?? .nan, rate, formatDuration(remaining),
+                            report.applied ? "" : "  (skipped: non-finite loss or gradient)"))
+                if saveEvery > 0 && report.step % saveEvery == 0 && report.step < total {
+                    let dir = out + "/checkpoint-\(report.step)"
+                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir,
+                                        extras: bundle.checkpointExtras(writeGGUF: !noGguf))
+                    note("saved \(dir)")
+                }
+            }
+            epoch += 1; nextMicro = 0
+        }
+        let dir = out + "/final"
+        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: bundle.checkpointExtras(writeGGUF: !noGguf))
+        try metricsFile.synchronize()
+        note("saved \(dir) after \(formatDuration(Date().timeIntervalSince(t0)))")
+    }
+}
+
+struct Loss: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Evaluate the loss of a whole preference file as one batch; optionally write its gradient.",
+        discussion: "Prints one JSON object with `loss` and the TRL / SELM metrics. --grads-out writes dLoss/dθ for every parameter under Hugging Face names (lm_head.weight only when untied).")
+    @OptionGroup var model: ModelOptions
+    @Option(help: "Reference model (default: the model itself).") var ref: String?
+    @Option(help: "Preference rows (JSONL).") var data: String
+    @OptionGroup var lossOptions: LossOptions
+    @Option(help: "Write the gradient of the mean loss to this .safetensors file.") var gradsOut: String?
+
+    func run() throws {
+        let bundle = try model.load()
+        let c = bundle.model.config
+        let pairs: [PreferencePair]
+        do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
+        catch { throw ValidationError("\(error)") }
+        let refModel: LlamaModel? = try ref.map { p in
+            do { return try LlamaModel.load(path: p) } catch { throw ValidationError("--ref: \(error)") }
+        }
+        var options = TrainingOptions()
+        options.loss = try lossOptions.config()
+        do { try options.validate() } catch { throw ValidationError("\(error)") }
+        let learner = try Learner(policy: bundle.model, reference: refModel, options: options,
+                                  schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
+        learner.grads.zero()
+        let (r, _) = try learner.microBatch(pairs, keys: pairs.indices.map { UInt64($0) }, accumulateScale: gradsOut == nil ? 0 : 1)
+        var out = r.metrics.mapValues { $0.isFinite ? $0 as Any : NSNull() as Any }
+        out["pairs"] = pairs.count
+        if let g = gradsOut {
+            try writeSafetensors(path: g, tensors: learner.grads.namedTensors, metadata: ["loss": String(r.loss)])
+            out["grad_norm"] = learner.grads.globalNorm()
+        }
+        print(jsonText(out, pretty: true))
+    }
+}
