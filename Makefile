@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model clean
+.PHONY: all deps model build test demo bench-model bench-learner proto proto-check clean
 
 all: build
 
@@ -28,5 +28,16 @@ bench-model: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench model --model $(MODEL)
 
+bench-learner: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench learner --model $(MODEL)
+
 clean:
 	rm -rf .build
+
+# Regenerate the protobuf-c (Sources/SelmProtoC) and Python (clients/python) code from Proto/selm.proto.
+proto:
+	@scripts/gen_proto.sh
+
+proto-check:
+	@scripts/gen_proto.sh --check

@@ -28,21 +28,33 @@ let package = Package(
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
         .target(name: "Tokenizer", swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
-        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer", "Learner"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
         .target(name: "Engine", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
+        .target(name: "Learner", dependencies: ["Model", "Kernels"], swiftSettings: fastSwift),
+
+        // Wire protocol: protobuf-c code generated from Proto/selm.proto by scripts/gen_proto.sh (committed),
+        // and the Swift value types + framing built on it (the only user of the generated C code).
+        .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
+        .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
 
         .executableTarget(
             name: "selm",
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),
 
+        .executableTarget(name: "selm-bench", dependencies: ["Model", "Kernels", "Learner"], swiftSettings: fastSwift),
+
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model"],
+        .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
+        .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model", "ModelBundle"],
                     resources: [.copy("Fixtures")]),
     ]
 )

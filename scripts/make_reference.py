@@ -5,11 +5,11 @@ The references come from code no one in this project wrote: Hugging Face transfo
 PyTorch autograd and the `gguf` package. Run it by hand in a throw-away virtual environment:
 
     python3 -m venv /tmp/refvenv
-    /tmp/refvenv/bin/pip install torch transformers accelerate gguf safetensors tokenizers jinja2 numpy
+    /tmp/refvenv/bin/pip install torch transformers accelerate gguf safetensors tokenizers jinja2 numpy protobuf
     make model
     /tmp/refvenv/bin/python scripts/make_reference.py [part ...]
 
-Parts: model, tokenizer, quant (default: all). Fixtures go under Tests/*/Fixtures and are committed.
+Parts: model, tokenizer, quant, learner, wire (default: all; learner reads the model fixtures). Fixtures go under Tests/*/Fixtures and are committed.
 """
 import pathlib
 import sys
@@ -17,9 +17,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from reference import model, tokenizer, quant  # noqa: E402
+from reference import learner, model, quant, tokenizer, wire  # noqa: E402
 
-PARTS = {"model": model.main, "tokenizer": tokenizer.main, "quant": quant.main}
+PARTS = {"model": model.main, "tokenizer": tokenizer.main, "quant": quant.main, "learner": learner.main, "wire": wire.main}
 
 if __name__ == "__main__":
     wanted = sys.argv[1:] or list(PARTS)

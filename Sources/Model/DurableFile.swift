@@ -27,6 +27,7 @@ public final class DurableFileWriter {
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        offset += bytes.count
         if bytes.count >= 1 << 16 {
             try flushBuffer()
             try writeAll(bytes)
@@ -43,7 +44,7 @@ public final class DurableFileWriter {
         try write(UnsafeRawBufferPointer(start: p, count: count * 4))
     }
 
-    /// Bytes written so far.
+    /// Bytes written so far (buffered or not).
     public private(set) var offset = 0
 
     private func flushBuffer() throws {
@@ -63,7 +64,6 @@ public final class DurableFileWriter {
             }
             off += n
         }
-        offset += bytes.count
     }
 
     /// Flushes, fsyncs, renames into place and fsyncs the directory.

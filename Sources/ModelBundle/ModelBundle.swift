@@ -11,7 +11,8 @@ public final class ModelBundle: @unchecked Sendable {
     public let path: String
     public let format: Format
     public let model: LlamaModel
-    public let tokenizer: Tokenizer
+    /// Nil only for a Hugging Face directory without tokenizer files (token-id work still runs).
+    public let tokenizerIfAny: Tokenizer?
     /// The template the user named, else the one recognised from the model's metadata.
     public let template: ChatTemplate?
     /// Why there is no template (absent or unrecognised), reported when a chat is requested.
@@ -32,22 +33,23 @@ public final class ModelBundle: @unchecked Sendable {
             format = .huggingFace
             gguf = nil
             model = try LlamaModel.load(huggingFaceDirectory: path)
-            tokenizer = try Tokenizer.load(huggingFaceDirectory: path)
+            let hasTokenizer = FileManager.default.fileExists(atPath: path + "/tokenizer.json")
+            tokenizerIfAny = hasTokenizer ? try Tokenizer.load(huggingFaceDirectory: path) : nil
         } else {
             format = .gguf
             let g = try GGUFFile(path: path)
             gguf = g
             model = try LlamaModel.load(gguf: g)
-            tokenizer = try Tokenizer.load(gguf: g)
+            tokenizerIfAny = try Tokenizer.load(gguf: g)
         }
-        if tokenizer.vocabSize > model.config.vocabSize {
+        if let tok = tokenizerIfAny, tok.vocabSize > model.config.vocabSize {
             throw ModelError.badField(file: path, field: "vocab_size",
-                                      reason: "the tokenizer has \(tokenizer.vocabSize) tokens but the model only \(model.config.vocabSize) embeddings")
+                                      reason: "the tokenizer has \(tok.vocabSize) tokens but the model only \(model.config.vocabSize) embeddings")
         }
         if let name = templateName {
             template = try ChatTemplate(name: name)
             templateProblem = nil
-        } else if let text = tokenizer.chatTemplateText {
+        } else if let text = tokenizerIfAny?.chatTemplateText {
             template = ChatTemplate.recognize(text)
             templateProblem = template == nil
                 ? "the model's chat template is not one this project recognises (ChatML, Zephyr, Llama-3); name one with --template chatml|zephyr|llama3"
@@ -57,6 +59,14 @@ public final class ModelBundle: @unchecked Sendable {
             templateProblem = "the model has no chat template; name one with --template chatml|zephyr|llama3"
         }
         loadSeconds = Date().timeIntervalSince(t0)
+    }
+
+    /// The tokenizer, or an error when the model directory has none.
+    public var tokenizer: Tokenizer {
+        get throws {
+            guard let t = tokenizerIfAny else { throw BundleError.noTokenizer(path: path) }
+            return t
+        }
     }
 
     /// A short name for the model (GGUF `general.name`, else the file or directory name).
@@ -73,20 +83,23 @@ public final class ModelBundle: @unchecked Sendable {
     /// Token ids that end a sample by default: EOS and the template's end-of-turn tokens.
     public var stopTokenIds: Set<Int32> {
         var s = Set<Int32>()
-        if let e = tokenizer.eosId { s.insert(e) }
-        for t in template?.stopTokens ?? [] { if let id = tokenizer.id(of: t) { s.insert(id) } }
+        guard let tok = tokenizerIfAny else { return s }
+        if let e = tok.eosId { s.insert(e) }
+        for t in template?.stopTokens ?? [] { if let id = tok.id(of: t) { s.insert(id) } }
         return s
     }
 
     /// Prompt ids for a chat: the template applied with the generation prompt, special tokens parsed.
     public func encodeChat(_ messages: [ChatMessage]) throws -> [Int32] {
         let text = try chatTemplate().render(messages, addGenerationPrompt: true)
-        return tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+        let tok = try tokenizer
+        return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
     }
 
     /// Prompt ids for plain text (BOS added when the tokenizer says so).
-    public func encodePlain(_ text: String) -> [Int32] {
-        tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+    public func encodePlain(_ text: String) throws -> [Int32] {
+        let tok = try tokenizer
+        return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
     }
 
     /// The source's `tokenizer.*` GGUF metadata, carried into GGUF checkpoints so they load with
@@ -108,7 +121,7 @@ public final class ModelBundle: @unchecked Sendable {
 
     /// What a checkpoint of this model carries besides the weights.
     public func checkpointExtras(writeGGUF: Bool = true) -> Checkpoint.Extras {
-        Checkpoint.Extras(bosTokenId: tokenizer.bosId.map(Int.init), eosTokenId: tokenizer.eosId.map(Int.init),
+        Checkpoint.Extras(bosTokenId: tokenizerIfAny?.bosId.map(Int.init), eosTokenId: tokenizerIfAny?.eosId.map(Int.init),
                           ggufMetadata: ggufTokenizerMetadata, writeGGUF: writeGGUF,
                           files: huggingFaceTokenizerFiles)
     }
@@ -118,8 +131,13 @@ public final class ModelBundle: @unchecked Sendable {
 public enum BundleError: Error, CustomStringConvertible {
     /// A chat was requested but the model has no usable chat template.
     case noChatTemplate(reason: String)
+    /// Text was given but the model directory has no tokenizer files.
+    case noTokenizer(path: String)
     public var description: String {
-        switch self { case let .noChatTemplate(r): return "chat: \(r)" }
+        switch self {
+        case let .noChatTemplate(r): return "chat: \(r)"
+        case let .noTokenizer(p): return "\(p): no tokenizer.json, so only token ids can be used with this model"
+        }
     }
 }
 
@@ -133,8 +151,9 @@ extension ModelBundle: PreferenceTextEncoder {
     }
 
     public func encodeResponse(_ text: String) throws -> [Int32] {
-        var ids = tokenizer.encode(text, parseSpecial: false)
-        if let e = tokenizer.eosId { ids.append(e) }
+        let tok = try tokenizer
+        var ids = tok.encode(text, parseSpecial: false)
+        if let e = tok.eosId { ids.append(e) }
         return ids
     }
 }

@@ -20,12 +20,12 @@ struct Info: ParsableCommand {
             "heads": c.nHeads, "kv_heads": c.nKVHeads, "head_dim": c.headDim, "vocab_size": c.vocabSize,
             "context_length": c.contextLength, "rope_theta": Double(c.ropeTheta), "rms_norm_eps": Double(c.rmsEps),
             "tied_embeddings": c.tiedEmbeddings, "parameters": b.model.parameterCount,
-            "tokenizer": b.tokenizer.preTokenizer.rawValue, "tokenizer_vocab": b.tokenizer.vocabSize,
+            "tokenizer": b.tokenizerIfAny?.preTokenizer.rawValue ?? "none", "tokenizer_vocab": b.tokenizerIfAny?.vocabSize ?? 0,
             "chat_template": b.template?.name ?? "none", "openblas_core": String(cString: kernels_blas_core()),
             "openblas_threads": Int(kernels_blas_threads()), "load_seconds": b.loadSeconds,
         ]
-        if let e = b.tokenizer.eosId { d["eos_token_id"] = Int(e) }
-        if let e = b.tokenizer.bosId { d["bos_token_id"] = Int(e) }
+        if let e = b.tokenizerIfAny?.eosId { d["eos_token_id"] = Int(e) }
+        if let e = b.tokenizerIfAny?.bosId { d["bos_token_id"] = Int(e) }
         if let p = b.templateProblem { d["chat_template_problem"] = p }
         if json { print(jsonText(d, pretty: true)); return }
         print("""
@@ -35,7 +35,7 @@ struct Info: ParsableCommand {
         context        \(c.contextLength) tokens, RoPE θ \(c.ropeTheta), RMSNorm ε \(c.rmsEps)
         embeddings     \(c.tiedEmbeddings ? "tied" : "untied") output head
         parameters     \(b.model.parameterCount) (\(String(format: "%.1f", Double(b.model.parameterCount) / 1e6))M, f32 in memory)
-        vocabulary     \(c.vocabSize) (tokenizer: byte-level BPE, \(b.tokenizer.vocabSize) tokens, pre-tokenizer \(b.tokenizer.preTokenizer.rawValue), BOS \(b.tokenizer.bosId.map { String($0) } ?? "-"), EOS \(b.tokenizer.eosId.map { String($0) } ?? "-"))
+        vocabulary     \(c.vocabSize) (\(b.tokenizerIfAny.map { t in "tokenizer: byte-level BPE, \(t.vocabSize) tokens, pre-tokenizer \(t.preTokenizer.rawValue), BOS \(t.bosId.map { String($0) } ?? "-"), EOS \(t.eosId.map { String($0) } ?? "-")" } ?? "no tokenizer"))
         chat template  \(b.template?.name ?? "none")\(b.templateProblem.map { " (\($0))" } ?? "")
         OpenBLAS       \(blasDescription())
         loaded in      \(String(format: "%.2f", b.loadSeconds)) s
@@ -63,7 +63,8 @@ struct Tokenize: ParsableCommand {
             guard let u = String(data: d, encoding: .utf8) else { throw ValidationError("--text-file: \(textFile!) is not UTF-8") }
             s = u
         }
-        let ids = b.tokenizer.encode(s, parseSpecial: !noSpecial, addBOS: addBos && b.tokenizer.addBOS)
+        let tok = try b.tokenizer
+        let ids = tok.encode(s, parseSpecial: !noSpecial, addBOS: addBos && tok.addBOS)
         print(jsonText(ids.map { Int($0) }))
     }
 }
@@ -76,10 +77,11 @@ struct Detokenize: ParsableCommand {
     func run() throws {
         let b = try options.load()
         let ids = try parseTokenList(tokens, field: "--tokens")
-        if let i = ids.firstIndex(where: { $0 < 0 || Int($0) >= b.tokenizer.vocabSize }) {
-            throw ValidationError("--tokens[\(i)]: token id \(ids[i]) is outside the vocabulary [0, \(b.tokenizer.vocabSize))")
+        let tok = try b.tokenizer
+        if let i = ids.firstIndex(where: { $0 < 0 || Int($0) >= tok.vocabSize }) {
+            throw ValidationError("--tokens[\(i)]: token id \(ids[i]) is outside the vocabulary [0, \(tok.vocabSize))")
         }
-        print(b.tokenizer.decode(ids))
+        print(tok.decode(ids))
     }
 }
 
@@ -125,13 +127,15 @@ struct Generate: ParsableCommand {
     func run() throws {
         let b = try options.load()
         let ids: [Int32]
+        let tok: Tokenizer
+        do { tok = try b.tokenizer } catch { throw ValidationError("\(error)") }
         if chat {
             var msgs: [ChatMessage] = []
             if let s = system { msgs.append(.system(s)) }
             msgs.append(.user(prompt))
             do { ids = try b.encodeChat(msgs) } catch { throw ValidationError("\(error)") }
         } else {
-            ids = b.encodePlain(prompt)
+            ids = try b.encodePlain(prompt)
         }
         var p = SamplingParams()
         p.temperature = temperature; p.topK = topK; p.topP = topP; p.minP = minP
@@ -139,7 +143,7 @@ struct Generate: ParsableCommand {
         do { try p.validate() } catch { throw ValidationError("\(error)") }
         let gen = SingleSequenceGenerator(model: b.model)
         let stops = b.stopTokenIds
-        var stream = b.tokenizer.makeStreamDecoder()
+        var stream = tok.makeStreamDecoder()
         let out = FileHandle.standardOutput
         let result: SingleSequenceGenerator.Output
         do {
@@ -150,7 +154,7 @@ struct Generate: ParsableCommand {
         } catch { throw ValidationError("\(error)") }
         let textIds = result.finishReason == .eos ? Array(result.ids.dropLast()) : result.ids
         if json {
-            print(jsonText(["ids": result.ids.map { Int($0) }, "text": b.tokenizer.decode(textIds),
+            print(jsonText(["ids": result.ids.map { Int($0) }, "text": tok.decode(textIds),
                             "finish_reason": result.finishReason.rawValue, "prompt_tokens": ids.count,
                             "logprobs": result.logprobs.map { Double($0) }]))
         } else {
