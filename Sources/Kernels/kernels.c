@@ -3,8 +3,10 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -58,6 +60,78 @@ int kernels_core_rank(const char *core) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// BLAS sharing
+
+static pthread_mutex_t share_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t share_cv = PTHREAD_COND_INITIALIZER;
+static int share_mode = KERNELS_SHARING_NONE;
+static double share_chunk_flops = 2e9;
+static int share_busy = 0, share_waiting_high = 0;
+static unsigned long share_next_ticket = 0, share_serving = 0;
+static __thread int thread_low = 0;
+static __thread double thread_wait = 0;
+
+void kernels_set_sharing(int mode, double max_chunk_flops) {
+    pthread_mutex_lock(&share_mu);
+    share_mode = mode;
+    if (max_chunk_flops > 0) share_chunk_flops = max_chunk_flops;
+    pthread_mutex_unlock(&share_mu);
+}
+int kernels_sharing_mode(void) { return share_mode; }
+void kernels_set_thread_priority(int high) { thread_low = !high; }
+double kernels_thread_wait_seconds(void) { return thread_wait; }
+
+static double mono_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+// Returns whether the lock was taken (the mode may be NONE).
+static int blas_acquire(void) {
+    if (share_mode == KERNELS_SHARING_NONE) return 0;
+    double t0 = mono_now();
+    pthread_mutex_lock(&share_mu);
+    if (share_mode == KERNELS_SHARING_FIFO) {
+        unsigned long ticket = share_next_ticket++;
+        while (share_serving != ticket || share_busy) pthread_cond_wait(&share_cv, &share_mu);
+    } else {
+        int high = !thread_low;
+        if (high) share_waiting_high++;
+        while (share_busy || (!high && share_waiting_high > 0)) pthread_cond_wait(&share_cv, &share_mu);
+        if (high) share_waiting_high--;
+    }
+    share_busy = 1;
+    pthread_mutex_unlock(&share_mu);
+    thread_wait += mono_now() - t0;
+    return 1;
+}
+
+static void blas_release(int taken) {
+    if (!taken) return;
+    pthread_mutex_lock(&share_mu);
+    share_busy = 0;
+    if (share_mode == KERNELS_SHARING_FIFO) share_serving++;
+    pthread_cond_broadcast(&share_cv);
+    pthread_mutex_unlock(&share_mu);
+}
+
+// Rows per call for a product of `rows` rows costing `flops_per_row` each: everything at once
+// unless a low-priority thread shares the BLAS.
+static int chunk_rows(int rows, double flops_per_row) {
+    if (share_mode == KERNELS_SHARING_NONE || !thread_low) return rows;
+    int r = (int)(share_chunk_flops / (flops_per_row > 1 ? flops_per_row : 1));
+    return r < 1 ? 1 : (r > rows ? rows : r);
+}
+
+static void sgemm_shared(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                         const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    int taken = blas_acquire();
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    blas_release(taken);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Matrix multiply
 
 void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate) {
@@ -65,20 +139,38 @@ void matmul_forward(float *out, const float *inp, const float *weight, int T, in
     if (T == 1) {
         // A matrix-vector product: sgemm would pack the whole weight matrix first (a second pass
         // over it); sgemv streams it once, which is what bounds single-sequence decoding.
+        int taken = blas_acquire();
         cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, weight, C, inp, 1, accumulate ? 1.0f : 0.0f, out, 1);
+        blas_release(taken);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, OC, C, 1.0f, inp, C, weight, C,
-                accumulate ? 1.0f : 0.0f, out, OC);
+    int step = chunk_rows(T, 2.0 * C * OC);
+    for (int t = 0; t < T; t += step) {
+        int n = T - t < step ? T - t : step;
+        sgemm_shared(CblasNoTrans, CblasTrans, n, OC, C, 1.0f, inp + (size_t)t * C, C, weight, C,
+                     accumulate ? 1.0f : 0.0f, out + (size_t)t * OC, OC);
+    }
 }
 
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC) {
     if (T == 0) return;
-    if (dinp)  // (T, C) += (T, OC) · (OC, C)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, OC, 1.0f, dout, OC, weight, C, 1.0f, dinp, C);
-    if (dweight)  // (OC, C) += (T, OC)^T · (T, C)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, dout, OC, inp, C, 1.0f, dweight, C);
+    if (dinp) {  // (T, C) += (T, OC) · (OC, C), chunked over independent rows of T
+        int step = chunk_rows(T, 2.0 * C * OC);
+        for (int t = 0; t < T; t += step) {
+            int n = T - t < step ? T - t : step;
+            sgemm_shared(CblasNoTrans, CblasNoTrans, n, C, OC, 1.0f, dout + (size_t)t * OC, OC, weight, C, 1.0f,
+                         dinp + (size_t)t * C, C);
+        }
+    }
+    if (dweight) {  // (OC, C) += (T, OC)^T · (T, C), chunked over independent rows of OC
+        int step = chunk_rows(OC, 2.0 * C * T);
+        for (int o = 0; o < OC; o += step) {
+            int n = OC - o < step ? OC - o : step;
+            sgemm_shared(CblasTrans, CblasNoTrans, n, C, T, 1.0f, dout + o, OC, inp, C, 1.0f,
+                         dweight + (size_t)o * C, C);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -212,8 +304,7 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
     for (int g = 0; g < nKV; g++) {
         float *P = probs + (size_t)g * M * L;  // (M, L)
         group_gather(qg, q, n, g, G, hd, qStride);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride,
-                    0.0f, P, L);
+        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride, 0.0f, P, L);
         for (int r = 0; r < M; r++) {
             float *row = P + (size_t)r * L;
             int valid = p0 + r / G + 1;  // keys 0 .. p0 + t
@@ -225,8 +316,7 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
             for (int j = 0; j < valid; j++) row[j] *= inv;
             for (int j = valid; j < L; j++) row[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride,
-                    0.0f, og, hd);
+        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride, 0.0f, og, hd);
         group_scatter(out, og, n, g, G, hd, oStride, 0);
     }
 }
@@ -247,10 +337,8 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
         group_gather(qg, q, n, g, G, hd, qStride);
         group_gather(dog, dout, n, g, G, hd, oStride);
         // dP = dO · V^T ;  dV += P^T · dO
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, L, hd, 1.0f, dog, hd, v + (size_t)g * hd, kvStride,
-                    0.0f, dP, L);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, M, 1.0f, P, L, dog, hd, 1.0f,
-                    dv + (size_t)g * hd, kvStride);
+        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, 1.0f, dog, hd, v + (size_t)g * hd, kvStride, 0.0f, dP, L);
+        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, 1.0f, P, L, dog, hd, 1.0f, dv + (size_t)g * hd, kvStride);
         // dS = P ⊙ (dP − rowsum(P ⊙ dP))   (masked entries have P = 0)
         for (int r = 0; r < M; r++) {
             const float *pr = P + (size_t)r * L;
@@ -263,10 +351,8 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
             for (int j = valid; j < L; j++) dr[j] = 0.0f;
         }
         // dQ = scale · dS · K ;  dK += scale · dS^T · Q
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, hd, L, scale, dP, L, k + (size_t)g * hd, kvStride,
-                    0.0f, dqg, hd);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f,
-                    dk + (size_t)g * hd, kvStride);
+        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, scale, dP, L, k + (size_t)g * hd, kvStride, 0.0f, dqg, hd);
+        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f, dk + (size_t)g * hd, kvStride);
         group_scatter(dq, dqg, n, g, G, hd, qStride, 1);
     }
 }

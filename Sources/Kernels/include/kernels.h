@@ -29,6 +29,23 @@ const char *kernels_best_core_for_cpu(void);
 int kernels_core_rank(const char *core);
 
 // ---------------------------------------------------------------------------------------------
+// Sharing the BLAS between compute threads (the engine's and the learner's).
+//
+// OpenBLAS keeps one thread pool per process. With sharing on, every BLAS call of every thread runs
+// under one lock, so each call gets all BLAS threads and calls of different threads interleave at
+// call granularity; low-priority threads split their big products into row chunks of at most
+// `max_chunk_flops` (rows are independent, so results change only by float rounding: OpenBLAS rounds
+// edge tiles differently) so a high-priority thread waits at most one chunk. Modes: NONE (no lock: one compute thread, or threads that each run single-threaded
+// BLAS), PRIORITY (high-priority waiters go first: rollout priority), FIFO (first come, first served).
+enum { KERNELS_SHARING_NONE = 0, KERNELS_SHARING_PRIORITY = 1, KERNELS_SHARING_FIFO = 2 };
+void kernels_set_sharing(int mode, double max_chunk_flops);
+int kernels_sharing_mode(void);
+/// Marks the calling thread high (1) or low (0) priority for KERNELS_SHARING_PRIORITY. Default: high.
+void kernels_set_thread_priority(int high);
+/// Seconds the calling thread has spent waiting for the BLAS lock (for measurements).
+double kernels_thread_wait_seconds(void);
+
+// ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
 // accumulate != 0 adds into out instead of overwriting.  Every product goes through OpenBLAS: sgemm, or
 // sgemv when T == 1 (a matrix-vector product; sgemm would pack the whole weight matrix first).
