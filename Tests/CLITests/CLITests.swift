@@ -216,3 +216,30 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("o/final").path), "nothing trained from a bad file")
     }
 }
+
+extension CLITests {
+    /// Text rows are encoded as TRL does (chat template on the prompt, EOS after each response):
+    /// the loss equals the loss of the id rows built by hand from `selm tokenize`.
+    func testTextRowsEncodeAsTRLDoes() throws {
+        let dir = try tempDir()
+        let text = dir.appendingPathComponent("text.jsonl"), ids = dir.appendingPathComponent("ids.jsonl")
+        let prompt = "Name a color.", chosen = "Blue.", rejected = "I do not know.", reference = "Red."
+        try writePairs([["prompt": prompt, "chosen": chosen, "rejected": rejected, "reference_response": reference]], to: text)
+        func tokenize(_ s: String, special: Bool = true) throws -> [Int] {
+            let r = try run(["tokenize", "--model", Self.smol, "--text", s] + (special ? [] : ["--no-special"]))
+            return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [Int]
+        }
+        let templated = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n"
+        try writePairs([["prompt_ids": try tokenize(templated), "chosen_ids": try tokenize(chosen, special: false) + [2],
+                         "rejected_ids": try tokenize(rejected, special: false) + [2], "reference_ids": try tokenize(reference, special: false) + [2]]], to: ids)
+        let a = try run(["loss", "--model", Self.smol, "--data", text.path])
+        let b = try run(["loss", "--model", Self.smol, "--data", ids.path])
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertEqual(b.status, 0, b.stderr)
+        let la = try json(a.stdout), lb = try json(b.stdout)
+        for key in ["loss", "logps/chosen", "logps/rejected", "logps/pi_response"] {
+            XCTAssertEqual(la[key] as! Double, lb[key] as! Double, accuracy: 1e-6, key)
+        }
+        XCTAssertLessThan(la["logps/chosen"] as! Double, 0)
+    }
+}
