@@ -60,6 +60,55 @@ int kernels_core_rank(const char *core) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Two-thread parallel loops
+
+static pthread_mutex_t par_mu = PTHREAD_MUTEX_INITIALIZER;   // held by the one caller using the helper
+static pthread_mutex_t par_job_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t par_job_cv = PTHREAD_COND_INITIALIZER;
+static pthread_once_t par_once = PTHREAD_ONCE_INIT;
+static struct { kernels_range_fn fn; void *ctx; size_t begin, end; int posted, done; } par_job;
+
+static void *par_worker(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&par_job_mu);
+    for (;;) {
+        while (!par_job.posted) pthread_cond_wait(&par_job_cv, &par_job_mu);
+        par_job.posted = 0;
+        kernels_range_fn fn = par_job.fn; void *ctx = par_job.ctx; size_t b = par_job.begin, e = par_job.end;
+        pthread_mutex_unlock(&par_job_mu);
+        fn(ctx, b, e);
+        pthread_mutex_lock(&par_job_mu);
+        par_job.done = 1;
+        pthread_cond_broadcast(&par_job_cv);
+    }
+    return NULL;
+}
+
+static void par_start(void) {
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_create(&t, &a, par_worker, NULL);
+    pthread_attr_destroy(&a);
+}
+
+void kernels_parallel(size_t n, size_t min_parallel, kernels_range_fn fn, void *ctx) {
+    if (n < 2 || n < min_parallel || pthread_mutex_trylock(&par_mu) != 0) { fn(ctx, 0, n); return; }
+    pthread_once(&par_once, par_start);
+    size_t mid = n / 2;
+    pthread_mutex_lock(&par_job_mu);
+    par_job.fn = fn; par_job.ctx = ctx; par_job.begin = mid; par_job.end = n; par_job.done = 0; par_job.posted = 1;
+    pthread_cond_broadcast(&par_job_cv);
+    pthread_mutex_unlock(&par_job_mu);
+    fn(ctx, 0, mid);
+    pthread_mutex_lock(&par_job_mu);
+    while (!par_job.done) pthread_cond_wait(&par_job_cv, &par_job_mu);
+    pthread_mutex_unlock(&par_job_mu);
+    pthread_mutex_unlock(&par_mu);
+}
+
+// ---------------------------------------------------------------------------------------------
 // BLAS sharing
 
 static pthread_mutex_t share_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -191,8 +240,12 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *tokens,
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
-    for (int t = 0; t < T; t++) {
+struct rms_ctx { float *out, *rstd, *dinp, *dweight; const float *inp, *weight, *dout; int C; float eps; };
+
+static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
+    struct rms_ctx *c = p;
+    float *out = c->out, *rstd = c->rstd; const float *inp = c->inp, *weight = c->weight; int C = c->C; float eps = c->eps;
+    for (size_t t = b; t < e; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
         double ss = 0.0;
@@ -203,10 +256,16 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *wei
     }
 }
 
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
+    struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, C, eps};
+    kernels_parallel((size_t)T, 64, rmsnorm_forward_rows, &c);
+}
+
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C) {
     // y_i = w_i * x_i * r,  r = (mean(x^2) + eps)^(-1/2)
     // dx_j = r * w_j * dy_j - r^3 / C * x_j * sum_i(dy_i * w_i * x_i)
+    // (the weight gradient sums over rows, so this stays on one thread)
     for (int t = 0; t < T; t++) {
         const float *x = inp + (size_t)t * C;
         const float *dy = dout + (size_t)t * C;
@@ -360,21 +419,37 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
 // ---------------------------------------------------------------------------------------------
 // SwiGLU
 
-void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
-    for (size_t i = 0; i < N; i++) {
+struct swiglu_ctx { float *h, *dgate, *dup; const float *dh, *gate, *up; };
+
+static void swiglu_forward_range(void *p, size_t b, size_t e) {
+    struct swiglu_ctx *c = p;
+    float *h = c->h; const float *gate = c->gate, *up = c->up;
+    for (size_t i = b; i < e; i++) {
         float g = gate[i];
         h[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
-    for (size_t i = 0; i < N; i++) {
+void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
+    struct swiglu_ctx c = {h, NULL, NULL, NULL, gate, up};
+    kernels_parallel(N, 1 << 16, swiglu_forward_range, &c);
+}
+
+static void swiglu_backward_range(void *p, size_t b, size_t e) {
+    struct swiglu_ctx *c = p;
+    float *dgate = c->dgate, *dup = c->dup; const float *dh = c->dh, *gate = c->gate, *up = c->up;
+    for (size_t i = b; i < e; i++) {
         float g = gate[i];
         float s = 1.0f / (1.0f + expf(-g));
         float silu = g * s;
         dup[i] += dh[i] * silu;
         dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
     }
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
+    struct swiglu_ctx c = {NULL, dgate, dup, dh, gate, up};
+    kernels_parallel(N, 1 << 16, swiglu_backward_range, &c);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -391,8 +466,12 @@ void gather_rows(float *dst, const float *src, const int32_t *rows, int n, int C
 // ---------------------------------------------------------------------------------------------
 // Log-softmax
 
-void logsumexp_rows(float *lse, const float *logits, int R, int V) {
-    for (int r = 0; r < R; r++) {
+struct lse_ctx { float *lse, *dlogits; const float *logits, *dlogp, *lse_in; const int32_t *targets; int V; };
+
+static void lse_range(void *p, size_t b, size_t e) {
+    struct lse_ctx *c = p;
+    float *lse = c->lse; const float *logits = c->logits; int V = c->V;
+    for (size_t r = b; r < e; r++) {
         const float *x = logits + (size_t)r * V;
         float mx = -INFINITY;
         for (int i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
@@ -402,18 +481,70 @@ void logsumexp_rows(float *lse, const float *logits, int R, int V) {
     }
 }
 
+void logsumexp_rows(float *lse, const float *logits, int R, int V) {
+    struct lse_ctx c = {lse, NULL, logits, NULL, NULL, NULL, V};
+    kernels_parallel((size_t)R, 8, lse_range, &c);
+}
+
 void logprob_gather_forward(float *logp, float *lse, const float *logits, const int32_t *targets, int R, int V) {
     logsumexp_rows(lse, logits, R, V);
     for (int r = 0; r < R; r++) logp[r] = logits[(size_t)r * V + targets[r]] - lse[r];
 }
 
+static void logprob_backward_range(void *p, size_t b, size_t e) {
+    struct lse_ctx *c = p;
+    int V = c->V;
+    for (size_t r = b; r < e; r++) {
+        const float *x = c->logits + r * V;
+        float *d = c->dlogits + r * V;
+        float g = c->dlogp[r], l = c->lse_in[r];
+        for (int i = 0; i < V; i++) d[i] = -g * expf(x[i] - l);
+        d[c->targets[r]] += g;
+    }
+}
+
 void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
                              const int32_t *targets, int R, int V) {
-    for (int r = 0; r < R; r++) {
-        const float *x = logits + (size_t)r * V;
-        float *d = dlogits + (size_t)r * V;
-        float g = dlogp[r], l = lse[r];
-        for (int i = 0; i < V; i++) d[i] = -g * expf(x[i] - l);
-        d[targets[r]] += g;
+    struct lse_ctx c = {NULL, dlogits, logits, dlogp, lse, targets, V};
+    kernels_parallel((size_t)R, 8, logprob_backward_range, &c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer
+
+struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2; };
+
+static void adamw_range(void *ctx, size_t b, size_t e) {
+    struct adamw_ctx *c = ctx;
+    float *p = c->p, *m = c->m, *v = c->v; const float *g = c->g;
+    float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2;
+    for (size_t i = b; i < e; i++) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi; v[i] = vi;
+        float denom = sqrtf(vi) / bc2 + eps;
+        p[i] = p[i] * shrink - step * mi / denom;
     }
+}
+
+void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
+                  float eps, float shrink, float step, float bc2sqrt) {
+    struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt};
+    kernels_parallel(n, 1 << 16, adamw_range, &c);
+}
+
+struct ss_ctx { const float *x; double part[2]; size_t mid; };
+
+static void ss_range(void *ctx, size_t b, size_t e) {
+    struct ss_ctx *c = ctx;
+    double s = 0;
+    for (size_t i = b; i < e; i++) s += (double)c->x[i] * c->x[i];
+    c->part[b == 0 ? 0 : 1] = s;
+}
+
+double sum_squares(const float *x, size_t n) {
+    struct ss_ctx c = {x, {0, 0}, 0};
+    kernels_parallel(n, 1 << 16, ss_range, &c);
+    return c.part[0] + c.part[1];
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Model
 
 /// Learning-rate schedule: linear warm-up from 0, then cosine decay to 0 or constant — the values of
@@ -68,14 +69,8 @@ public final class AdamW: @unchecked Sendable {
         let p = params.data, g = grads.data, m = self.m.data, v = self.v.data
         for seg in decayMask {
             let shrink: Float = seg.decay ? 1 - lr * weightDecay : 1
-            for i in seg.offset ..< seg.offset + seg.count {
-                let gi = g[i]
-                let mi = b1 * m[i] + (1 - b1) * gi
-                let vi = b2 * v[i] + (1 - b2) * gi * gi
-                m[i] = mi; v[i] = vi
-                let denom = vi.squareRoot() / bc2sqrt + eps
-                p[i] = p[i] * shrink - stepSize * mi / denom
-            }
+            let o = seg.offset
+            adamw_update(p + o, g + o, m + o, v + o, seg.count, b1, b2, eps, shrink, stepSize, bc2sqrt)
         }
     }
 }
@@ -83,10 +78,7 @@ public final class AdamW: @unchecked Sendable {
 extension ParameterSet {
     /// The L2 norm of all values (double accumulation).
     public func globalNorm() -> Double {
-        var s = 0.0
-        let p = data
-        for i in 0..<count { s += Double(p[i]) * Double(p[i]) }
-        return s.squareRoot()
+        sum_squares(data, count).squareRoot()
     }
 
     /// Multiplies every value by `k`.

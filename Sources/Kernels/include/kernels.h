@@ -100,6 +100,21 @@ void swiglu_forward(float *h, const float *gate, const float *up, size_t N);
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N);
 
 // ---------------------------------------------------------------------------------------------
+// Data-parallel loops outside BLAS: split [0, n) over the calling thread and one helper thread
+// (this machine class has two cores; OpenBLAS's own threads idle between BLAS calls). Falls back to
+// the calling thread alone for small n or when the helper is busy with another caller's loop.
+typedef void (*kernels_range_fn)(void *ctx, size_t begin, size_t end);
+void kernels_parallel(size_t n, size_t min_parallel, kernels_range_fn fn, void *ctx);
+
+// AdamW (PyTorch semantics) over a contiguous segment: p = p·shrink − step·m̂/(sqrt(v̂)+eps) with
+// m, v updated in place.  shrink = 1 − lr·wd (1 for no decay), step = lr / (1 − β1^t),
+// bc2sqrt = sqrt(1 − β2^t).
+void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
+                  float eps, float shrink, float step, float bc2sqrt);
+// Sum of squares of n floats (double accumulation), parallel.
+double sum_squares(const float *x, size_t n);
+
+// ---------------------------------------------------------------------------------------------
 // Elementwise
 // out = a + b (out may alias a or b)
 void add_forward(float *out, const float *a, const float *b, size_t N);
