@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine proto proto-check clean
 
 all: build
 
@@ -31,6 +31,10 @@ bench-model: deps model
 bench-learner: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench learner --model $(MODEL)
+
+bench-engine: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench engine --model $(MODEL)
 
 clean:
 	rm -rf .build

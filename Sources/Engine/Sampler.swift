@@ -6,7 +6,8 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var temperature: Float = 1.0
     /// Keep only the k most likely tokens; 0 = off.
     public var topK: Int = 0
-    /// Keep the smallest set of most likely tokens whose probability reaches p; 1 = off.
+    /// Keep the smallest set of most likely tokens whose probability reaches p (tokens tied with the
+    /// least likely of them stay too); 1 = off.
     public var topP: Float = 1.0
     /// Drop tokens whose probability is below minP × the top probability; 0 = off.
     public var minP: Float = 0.0
@@ -121,6 +122,10 @@ public struct Sampler: Sendable {
         return adjusted.isEmpty ? choose(logits, vocab: vocab) : adjusted.withUnsafeBufferPointer { choose($0.baseAddress!, vocab: vocab) }
     }
 
+    /// Picks from `x` (vocab logits, already penalised). Candidates are the top k (or all tokens)
+    /// weighted exp((logit − max) / T); min-p and top-p each set a floor on that weight (top-p's:
+    /// the largest weight w* such that the tokens weighing at least w* hold p of the mass); the
+    /// draw walks the tokens above the floor in id order. O(vocab): no sort of the vocabulary.
     private mutating func choose(_ x: UnsafePointer<Float>, vocab: Int) -> Int32 {
         let p = params
         if p.temperature == 0 {
@@ -128,49 +133,78 @@ public struct Sampler: Sendable {
             for i in 1..<vocab where x[i] > x[best] { best = i }
             return Int32(best)
         }
-        // Candidates: all tokens, or the top k.
         var mx = -Float.infinity
         for i in 0..<vocab where x[i] > mx { mx = x[i] }
         let invT = 1 / p.temperature
-        var cand: [(id: Int32, w: Float)] = []
-        cand.reserveCapacity(p.topK > 0 ? min(p.topK, vocab) : vocab)
-        if p.topK > 0 && p.topK < vocab {
-            var all = (0..<vocab).map { (id: Int32($0), w: x[$0]) }
-            all.sort { $0.w > $1.w || ($0.w == $1.w && $0.id < $1.id) }
-            cand = Array(all.prefix(p.topK))
-        } else {
-            for i in 0..<vocab { cand.append((Int32(i), x[i])) }
-        }
-        var sum: Double = 0
-        for i in cand.indices {
-            let e = expf((cand[i].w - mx) * invT)
-            cand[i].w = e
-            sum += Double(e)
-        }
-        if p.topP < 1 || p.minP > 0 {
-            cand.sort { $0.w > $1.w || ($0.w == $1.w && $0.id < $1.id) }
-            var keep = cand.count
-            if p.minP > 0 {
-                let floor = cand[0].w * p.minP
-                keep = cand.firstIndex { $0.w < floor } ?? cand.count
-            }
-            if p.topP < 1 {
-                var acc: Double = 0
-                let target = Double(p.topP) * sum
-                for i in 0..<keep {
-                    acc += Double(cand[i].w)
-                    if acc >= target { keep = i + 1; break }
+        var weights = [Float](repeating: 0, count: vocab)
+        return weights.withUnsafeMutableBufferPointer { w in
+            // (vocab) candidate weights, 0 for tokens that are not candidates; the largest is 1.
+            var sum: Double = 0
+            if p.topK > 0 && p.topK < vocab {
+                for c in Self.best(p.topK, of: x, vocab: vocab) { w[Int(c.id)] = expf((c.w - mx) * invT) }
+                for i in 0..<vocab { sum += Double(w[i]) }
+            } else {
+                for i in 0..<vocab {
+                    let e = expf((x[i] - mx) * invT)
+                    w[i] = e
+                    sum += Double(e)
                 }
             }
-            cand.removeSubrange(max(keep, 1)...)
-            sum = cand.reduce(0) { $0 + Double($1.w) }
+            var floor: Float = .leastNonzeroMagnitude
+            if p.minP > 0 { floor = max(floor, p.minP) }
+            if p.topP < 1 { floor = max(floor, Self.topPFloor(UnsafeBufferPointer(w), above: floor, target: Double(p.topP) * sum)) }
+            var kept: Double = 0
+            var last = 0
+            for i in 0..<vocab where w[i] >= floor { kept += Double(w[i]); last = i }
+            let u = rng.nextUnit() * kept
+            var acc: Double = 0
+            for i in 0..<vocab where w[i] >= floor {
+                acc += Double(w[i])
+                if u < acc { return Int32(i) }
+            }
+            return Int32(last)
         }
-        let u = rng.nextUnit() * sum
+    }
+
+    /// The k largest logits as (id, logit), larger first, ties to the lower id, by insertion into a
+    /// short sorted list.
+    static func best(_ k: Int, of x: UnsafePointer<Float>, vocab: Int) -> [(id: Int32, w: Float)] {
+        var out: [(id: Int32, w: Float)] = []
+        out.reserveCapacity(k + 1)
+        for i in 0..<vocab {
+            let v = x[i]
+            if out.count == k && !(v > out[k - 1].w) { continue }
+            var j = out.count
+            while j > 0 && out[j - 1].w < v { j -= 1 }
+            out.insert((Int32(i), v), at: j)
+            if out.count > k { out.removeLast() }
+        }
+        return out
+    }
+
+    /// The largest weight w* ≥ `above` such that the weights ≥ w* sum to at least `target` (or
+    /// `above` when even all weights ≥ it fall short). Weights in (0, 1] are bucketed by their
+    /// float bits (monotonic for positive floats); only the bucket where the running mass crosses
+    /// the target is sorted.
+    static func topPFloor(_ w: UnsafeBufferPointer<Float>, above: Float, target: Double) -> Float {
+        let shift: UInt32 = 17
+        let buckets = Int(Float(1).bitPattern >> shift) + 1
+        var mass = [Double](repeating: 0, count: buckets)  // (buckets) weight held by each bucket
+        for v in w where v >= above { mass[Int(v.bitPattern >> shift)] += Double(v) }
         var acc: Double = 0
-        for c in cand {
-            acc += Double(c.w)
-            if u < acc { return c.id }
+        var boundary = -1
+        for b in stride(from: buckets - 1, through: 0, by: -1) {
+            if acc + mass[b] >= target { boundary = b; break }
+            acc += mass[b]
         }
-        return cand.last!.id
+        guard boundary >= 0 else { return above }
+        var inBucket: [Float] = []
+        for v in w where v >= above && Int(v.bitPattern >> shift) == boundary { inBucket.append(v) }
+        inBucket.sort(by: >)
+        for v in inBucket {
+            acc += Double(v)
+            if acc >= target { return v }
+        }
+        return inBucket.last ?? above
     }
 }

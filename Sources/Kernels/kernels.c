@@ -119,6 +119,7 @@ static int share_busy = 0, share_waiting_high = 0;
 static unsigned long share_next_ticket = 0, share_serving = 0;
 static __thread int thread_low = 0;
 static __thread double thread_wait = 0;
+static __thread double thread_blas = 0;
 
 void kernels_set_sharing(int mode, double max_chunk_flops) {
     pthread_mutex_lock(&share_mu);
@@ -129,6 +130,7 @@ void kernels_set_sharing(int mode, double max_chunk_flops) {
 int kernels_sharing_mode(void) { return share_mode; }
 void kernels_set_thread_priority(int high) { thread_low = !high; }
 double kernels_thread_wait_seconds(void) { return thread_wait; }
+double kernels_thread_blas_seconds(void) { return thread_blas; }
 
 static double mono_now(void) {
     struct timespec t;
@@ -176,7 +178,9 @@ static int chunk_rows(int rows, double flops_per_row) {
 static void sgemm_shared(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
                          const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     int taken = blas_acquire();
+    double t0 = mono_now();
     cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    thread_blas += mono_now() - t0;
     blas_release(taken);
 }
 
@@ -189,7 +193,9 @@ void matmul_forward(float *out, const float *inp, const float *weight, int T, in
         // A matrix-vector product: sgemm would pack the whole weight matrix first (a second pass
         // over it); sgemv streams it once, which is what bounds single-sequence decoding.
         int taken = blas_acquire();
+        double t0 = mono_now();
         cblas_sgemv(CblasRowMajor, CblasNoTrans, OC, C, 1.0f, weight, C, inp, 1, accumulate ? 1.0f : 0.0f, out, 1);
+        thread_blas += mono_now() - t0;
         blas_release(taken);
         return;
     }

@@ -109,7 +109,7 @@ func benchLearner(_ path: String) throws {
 
 let args = CommandLine.arguments
 guard args.count >= 2 else {
-    print("usage: selm-bench model|learner --model PATH"); exit(2)
+    print("usage: selm-bench model|learner|engine|server --model PATH"); exit(2)
 }
 var modelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if let i = args.firstIndex(of: "--model"), i + 1 < args.count { modelPath = args[i + 1] }
@@ -117,6 +117,7 @@ do {
     switch args[1] {
     case "model": try benchModel(modelPath)
     case "learner": try benchLearner(modelPath)
+    case "engine": try benchEngine(modelPath)
     default: print("unknown benchmark \(args[1])"); exit(2)
     }
 } catch {

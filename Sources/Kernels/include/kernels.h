@@ -44,6 +44,8 @@ int kernels_sharing_mode(void);
 void kernels_set_thread_priority(int high);
 /// Seconds the calling thread has spent waiting for the BLAS lock (for measurements).
 double kernels_thread_wait_seconds(void);
+/// Seconds the calling thread has spent inside BLAS calls (sgemm, sgemv), for measurements.
+double kernels_thread_blas_seconds(void);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)

@@ -1,0 +1,443 @@
+import Foundation
+import Model
+import Tokenizer
+
+/// The generation engine: continuous batching over a paged KV cache, sampling with log-probs,
+/// version-bound samples and zero-pause weight publishing.
+///
+/// Tasks in, results out. `submit`, `score`, `cancel`, `publish`, `status` and `drainEvents` may be
+/// called from any thread; they take a short lock and never wait for a running step. The work
+/// happens in `step()`: either on the engine's own thread (`start()`), or on a compute thread of
+/// the owner's that calls `step()` itself (e.g. interleaved with learner micro-steps) — not both.
+/// Results are queued; after each step that produced any, the wake-up callback runs (on the step
+/// thread) and the owner drains the queue with `drainEvents()`. Wake-ups may coalesce
+/// (`uv_async_send`): drain everything each time.
+///
+/// ```
+/// let engine = try Engine(model: model, tokenizer: tok, template: .chatml(defaultSystem: nil))
+/// engine.setWakeup { uv_async_send(handle) }
+/// engine.start()
+/// let id = try engine.submit(GenerationRequest(prompt: ids))
+/// ... on wake-up: for e in engine.drainEvents() { ... }
+/// engine.publish(weights: newWeights, version: 2)   // from the learner
+/// engine.stop()
+/// ```
+public final class Engine: @unchecked Sendable {
+    /// Thread: immutable, any thread.
+    public let config: EngineConfig
+    /// Thread: immutable, any thread.
+    public let modelConfig: LlamaConfig
+    /// Thread: immutable, any thread.
+    public let tokenizer: Tokenizer
+    /// Thread: immutable, any thread.
+    public let template: ChatTemplate?
+    /// EOS and the template's end-of-turn tokens: every request stops at them unless `ignoreEOS`.
+    /// Thread: immutable, any thread.
+    public let defaultStopTokens: [Int32]
+    /// Blocks in the KV pool. Thread: immutable, any thread.
+    public let kvBlocksTotal: Int
+
+    private let versions: VersionRegistry
+    /// Guarded by `stepLock` (internal for tests).
+    let scheduler: Scheduler
+    private let stepLock = NSLock()
+
+    /// Guards everything below it up to `outLock`.
+    private let inboxCond = NSCondition()
+    private var inbox = Inbox()
+    /// A publication arrived: an idle engine thread wakes to install it.
+    private var poked = false
+    private var nextID: UInt64 = 1
+    /// Requests submitted and not yet done.
+    private var activeIDs: Set<RequestID> = []
+    private var stopped = false
+    private var stopRequested = false
+    private var lastStatus: EngineStatus
+    private var thread: Thread?
+    private var threadDone: DispatchSemaphore?
+
+    private let outLock = NSLock()
+    private var outbox: [EngineEvent] = []
+    private var wakeup: (@Sendable () -> Void)?
+
+    /// Creates an engine serving `model` as `version`.
+    /// - Parameters:
+    ///   - template: the chat template for `encode(text:chat:)` and the default stop tokens.
+    /// - Throws: `EngineError.invalidConfig` for a block size < 1, a pool smaller than one block, a
+    ///   token budget < 1, `maxLiveSnapshots` < 1, `maxN` outside 1 ... 64, `defaultMaxTokens` < 1.
+    /// Thread: any.
+    public init(model: LlamaModel, version: UInt64 = 1, tokenizer: Tokenizer, template: ChatTemplate? = nil,
+                config: EngineConfig = EngineConfig()) throws {
+        func bad(_ f: String, _ r: String) -> EngineError { .invalidConfig(field: f, reason: r) }
+        let c = model.config
+        guard config.blockSize >= 1 && config.blockSize <= c.contextLength else {
+            throw bad("block_size", "must be in 1 ... \(c.contextLength), got \(config.blockSize)")
+        }
+        let blockBytes = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize)
+        let blocks = config.kvCacheMB.isFinite ? Int(config.kvCacheMB * 1_048_576 / Double(blockBytes)) : 0
+        guard blocks >= 1 else {
+            throw bad("kv_cache_mb", "\(config.kvCacheMB) MB holds no block of \(blockBytes) bytes")
+        }
+        guard config.maxTokensPerStep >= 1 else { throw bad("max_tokens_per_step", "must be ≥ 1, got \(config.maxTokensPerStep)") }
+        guard config.maxLiveSnapshots >= 1 else { throw bad("max_live_snapshots", "must be ≥ 1, got \(config.maxLiveSnapshots)") }
+        guard (1...64).contains(config.maxN) else { throw bad("max_n", "must be in 1 ... 64, got \(config.maxN)") }
+        guard config.defaultMaxTokens >= 1 else { throw bad("default_max_tokens", "must be ≥ 1, got \(config.defaultMaxTokens)") }
+
+        self.config = config
+        self.modelConfig = c
+        self.tokenizer = tokenizer
+        self.template = template
+        var stops: [Int32] = []
+        if let eos = tokenizer.eosId { stops.append(eos) }
+        for t in template?.stopTokens ?? [] {
+            if let id = tokenizer.id(of: t), !stops.contains(id) { stops.append(id) }
+        }
+        defaultStopTokens = stops.filter { $0 >= 0 && Int($0) < c.vocabSize }
+        kvBlocksTotal = blocks
+        versions = VersionRegistry(model: model, version: version, maxLive: config.maxLiveSnapshots)
+        scheduler = Scheduler(config: config, modelConfig: c, tokenizer: tokenizer, versions: versions, blockCount: blocks)
+        lastStatus = EngineStatus(
+            currentVersion: version, pendingVersion: nil, liveVersions: [version], waitingRequests: 0, runningRequests: 0,
+            runningSequences: 0, kvBlocksUsed: 0, kvBlocksCached: 0, kvBlocksTotal: blocks, blockSize: config.blockSize,
+            tokensGenerated: 0, promptTokensComputed: 0, prefixCacheHitTokens: 0, tokensPerSecond: 0, steps: 0,
+            forwards: 0, stepSeconds: 0, forwardSeconds: 0, kvSeconds: 0, sampleSeconds: 0)
+    }
+
+    // MARK: tasks in
+
+    /// Validates a generation request and queues it; it is admitted by a later step.
+    /// - Returns: the id its events carry.
+    /// - Throws: `EngineError.invalidRequest` naming the field (temperature < 0, top_p outside
+    ///   (0, 1], n outside [1, 64], token ids out of range, empty prompt, prompt + max_tokens beyond
+    ///   the context, ...), `.exceedsKVPool` when it could never fit, `.versionNotAlive` for a
+    ///   `requireVersion` no longer held, `.stopped`.
+    /// Thread: any; never waits for a running step.
+    public func submit(_ req: GenerationRequest) throws -> RequestID {
+        let (maxTokens, stopTokens) = try validate(req)
+        var pinned: WeightSnapshot?
+        if let v = req.requireVersion {
+            guard let s = versions.retain(version: v) else {
+                throw EngineError.versionNotAlive(field: "require_version", version: v, alive: versions.liveVersions)
+            }
+            pinned = s
+        }
+        inboxCond.lock()
+        defer { inboxCond.unlock() }
+        guard !stopped else {
+            if let pinned { versions.release(pinned) }
+            throw EngineError.stopped
+        }
+        let id = RequestID(nextID)
+        nextID += 1
+        activeIDs.insert(id)
+        inbox.requests.append(RequestState(id: id, request: req, maxTokens: maxTokens, stopTokens: stopTokens,
+                                           seed: req.params.seed ?? UInt64.random(in: 0...UInt64.max), snapshot: pinned))
+        inboxCond.signal()
+        return id
+    }
+
+    /// Tokenizes `texts` (through the chat template when `chat`) and submits them as one request.
+    /// Thread: any.
+    public func submit(texts: [String], chat: Bool, params: SamplingParams = SamplingParams(), maxTokens: Int? = nil,
+                       n: Int = 1, stop: [String] = [], stream: Bool = false) throws -> RequestID {
+        let prompts = try texts.map { try encode(text: $0, chat: chat) }
+        return try submit(GenerationRequest(prompts: prompts, params: params, maxTokens: maxTokens, n: n, stop: stop, stream: stream))
+    }
+
+    /// Token ids of a prompt: with `chat`, `text` as one user message through the chat template
+    /// (ending with the assistant turn's opening); otherwise the text itself. Special tokens written
+    /// in the text are parsed; BOS is added when the tokenizer asks for it.
+    /// - Throws: `EngineError.noChatTemplate` for `chat` without a template.
+    /// Thread: any.
+    public func encode(text: String, chat: Bool) throws -> [Int32] {
+        if chat { return try encode(messages: [.user(text)]) }
+        return tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+    }
+
+    /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
+    /// opening. Thread: any.
+    public func encode(messages: [ChatMessage]) throws -> [Int32] {
+        guard let template else { throw EngineError.noChatTemplate }
+        return tokenizer.encode(template.render(messages, addGenerationPrompt: true), parseSpecial: true,
+                                addBOS: tokenizer.addBOS)
+    }
+
+    /// Queues log-probability scoring of continuations; the result comes as a `.score` event.
+    /// - Throws: `EngineError.invalidRequest` naming the field (`items`, `items[i].prompt`,
+    ///   `items[i].continuation[j]`, `top_logprobs`), `.versionNotAlive`, `.stopped`.
+    /// Thread: any; never waits for a running step.
+    public func score(_ req: ScoreRequest) throws -> RequestID {
+        func bad(_ f: String, _ r: String) -> EngineError { .invalidRequest(field: f, reason: r) }
+        let c = modelConfig
+        guard !req.items.isEmpty else { throw bad("items", "at least one item is required") }
+        guard (0...20).contains(req.topLogprobs) else { throw bad("top_logprobs", "must be in 0 ... 20, got \(req.topLogprobs)") }
+        for (i, it) in req.items.enumerated() {
+            guard !it.prompt.isEmpty else { throw bad("items[\(i)].prompt", "is empty") }
+            guard !it.continuation.isEmpty else { throw bad("items[\(i)].continuation", "is empty") }
+            try checkIDs(it.prompt, field: "items[\(i)].prompt")
+            try checkIDs(it.continuation, field: "items[\(i)].continuation")
+            guard it.prompt.count + it.continuation.count <= c.contextLength + 1 else {
+                throw bad("items[\(i)]", "prompt + continuation of \(it.prompt.count + it.continuation.count) tokens exceed the context length \(c.contextLength)")
+            }
+        }
+        var pinned: WeightSnapshot?
+        if let v = req.version {
+            guard let s = versions.retain(version: v) else {
+                throw EngineError.versionNotAlive(field: "version", version: v, alive: versions.liveVersions)
+            }
+            pinned = s
+        }
+        inboxCond.lock()
+        defer { inboxCond.unlock() }
+        guard !stopped else {
+            if let pinned { versions.release(pinned) }
+            throw EngineError.stopped
+        }
+        let id = RequestID(nextID)
+        nextID += 1
+        activeIDs.insert(id)
+        inbox.scores.append(ScoreTask(id: id, request: req, snapshot: pinned))
+        inboxCond.signal()
+        return id
+    }
+
+    /// Cancels a request at any point: its sequences stop at the next step and free their blocks;
+    /// unfinished samples end with `cancelled`. Returns false when the id is unknown or done.
+    /// Thread: any; never waits for a running step.
+    @discardableResult
+    public func cancel(_ id: RequestID) -> Bool {
+        inboxCond.lock()
+        defer { inboxCond.unlock() }
+        guard activeIDs.contains(id) else { return false }
+        inbox.cancels.append(id)
+        inboxCond.signal()
+        return true
+    }
+
+    /// Hands the engine a new weight set; returns at once. It becomes current between two steps —
+    /// requests admitted from then on bind to it, running samples keep their version (or
+    /// re-prefill under it with `recompute`). The engine owns `weights` from now on: do not modify
+    /// them. When `maxLiveSnapshots` are alive, the version waits (and admission with it) until
+    /// older snapshots' last sequences finish; a newer publication replaces a waiting one.
+    /// - Throws: `.staleVersion` unless `version` is newer than every earlier one,
+    ///   `.incompatibleWeights` for another architecture.
+    /// Thread: any; never waits for a running step.
+    public func publish(weights: ParameterSet, version: UInt64) throws {
+        guard weights.config == modelConfig else {
+            throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
+        }
+        try versions.publish(weights, version: version)
+        inboxCond.lock()
+        poked = true
+        inboxCond.signal()
+        inboxCond.unlock()
+    }
+
+    /// The version new requests bind to. Thread: any.
+    public var currentVersion: UInt64 { versions.currentVersion }
+
+    /// Counters and versions, as of the last step (versions and queue lengths live). Thread: any;
+    /// never waits for a running step.
+    public func status() -> EngineStatus {
+        inboxCond.lock()
+        var s = lastStatus
+        s.waitingRequests += inbox.requests.count + inbox.scores.count
+        inboxCond.unlock()
+        s.currentVersion = versions.currentVersion
+        s.pendingVersion = versions.pendingVersion
+        s.liveVersions = versions.liveVersions
+        return s
+    }
+
+    // MARK: results out
+
+    /// Sets the callback run (on the step thread) after each step that queued events. Keep it
+    /// cheap and non-blocking (`uv_async_send`). Thread: any.
+    public func setWakeup(_ f: @escaping @Sendable () -> Void) {
+        outLock.lock(); wakeup = f; outLock.unlock()
+    }
+
+    /// Takes every queued event, oldest first. Thread: any.
+    public func drainEvents() -> [EngineEvent] {
+        outLock.lock(); defer { outLock.unlock() }
+        let out = outbox
+        outbox = []
+        return out
+    }
+
+    // MARK: running
+
+    /// Runs one scheduler step: admits waiting requests, runs one forward per live weight version
+    /// with work (prefill chunks and decodes of many sequences together), samples, retires finished
+    /// sequences, queues events and calls the wake-up. Returns at once when there is nothing to do.
+    /// Thread: the engine thread, or one compute thread of the owner's when `start()` is not used.
+    /// Calls are serialised.
+    @discardableResult
+    public func step() -> EngineStepReport {
+        stepLock.lock()
+        defer { stepLock.unlock() }
+        inboxCond.lock()
+        let box = inbox
+        inbox = Inbox()
+        poked = false
+        inboxCond.unlock()
+
+        let report = scheduler.step(box)
+        let events = scheduler.events
+        let s = scheduler
+        let status = EngineStatus(
+            currentVersion: 0, pendingVersion: nil, liveVersions: [], waitingRequests: s.waitingRequestCount,
+            runningRequests: s.runningRequestCount, runningSequences: s.runningSampleCount,
+            kvBlocksUsed: s.cache.usedCount, kvBlocksCached: s.cache.evictableCount, kvBlocksTotal: kvBlocksTotal,
+            blockSize: config.blockSize, tokensGenerated: s.tokensGenerated, promptTokensComputed: s.promptTokensComputed,
+            prefixCacheHitTokens: s.prefixHitTokens, tokensPerSecond: s.tokensPerSecond(), steps: s.steps,
+            forwards: s.forwards, stepSeconds: s.stepSeconds, forwardSeconds: s.forwardSeconds,
+            kvSeconds: s.cache.attendSeconds, sampleSeconds: s.sampleSeconds)
+        inboxCond.lock()
+        lastStatus = status
+        for e in events {
+            switch e {
+            case .done, .score, .error: activeIDs.remove(e.requestID)
+            default: break
+            }
+        }
+        inboxCond.unlock()
+        if !events.isEmpty {
+            outLock.lock()
+            outbox.append(contentsOf: events)
+            let w = wakeup
+            outLock.unlock()
+            w?()
+        }
+        return report
+    }
+
+    /// Starts the engine thread, which steps while there is work and sleeps otherwise. The thread
+    /// holds the engine until `stop()`. Thread: any.
+    public func start() {
+        inboxCond.lock()
+        defer { inboxCond.unlock() }
+        guard thread == nil, !stopped else { return }
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread { [self] in
+            self.run()
+            done.signal()
+        }
+        t.name = "selm-engine"
+        thread = t
+        threadDone = done
+        t.start()
+    }
+
+    private func run() {
+        while true {
+            let report = step()
+            inboxCond.lock()
+            if stopRequested && !report.hasWork && inbox.isEmpty {
+                inboxCond.unlock()
+                return
+            }
+            if report.hasWork {
+                // Work that could not move this step (admission waiting for blocks or a version)
+                // must not spin.
+                if report.tokens == 0 && inbox.isEmpty && !poked { _ = inboxCond.wait(until: Date(timeIntervalSinceNow: 0.002)) }
+            } else {
+                while inbox.isEmpty && !poked && !stopRequested { inboxCond.wait() }
+            }
+            inboxCond.unlock()
+        }
+    }
+
+    /// Stops taking work (later submissions throw `.stopped`) and ends what is in flight: cancelled
+    /// (samples end with `cancelled`), or run to completion with `finishInFlight`. Returns when the
+    /// engine thread has exited (or, without one, after stepping here until nothing is left).
+    /// Thread: any but the step thread.
+    public func stop(finishInFlight: Bool = false) {
+        inboxCond.lock()
+        stopped = true
+        stopRequested = true
+        if !finishInFlight { inbox.cancelAll = true }
+        inboxCond.signal()
+        let t = thread, done = threadDone
+        thread = nil
+        inboxCond.unlock()
+        if t != nil {
+            done?.wait()
+        } else {
+            while step().hasWork {}
+        }
+    }
+
+    // MARK: validation
+
+    private func checkIDs(_ ids: [Int32], field: String) throws {
+        let V = Int32(modelConfig.vocabSize)
+        for (j, t) in ids.enumerated() where t < 0 || t >= V {
+            throw EngineError.invalidRequest(field: "\(field)[\(j)]", reason: "token id \(t) is outside the vocabulary [0, \(V))")
+        }
+    }
+
+    /// Checks every field; returns the effective max tokens and stop tokens.
+    private func validate(_ req: GenerationRequest) throws -> (Int, Set<Int32>) {
+        func bad(_ f: String, _ r: String) -> EngineError { .invalidRequest(field: f, reason: r) }
+        let C = modelConfig.contextLength
+        guard !req.prompts.isEmpty else { throw bad("prompts", "at least one prompt is required") }
+        for (i, p) in req.prompts.enumerated() {
+            guard !p.isEmpty else { throw bad("prompts[\(i)]", "is empty") }
+            try checkIDs(p, field: "prompts[\(i)]")
+        }
+        var params = req.params
+        params.maxTokens = 1  // `maxTokens` is the request's own field
+        do { try params.validate() } catch let SamplingError.invalid(field, reason) { throw bad(field, reason) }
+        let maxN = min(64, config.maxN)
+        guard (1...maxN).contains(req.n) else { throw bad("n", "must be in [1, \(maxN)], got \(req.n)") }
+        guard (0...20).contains(req.topLogprobs) else { throw bad("top_logprobs", "must be in [0, 20], got \(req.topLogprobs)") }
+        for (i, s) in req.stop.enumerated() where s.isEmpty { throw bad("stop[\(i)]", "is empty") }
+        try checkIDs(req.stopTokenIDs, field: "stop_token_ids")
+        if req.recompute && req.requireVersion != nil {
+            throw bad("recompute", "cannot be combined with require_version (a recomputing request moves to new versions)")
+        }
+        let longest = req.prompts.map(\.count).max()!
+        let maxTokens: Int
+        if let m = req.maxTokens {
+            guard m >= 1 else { throw bad("max_tokens", "must be ≥ 1, got \(m)") }
+            guard longest + m <= C else {
+                throw bad("max_tokens", "a prompt of \(longest) tokens + max_tokens \(m) exceeds the context length \(C)")
+            }
+            maxTokens = m
+        } else {
+            guard longest < C else { throw bad("prompts", "a prompt of \(longest) tokens leaves no room in the context length \(C)") }
+            maxTokens = min(config.defaultMaxTokens, C - longest)
+        }
+        let need = req.prompts.map {
+            Scheduler.worstCaseBlocks(promptCount: $0.count, maxTokens: maxTokens, n: req.n, blockSize: config.blockSize,
+                                      share: config.sharePromptAcrossSamples)
+        }.max()!
+        guard need <= kvBlocksTotal else {
+            throw EngineError.exceedsKVPool(field: "max_tokens", blocksNeeded: need, blocksTotal: kvBlocksTotal, blockSize: config.blockSize)
+        }
+        var stops = Set(req.stopTokenIDs)
+        if !req.ignoreEOS { stops.formUnion(defaultStopTokens) }
+        return (maxTokens, stops)
+    }
+}
+
+// `Engine` names both this module and its main class, so `Engine.SamplingParams` written in another
+// module always means a member of the class. These aliases make that spelling reach the module's
+// types whose names other modules (Wire) reuse. (The underscored module-level names exist only
+// because a public alias cannot go through an internal one.)
+public typealias _EngineSamplingParams = SamplingParams
+public typealias _EngineFinishReason = FinishReason
+public typealias _EngineSampleResult = SampleResult
+public typealias _EngineScoreRequest = ScoreRequest
+public typealias _EngineScoreItem = ScoreItem
+public typealias _EngineScoredItem = ScoredItem
+
+extension Engine {
+    public typealias SamplingParams = _EngineSamplingParams
+    public typealias FinishReason = _EngineFinishReason
+    public typealias SampleResult = _EngineSampleResult
+    public typealias ScoreRequest = _EngineScoreRequest
+    public typealias ScoreItem = _EngineScoreItem
+    public typealias ScoredItem = _EngineScoredItem
+}

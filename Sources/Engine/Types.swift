@@ -1,0 +1,253 @@
+import Foundation
+
+/// Identifies one submitted generation or score request; unique within an `Engine`.
+public struct RequestID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public static func < (a: RequestID, b: RequestID) -> Bool { a.raw < b.raw }
+    public var description: String { "#\(raw)" }
+}
+
+/// Sizes and policies of an engine, fixed at creation.
+public struct EngineConfig: Sendable, Equatable {
+    /// Size of the paged KV pool (keys and values of every layer), in MiB.
+    public var kvCacheMB: Double = 512
+    /// Tokens per KV block.
+    public var blockSize: Int = 16
+    /// Token budget of one step: decodes (one token each) plus prefill chunks.
+    public var maxTokensPerStep: Int = 512
+    /// Weight snapshots alive at once (the current one included). When a publication would exceed
+    /// it, the new version waits and admission of new requests waits with it, until older
+    /// snapshots' last sequences finish.
+    public var maxLiveSnapshots: Int = 2
+    /// Largest `n` accepted (at most 64).
+    public var maxN: Int = 64
+    /// `max_tokens` of a request that does not set it (capped to what the context leaves).
+    public var defaultMaxTokens: Int = 256
+    /// Reuse full prompt blocks across requests, keyed by (version, token prefix).
+    public var prefixCache: Bool = true
+    /// The n samples of a prompt prefill it once and share its blocks. Off only to test that
+    /// sharing changes nothing.
+    public var sharePromptAcrossSamples: Bool = true
+    /// Threads that sample the tokens of one step in parallel (each sample's draw is independent
+    /// of the others, so results do not depend on it). 1 keeps all work on the step thread.
+    public var samplingThreads: Int = min(2, ProcessInfo.processInfo.activeProcessorCount)
+
+    public init() {}
+}
+
+/// One generation request: n samples for each of its prompts. The server tokenizes text and chat
+/// before submitting (see `Engine.encode(text:chat:)`); the engine sees token ids only.
+public struct GenerationRequest: Sendable {
+    /// Token ids of each prompt (at least one prompt, none empty).
+    public var prompts: [[Int32]]
+    /// Temperature, top-k/p, min-p, penalties, seed. Its `maxTokens` is ignored: see `maxTokens`.
+    public var params: SamplingParams
+    /// New tokens per sample at most; nil = `EngineConfig.defaultMaxTokens` capped to the context.
+    /// Prompt + max tokens must fit in the context.
+    public var maxTokens: Int?
+    /// Samples per prompt, 1 ... 64 (`EngineConfig.maxN`).
+    public var n: Int
+    /// Generation stops when the text contains one of these; the text is cut before it.
+    public var stop: [String]
+    /// Tokens that end a sample besides EOS and the chat template's end-of-turn tokens (which stop
+    /// unless `ignoreEOS`). A stop token is included in the sample's ids, not in its text.
+    public var stopTokenIDs: [Int32]
+    /// Do not stop at EOS and the template's end-of-turn tokens (`stopTokenIDs` still stop).
+    public var ignoreEOS: Bool
+    /// Alternatives per generated token, 0 ... 20, with their log-probabilities.
+    public var topLogprobs: Int
+    /// Emit a `.chunk` event for every generated token.
+    public var stream: Bool
+    /// At a weight swap, re-prefill this request's sequences under the new version and continue.
+    public var recompute: Bool
+    /// Run on exactly this weight version (it must be alive at submission); nil = the current
+    /// version at admission.
+    public var requireVersion: UInt64?
+
+    public init(prompts: [[Int32]], params: SamplingParams = SamplingParams(), maxTokens: Int? = nil, n: Int = 1,
+                stop: [String] = [], stopTokenIDs: [Int32] = [], ignoreEOS: Bool = false, topLogprobs: Int = 0,
+                stream: Bool = false, recompute: Bool = false, requireVersion: UInt64? = nil) {
+        self.prompts = prompts; self.params = params; self.maxTokens = maxTokens; self.n = n; self.stop = stop
+        self.stopTokenIDs = stopTokenIDs; self.ignoreEOS = ignoreEOS; self.topLogprobs = topLogprobs
+        self.stream = stream; self.recompute = recompute; self.requireVersion = requireVersion
+    }
+
+    /// One prompt.
+    public init(prompt: [Int32], params: SamplingParams = SamplingParams(), maxTokens: Int? = nil, n: Int = 1) {
+        self.init(prompts: [prompt], params: params, maxTokens: maxTokens, n: n)
+    }
+}
+
+/// One (prompt, continuation) pair to score.
+public struct ScoreItem: Sendable, Equatable {
+    public var prompt: [Int32]
+    public var continuation: [Int32]
+    public init(prompt: [Int32], continuation: [Int32]) { self.prompt = prompt; self.continuation = continuation }
+}
+
+/// Log-probabilities of given continuations under one weight version.
+public struct ScoreRequest: Sendable {
+    public var items: [ScoreItem]
+    /// A live version; nil = the current version when the engine runs it.
+    public var version: UInt64?
+    /// Alternatives per continuation token, 0 ... 20.
+    public var topLogprobs: Int
+    public init(items: [ScoreItem], version: UInt64? = nil, topLogprobs: Int = 0) {
+        self.items = items; self.version = version; self.topLogprobs = topLogprobs
+    }
+}
+
+/// A token and its log-probability under the unmodified policy.
+public struct TokenLogprob: Sendable, Equatable {
+    public var id: Int32
+    public var logprob: Float
+    public init(id: Int32, logprob: Float) { self.id = id; self.logprob = logprob }
+}
+
+/// Newly generated tokens of one sample (streaming requests only).
+public struct StreamChunk: Sendable {
+    public var id: RequestID
+    public var promptIndex: Int
+    public var sampleIndex: Int
+    /// The new tokens (one per step; empty in the closing chunk of a cancelled sample).
+    public var tokens: [Int32]
+    /// Text completed by these tokens: always whole UTF-8 characters; may lag behind the tokens by
+    /// an unfinished character or a possible beginning of a stop string. The deltas of a sample
+    /// concatenate to its final `SampleResult.text`.
+    public var textDelta: String
+    /// log p of each token under the unmodified policy, parallel to `tokens`.
+    public var logprobs: [Float]
+    /// Alternatives per token (best first) when requested, else empty.
+    public var topLogprobs: [[TokenLogprob]]
+    /// Version that produced these tokens.
+    public var version: UInt64
+    /// `DispatchTime` uptime nanoseconds when the step that produced them ended.
+    public var time: UInt64
+}
+
+/// The outcome of one sample.
+public struct SampleResult: Sendable {
+    public var id: RequestID
+    public var promptIndex: Int
+    public var sampleIndex: Int
+    /// Generated ids (a stop token that ended the sample is included; so is the token that
+    /// completed a stop string).
+    public var tokens: [Int32]
+    /// Their text: stop tokens excluded, cut before a stop string.
+    public var text: String
+    /// log p of each token under the unmodified policy (log-softmax of the raw logits).
+    public var logprobs: [Float]
+    /// Alternatives per token when requested, else empty.
+    public var topLogprobs: [[TokenLogprob]]
+    public var finishReason: FinishReason
+    public var promptTokens: Int
+    public var completionTokens: Int { tokens.count }
+    /// The version that produced the last token (the only one, unless the request recomputes).
+    public var version: UInt64
+    /// The version the sample started under.
+    public var firstVersion: UInt64
+    public var time: UInt64
+}
+
+/// A request has produced all its results.
+public struct RequestDone: Sendable {
+    public var id: RequestID
+    public var samples: Int
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var cancelled: Bool
+}
+
+/// One scored continuation.
+public struct ScoredItem: Sendable {
+    public var tokens: [Int32]
+    /// log p of each continuation token given everything before it.
+    public var logprobs: [Float]
+    /// Their sum (in double precision).
+    public var totalLogprob: Double
+    public var topLogprobs: [[TokenLogprob]]
+}
+
+/// The answer to a `ScoreRequest`.
+public struct ScoreResult: Sendable {
+    public var id: RequestID
+    public var version: UInt64
+    public var items: [ScoredItem]
+}
+
+/// What leaves the engine, in order per request: `.firstToken` once, chunks (streaming requests),
+/// one `.sample` per sample, then `.done`; or `.score`; or `.error` (then nothing more for that id).
+public enum EngineEvent: Sendable {
+    /// The request's first token exists (sent whether or not it streams; for time-to-first-token).
+    /// `time` is `DispatchTime` uptime nanoseconds.
+    case firstToken(RequestID, time: UInt64)
+    case chunk(StreamChunk)
+    case sample(SampleResult)
+    case done(RequestDone)
+    case score(ScoreResult)
+    case error(RequestID, EngineError)
+
+    /// The request this event belongs to.
+    public var requestID: RequestID {
+        switch self {
+        case let .firstToken(id, _): return id
+        case let .chunk(c): return c.id
+        case let .sample(s): return s.id
+        case let .done(d): return d.id
+        case let .score(s): return s.id
+        case let .error(id, _): return id
+        }
+    }
+}
+
+/// A snapshot of the engine's state.
+public struct EngineStatus: Sendable {
+    /// The version new requests bind to.
+    public var currentVersion: UInt64
+    /// A published version waiting for older snapshots to drain (admission waits meanwhile).
+    public var pendingVersion: UInt64?
+    /// Versions whose weights are held (current included), ascending.
+    public var liveVersions: [UInt64]
+    /// Requests (generation and score) not yet fully admitted.
+    public var waitingRequests: Int
+    /// Generation requests admitted and not finished.
+    public var runningRequests: Int
+    /// Sequences (samples) holding KV blocks.
+    public var runningSequences: Int
+    /// Blocks held by sequences.
+    public var kvBlocksUsed: Int
+    /// Blocks held only by the prefix cache (evictable).
+    public var kvBlocksCached: Int
+    public var kvBlocksTotal: Int
+    public var blockSize: Int
+    /// Tokens sampled since start.
+    public var tokensGenerated: UInt64
+    /// Prompt (and recompute) tokens run through the model since start.
+    public var promptTokensComputed: UInt64
+    /// Prompt tokens whose KV came from the prefix cache.
+    public var prefixCacheHitTokens: UInt64
+    /// Generated tokens per second over the last few seconds.
+    public var tokensPerSecond: Double
+    /// Steps that did work, and forward passes run by them.
+    public var steps: UInt64
+    public var forwards: UInt64
+    /// Seconds spent in steps, in the model's forward passes, inside the KV store's `attend` (part
+    /// of forward), and in sampling / log-probs / text (outside forward).
+    public var stepSeconds: Double
+    public var forwardSeconds: Double
+    public var kvSeconds: Double
+    public var sampleSeconds: Double
+}
+
+/// What one `step()` did.
+public struct EngineStepReport: Sendable {
+    /// Tokens run through the model (prefill + decode + scoring).
+    public var tokens: Int
+    /// Tokens sampled.
+    public var generated: Int
+    /// Forward passes (one per weight version with work, plus scoring).
+    public var forwards: Int
+    /// Whether work remains (running or admissible requests): call `step()` again.
+    public var hasWork: Bool
+}
