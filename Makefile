@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server proto proto-check clean
 
 all: build
 
@@ -19,6 +19,7 @@ build: deps
 test: deps model
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_tests.sh -q
 
 demo: deps model build
 	$(SELM) info --model $(MODEL)
@@ -35,6 +36,10 @@ bench-learner: deps model
 bench-engine: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench engine --model $(MODEL)
+
+bench-server: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench server --model $(MODEL)
 
 clean:
 	rm -rf .build

@@ -38,22 +38,33 @@ let package = Package(
         // and the Swift value types + framing built on it (the only user of the generated C code).
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
+        // The `selm serve` RPC server: libuv loop, connections, routing, preference WAL, metrics HTTP.
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "ModelBundle", "Model", "Tokenizer", "CUV"],
+                swiftSettings: fastSwift),
+
+        // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.
+        .target(name: "SelmClient", dependencies: ["Wire"]),
 
         .executableTarget(
             name: "selm",
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "Server", "SelmClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),
 
-        .executableTarget(name: "selm-bench", dependencies: ["Model", "Kernels", "Learner"], swiftSettings: fastSwift),
+        .executableTarget(name: "selm-bench", dependencies: ["Model", "Kernels", "Learner", "Engine", "ModelBundle", "Tokenizer",
+                                                           "Server", "Wire"],
+                         swiftSettings: fastSwift),
 
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
         .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm"]),
+        .testTarget(name: "SelmClientTests", dependencies: ["SelmClient", "Wire", "selm"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Model", "Tokenizer", "Learner", "ModelBundle"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model", "ModelBundle"],
                     resources: [.copy("Fixtures")]),
     ]

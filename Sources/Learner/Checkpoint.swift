@@ -10,8 +10,10 @@ public struct TrainerState: Codable, Sendable, Equatable {
     /// `selm train`: the epoch and the index of the next micro-batch within it.
     public var epoch: Int = 0
     public var nextMicroBatch: Int = 0
-    /// `selm serve`: the last preference-log sequence number consumed.
+    /// `selm serve`: the preference-log position trained on — every record ≤ `walSequence`, plus the
+    /// first `walRows` rows of the record after it.
     public var walSequence: UInt64 = 0
+    public var walRows: Int = 0
     public var options: TrainingOptions
     public var schedule: LRSchedule
     /// How the reference policy stands: its kind, refresh generation, and the file holding its
@@ -26,11 +28,11 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var lastMetrics: [String: Double] = [:]
 
     public init(step: Int, optimizerSteps: Int, skippedSteps: Int, epoch: Int = 0, nextMicroBatch: Int = 0,
-                walSequence: UInt64 = 0, options: TrainingOptions, schedule: LRSchedule,
+                walSequence: UInt64 = 0, walRows: Int = 0, options: TrainingOptions, schedule: LRSchedule,
                 referenceKind: ReferencePolicy.Kind, referenceGeneration: Int, referenceFile: String? = nil,
                 baseModel: String, referenceModel: String?, policyVersion: UInt64 = 0, lastMetrics: [String: Double] = [:]) {
         self.step = step; self.optimizerSteps = optimizerSteps; self.skippedSteps = skippedSteps
-        self.epoch = epoch; self.nextMicroBatch = nextMicroBatch; self.walSequence = walSequence
+        self.epoch = epoch; self.nextMicroBatch = nextMicroBatch; self.walSequence = walSequence; self.walRows = walRows
         self.options = options; self.schedule = schedule; self.referenceKind = referenceKind
         self.referenceGeneration = referenceGeneration; self.referenceFile = referenceFile
         self.baseModel = baseModel; self.referenceModel = referenceModel; self.policyVersion = policyVersion

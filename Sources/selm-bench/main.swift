@@ -118,6 +118,7 @@ do {
     case "model": try benchModel(modelPath)
     case "learner": try benchLearner(modelPath)
     case "engine": try benchEngine(modelPath)
+    case "server": try benchServer(modelPath)
     default: print("unknown benchmark \(args[1])"); exit(2)
     }
 } catch {

@@ -25,7 +25,8 @@ struct Selm: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selm",
         abstract: "Online preference learning (SELM) for Llama-architecture language models.",
-        subcommands: [Info.self, Tokenize.self, Detokenize.self, Logits.self, Generate.self, Train.self, Loss.self])
+        subcommands: [Info.self, Tokenize.self, Detokenize.self, Logits.self, Generate.self, Train.self, Loss.self,
+                      Serve.self, Client.self])
 }
 
 Selm.main()

@@ -64,6 +64,32 @@ def tiny(root: pathlib.Path):
         print(name, "files:", sorted(p.name for p in d.iterdir()))
 
 
+def tiny_chat(root: pathlib.Path):
+    """A tiny random model that has a tokenizer and a ChatML template (the tokenizer fixture
+    `hf/tiny-gpt2`): fast end-to-end tests of the server and the online learner."""
+    import shutil
+    src = root / "Tests" / "TokenizerTests" / "Fixtures" / "hf" / "tiny-gpt2"
+    d = root / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in d.glob("*"):
+        f.unlink()
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    cfg = tiny_config(vocab_size=vocab, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      rope_theta=10000.0, max_position_embeddings=256, bos_token_id=tok.token_to_id("<|endoftext|>"),
+                      eos_token_id=tok.token_to_id("<|im_end|>"))
+    torch.manual_seed(9)
+    m = LlamaForCausalLM(cfg).eval()
+    randomize(m, 109)
+    m.tie_weights()
+    m.save_pretrained(d)
+    for f in src.iterdir():
+        shutil.copy(f, d / f.name)
+    (d / "generation_config.json").unlink(missing_ok=True)
+    print("tiny-chat vocab", vocab, sorted(p.name for p in d.iterdir()))
+
+
 def smollm2(root: pathlib.Path):
     models = root / "models"
     out = root / "Tests" / "ModelTests" / "Fixtures"
@@ -104,6 +130,7 @@ def smollm2(root: pathlib.Path):
 
 def main(root: pathlib.Path):
     tiny(root)
+    tiny_chat(root)
     if (root / "models" / SMOL).exists():
         smollm2(root)
     else:

@@ -1,0 +1,234 @@
+import Foundation
+import Kernels
+import Model
+
+/// Where the online learner reads acknowledged preferences from: the server's write-ahead log.
+/// Records are numbered by a strictly increasing sequence and hold one accepted batch each.
+public protocol PreferenceSource: AnyObject, Sendable {
+    /// Records with sequence > `after`, in order, waiting up to `timeout` seconds for the first one.
+    /// Returns an empty list on timeout. Thread: the learner's.
+    func records(after: UInt64, timeout: Double) -> [(sequence: UInt64, pairs: [PreferencePair])]
+}
+
+/// Options of the learner inside `selm serve`.
+public struct OnlineOptions: Sendable {
+    public var training = TrainingOptions()
+    /// Linear warm-up steps (the online run has no known horizon, so no ratio).
+    public var warmupSteps = 0
+    /// Cosine needs a horizon; with `totalSteps` 0 the schedule after warm-up is constant.
+    public var totalSteps = 0
+    /// Publish the weights to the engine every N optimizer steps.
+    public var publishEvery = 1
+    /// Save a checkpoint (recording the last log record consumed) every N optimizer steps; 0 = never.
+    public var checkpointEvery = 0
+    /// Train on a partial batch when its oldest row has waited this long (seconds); 0 = never.
+    public var maxWaitSeconds: Double = 20
+    /// Run the learner's BLAS work at low priority (rollouts first).
+    public var lowPriority = true
+    public init() {}
+
+    public var schedule: LRSchedule {
+        LRSchedule(kind: totalSteps > 0 ? training.schedule : .constant, baseLR: training.learningRate,
+                   warmupSteps: warmupSteps, totalSteps: max(totalSteps, 1))
+    }
+}
+
+/// What the learner reports to the server (status, version events).
+public struct OnlineStatus: Sendable {
+    public var step: Int
+    public var skippedSteps: Int
+    /// Log position trained on: every record ≤ `consumedSequence`, plus the first `consumedRows`
+    /// rows of the record after it.
+    public var consumedSequence: UInt64
+    public var consumedRows: Int
+    public var pendingRows: Int
+    public var metrics: [String: Double]
+    public var lastPublishedVersion: UInt64
+    public var stepsPerMinute: Double
+}
+
+/// The learner thread of `selm serve`: consumes acknowledged preference records in log order, forms
+/// optimizer batches, runs SELM steps on its own copy of the weights and hands a finished snapshot
+/// to the engine every `publishEvery` steps. Checkpoints record the log position consumed (record
+/// and row), so a restart resumes from checkpoint + log with every acknowledged row applied once.
+public final class OnlineLearner: @unchecked Sendable {
+    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> UInt64
+
+    public let learner: Learner
+    public let options: OnlineOptions
+    private let source: PreferenceSource
+    private let publish: Publish
+    private let checkpointRoot: String
+    private let extras: Checkpoint.Extras
+    private let baseModel: String
+
+    private let lock = NSLock()
+    private var thread: Thread?
+    private var running = false
+    private var commands: [(OnlineLearner) -> Void] = []
+    // Log position: every record ≤ `fetched` has been read; its unconsumed rows are in `pending`,
+    // in log order. `consumed` is (last fully consumed record, rows consumed of the next one).
+    private var fetched: UInt64
+    private var fetchedSequences: [UInt64] = []
+    private var skipRows: Int
+    private var pending: [(sequence: UInt64, row: Int, pair: PreferencePair, arrived: Date)] = []
+    private var consumed: (sequence: UInt64, rows: Int)
+    private var lastMetrics: [String: Double] = [:]
+    private var lastVersion: UInt64 = 0
+    private var stepTimes: [Date] = []
+    private var statusCache: OnlineStatus
+    private var checkpointStep: Int
+
+    /// Optimizer steps taken since the last checkpoint (or the start).
+    public var stepsSinceCheckpoint: Int { learner.step - checkpointStep }
+
+    /// - Parameters:
+    ///   - start: the log position already trained into `learner`'s weights (from a checkpoint).
+    ///   - publish: hands weights to the engine and returns the version they got; called on the
+    ///     learner thread.
+    public init(learner: Learner, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
+                extras: Checkpoint.Extras, baseModel: String, start: (sequence: UInt64, rows: Int), startVersion: UInt64,
+                publish: @escaping Publish) {
+        self.learner = learner
+        self.options = options
+        self.source = source
+        self.publish = publish
+        self.checkpointRoot = checkpointRoot
+        self.extras = extras
+        self.baseModel = baseModel
+        consumed = start
+        fetched = start.sequence
+        skipRows = start.rows  // of the first record after `start.sequence`, already trained on
+        lastVersion = startVersion
+        checkpointStep = learner.step
+        statusCache = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: start.sequence,
+                                   consumedRows: start.rows, pendingRows: 0, metrics: [:], lastPublishedVersion: startVersion,
+                                   stepsPerMinute: 0)
+    }
+
+    /// Starts the learner thread. Thread: any.
+    public func start() {
+        lock.lock(); running = true; lock.unlock()
+        let t = Thread { [self] in run() }
+        t.name = "selm-learner"
+        t.stackSize = 8 << 20
+        thread = t
+        t.start()
+    }
+
+    /// Asks the thread to finish its current step and stop; waits for it. Thread: any but the learner's.
+    public func stop() {
+        lock.lock(); running = false; lock.unlock()
+        while let t = thread, !t.isFinished { usleep(10_000) }
+    }
+
+    /// A snapshot for Status and metrics. Thread: any.
+    public func status() -> OnlineStatus {
+        lock.lock(); defer { lock.unlock() }
+        return statusCache
+    }
+
+    /// Runs `body` on the learner thread between two steps. Thread: any.
+    public func enqueue(_ body: @escaping (OnlineLearner) -> Void) {
+        lock.lock(); commands.append(body); lock.unlock()
+    }
+
+    /// Saves a checkpoint now (between steps) into `directory` (replacing it), records it in
+    /// `checkpointRoot/latest` — what a restart resumes from — and returns its path and position.
+    /// Thread: the learner's (use `enqueue`).
+    public func saveCheckpoint(directory: String) throws -> (path: String, step: Int, sequence: UInt64, version: UInt64) {
+        let state = TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,
+                                 walSequence: consumed.sequence, walRows: consumed.rows, options: learner.options,
+                                 schedule: learner.schedule, referenceKind: learner.reference.kind,
+                                 referenceGeneration: learner.reference.generation, baseModel: baseModel,
+                                 referenceModel: nil, policyVersion: lastVersion, lastMetrics: lastMetrics)
+        try Checkpoint.save(learner, state: state, to: directory, extras: extras)
+        checkpointStep = learner.step
+        let name = directory.hasPrefix(checkpointRoot + "/") ? String(directory.dropFirst(checkpointRoot.count + 1)) : directory
+        try writeDurably(path: checkpointRoot + "/latest", data: Data((name + "\n").utf8))
+        return (directory, learner.step, consumed.sequence, lastVersion)
+    }
+
+    /// Continues from `weights`, already published by the server as `version` (RefreshWeights).
+    /// Thread: the learner's (use `enqueue`).
+    public func adopt(weights: ParameterSet, version: UInt64) {
+        learner.policy.weights.data.update(from: weights.data, count: weights.count)
+        lastVersion = version
+        refreshStatus()
+    }
+
+    // MARK: the thread
+
+    private func run() {
+        if options.lowPriority { kernels_set_thread_priority(0) }
+        let batchRows = options.training.batchSize * options.training.gradAccum
+        while true {
+            lock.lock()
+            let go = running
+            let cmds = commands
+            commands.removeAll()
+            lock.unlock()
+            for c in cmds { c(self) }
+            if !go { break }
+            // Read what the log has beyond what we hold.
+            let recs = source.records(after: fetched, timeout: pending.count >= batchRows ? 0 : 0.2)
+            for r in recs where r.sequence > fetched {
+                for (i, p) in r.pairs.enumerated() where i >= skipRows {
+                    pending.append((r.sequence, i, p, Date()))
+                }
+                skipRows = 0
+                fetched = r.sequence
+                fetchedSequences.append(r.sequence)
+            }
+            let waited = pending.first.map { Date().timeIntervalSince($0.arrived) } ?? 0
+            let ready = pending.count >= batchRows
+                || (!pending.isEmpty && options.maxWaitSeconds > 0 && waited >= options.maxWaitSeconds)
+            if ready {
+                do { try trainOneStep(rows: min(batchRows, pending.count)) } catch {
+                    FileHandle.standardError.write("learner: step failed: \(error)\n".data(using: .utf8)!)
+                }
+            }
+            refreshStatus()
+        }
+        refreshStatus()
+    }
+
+    private func trainOneStep(rows n: Int) throws {
+        let take = Array(pending.prefix(n))
+        let bs = options.training.batchSize
+        var micro: [(pairs: [PreferencePair], keys: [UInt64])] = []
+        for start in stride(from: 0, to: take.count, by: bs) {
+            let part = take[start ..< min(start + bs, take.count)]
+            micro.append((part.map(\.pair), part.map { ($0.sequence << 20) | UInt64($0.row) }))
+        }
+        let report = try learner.step(micro)
+        pending.removeFirst(n)
+        // Every record before the first pending row's is consumed; of that record, its rows before
+        // the pending one are (rows stay in order).
+        if let first = pending.first {
+            let before = fetchedSequences.last { $0 < first.sequence } ?? consumed.sequence
+            consumed = (max(before, consumed.sequence), first.row)
+        } else {
+            consumed = (fetched, 0)
+        }
+        fetchedSequences.removeAll { $0 <= consumed.sequence }
+        lastMetrics = report.metrics
+        stepTimes.append(Date())
+        if stepTimes.count > 20 { stepTimes.removeFirst() }
+        if options.publishEvery > 0 && learner.step % options.publishEvery == 0 {
+            lastVersion = publish(learner.policy.weights.copy(), report.metrics, learner.step)
+        }
+        if options.checkpointEvery > 0 && learner.step % options.checkpointEvery == 0 {
+            _ = try saveCheckpoint(directory: checkpointRoot + "/step-\(learner.step)")
+        }
+    }
+
+    private func refreshStatus() {
+        let spm: Double = stepTimes.count >= 2
+            ? Double(stepTimes.count - 1) / stepTimes.last!.timeIntervalSince(stepTimes.first!) * 60 : 0
+        let s = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: consumed.sequence,
+                             consumedRows: consumed.rows, pendingRows: pending.count, metrics: lastMetrics,
+                             lastPublishedVersion: lastVersion, stepsPerMinute: spm)
+        lock.lock(); statusCache = s; lock.unlock()
+    }
+}

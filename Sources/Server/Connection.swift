@@ -1,0 +1,102 @@
+import CUV
+import Foundation
+import Wire
+
+/// One client connection (TCP or Unix socket). Loop thread only; `@unchecked Sendable` because
+/// completions posted from other threads carry it back to the loop thread, where alone it is used.
+final class Connection: @unchecked Sendable {
+    let id: UInt64
+    /// The libuv stream (a `uv_tcp_t` or `uv_pipe_t`); its `data` holds a retained reference to this
+    /// object, released in the close callback, which also frees the handle.
+    let stream: UnsafeMutablePointer<uv_stream_t>
+    /// "ip:port" or "unix", for logs.
+    let peer: String
+    var decoder: FrameDecoder
+    /// A successful Hello was received (with the right token when one is required).
+    var authenticated: Bool
+    /// Closed or closing: nothing more is read or sent.
+    var closing = false
+    /// `uv_read_start` is in effect.
+    var reading = false
+    /// Reading stopped because too many reply bytes wait in libuv (the client does not read).
+    var pausedForOutput = false
+    /// Reading stopped because too many requests wait for the thread pool (or for shutdown).
+    var pausedForWork = false
+    /// Reply frames queued since the last flush (one write request per loop iteration).
+    var output: [UInt8] = []
+    /// Bytes handed to libuv and not yet written.
+    var queuedBytes = 0
+    /// In the server's list of connections to flush.
+    var isDirty = false
+    /// Requests of this connection still running, by client request id.
+    var requests: [UInt64: Request] = [:]
+    /// Thread-pool jobs of this connection not finished yet.
+    var offloaded = 0
+    /// SubmitPreferences order: each batch takes a ticket on arrival and is appended to the log when
+    /// every lower ticket has been (prepared batches wait here, nil for a refused one).
+    var nextPreferenceTicket = 0
+    var nextPreferenceToLog = 0
+    var preparedPreferences: [Int: (() -> Void)?] = [:]
+
+    /// Connection objects alive (created on the loop thread, released in their handle's close
+    /// callback, on the loop thread): a leak check for tests, exported as a metric.
+    nonisolated(unsafe) static var live = 0
+
+    init(id: UInt64, stream: UnsafeMutablePointer<uv_stream_t>, peer: String, maxFrameBytes: Int, authenticated: Bool) {
+        Connection.live += 1
+        self.id = id
+        self.stream = stream
+        self.peer = peer
+        decoder = FrameDecoder(maxFrameBytes: maxFrameBytes)
+        self.authenticated = authenticated
+    }
+
+    deinit { Connection.live -= 1 }
+}
+
+/// A request still running on a connection. Loop thread only.
+final class Request: @unchecked Sendable {
+    /// The client's request id.
+    let id: UInt64
+    /// The request's proto name ("generate"), for metrics.
+    let type: String
+    /// When it was received (seconds since 1970).
+    let received: Double
+    /// A version subscription (runs until cancelled or the connection closes).
+    let isSubscription: Bool
+    /// Whether `Cancel` applies (generate, score, subscribe_versions).
+    let cancellable: Bool
+    /// The engine job, once submitted.
+    var jobID: UInt64?
+    /// Cancel was received (or the connection closed) before the request reached the engine.
+    var cancelled = false
+    /// Set once the first token was seen (time to first token is measured once per request).
+    var sawFirstToken = false
+    /// Samples this generation will report (prompts × n) and the prompt length of each prompt, for
+    /// answering a generation cancelled before it reached the engine.
+    var promptLengths: [Int] = []
+    var samplesPerPrompt = 1
+
+    init(id: UInt64, type: String, isSubscription: Bool = false, cancellable: Bool = false) {
+        self.id = id
+        self.type = type
+        received = Date().timeIntervalSince1970
+        self.isSubscription = isSubscription
+        self.cancellable = cancellable
+    }
+}
+
+/// One connection to the metrics endpoint: reads one HTTP request, answers, closes. Loop thread only.
+final class HTTPConnection: @unchecked Sendable {
+    let id: UInt64
+    let tcp: UnsafeMutablePointer<uv_tcp_t>
+    let opened = Date().timeIntervalSince1970
+    var request: [UInt8] = []
+    var answered = false
+    var closing = false
+
+    init(id: UInt64, tcp: UnsafeMutablePointer<uv_tcp_t>) {
+        self.id = id
+        self.tcp = tcp
+    }
+}

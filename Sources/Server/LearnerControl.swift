@@ -1,0 +1,123 @@
+import Foundation
+import Learner
+import Model
+
+/// The learner's state as the server reports it (`StatusReply`, metrics, `VersionEvent`).
+public struct LearnerStatus: Sendable, Equatable {
+    /// Optimizer steps taken (since the start of the run, checkpoints included).
+    public var step: UInt64
+    /// The latest step's metrics, TRL names ("loss", "rewards/margins", ...); empty before the first.
+    public var metrics: [String: Double]
+    /// The last preference-log sequence whose rows the learner's state includes.
+    public var consumedSequence: UInt64
+
+    /// A status; defaults describe a learner that has done nothing.
+    public init(step: UInt64 = 0, metrics: [String: Double] = [:], consumedSequence: UInt64 = 0) {
+        self.step = step
+        self.metrics = metrics
+        self.consumedSequence = consumedSequence
+    }
+}
+
+/// What `SaveCheckpoint` returns once the checkpoint is on disk.
+public struct SavedCheckpoint: Sendable, Equatable {
+    /// The checkpoint directory (absolute; the server reports it relative to the data directory).
+    public var path: String
+    /// The learner step it holds.
+    public var learnerStep: UInt64
+    /// The last preference-log sequence its state consumed (a restart replays the records after it).
+    public var walSequence: UInt64
+    /// The weight version it holds.
+    public var version: UInt64
+
+    public init(path: String, learnerStep: UInt64, walSequence: UInt64, version: UInt64) {
+        self.path = path
+        self.learnerStep = learnerStep
+        self.walSequence = walSequence
+        self.version = version
+    }
+}
+
+/// How a learner hands new weights to the generation engine: the server implements it (it numbers
+/// versions, publishes to the engine and pushes a `VersionEvent` to every subscriber).
+public protocol WeightPublisher: Sendable {
+    /// Publishes `weights` as the next version and returns its number. They must be a finished
+    /// snapshot the caller never mutates again (the engine reads them until their last sequence
+    /// ends; `OnlineLearner` hands over `weights.copy()`). `learnerStep` and `metrics` go into the
+    /// `VersionEvent`. Any thread; returns at once (the swap happens between two engine steps).
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64
+}
+
+/// Everything a learner needs from the server, handed over by `LearnerControl.start`.
+public struct LearnerContext: Sendable {
+    /// The preference log: read records with `records(after:limit:)`, block for new ones with
+    /// `waitForRecords(after:timeout:)` (or wait for `walAppended`).
+    public let log: PreferenceLog
+    /// Where checkpoints go; client-named paths arrive already confined to it.
+    public let dataDirectory: DataDirectory
+    /// Publishes new weights as versions.
+    public let publisher: any WeightPublisher
+
+    public init(log: PreferenceLog, dataDirectory: DataDirectory, publisher: any WeightPublisher) {
+        self.log = log
+        self.dataDirectory = dataDirectory
+        self.publisher = publisher
+    }
+}
+
+/// The seam between the server and the online learner.
+///
+/// The server's calls, in order: `status()` before serving (its `consumedSequence` — from the
+/// checkpoint the learner resumed from — keeps the log's sequence numbers ahead of it), then
+/// `start(_:)` once; while serving `walAppended(upTo:)`, `status()`, `saveCheckpoint(to:completion:)`
+/// and `weightsRefreshed(version:from:)`; at shutdown `stop()`, after which the log is closed.
+///
+/// The learner runs on its own thread: it reads the log in order from `consumedSequence + 1`
+/// (this is the replay after a restart — nothing at or below the checkpoint's sequence is read
+/// again), forms optimizer batches, publishes weights through `LearnerContext.publisher`, and
+/// records the last sequence consumed in its checkpoints. No method may block on a training step.
+public protocol LearnerControl: AnyObject, Sendable {
+    /// Starts the learner thread. Called once, on the main thread, before the server accepts
+    /// connections and after the log is open (torn tail already truncated).
+    func start(_ context: LearnerContext) throws
+
+    /// New durable records exist, up to `sequence`. Called on the log thread after every group
+    /// commit; must return at once (e.g. signal a condition the learner thread waits on).
+    func walAppended(upTo sequence: UInt64)
+
+    /// A snapshot of the learner's state. Any thread (the loop thread calls it for every Status
+    /// and metrics scrape); must not block on a training step.
+    func status() -> LearnerStatus
+
+    /// Writes a checkpoint to `directory` (absolute, confined to the data directory by the server;
+    /// replace what is there) and calls `completion` on any thread once it is on disk, or with
+    /// `ServerError.refused(code: .unavailable, …)` when there is nothing to save. Called on the
+    /// loop thread; must return at once (save on the learner thread, between steps).
+    func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void)
+
+    /// `RefreshWeights` published the checkpoint at `path` as `version`; a learner may reset its
+    /// own weights to it (the default ignores it: the learner keeps training its own copy). Loop
+    /// thread; must return at once.
+    func weightsRefreshed(version: UInt64, from path: String)
+
+    /// Stops the learner thread (finishing or abandoning the current step) and returns once it has
+    /// stopped. Called once, on the main thread, during shutdown.
+    func stop()
+}
+
+extension LearnerControl {
+    public func walAppended(upTo sequence: UInt64) {}
+    public func weightsRefreshed(version: UInt64, from path: String) {}
+}
+
+/// No learner (`selm serve --no-learner`): preferences are logged durably and left unconsumed for a
+/// later run; `SaveCheckpoint` is refused with `UNAVAILABLE`. Thread-safe (stateless).
+public final class NoLearner: LearnerControl {
+    public init() {}
+    public func start(_ context: LearnerContext) throws {}
+    public func status() -> LearnerStatus { LearnerStatus() }
+    public func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void) {
+        completion(.failure(.refused(code: .unavailable, field: "", reason: "no learner runs in this server (--no-learner)")))
+    }
+    public func stop() {}
+}

@@ -1,0 +1,170 @@
+import Foundation
+import Wire
+
+/// A Prometheus histogram with fixed upper bounds (seconds).
+struct Histogram {
+    let bounds: [Double]
+    private(set) var counts: [UInt64]
+    private(set) var sum: Double = 0
+    private(set) var count: UInt64 = 0
+
+    init(bounds: [Double]) {
+        self.bounds = bounds
+        counts = Array(repeating: 0, count: bounds.count)
+    }
+
+    mutating func observe(_ v: Double) {
+        for (i, b) in bounds.enumerated() where v <= b { counts[i] += 1 }
+        sum += v
+        count += 1
+    }
+
+    /// The `q`-quantile, interpolated within the bucket holding it (as PromQL's histogram_quantile).
+    func quantile(_ q: Double) -> Double {
+        guard count > 0 else { return .nan }
+        let rank = q * Double(count)
+        var prevBound = 0.0, prevCount = 0.0
+        for (i, b) in bounds.enumerated() {
+            let c = Double(counts[i])
+            if c >= rank {
+                return c == prevCount ? b : prevBound + (b - prevBound) * (rank - prevCount) / (c - prevCount)
+            }
+            prevBound = b; prevCount = c
+        }
+        return bounds.last ?? .nan
+    }
+
+    func render(name: String, help: String, into out: inout String) {
+        out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
+        for (i, b) in bounds.enumerated() { out += "\(name)_bucket{le=\"\(promNumber(b))\"} \(counts[i])\n" }
+        out += "\(name)_bucket{le=\"+Inf\"} \(count)\n\(name)_sum \(promNumber(sum))\n\(name)_count \(count)\n"
+    }
+}
+
+/// The live figures a metrics scrape or a Status reply reports beside the counters; gathered on the
+/// loop thread from the engine's, the learner's and the log's thread-safe status calls.
+struct LiveFigures {
+    var policyVersion: UInt64 = 0
+    var learnerStep: UInt64 = 0
+    var learnerMetrics: [String: Double] = [:]
+    var walLastSequence: UInt64 = 0
+    var walConsumedSequence: UInt64 = 0
+    var walPendingBatches: Int = 0
+    var waitingRequests: Int = 0
+    var runningSequences: Int = 0
+    var kvBlocksUsed: Int = 0
+    var kvBlocksTotal: Int = 0
+    var tokensPerSecond: Double = 0
+    var liveVersions: Int = 0
+    var connections: Int = 0
+    var connectionObjects: Int = 0
+    var uptime: Double = 0
+}
+
+/// The server's counters, rendered in Prometheus text format (version 0.0.4) at `GET /metrics`.
+///
+/// Loop thread only (every request is counted where it ends, on the loop thread).
+final class ServerMetrics {
+    /// (request type, outcome) → count; outcome is "ok" or the error code's name.
+    private(set) var requests: [String: [String: UInt64]] = [:]
+    var generatedTokens: UInt64 = 0
+    var promptTokens: UInt64 = 0
+    var framesIn: UInt64 = 0
+    var framesOut: UInt64 = 0
+    var bytesIn: UInt64 = 0
+    var bytesOut: UInt64 = 0
+    var connectionsAccepted: UInt64 = 0
+    var connectionsDropped: UInt64 = 0
+    var preferenceRows: UInt64 = 0
+    var timeToFirstToken = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
+    var walAck = Histogram(bounds: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
+
+    func countRequest(_ type: String, outcome: String) {
+        requests[type, default: [:]][outcome, default: 0] += 1
+    }
+
+    /// The whole exposition text.
+    func render(_ live: LiveFigures) -> String {
+        var o = ""
+        o += "# HELP selm_requests_total Requests finished, by type and outcome (ok or the error code).\n# TYPE selm_requests_total counter\n"
+        for type in requests.keys.sorted() {
+            for outcome in requests[type]!.keys.sorted() {
+                o += "selm_requests_total{type=\"\(type)\",outcome=\"\(outcome)\"} \(requests[type]![outcome]!)\n"
+            }
+        }
+        func counter(_ name: String, _ help: String, _ v: UInt64) { o += "# HELP \(name) \(help)\n# TYPE \(name) counter\n\(name) \(v)\n" }
+        func gauge(_ name: String, _ help: String, _ v: Double) { o += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n\(name) \(promNumber(v))\n" }
+        counter("selm_generated_tokens_total", "Completion tokens generated for clients.", generatedTokens)
+        counter("selm_prompt_tokens_total", "Prompt tokens of finished samples.", promptTokens)
+        timeToFirstToken.render(name: "selm_time_to_first_token_seconds",
+                                help: "From receiving a GenerateRequest to its first token.", into: &o)
+        walAck.render(name: "selm_preference_ack_seconds", help: "From receiving SubmitPreferences to its acknowledgement (after fsync).", into: &o)
+        counter("selm_preference_rows_total", "Preference rows acknowledged.", preferenceRows)
+        counter("selm_learner_steps_total", "Optimizer steps the learner has taken.", live.learnerStep)
+        gauge("selm_learner_loss", "The learner's latest loss (NaN before its first step).", live.learnerMetrics["loss"] ?? .nan)
+        if !live.learnerMetrics.isEmpty {
+            o += "# HELP selm_learner_metric The learner's latest training metrics (TRL names).\n# TYPE selm_learner_metric gauge\n"
+            for k in live.learnerMetrics.keys.sorted() {
+                o += "selm_learner_metric{name=\"\(promLabel(k))\"} \(promNumber(live.learnerMetrics[k]!))\n"
+            }
+        }
+        gauge("selm_policy_version", "The current weight version.", Double(live.policyVersion))
+        gauge("selm_live_versions", "Weight versions still referenced.", Double(live.liveVersions))
+        gauge("selm_kv_blocks_used", "Paged KV cache blocks in use.", Double(live.kvBlocksUsed))
+        gauge("selm_kv_blocks_total", "Paged KV cache blocks in all.", Double(live.kvBlocksTotal))
+        gauge("selm_waiting_requests", "Generation requests not admitted yet.", Double(live.waitingRequests))
+        gauge("selm_running_sequences", "Sequences being generated.", Double(live.runningSequences))
+        gauge("selm_generated_tokens_per_second", "Recent generation throughput.", live.tokensPerSecond)
+        gauge("selm_wal_last_sequence", "Last durable preference-log sequence.", Double(live.walLastSequence))
+        gauge("selm_wal_consumed_sequence", "Last preference-log sequence the learner consumed.", Double(live.walConsumedSequence))
+        gauge("selm_wal_records_pending", "Acknowledged preference records the learner has not consumed yet.",
+              Double(live.walLastSequence &- min(live.walConsumedSequence, live.walLastSequence)))
+        gauge("selm_wal_batches_unacknowledged", "Preference batches queued for the log, not yet on disk.", Double(live.walPendingBatches))
+        gauge("selm_connections", "Open client connections.", Double(live.connections))
+        gauge("selm_connection_objects", "Connection objects in memory (open plus closing; a leak check).", Double(live.connectionObjects))
+        counter("selm_connections_accepted_total", "Client connections accepted.", connectionsAccepted)
+        counter("selm_connections_dropped_total", "Client connections closed by the server (output cap, bad frame, auth).", connectionsDropped)
+        counter("selm_frames_received_total", "Frames received.", framesIn)
+        counter("selm_frames_sent_total", "Frames sent.", framesOut)
+        counter("selm_received_bytes_total", "Bytes received from clients.", bytesIn)
+        counter("selm_sent_bytes_total", "Bytes sent to clients.", bytesOut)
+        gauge("selm_uptime_seconds", "Seconds since the server started.", live.uptime)
+        return o
+    }
+}
+
+/// Prometheus spelling of a float.
+func promNumber(_ v: Double) -> String {
+    if v.isNaN { return "NaN" }
+    if v.isInfinite { return v > 0 ? "+Inf" : "-Inf" }
+    if v == v.rounded(), abs(v) < 1e15 { return String(Int64(v)) }
+    return String(v)
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+func promLabel(_ s: String) -> String {
+    s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+}
+
+extension ErrorCode {
+    /// The outcome label of a request that failed with this code ("invalid_argument").
+    var metricName: String {
+        switch self {
+        case .unspecified: "unspecified"
+        case .invalidArgument: "invalid_argument"
+        case .unauthenticated: "unauthenticated"
+        case .notFound: "not_found"
+        case .resourceExhausted: "resource_exhausted"
+        case .frameTooLarge: "frame_too_large"
+        case .malformed: "malformed"
+        case .unknownBody: "unknown_body"
+        case .unsupportedVersion: "unsupported_version"
+        case .permissionDenied: "permission_denied"
+        case .cancelled: "cancelled"
+        case .internal: "internal"
+        case .unavailable: "unavailable"
+        case .outOfRange: "out_of_range"
+        case .unrecognized(let v): "code_\(v)"
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import Foundation
+import Learner
+import Model
+
+/// The online SELM learner behind `selm serve`: an `OnlineLearner` (Learner module) reading the
+/// preference log, plugged into the server's `LearnerControl` seam.
+///
+/// On creation it resumes from `DATA/checkpoints/latest` when there is one: the policy's weights,
+/// AdamW moments, step counters, reference policy and the log position the checkpoint consumed —
+/// so the engine must be created after this object, from `initialVersion` and the (possibly
+/// restored) weights of `policy`. Records after that position are replayed, each row once.
+///
+/// Thread-safe: the seam's methods return at once; the work runs on the learner thread.
+public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
+    public let learner: Learner
+    public let options: OnlineOptions
+    /// The version the engine should start with (the checkpoint's, or 1).
+    public let initialVersion: UInt64
+    /// Where the run resumed from (nil: a fresh start).
+    public let resumedFrom: String?
+    private let checkpointRoot: String
+    private let extras: Checkpoint.Extras
+    private let baseModel: String
+    private let start: (sequence: UInt64, rows: Int)
+    private var online: OnlineLearner?
+    private let lock = NSLock()
+
+    /// - Parameters:
+    ///   - policy: the model the server loaded; trained in place (its weights are the learner's own
+    ///     copy: the engine receives copies).
+    ///   - reference: a separate reference model, or nil for a frozen copy of the starting weights.
+    public init(policy: LlamaModel, reference: LlamaModel?, options: OnlineOptions, dataDirectory: DataDirectory,
+                extras: Checkpoint.Extras, baseModel: String) throws {
+        self.options = options
+        self.extras = extras
+        self.baseModel = baseModel
+        checkpointRoot = dataDirectory.realPath + "/checkpoints"
+        try FileManager.default.createDirectory(atPath: checkpointRoot, withIntermediateDirectories: true)
+        var resumed: String? = nil
+        var state: TrainerState? = nil
+        if let dir = Self.latestDirectory(root: checkpointRoot) {
+            let ck = try LlamaModel.load(huggingFaceDirectory: dir)
+            guard ck.config == policy.config else {
+                throw ServerError.io(path: dir, reason: "the checkpoint holds a model of another shape than --model")
+            }
+            state = try Checkpoint.loadState(from: dir)
+            policy.weights.data.update(from: ck.weights.data, count: ck.weights.count)
+            resumed = dir
+        }
+        let learner = try Learner(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
+        if let state, let dir = resumed {
+            if learner.reference.kind == .initial && state.referenceGeneration == 0 {
+                // The frozen reference is the model the run started from, not the checkpoint.
+                let startModel = try LlamaModel.load(path: state.baseModel)
+                learner.reference.model.weights.data.update(from: startModel.weights.data, count: startModel.weights.count)
+            }
+            try Checkpoint.restore(learner, from: dir, state: state)
+            learner.schedule = options.schedule
+        }
+        self.learner = learner
+        resumedFrom = resumed
+        initialVersion = max(1, state?.policyVersion ?? 1)
+        start = (state?.walSequence ?? 0, state?.walRows ?? 0)
+    }
+
+    static func latestDirectory(root: String) -> String? {
+        guard let d = FileManager.default.contents(atPath: root + "/latest"),
+              let s = String(data: d, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines), !s.isEmpty else { return nil }
+        let dir = s.hasPrefix("/") ? s : root + "/" + s
+        return FileManager.default.fileExists(atPath: dir + "/" + Checkpoint.stateFile) ? dir : nil
+    }
+
+    public func start(_ context: LearnerContext) throws {
+        let publisher = context.publisher
+        let online = OnlineLearner(
+            learner: learner, options: options, source: context.log, checkpointRoot: checkpointRoot, extras: extras,
+            baseModel: baseModel, start: start, startVersion: initialVersion,
+            publish: { weights, metrics, step in publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics) })
+        lock.lock(); self.online = online; lock.unlock()
+        online.start()
+    }
+
+    public func walAppended(upTo sequence: UInt64) {
+        // The learner polls the log with a short timeout; nothing to do.
+    }
+
+    public func status() -> LearnerStatus {
+        lock.lock(); let o = online; lock.unlock()
+        guard let s = o?.status() else {
+            return LearnerStatus(step: UInt64(learner.step), metrics: [:], consumedSequence: start.sequence)
+        }
+        var m = s.metrics
+        m["pending_rows"] = Double(s.pendingRows)
+        m["steps_per_minute"] = s.stepsPerMinute
+        return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence)
+    }
+
+    public func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void) {
+        lock.lock(); let o = online; lock.unlock()
+        guard let o else {
+            completion(.failure(.refused(code: .unavailable, field: "", reason: "the learner has not started")))
+            return
+        }
+        o.enqueue { o in
+            do {
+                let r = try o.saveCheckpoint(directory: directory)
+                completion(.success(SavedCheckpoint(path: r.path, learnerStep: UInt64(r.step), walSequence: r.sequence, version: r.version)))
+            } catch {
+                completion(.failure(.io(path: directory, reason: "\(error)")))
+            }
+        }
+    }
+
+    /// `RefreshWeights` published a checkpoint: the learner continues from those weights (and that
+    /// checkpoint's optimizer state when it has one), so its next version builds on them.
+    public func weightsRefreshed(version: UInt64, from path: String) {
+        lock.lock(); let o = online; lock.unlock()
+        o?.enqueue { o in
+            do {
+                let weights = try LlamaModel.load(path: path)
+                o.adopt(weights: weights.weights, version: version)
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: path + "/optimizer.safetensors", isDirectory: &isDir),
+                   let state = try? Checkpoint.loadState(from: path) {
+                    try Checkpoint.restore(o.learner, from: path, state: state)
+                    o.learner.schedule = o.options.schedule
+                }
+            } catch {
+                FileHandle.standardError.write("learner: cannot adopt refreshed weights from \(path): \(error)\n".data(using: .utf8)!)
+            }
+        }
+    }
+
+    /// Stops the learner thread and saves a checkpoint when it has trained since the last one, so a
+    /// restart continues from here (the log replays only what the learner had not consumed).
+    public func stop() {
+        lock.lock(); let o = online; lock.unlock()
+        guard let o else { return }
+        o.stop()
+        if o.stepsSinceCheckpoint > 0 {
+            do {
+                let r = try o.saveCheckpoint(directory: checkpointRoot + "/step-\(o.learner.step)")
+                FileHandle.standardError.write("selm serve: learner checkpoint \(r.path) (step \(r.step), log sequence \(r.sequence))\n".data(using: .utf8)!)
+            } catch {
+                FileHandle.standardError.write("selm serve: could not save the learner's final checkpoint: \(error)\n".data(using: .utf8)!)
+            }
+        }
+    }
+}

@@ -1,0 +1,497 @@
+import Foundation
+import Learner
+import Model
+import ModelBundle
+import Wire
+
+/// Request handling. Everything here runs on the loop thread; CPU work goes to the thread pool
+/// (`offload`), engine work to the engine, log appends to the log thread, saves to the learner.
+///
+/// Protocol semantics settled here (see Proto/README.md for the messages):
+/// - Before a successful Hello only Hello is served: anything else gets `UNAUTHENTICATED` (the
+///   connection stays open). A Hello with an unsupported version gets `UNSUPPORTED_VERSION`; with
+///   a wrong token (when `--auth-token-file` is set) `UNAUTHENTICATED`, and the connection is closed.
+/// - A request id still running on the connection cannot be reused: `INVALID_ARGUMENT` (field "id").
+///   More than `maxRequestsInFlight` running requests: `RESOURCE_EXHAUSTED`.
+/// - `Cancel` applies to generations, scores and subscriptions (`found` false for anything else).
+///   A generation cancelled before reaching the engine still ends with its SampleResults
+///   (FINISH_REASON_CANCELLED, no tokens) and GenerateDone; a cancelled score ends with `CANCELLED`.
+/// - While shutting down, new work is refused with `UNAVAILABLE`.
+extension SelmServer {
+    func route(_ conn: Connection, _ envelope: Envelope<ClientMessage>) {
+        let id = envelope.id
+        if case .hello(let h) = envelope.body {
+            hello(conn, id: id, h)
+            return
+        }
+        guard conn.authenticated else {
+            fail(conn, id: id, type: envelope.body.name,
+                 .refused(code: .unauthenticated, field: "", reason: "send Hello\(config.authToken == nil ? "" : " with the auth token") first"))
+            return
+        }
+        switch envelope.body {
+        case .hello: break
+        case .status:
+            send(conn, Envelope(id: id, body: .statusReply(statusReply())))
+            metrics.countRequest("status", outcome: "ok")
+        case .cancel(let c): cancel(conn, id: id, target: c.targetID)
+        case .tokenize(let t): tokenize(conn, id: id, t)
+        case .detokenize(let d): detokenize(conn, id: id, d)
+        case .generate(let g): generate(conn, id: id, g)
+        case .score(let s): score(conn, id: id, s)
+        case .submitPreferences(let p): submitPreferences(conn, id: id, p)
+        case .refreshWeights(let r): refreshWeights(conn, id: id, r)
+        case .saveCheckpoint(let s): saveCheckpoint(conn, id: id, s)
+        case .subscribeVersions: subscribe(conn, id: id)
+        }
+    }
+
+    // MARK: Bookkeeping
+
+    /// Sends an `Error` for a request that never started (or has no state) and counts it.
+    func fail(_ conn: Connection, id: UInt64, type: String, _ error: ServerError) {
+        let reply = error.errorReply
+        send(conn, Envelope(id: id, body: .error(reply)))
+        metrics.countRequest(type, outcome: reply.code.metricName)
+    }
+
+    /// Registers a running request, or refuses it (duplicate id, too many in flight, shutting down).
+    func begin(_ conn: Connection, id: UInt64, type: String, cancellable: Bool = false, subscription: Bool = false) -> Request? {
+        if state != .running {
+            fail(conn, id: id, type: type, .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
+            return nil
+        }
+        if conn.requests[id] != nil {
+            fail(conn, id: id, type: type, .invalid("id", "request id \(id) is still running on this connection"))
+            return nil
+        }
+        if !subscription && conn.requests.count >= config.maxRequestsInFlight {
+            fail(conn, id: id, type: type, .refused(code: .resourceExhausted, field: "",
+                                                    reason: "more than \(config.maxRequestsInFlight) requests in flight on this connection"))
+            return nil
+        }
+        let r = Request(id: id, type: type, isSubscription: subscription, cancellable: cancellable)
+        conn.requests[id] = r
+        return r
+    }
+
+    /// Ends a request: forgets it and counts its outcome.
+    func end(_ conn: Connection, _ r: Request, outcome: String) {
+        guard conn.requests[r.id] === r else { return }
+        conn.requests[r.id] = nil
+        metrics.countRequest(r.type, outcome: outcome)
+    }
+
+    /// Ends a request with an `Error`.
+    func end(_ conn: Connection, _ r: Request, error: ServerError) {
+        guard conn.requests[r.id] === r else { return }
+        let reply = error.errorReply
+        send(conn, Envelope(id: r.id, body: .error(reply)))
+        end(conn, r, outcome: reply.code.metricName)
+    }
+
+    /// Whether a request's completion still has somewhere to go.
+    func alive(_ conn: Connection, _ r: Request) -> Bool {
+        !conn.closing && conn.requests[r.id] === r
+    }
+
+    // MARK: Hello, Status, Cancel, Subscribe
+
+    private func hello(_ conn: Connection, id: UInt64, _ h: Hello) {
+        guard h.protocolVersion == Hello.currentProtocolVersion else {
+            fail(conn, id: id, type: "hello", .refused(code: .unsupportedVersion, field: "protocol_version",
+                                                      reason: "protocol version \(h.protocolVersion) is not supported (this server speaks \(Hello.currentProtocolVersion))"))
+            return
+        }
+        if let token = config.authToken, !constantTimeEqual(h.authToken, token) {
+            conn.authenticated = false
+            fail(conn, id: id, type: "hello", .refused(code: .unauthenticated, field: "auth_token", reason: "wrong auth token"))
+            metrics.connectionsDropped += 1
+            close(conn, reason: "wrong auth token", graceful: true)
+            return
+        }
+        conn.authenticated = true
+        let c = bundle.model.config
+        send(conn, Envelope(id: id, body: .helloReply(HelloReply(
+            protocolVersion: Hello.currentProtocolVersion, serverVersion: config.serverVersion, modelName: bundle.name,
+            modelPath: bundle.path, policyVersion: currentPolicyVersion, vocabSize: UInt32(c.vocabSize),
+            contextLength: UInt32(c.contextLength), chatTemplate: bundle.template?.name ?? "",
+            maxFrameBytes: UInt64(config.maxFrameBytes)))))
+        metrics.countRequest("hello", outcome: "ok")
+    }
+
+    var currentPolicyVersion: UInt64 { backend?.currentVersion ?? lastVersionEvent.version }
+
+    /// The live figures from the engine, the learner and the log (their thread-safe snapshots).
+    func liveFigures() -> LiveFigures {
+        var f = LiveFigures()
+        let l = learner.status()
+        f.learnerStep = l.step
+        f.learnerMetrics = l.metrics
+        f.walConsumedSequence = l.consumedSequence
+        f.walLastSequence = log.lastSequence
+        f.walPendingBatches = log.pendingBatches
+        f.policyVersion = lastVersionEvent.version
+        if let b = backend?.status() {
+            f.policyVersion = b.policyVersion
+            f.waitingRequests = b.waitingRequests
+            f.runningSequences = b.runningSequences
+            f.kvBlocksUsed = b.kvBlocksUsed
+            f.kvBlocksTotal = b.kvBlocksTotal
+            f.tokensPerSecond = b.tokensPerSecond
+            f.liveVersions = b.liveVersions
+        } else {
+            f.liveVersions = 1
+        }
+        f.connections = connections.count
+        f.connectionObjects = Connection.live
+        f.uptime = Date().timeIntervalSince(startTime)
+        return f
+    }
+
+    func statusReply() -> StatusReply {
+        let f = liveFigures()
+        return StatusReply(policyVersion: f.policyVersion, learnerStep: f.learnerStep, learnerMetrics: f.learnerMetrics,
+                           walLastSequence: f.walLastSequence, walConsumedSequence: f.walConsumedSequence,
+                           waitingRequests: UInt32(clamping: f.waitingRequests), runningSequences: UInt32(clamping: f.runningSequences),
+                           kvBlocksUsed: UInt32(clamping: f.kvBlocksUsed), kvBlocksTotal: UInt32(clamping: f.kvBlocksTotal),
+                           generatedTokensPerSecond: f.tokensPerSecond, uptimeSeconds: f.uptime,
+                           liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections))
+    }
+
+    private func cancel(_ conn: Connection, id: UInt64, target: UInt64) {
+        var found = false
+        if let r = conn.requests[target], r.cancellable {
+            found = true
+            r.cancelled = true
+            if r.isSubscription {
+                end(conn, r, outcome: "cancelled")
+            } else if let job = r.jobID {
+                backend?.cancel(job)  // the engine ends it with cancelled samples / an error
+            }  // else: still being prepared; answered when preparation ends
+        }
+        send(conn, Envelope(id: id, body: .cancelReply(CancelReply(found: found))))
+        metrics.countRequest("cancel", outcome: "ok")
+    }
+
+    private func subscribe(_ conn: Connection, id: UInt64) {
+        guard begin(conn, id: id, type: "subscribe_versions", cancellable: true, subscription: true) != nil else { return }
+        send(conn, Envelope(id: id, body: .versionEvent(lastVersionEvent)))
+    }
+
+    /// Loop thread: a new version was published; every subscription hears of it.
+    func versionPublished(_ event: VersionEvent) {
+        if event.version > lastVersionEvent.version { lastVersionEvent = event }
+        for conn in connections.values {
+            for r in conn.requests.values where r.isSubscription {
+                send(conn, Envelope(id: r.id, body: .versionEvent(event)))
+            }
+        }
+    }
+
+    // MARK: Tokenizer
+
+    private func tokenize(_ conn: Connection, id: UInt64, _ t: TokenizeRequest) {
+        guard let r = begin(conn, id: id, type: "tokenize") else { return }
+        let enc = encoder
+        offload(conn, { Result { () throws(ServerError) in try enc.tokenize(t) } }) { [self] result in
+            guard alive(conn, r) else { return }
+            switch result {
+            case .success(let ids):
+                send(conn, Envelope(id: id, body: .tokenizeReply(TokenizeReply(ids: ids))))
+                end(conn, r, outcome: "ok")
+            case .failure(let e): end(conn, r, error: e)
+            }
+        }
+    }
+
+    private func detokenize(_ conn: Connection, id: UInt64, _ d: DetokenizeRequest) {
+        guard let r = begin(conn, id: id, type: "detokenize") else { return }
+        let enc = encoder
+        offload(conn, { Result { () throws(ServerError) in try enc.detokenize(d.ids) } }) { [self] result in
+            guard alive(conn, r) else { return }
+            switch result {
+            case .success(let text):
+                send(conn, Envelope(id: id, body: .detokenizeReply(DetokenizeReply(text: text))))
+                end(conn, r, outcome: "ok")
+            case .failure(let e): end(conn, r, error: e)
+            }
+        }
+    }
+
+    // MARK: Generation and scoring
+
+    private func generate(_ conn: Connection, id: UInt64, _ g: GenerateRequest) {
+        guard let backend else {
+            fail(conn, id: id, type: "generate", .refused(code: .unavailable, field: "", reason: "no generation engine runs in this server"))
+            return
+        }
+        guard let r = begin(conn, id: id, type: "generate", cancellable: true) else { return }
+        let jobID = nextJobID
+        nextJobID += 1
+        let enc = encoder
+        offload(conn, { Result { () throws(ServerError) in try enc.generationJob(g, id: jobID) } }) { [self] result in
+            guard alive(conn, r) else { return }
+            switch result {
+            case .failure(let e):
+                end(conn, r, error: e)
+            case .success(let job):
+                r.promptLengths = job.prompts.map(\.count)
+                r.samplesPerPrompt = job.n
+                if r.cancelled { return answerCancelledBeforeStart(conn, r) }
+                guard state == .running else {
+                    return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
+                }
+                do throws(ServerError) { try backend.submit(job) } catch { return end(conn, r, error: error) }
+                r.jobID = job.id
+                jobs[job.id] = (conn, r)
+            }
+        }
+    }
+
+    /// A generation cancelled while it was being prepared: its samples, all cancelled, and Done.
+    private func answerCancelledBeforeStart(_ conn: Connection, _ r: Request) {
+        let v = currentPolicyVersion
+        var total: UInt64 = 0
+        for (p, len) in r.promptLengths.enumerated() {
+            for s in 0..<r.samplesPerPrompt {
+                send(conn, Envelope(id: r.id, body: .sampleResult(SampleResult(
+                    promptIndex: UInt32(p), sampleIndex: UInt32(s), finishReason: .cancelled, version: v, firstVersion: v,
+                    promptTokens: UInt32(len), completionTokens: 0))))
+                total += UInt64(len)
+            }
+        }
+        send(conn, Envelope(id: r.id, body: .generateDone(GenerateDone(samples: UInt32(r.promptLengths.count * r.samplesPerPrompt),
+                                                                       promptTokens: total, completionTokens: 0))))
+        end(conn, r, outcome: "cancelled")
+    }
+
+    private func score(_ conn: Connection, id: UInt64, _ s: ScoreRequest) {
+        guard let backend else {
+            fail(conn, id: id, type: "score", .refused(code: .unavailable, field: "", reason: "no generation engine runs in this server"))
+            return
+        }
+        guard let r = begin(conn, id: id, type: "score", cancellable: true) else { return }
+        let jobID = nextJobID
+        nextJobID += 1
+        let enc = encoder
+        offload(conn, { Result { () throws(ServerError) in try enc.scoreJob(s, id: jobID) } }) { [self] result in
+            guard alive(conn, r) else { return }
+            switch result {
+            case .failure(let e):
+                end(conn, r, error: e)
+            case .success(let job):
+                if r.cancelled {
+                    return end(conn, r, error: .refused(code: .cancelled, field: "", reason: "cancelled before scoring started"))
+                }
+                guard state == .running else {
+                    return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
+                }
+                do throws(ServerError) { try backend.score(job) } catch { return end(conn, r, error: error) }
+                r.jobID = job.id
+                jobs[job.id] = (conn, r)
+            }
+        }
+    }
+
+    /// Loop thread (engine wake-up): routes everything the engine produced.
+    func drainEngine() {
+        guard let backend else { return }
+        let now = Date().timeIntervalSince1970
+        for e in backend.drainEvents() {
+            guard let (conn, r) = jobs[e.jobID] else { continue }
+            if e.firstToken && !r.sawFirstToken {
+                r.sawFirstToken = true
+                metrics.timeToFirstToken.observe(now - r.received)
+            }
+            guard let message = e.message else { continue }
+            if case .sampleResult(let s) = message {
+                metrics.generatedTokens += UInt64(s.completionTokens)
+                metrics.promptTokens += UInt64(s.promptTokens)
+            }
+            send(conn, Envelope(id: r.id, body: message))
+            if e.last {
+                jobs[e.jobID] = nil
+                var outcome = r.cancelled ? "cancelled" : "ok"
+                if case .error(let err) = message { outcome = err.code.metricName }
+                end(conn, r, outcome: outcome)
+            }
+        }
+    }
+
+    // MARK: Preferences
+
+    /// Rows are tokenized and checked on the thread pool (batches in parallel), then appended to
+    /// the log in the order the connection sent them: a connection's batches get increasing
+    /// sequence numbers in submission order.
+    private func submitPreferences(_ conn: Connection, id: UInt64, _ p: SubmitPreferences) {
+        guard let r = begin(conn, id: id, type: "submit_preferences") else { return }
+        let ticket = conn.nextPreferenceTicket
+        conn.nextPreferenceTicket += 1
+        let enc = encoder
+        offload(conn, { Result { () throws(ServerError) in try enc.preferenceBatch(p) } }) { [self] result in
+            // A batch whose connection closed meanwhile is not logged: its client saw no ack.
+            guard alive(conn, r) else { return }
+            switch result {
+            case .failure(let e):
+                end(conn, r, error: e)
+                logInOrder(conn, ticket, nil)
+            case .success(let (pairs, sources)):
+                let rows = pairs.count
+                let mailbox = self.mailbox!
+                logInOrder(conn, ticket) { [self] in
+                    log.append(pairs, sources: sources) { [self] appended in
+                        mailbox.post { [self] in preferencesLogged(conn, r, rows: rows, appended) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs the append of batch `ticket` (nil: nothing to append) once every earlier batch of the
+    /// connection has been appended or refused.
+    private func logInOrder(_ conn: Connection, _ ticket: Int, _ append: (() -> Void)?) {
+        conn.preparedPreferences[ticket] = .some(append)
+        while let next = conn.preparedPreferences.removeValue(forKey: conn.nextPreferenceToLog) {
+            conn.nextPreferenceToLog += 1
+            next?()
+        }
+    }
+
+    /// Loop thread: the log thread has written (and fsynced) a batch, or failed to.
+    private func preferencesLogged(_ conn: Connection, _ r: Request, rows: Int, _ result: Result<UInt64, ServerError>) {
+        metrics.walAck.observe(Date().timeIntervalSince1970 - r.received)
+        if case .success = result { metrics.preferenceRows += UInt64(rows) }
+        guard alive(conn, r) else { return }
+        switch result {
+        case .success(let seq):
+            send(conn, Envelope(id: r.id, body: .preferenceAck(PreferenceAck(firstSequence: seq, lastSequence: seq, rows: UInt32(rows)))))
+            end(conn, r, outcome: "ok")
+        case .failure(let e):
+            end(conn, r, error: e)
+        }
+    }
+
+    // MARK: Weights and checkpoints
+
+    private func refreshWeights(_ conn: Connection, id: UInt64, _ rw: RefreshWeights) {
+        guard let r = begin(conn, id: id, type: "refresh_weights") else { return }
+        let dir = dataDirectory
+        let expected = bundle.model.config
+        offload(conn, { () -> Result<(LlamaModel, String), ServerError> in
+            Result { () throws(ServerError) in
+                let path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint")
+                return (try loadCheckpointWeights(path, expected: expected), path)
+            }
+        }) { [self] result in
+            guard alive(conn, r) else { return }
+            switch result {
+            case .failure(let e):
+                end(conn, r, error: e)
+            case .success(let (model, path)):
+                guard state == .running else {
+                    return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
+                }
+                let version = publishVersion(model.weights, learnerStep: 0, metrics: [:])
+                learner.weightsRefreshed(version: version, from: path)
+                serverLog("published \(dataDirectory.relative(path)) as version \(version)")
+                send(conn, Envelope(id: r.id, body: .refreshWeightsReply(RefreshWeightsReply(version: version))))
+                end(conn, r, outcome: "ok")
+            }
+        }
+    }
+
+    private func saveCheckpoint(_ conn: Connection, id: UInt64, _ sc: SaveCheckpoint) {
+        guard let r = begin(conn, id: id, type: "save_checkpoint") else { return }
+        let name = sc.name.isEmpty ? "checkpoints/step-\(learner.status().step)" : sc.name
+        let dir: String
+        do throws(ServerError) { dir = try dataDirectory.resolveNew(name, field: "name") } catch {
+            return end(conn, r, error: error)
+        }
+        let mailbox = self.mailbox!
+        learner.saveCheckpoint(to: dir) { [self] result in
+            mailbox.post { [self] in
+                guard alive(conn, r) else { return }
+                switch result {
+                case .success(let saved):
+                    serverLog("checkpoint saved: \(dataDirectory.relative(saved.path)) (step \(saved.learnerStep), log sequence \(saved.walSequence))")
+                    send(conn, Envelope(id: r.id, body: .saveCheckpointReply(SaveCheckpointReply(
+                        path: dataDirectory.relative(saved.path), learnerStep: saved.learnerStep, walSequence: saved.walSequence,
+                        version: saved.version))))
+                    end(conn, r, outcome: "ok")
+                case .failure(let e):
+                    end(conn, r, error: e)
+                }
+            }
+        }
+    }
+
+    /// Any thread: publishes `weights` as the next version and tells the subscribers (on the loop).
+    func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
+        let version = backend?.publish(weights) ?? versionCounter.next()
+        let event = VersionEvent(version: version, learnerStep: learnerStep, metrics: metrics, unixTime: Date().timeIntervalSince1970)
+        mailbox.post { [self] in versionPublished(event) }
+        return version
+    }
+}
+
+/// Version numbers when no engine runs (weights are then published nowhere). Thread-safe.
+final class VersionCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: UInt64
+    init(start: UInt64) { value = start }
+    func next() -> UInt64 { lock.lock(); defer { lock.unlock() }; value += 1; return value }
+}
+
+/// The `WeightPublisher` handed to the learner: publishes through the server. Thread-safe.
+final class ServerPublisher: WeightPublisher, @unchecked Sendable {
+    weak var server: SelmServer?
+    init(server: SelmServer) { self.server = server }
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
+        server?.publishVersion(weights, learnerStep: learnerStep, metrics: metrics) ?? 0
+    }
+}
+
+/// Loads the weights of a checkpoint for RefreshWeights: a Hugging Face directory (config.json +
+/// safetensors, as `Checkpoint.save` writes) or a `.gguf` file (a directory holding only
+/// `model.gguf` works too). They must have the served model's shape. Thread-pool thread.
+func loadCheckpointWeights(_ path: String, expected: LlamaConfig) throws(ServerError) -> LlamaModel {
+    var isDir: ObjCBool = false
+    _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+    let model: LlamaModel
+    do {
+        if isDir.boolValue {
+            if FileManager.default.fileExists(atPath: path + "/config.json") {
+                model = try LlamaModel.load(huggingFaceDirectory: path)
+            } else if FileManager.default.fileExists(atPath: path + "/model.gguf") {
+                model = try LlamaModel.load(path: path + "/model.gguf")
+            } else {
+                throw ServerError.invalid("checkpoint", "is neither a Hugging Face checkpoint directory (config.json) nor holds model.gguf")
+            }
+        } else if path.hasSuffix(".gguf") {
+            model = try LlamaModel.load(path: path)
+        } else {
+            throw ServerError.invalid("checkpoint", "is neither a checkpoint directory nor a .gguf file")
+        }
+    } catch let e as ServerError {
+        throw e
+    } catch {
+        throw .invalid("checkpoint", "cannot be loaded: \(error)")
+    }
+    guard model.config == expected else {
+        throw .invalid("checkpoint", "holds a model of another shape than the one served")
+    }
+    return model
+}
+
+/// Compares a presented secret with the expected one in time that depends only on the expected
+/// secret's length (never on where they differ).
+func constantTimeEqual(_ presented: String, _ expected: String) -> Bool {
+    let x = Array(presented.utf8), y = Array(expected.utf8)
+    var diff = UInt(bitPattern: x.count ^ y.count)
+    for i in 0..<y.count {
+        let a = i < x.count ? x[i] : 0
+        diff |= UInt(a ^ y[i])
+    }
+    return diff == 0
+}

@@ -1,0 +1,681 @@
+import CUV
+import Engine
+import Foundation
+import Learner
+import Model
+import ModelBundle
+import Wire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How `selm serve` listens and what it allows.
+public struct ServerConfiguration: Sendable {
+    /// TCP address "host:port" (port 0 = any free port), or nil for none. Default 127.0.0.1:7070.
+    public var tcp: String? = "127.0.0.1:7070"
+    /// Unix socket path, or nil. The socket file is created mode 0600 (a stale one is replaced).
+    public var unixPath: String? = nil
+    /// Prometheus endpoint "host:port" (`GET /metrics`), or nil.
+    public var metrics: String? = nil
+    /// Shared secret every connection must present in Hello, or nil for none. Never logged.
+    public var authToken: String? = nil
+    /// Largest frame body accepted (and sent).
+    public var maxFrameBytes: Int = Frame.defaultMaxFrameBytes
+    /// Output bytes a connection may have waiting (not yet taken by the socket): past half of it the
+    /// server stops reading the connection's requests, past all of it the connection is dropped.
+    public var maxOutputBytes: Int = 64 << 20
+    /// Requests a connection may have in flight (subscriptions excluded); more are refused with
+    /// RESOURCE_EXHAUSTED.
+    public var maxRequestsInFlight: Int = 1024
+    /// Client connections open at once; one more is answered `UNAVAILABLE` and closed. With the
+    /// frame limit this bounds the input the server buffers (connections × max frame).
+    public var maxConnections: Int = 256
+    /// Seconds a shutdown waits for in-flight work (cancelled generations, log flushes, saves).
+    public var shutdownGraceSeconds: Double = 10
+    /// Install SIGINT/SIGTERM handlers (`selm serve`); off for a server embedded in another program.
+    public var handleSignals = true
+    /// Log every connection.
+    public var verbose = false
+    /// Reported in HelloReply.server_version.
+    public var serverVersion = "selm-server 0.1"
+
+    public init() {}
+}
+
+/// Lines on stderr, prefixed with the time. Any thread.
+func serverLog(_ s: String) {
+    let t = Date().timeIntervalSince1970
+    let line = String(format: "[%.3f] selm serve: ", t) + s + "\n"
+    FileHandle.standardError.write(Data(line.utf8))
+}
+
+/// The `selm serve` RPC server: one libuv loop (TCP, Unix socket, metrics HTTP, signals, wake-ups)
+/// in front of the generation engine, the preference log and the learner.
+///
+/// Threads:
+/// - `init` binds the listening sockets on the calling thread; `run()` then runs the loop on the
+///   calling thread (the *loop thread*) until shutdown. All connection state is confined to it.
+/// - The engine thread reaches the loop with `uv_async_send` (its events are drained in one go per
+///   wake-up); the log thread and the learner thread through `LoopMailbox` (a locked queue + one
+///   `uv_async_t`); CPU work a request needs (tokenizing, loading a checkpoint) runs on libuv's
+///   thread pool (`uv_queue_work`) and comes back on the loop thread.
+/// - `shutdown()` may be called from any thread.
+public final class SelmServer: @unchecked Sendable {
+    let config: ServerConfiguration
+    let bundle: ModelBundle
+    let encoder: PromptEncoder
+    let backend: GenerationBackend?
+    let learner: LearnerControl
+    let log: PreferenceLog
+    let dataDirectory: DataDirectory
+    let startTime = Date()
+    /// What the server listens on ("tcp 127.0.0.1:7070", "unix /path", "metrics 127.0.0.1:9090"),
+    /// with the real ports when 0 was asked for. Set by `init`; read it from any thread after.
+    public private(set) var addresses: [String] = []
+    /// The TCP port bound (0 when not listening on TCP). Set by `init`; any thread after.
+    public private(set) var tcpPort: Int = 0
+    /// The metrics port bound (0 when none). Set by `init`; any thread after.
+    public private(set) var metricsPort: Int = 0
+
+    // MARK: Loop-confined state
+
+    let loop: UnsafeMutablePointer<uv_loop_t>
+    var listeners: [UnsafeMutablePointer<uv_handle_t>] = []
+    var metricsListener: UnsafeMutablePointer<uv_tcp_t>?
+    var connections: [UInt64: Connection] = [:]
+    var httpConnections: [UInt64: HTTPConnection] = [:]
+    var nextConnectionID: UInt64 = 1
+    var nextJobID: UInt64 = 1
+    /// Running engine jobs → their connection and request.
+    var jobs: [UInt64: (connection: Connection, request: Request)] = [:]
+    var dirty: [Connection] = []
+    let metrics = ServerMetrics()
+    var mailbox: LoopMailbox!
+    var engineWake: LoopSignal?
+    var prepare: UnsafeMutablePointer<uv_prepare_t>!
+    var sweepTimer: UnsafeMutablePointer<uv_timer_t>!
+    var signalHandles: [UnsafeMutablePointer<uv_signal_t>] = []
+    var state: State = .created
+    var shutdownDeadline = 0.0
+    var lastVersionEvent: VersionEvent
+    let readBuffer: UnsafeMutableRawPointer
+    static let readBufferSize = 64 << 10
+    var shutdownSignal: LoopSignal!
+    let versionCounter: VersionCounter
+
+    enum State { case created, running, draining, closing, stopped }
+
+    /// Builds the server and binds every listening socket (nothing is accepted before `run()`).
+    /// `backend` nil serves everything but Generate and Score (answered UNAVAILABLE).
+    /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
+    init(configuration: ServerConfiguration, bundle: ModelBundle, backend: GenerationBackend?,
+         learner: LearnerControl, log: PreferenceLog, dataDirectory: DataDirectory) throws {
+        config = configuration
+        self.bundle = bundle
+        encoder = PromptEncoder(bundle: bundle)
+        self.backend = backend
+        self.learner = learner
+        self.log = log
+        self.dataDirectory = dataDirectory
+        lastVersionEvent = VersionEvent(version: backend?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
+        versionCounter = VersionCounter(start: lastVersionEvent.version)
+        readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
+        loop = uvAllocate(uv_loop_t.self)
+        uv_loop_init(loop)
+        loop.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        // A peer closing its socket must not kill the process with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            try setUpHandles()
+        } catch {
+            closeAllHandles()
+            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+            uv_loop_close(loop)
+            throw error
+        }
+    }
+
+    /// Builds the server and binds every listening socket on the calling thread (nothing is accepted
+    /// before `run()`, which also starts `engine`'s thread and the learner).
+    /// - Parameters:
+    ///   - engine: the generation engine (not started; the server starts and stops it), or nil for a
+    ///     server without generation (Generate and Score answer UNAVAILABLE; a model without a
+    ///     tokenizer has no engine). Its current version is the first policy version; later ones
+    ///     are numbered by the server, one up per publication (RefreshWeights or the learner).
+    ///   - learner: the online learner (`NoLearner()` for none); started by `run()`.
+    ///   - log: the open preference log (its torn tail already truncated); started by `run()`.
+    /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
+    public convenience init(configuration: ServerConfiguration, bundle: ModelBundle, engine: Engine?, learner: LearnerControl,
+                            log: PreferenceLog, dataDirectory: DataDirectory) throws {
+        try self.init(configuration: configuration, bundle: bundle, backend: engine.map { EngineBackend(engine: $0) },
+                      learner: learner, log: log, dataDirectory: dataDirectory)
+    }
+
+    deinit {
+        if state == .created {
+            // Built but never run: close what `init` opened.
+            closeAllHandles()
+            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+            uv_loop_close(loop)
+        }
+        readBuffer.deallocate()
+        free(loop)
+    }
+
+    private func setUpHandles() throws {
+        mailbox = LoopMailbox(loop: loop)
+        shutdownSignal = LoopSignal(loop: loop) { [unowned self] in self.beginShutdown(reason: "shutdown requested") }
+        if let backend {
+            let wake = LoopSignal(loop: loop) { [unowned self] in self.drainEngine() }
+            engineWake = wake
+            backend.setWakeup { wake.signal() }
+        }
+        prepare = uvAllocate(uv_prepare_t.self)
+        uv_prepare_init(loop, prepare)
+        uv_prepare_start(prepare) { p in server(of: uvHandle(p!)).flushDirty() }
+        sweepTimer = uvAllocate(uv_timer_t.self)
+        uv_timer_init(loop, sweepTimer)
+        uv_timer_start(sweepTimer, { t in server(of: uvHandle(t!)).sweep() }, 1000, 1000)
+        uv_unref(uvHandle(sweepTimer))
+
+        if let tcp = config.tcp { try listenTCP(tcp) }
+        if let path = config.unixPath { try listenUnix(path) }
+        if let m = config.metrics { try listenMetrics(m) }
+        if config.tcp == nil && config.unixPath == nil {
+            throw ServerError.configuration(option: "--listen/--unix", reason: "nothing to listen on")
+        }
+        if config.handleSignals {
+            for sig in [SIGINT, SIGTERM] {
+                let h = uvAllocate(uv_signal_t.self)
+                uv_signal_init(loop, h)
+                uv_signal_start(h, { h, signum in
+                    server(of: uvHandle(h!)).beginShutdown(reason: signum == SIGINT ? "SIGINT" : "SIGTERM")
+                }, sig)
+                uv_unref(uvHandle(h))
+                signalHandles.append(h)
+            }
+        }
+    }
+
+    private func listenTCP(_ address: String) throws {
+        var (_, _, storage) = try parseSocketAddress(address, option: "--listen")
+        let h = uvAllocate(uv_tcp_t.self)
+        uv_tcp_init(loop, h)
+        listeners.append(uvHandle(h))
+        var rc = withUnsafeBytes(of: &storage) { uv_tcp_bind(h, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), 0) }
+        if rc == 0 {
+            rc = uv_listen(uvStream(h), 256) { s, status in server(of: uvHandle(s!)).accept(s!, status: status, kind: .tcp) }
+        }
+        guard rc == 0 else { throw ServerError.listen(address: address, reason: uvErrorText(rc)) }
+        let bound = boundAddress(h)
+        tcpPort = Int(bound.split(separator: ":").last.flatMap { Int($0) } ?? 0)
+        addresses.append("tcp \(bound)")
+    }
+
+    private func listenUnix(_ path: String) throws {
+        try removeStaleSocket(path)
+        let h = uvAllocate(uv_pipe_t.self)
+        uv_pipe_init(loop, h, 0)
+        listeners.append(uvHandle(h))
+        var rc = uv_pipe_bind(h, path)
+        if rc == 0 {
+            chmod(path, 0o600)
+            rc = uv_listen(uvStream(h), 256) { s, status in server(of: uvHandle(s!)).accept(s!, status: status, kind: .unix) }
+        }
+        guard rc == 0 else { throw ServerError.listen(address: path, reason: uvErrorText(rc)) }
+        addresses.append("unix \(path)")
+    }
+
+    /// A socket file nobody listens on (left by a killed server) is removed; a live one is an error.
+    private func removeStaleSocket(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return }
+        guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+            throw ServerError.listen(address: path, reason: "exists and is not a socket")
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw ServerError.listen(address: path, reason: "path too long for a Unix socket")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let live = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        if live { throw ServerError.listen(address: path, reason: "another server is listening there") }
+        unlink(path)
+    }
+
+    private func listenMetrics(_ address: String) throws {
+        var (_, _, storage) = try parseSocketAddress(address, option: "--metrics")
+        let h = uvAllocate(uv_tcp_t.self)
+        uv_tcp_init(loop, h)
+        metricsListener = h
+        var rc = withUnsafeBytes(of: &storage) { uv_tcp_bind(h, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), 0) }
+        if rc == 0 {
+            rc = uv_listen(uvStream(h), 64) { s, status in server(of: uvHandle(s!)).acceptHTTP(s!, status: status) }
+        }
+        guard rc == 0 else { throw ServerError.listen(address: address, reason: uvErrorText(rc)) }
+        let bound = boundAddress(h)
+        metricsPort = Int(bound.split(separator: ":").last.flatMap { Int($0) } ?? 0)
+        addresses.append("metrics http://\(bound)/metrics")
+    }
+
+    // MARK: Running
+
+    /// Starts the preference log and the learner, then runs the loop on the calling thread until a
+    /// shutdown (signal or `shutdown()`) has finished: listeners closed, in-flight work cancelled
+    /// or finished (within the grace period), replies flushed, handles closed. Then stops the
+    /// learner, closes the preference log (every queued batch written and acknowledged) and stops
+    /// the engine. Call once; the calling thread becomes the loop thread.
+    /// - Throws: what `LearnerControl.start` throws (nothing is served then).
+    public func run() throws {
+        precondition(state == .created, "SelmServer.run called twice")
+        // The log's numbers stay ahead of what the learner's checkpoint consumed; the learner then
+        // replays the records after it (nothing at or below it is read again).
+        let consumed = learner.status().consumedSequence
+        log.advanceSequence(toAtLeast: consumed + 1)
+        let learner = self.learner
+        log.addObserver { last in learner.walAppended(upTo: last) }
+        log.start()
+        let r = log.recovery
+        let last = log.lastSequence
+        serverLog("preference log \(log.path): \(r.records) records\(r.records > 0 ? " (\(r.firstSequence)…\(r.lastSequence))" : "")"
+                  + (r.truncatedBytes > 0 ? ", torn tail of \(r.truncatedBytes) bytes truncated (\(r.truncationReason ?? ""))" : "")
+                  + "; learner consumed \(consumed), \(last > consumed ? last - consumed : 0) to replay")
+        do {
+            try learner.start(LearnerContext(log: log, dataDirectory: dataDirectory, publisher: ServerPublisher(server: self)))
+        } catch {
+            closeAllHandles()
+            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+            uv_loop_close(loop)
+            log.close()
+            backend?.stop()
+            state = .stopped
+            throw error
+        }
+        backend?.start()
+        state = .running
+        for a in addresses { serverLog("listening on \(a)") }
+        uv_run(loop, UV_RUN_DEFAULT)
+        learner.stop()
+        log.close()
+        backend?.stop()
+        // The signal handles stayed open (unreferenced) until now, so a second SIGTERM while the
+        // learner and the log were stopping was caught, not fatal.
+        for h in signalHandles { uvCloseAndFree(uvHandle(h)) }
+        signalHandles.removeAll()
+        while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+        let rc = uv_loop_close(loop)
+        if rc != 0 { serverLog("warning: loop closed with handles still open (\(uvErrorText(rc)))") }
+        if config.handleSignals {
+            signal(SIGINT, SIG_IGN)
+            signal(SIGTERM, SIG_IGN)
+        }
+        state = .stopped
+        serverLog("stopped")
+    }
+
+    /// Begins a graceful shutdown (as SIGTERM does). Any thread; returns at once.
+    public func shutdown() {
+        shutdownSignal.signal()
+    }
+
+    // MARK: Accepting
+
+    enum ListenerKind { case tcp, unix }
+
+    /// Loop thread: a listener has a connection waiting.
+    func accept(_ listener: UnsafeMutablePointer<uv_stream_t>, status: Int32, kind: ListenerKind) {
+        guard status == 0 else { serverLog("accept failed: \(uvErrorText(status))"); return }
+        let stream: UnsafeMutablePointer<uv_stream_t>
+        switch kind {
+        case .tcp:
+            let h = uvAllocate(uv_tcp_t.self)
+            uv_tcp_init(loop, h)
+            stream = uvStream(h)
+        case .unix:
+            let h = uvAllocate(uv_pipe_t.self)
+            uv_pipe_init(loop, h, 0)
+            stream = uvStream(h)
+        }
+        guard uv_accept(listener, stream) == 0, state == .running else {
+            uvCloseAndFree(uvHandle(stream))
+            return
+        }
+        var peer = "unix"
+        if kind == .tcp {
+            let tcp = UnsafeMutableRawPointer(stream).assumingMemoryBound(to: uv_tcp_t.self)
+            uv_tcp_nodelay(tcp, 1)
+            peer = peerAddress(tcp)
+        }
+        let conn = Connection(id: nextConnectionID, stream: stream, peer: peer, maxFrameBytes: config.maxFrameBytes,
+                              authenticated: false)
+        nextConnectionID += 1
+        // The handle holds one reference to its connection until the close callback.
+        stream.pointee.data = Unmanaged.passRetained(conn).toOpaque()
+        connections[conn.id] = conn
+        metrics.connectionsAccepted += 1
+        if connections.count > config.maxConnections {
+            send(conn, Envelope(id: 0, body: .error(ErrorReply(code: .unavailable, message: "too many connections (limit \(config.maxConnections))"))))
+            metrics.connectionsDropped += 1
+            close(conn, reason: "too many connections", graceful: true)
+            return
+        }
+        if config.verbose { serverLog("connection \(conn.id) from \(peer)") }
+        startReading(conn)
+    }
+
+    func startReading(_ conn: Connection) {
+        guard !conn.closing, !conn.reading, !conn.pausedForOutput, !conn.pausedForWork else { return }
+        conn.reading = true
+        uv_read_start(conn.stream, { h, _, buf in
+            let s = server(of: h!)
+            buf!.pointee = uv_buf_init(s.readBuffer.assumingMemoryBound(to: CChar.self), UInt32(SelmServer.readBufferSize))
+        }, { stream, nread, buf in
+            let conn = Unmanaged<Connection>.fromOpaque(stream!.pointee.data).takeUnretainedValue()
+            let s = server(of: uvHandle(stream!))
+            if nread > 0 {
+                s.received(conn, UnsafeRawBufferPointer(start: buf!.pointee.base, count: nread))
+            } else if nread < 0 {
+                s.close(conn, reason: nread == Int(UV_EOF.rawValue) ? "closed by peer" : uvErrorText(Int32(nread)))
+            }
+        })
+    }
+
+    func stopReading(_ conn: Connection) {
+        guard conn.reading else { return }
+        conn.reading = false
+        uv_read_stop(conn.stream)
+    }
+
+    /// Loop thread: bytes arrived on `conn`.
+    func received(_ conn: Connection, _ bytes: UnsafeRawBufferPointer) {
+        metrics.bytesIn += UInt64(bytes.count)
+        conn.decoder.append(bytes)
+        while !conn.closing {
+            let body: [UInt8]
+            do {
+                guard let b = try conn.decoder.next() else { break }
+                body = b
+            } catch {
+                // Oversize frame: answer with id 0 (the body was never read) and hang up.
+                metrics.countRequest("unknown", outcome: error.code.metricName)
+                send(conn, Envelope(id: 0, body: .error(error.errorReply)))
+                close(conn, reason: "frame too large", graceful: true)
+                break
+            }
+            metrics.framesIn += 1
+            let envelope: Envelope<ClientMessage>
+            do {
+                envelope = try Frame.decodeClient(body)
+            } catch {
+                metrics.countRequest("unknown", outcome: error.code.metricName)
+                send(conn, Envelope(id: error.requestID ?? 0, body: .error(error.errorReply)))
+                continue
+            }
+            route(conn, envelope)
+        }
+    }
+
+    // MARK: Sending
+
+    /// Loop thread: queues a reply on `conn` (written before the loop next waits for I/O).
+    func send(_ conn: Connection, _ envelope: Envelope<ServerMessage>) {
+        guard !conn.closing else { return }
+        var frame: [UInt8]
+        do {
+            frame = try Frame.encode(envelope, maxFrameBytes: config.maxFrameBytes)
+        } catch {
+            let reply = ErrorReply(code: .resourceExhausted, message: "the reply (\(envelope.body.name)) does not fit in a frame of \(config.maxFrameBytes) bytes")
+            frame = try! Frame.encode(Envelope(id: envelope.id, body: .error(reply)))
+        }
+        conn.output.append(contentsOf: frame)
+        metrics.framesOut += 1
+        if !conn.isDirty {
+            conn.isDirty = true
+            dirty.append(conn)
+        }
+        if conn.output.count + conn.queuedBytes > config.maxOutputBytes && !conn.closing {
+            serverLog("connection \(conn.id) (\(conn.peer)): dropped, \(conn.output.count + conn.queuedBytes) bytes of replies unread (limit \(config.maxOutputBytes))")
+            metrics.connectionsDropped += 1
+            close(conn, reason: "output cap")
+        }
+    }
+
+    /// Loop thread (prepare phase, right before the loop waits): hands every connection's queued
+    /// replies to libuv, one write request each.
+    func flushDirty() {
+        let list = dirty
+        dirty.removeAll(keepingCapacity: true)
+        for conn in list {
+            conn.isDirty = false
+            guard !conn.closing, !conn.output.isEmpty else { continue }
+            write(conn, conn.output)
+            conn.output = []
+        }
+    }
+
+    /// One write request owning a copy of `bytes`, freed in its callback.
+    private func write(_ conn: Connection, _ bytes: [UInt8]) {
+        let n = bytes.count
+        let headerSize = MemoryLayout<uv_write_t>.stride
+        let raw = malloc(headerSize + n)!
+        let req = raw.bindMemory(to: uv_write_t.self, capacity: 1)
+        memset(raw, 0, headerSize)
+        let data = raw + headerSize
+        bytes.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        req.pointee.data = UnsafeMutableRawPointer(bitPattern: n)
+        var buf = uv_buf_init(data.assumingMemoryBound(to: CChar.self), UInt32(n))
+        let rc = uv_write(req, conn.stream, &buf, 1) { req, status in
+            let n = Int(bitPattern: req!.pointee.data)
+            let stream = req!.pointee.handle!
+            free(req)
+            let conn = Unmanaged<Connection>.fromOpaque(stream.pointee.data).takeUnretainedValue()
+            server(of: uvHandle(stream)).written(conn, bytes: n, status: status)
+        }
+        if rc != 0 {
+            free(raw)
+            close(conn, reason: "write failed: \(uvErrorText(rc))")
+            return
+        }
+        conn.queuedBytes += n
+        if conn.queuedBytes > config.maxOutputBytes / 2 && !conn.pausedForOutput {
+            conn.pausedForOutput = true
+            stopReading(conn)
+        }
+    }
+
+    /// Loop thread: a write request finished (status < 0: failed or cancelled by a close).
+    func written(_ conn: Connection, bytes: Int, status: Int32) {
+        conn.queuedBytes -= bytes
+        if status == 0 { metrics.bytesOut += UInt64(bytes) }
+        if status < 0 {
+            if !conn.closing { close(conn, reason: "write failed: \(uvErrorText(status))") }
+            return
+        }
+        if conn.pausedForOutput && conn.queuedBytes <= config.maxOutputBytes / 4 {
+            conn.pausedForOutput = false
+            startReading(conn)
+        }
+    }
+
+    // MARK: Closing
+
+    /// Loop thread: closes `conn`, cancelling its generations (their KV blocks are freed by the
+    /// engine) and forgetting its other requests. `graceful` first writes what is queued (used
+    /// after an error that ends the connection).
+    func close(_ conn: Connection, reason: String, graceful: Bool = false) {
+        guard !conn.closing else { return }
+        if config.verbose || graceful { serverLog("connection \(conn.id) (\(conn.peer)) closed: \(reason)") }
+        stopReading(conn)
+        for (_, request) in conn.requests {
+            request.cancelled = true
+            if let job = request.jobID {
+                backend?.cancel(job)
+                jobs[job] = nil
+            }
+            metrics.countRequest(request.type, outcome: "disconnected")
+        }
+        conn.requests.removeAll()
+        connections[conn.id] = nil
+        if graceful && !conn.output.isEmpty {
+            write(conn, conn.output)
+            conn.output = []
+        }
+        conn.closing = true
+        if graceful {
+            let req = uvAllocate(uv_shutdown_t.self)
+            let rc = uv_shutdown(req, conn.stream) { req, _ in
+                let stream = req!.pointee.handle!
+                free(req)
+                if uv_is_closing(uvHandle(stream)) == 0 { uv_close(uvHandle(stream), connectionClosed) }
+            }
+            if rc == 0 { return }
+            free(req)
+        }
+        uv_close(uvHandle(conn.stream), connectionClosed)
+    }
+
+    /// Loop thread: periodic housekeeping (idle metrics connections, shutdown progress).
+    func sweep() {
+        let now = Date().timeIntervalSince1970
+        for (_, h) in httpConnections where now - h.opened > 10 { closeHTTP(h) }
+        if state == .draining { checkDrained() }
+    }
+
+    // MARK: Shutdown
+
+    /// Loop thread: stop accepting, cancel generations, wait (up to the grace period) for in-flight
+    /// work, then close everything.
+    func beginShutdown(reason: String) {
+        guard state == .running else {
+            if state == .draining { serverLog("\(reason) again: closing now"); finishShutdown() }
+            return
+        }
+        state = .draining
+        serverLog("\(reason): shutting down (in-flight requests get \(Int(config.shutdownGraceSeconds)) s)")
+        shutdownDeadline = Date().timeIntervalSince1970 + config.shutdownGraceSeconds
+        for h in listeners { uvCloseAndFree(h) }
+        listeners.removeAll()
+        if let m = metricsListener { uvCloseAndFree(uvHandle(m)); metricsListener = nil }
+        if let path = config.unixPath { unlink(path) }
+        for (_, conn) in connections {
+            stopReading(conn)
+            conn.pausedForWork = true  // never resume
+            for (_, r) in conn.requests where r.jobID != nil { backend?.cancel(r.jobID!) }
+        }
+        uv_ref(uvHandle(sweepTimer))
+        uv_timer_start(sweepTimer, { t in server(of: uvHandle(t!)).sweep() }, 50, 50)
+        checkDrained()
+    }
+
+    private func checkDrained() {
+        let busy = connections.values.contains { $0.requests.values.contains { !$0.isSubscription } }
+        if !busy || Date().timeIntervalSince1970 > shutdownDeadline {
+            if busy { serverLog("grace period over: closing with requests still in flight") }
+            finishShutdown()
+        }
+    }
+
+    private func finishShutdown() {
+        guard state == .draining else { return }
+        state = .closing
+        flushDirty()
+        for (_, conn) in connections { close(conn, reason: "server shutting down", graceful: true) }
+        for (_, h) in httpConnections { closeHTTP(h) }
+        closeAllHandles(keepSignals: true)
+    }
+
+    /// Closes every non-connection handle (listeners, timers, wake-ups; the signal handles too
+    /// unless `keepSignals`: they hold no reference on the loop and are closed by `run()` last).
+    func closeAllHandles(keepSignals: Bool = false) {
+        for h in listeners { uvCloseAndFree(h) }
+        listeners.removeAll()
+        if let m = metricsListener { uvCloseAndFree(uvHandle(m)); metricsListener = nil }
+        if !keepSignals {
+            for h in signalHandles { uvCloseAndFree(uvHandle(h)) }
+            signalHandles.removeAll()
+        }
+        if let p = prepare { uvCloseAndFree(uvHandle(p)); prepare = nil }
+        if let t = sweepTimer { uvCloseAndFree(uvHandle(t)); sweepTimer = nil }
+        mailbox?.close()
+        engineWake?.close()
+        shutdownSignal?.close()
+    }
+
+    // MARK: Thread-pool work
+
+    /// Runs `work` on libuv's thread pool, then `then` with its result on the loop thread.
+    /// Counts against `conn`'s offloaded work: past 64 items its reading pauses until 32 remain.
+    func offload<T: Sendable>(_ conn: Connection, _ work: @escaping @Sendable () -> T, then: @escaping (T) -> Void) {
+        let item = WorkItem(work: work, then: then)
+        conn.offloaded += 1
+        if conn.offloaded > 64 && !conn.pausedForWork {
+            conn.pausedForWork = true
+            stopReading(conn)
+        }
+        item.onDone = { [unowned self, conn] in
+            conn.offloaded -= 1
+            if conn.pausedForWork && conn.offloaded <= 32 && self.state == .running {
+                conn.pausedForWork = false
+                self.startReading(conn)
+            }
+        }
+        let req = uvAllocate(uv_work_t.self)
+        req.pointee.data = Unmanaged<AnyWorkItem>.passRetained(item).toOpaque()
+        let rc = uv_queue_work(loop, req, { req in
+            Unmanaged<AnyWorkItem>.fromOpaque(req!.pointee.data).takeUnretainedValue().runWork()
+        }, { req, _ in
+            let item = Unmanaged<AnyWorkItem>.fromOpaque(req!.pointee.data).takeRetainedValue()
+            free(req)
+            item.runThen()
+        })
+        precondition(rc == 0, "uv_queue_work failed: \(uvErrorText(rc))")
+    }
+}
+
+/// The server that owns the loop of `handle`.
+func server(of handle: UnsafeMutablePointer<uv_handle_t>) -> SelmServer {
+    Unmanaged<SelmServer>.fromOpaque(handle.pointee.loop.pointee.data).takeUnretainedValue()
+}
+
+/// Close callback of a client connection's handle: drops the handle's reference to its connection
+/// and frees the handle.
+let connectionClosed: uv_close_cb = { handle in
+    Unmanaged<Connection>.fromOpaque(handle!.pointee.data).release()
+    free(handle)
+}
+
+/// Type-erased thread-pool job (`uv_work_t.data`).
+class AnyWorkItem: @unchecked Sendable {
+    var onDone: (() -> Void)?
+    func runWork() {}
+    func runThen() {}
+}
+
+/// A thread-pool job: `work` on a pool thread writes `result`; `then` reads it on the loop thread
+/// (libuv orders the two: the after-work callback runs after the work callback returned).
+final class WorkItem<T: Sendable>: AnyWorkItem, @unchecked Sendable {
+    let work: @Sendable () -> T
+    let then: (T) -> Void
+    var result: T?
+
+    init(work: @escaping @Sendable () -> T, then: @escaping (T) -> Void) {
+        self.work = work
+        self.then = then
+    }
+
+    override func runWork() { result = work() }
+
+    override func runThen() {
+        onDone?()
+        then(result!)
+    }
+}

@@ -1,0 +1,162 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Kernels
+import Learner
+import Model
+import ModelBundle
+import Server
+
+/// `selm serve`: the RPC server (see Sources/Server and Proto/README.md).
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets, learning online.",
+        discussion: """
+        Frames: a 4-byte big-endian length, then one protobuf selm.v1.Envelope (Proto/selm.proto). Clients send \
+        Hello first (with the token of --auth-token-file when set). Preference batches are appended to \
+        DATA-DIR/preferences.wal and fsynced before they are acknowledged; on start the log is scanned (a torn \
+        tail is truncated) and the learner replays the records after its checkpoint. RefreshWeights and \
+        SaveCheckpoint take paths inside --data-dir only. SIGINT/SIGTERM: stop accepting, cancel generations, \
+        flush the log, exit 0.
+        """)
+
+    @OptionGroup var model: ModelOptions
+    @Option(help: "TCP address host:port (port 0 = any free port; \"none\" = no TCP). Binds 127.0.0.1 unless told otherwise.")
+    var listen: String = "127.0.0.1:7070"
+    @Option(help: "Also listen on this Unix socket path (created mode 0600).")
+    var unix: String?
+    @Option(help: "File holding the shared secret every client must present in Hello (never logged).")
+    var authTokenFile: String?
+    @Option(help: "Data directory: the preference log and checkpoints; client paths are confined to it.")
+    var dataDir: String = "selm-data"
+    @Option(help: "Paged KV cache size, MB.")
+    var kvCacheMb: Int = 512
+    @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
+    var metrics: String?
+    @Option(help: "Largest frame accepted (and sent), bytes.")
+    var maxFrameBytes: Int = 16 << 20
+    @Option(help: "Reply bytes a client may leave unread: past half of it the server stops reading its requests, past all of it the connection is dropped.")
+    var maxOutputBytes: Int = 64 << 20
+    @Option(help: "Requests one connection may have in flight.")
+    var maxRequestsInFlight: Int = 1024
+    @Option(help: "Client connections open at once.")
+    var maxConnections: Int = 256
+    @Flag(help: "Run no learner: preferences are logged durably and left unconsumed for a later run.")
+    var noLearner = false
+    @Option(help: "Reference model for the learner (default: a frozen copy of --model's starting weights).")
+    var ref: String?
+    @Option(help: "Publish the learner's weights to the engine as a new version every N optimizer steps.")
+    var publishEvery: Int = 1
+    @Option(help: "Save a checkpoint (with the log position consumed) every N optimizer steps; 0 = only on request and at shutdown.")
+    var checkpointEvery: Int = 20
+    @Option(help: "Linear learning-rate warm-up, optimizer steps.")
+    var warmupSteps: Int = 0
+    @Option(help: "Horizon of the cosine schedule in optimizer steps; 0 = constant after warm-up (an online run has no known end).")
+    var totalSteps: Int = 0
+    @Option(help: "Train on a partial batch once its oldest row has waited this many seconds; 0 = wait for a full batch.")
+    var maxWaitSeconds: Double = 20
+    @Option(help: "How engine and learner share the two cores' BLAS: priority (one BLAS lock, rollouts first), fifo (one lock, first come first served) or split (no lock, one BLAS thread each).")
+    var computeSharing: String = "priority"
+    @Flag(help: .hidden)
+    var journalLearner = false
+    @Flag(help: "Log every connection.")
+    var verbose = false
+    @OptionGroup var lossOptions: LossOptions
+    @OptionGroup var optimizerOptions: OptimizerOptions
+
+    func validate() throws {
+        if maxFrameBytes < 1024 || maxFrameBytes > Int(UInt32.max) { throw ValidationError("--max-frame-bytes: must be in [1024, 2^32-1]") }
+        if maxOutputBytes < 2 * maxFrameBytes { throw ValidationError("--max-output-bytes: must be at least twice --max-frame-bytes") }
+        if maxRequestsInFlight < 1 { throw ValidationError("--max-requests-in-flight: must be ≥ 1") }
+        if maxConnections < 1 { throw ValidationError("--max-connections: must be ≥ 1") }
+        if kvCacheMb < 1 { throw ValidationError("--kv-cache-mb: must be ≥ 1") }
+        if listen == "none" && unix == nil { throw ValidationError("--listen none needs --unix") }
+        if !["priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected priority, fifo or split") }
+        if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
+        if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
+        if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
+    }
+
+    func run() throws {
+        let training = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
+        var config = ServerConfiguration()
+        config.tcp = listen == "none" ? nil : listen
+        config.unixPath = unix
+        config.metrics = metrics
+        config.maxFrameBytes = maxFrameBytes
+        config.maxOutputBytes = maxOutputBytes
+        config.maxRequestsInFlight = maxRequestsInFlight
+        config.maxConnections = maxConnections
+        config.verbose = verbose
+        if let f = authTokenFile { config.authToken = try readToken(f) }
+
+        let bundle = try model.load()
+        note("selm serve: \(bundle.name) (\(bundle.path)), loaded in \(String(format: "%.2f", bundle.loadSeconds)) s; OpenBLAS \(blasDescription())")
+        let dataDirectory = try DataDirectory(dataDir)
+        let log = try PreferenceLog(directory: dataDirectory.realPath)
+        // Two compute threads (engine, learner) share OpenBLAS: see --compute-sharing.
+        switch computeSharing {
+        case "split":
+            kernels_set_sharing(Int32(KERNELS_SHARING_NONE), 0)
+            kernels_set_blas_threads(1)
+        case "fifo": kernels_set_sharing(Int32(KERNELS_SHARING_FIFO), 1e9)
+        default: kernels_set_sharing(Int32(KERNELS_SHARING_PRIORITY), 1e9)
+        }
+        let learner: LearnerControl
+        var engineModel = bundle.model
+        var engineVersion: UInt64 = 1
+        if journalLearner {
+            learner = try JournalLearner(dataDirectory: dataDirectory)
+        } else if noLearner {
+            learner = NoLearner()
+        } else {
+            var online = OnlineOptions()
+            online.training = training
+            online.publishEvery = publishEvery
+            online.checkpointEvery = checkpointEvery
+            online.warmupSteps = warmupSteps
+            online.totalSteps = totalSteps
+            online.maxWaitSeconds = maxWaitSeconds
+            online.lowPriority = computeSharing != "fifo"
+            let refModel: LlamaModel?
+            do { refModel = try ref.map { try LlamaModel.load(path: $0) } } catch { throw ValidationError("--ref: \(error)") }
+            let control = try OnlineLearnerControl(policy: bundle.model, reference: refModel, options: online,
+                                                   dataDirectory: dataDirectory, extras: bundle.checkpointExtras(),
+                                                   baseModel: bundle.path)
+            if let r = control.resumedFrom {
+                note("selm serve: learner resumed from \(r) at step \(control.learner.step), version \(control.initialVersion)")
+            }
+            // The learner trains its own copy in place; the engine reads a snapshot per version.
+            engineModel = LlamaModel(weights: bundle.model.weights.copy())
+            engineVersion = control.initialVersion
+            learner = control
+        }
+        var engine: Engine? = nil
+        if let tok = bundle.tokenizerIfAny {
+            var ec = EngineConfig()
+            ec.kvCacheMB = Double(kvCacheMb)
+            do {
+                engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
+            } catch { throw ValidationError("\(error)") }
+        } else {
+            note("selm serve: \(bundle.path) has no tokenizer: generation and scoring are unavailable")
+        }
+        let server = try SelmServer(configuration: config, bundle: bundle, engine: engine, learner: learner, log: log,
+                                    dataDirectory: dataDirectory)
+        try server.run()
+    }
+
+    /// The token in `path` (surrounding whitespace dropped). Never printed.
+    private func readToken(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("--auth-token-file: cannot read \(path)")
+        }
+        let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard !token.isEmpty else { throw ValidationError("--auth-token-file: \(path) is empty") }
+        if let attrs = try? FileManager.default.attributesOfItem(atPath: path),
+           let mode = (attrs[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0 {
+            note("selm serve: warning: \(path) is readable by other users (mode \(String(mode, radix: 8)))")
+        }
+        return token
+    }
+}

@@ -1,0 +1,194 @@
+import Foundation
+import Learner
+import ModelBundle
+@testable import Server
+import Wire
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Preference intake: acknowledged means on disk; `kill -9` loses nothing acknowledged; a torn tail
+/// is cut; a restart replays exactly what the learner's checkpoint had not consumed.
+final class DurabilityTests: XCTestCase {
+    nonisolated func row(_ k: UInt32) -> PreferenceRow {
+        PreferenceRow(prompt: .ids([k % 90, 1, 2]), chosen: .ids([3, k % 90]), rejected: .ids([4]), source: "r\(k)")
+    }
+
+    func submit(_ c: TestClient, id: UInt64, rows: [PreferenceRow], chat: Bool = false) throws -> PreferenceAck {
+        let r = try c.call(id, .submitPreferences(SubmitPreferences(rows: rows, chat: chat)))
+        guard case .preferenceAck(let a) = r else { throw TestError("SubmitPreferences answered \(r)") }
+        return a
+    }
+
+    func status(_ c: TestClient) throws -> StatusReply {
+        guard case .statusReply(let s) = try c.call(999_999, .status(StatusRequest())) else { throw TestError("status") }
+        return s
+    }
+
+    /// Text rows are stored as the token ids `PreferenceData` would make of them (template on the
+    /// prompt when `chat`, EOS after each response); id rows as they are; weights and sources kept.
+    func testAcknowledgedRowsAreOnDiskAsTokenIDs() throws {
+        try requireSmol()
+        let dir = try temporaryDirectory()
+        let server = try ServerProcess(model: ServerProcess.smol, dataDir: dir + "/data", args: ["--no-learner"])
+        let c = try server.client()
+        _ = try c.hello()
+        let rows = [
+            PreferenceRow(prompt: .text("What is 2+2?"), chosen: .text("4."), rejected: .text("5."), reference: .text("Four."),
+                          weight: 2, source: "pairrm"),
+            PreferenceRow(prompt: .messages([ChatMessage(role: "system", content: "Be terse."), ChatMessage(role: "user", content: "Hi")]),
+                          chosen: .text("Hello."), rejected: .ids([100, 200])),
+        ]
+        let a1 = try submit(c, id: 1, rows: rows, chat: true)
+        XCTAssertEqual([a1.firstSequence, a1.lastSequence, UInt64(a1.rows)], [1, 1, 2])
+        let a2 = try submit(c, id: 2, rows: [PreferenceRow(prompt: .text("plain"), chosen: .ids([5]), rejected: .ids([6]))], chat: false)
+        XCTAssertEqual(a2.firstSequence, 2)
+        XCTAssertEqual(server.stop(), 0)
+
+        let bundle = try sharedSmolBundle()
+        let tok = try bundle.tokenizer
+        let log = try PreferenceLog(directory: dir + "/data")
+        defer { log.close() }
+        let recs = try log.records(after: 0)
+        XCTAssertEqual(recs.map(\.sequence), [1, 2])
+        let expected0 = PreferencePair(prompt: try bundle.encodePrompt(.text("What is 2+2?")), chosen: try bundle.encodeResponse("4."),
+                                       rejected: try bundle.encodeResponse("5."), reference: try bundle.encodeResponse("Four."), weight: 2)
+        XCTAssertEqual(recs[0].pairs[0], expected0)
+        XCTAssertEqual(recs[0].pairs[0].chosen.last, tok.eosId, "EOS appended to text responses")
+        let expected1 = PreferencePair(prompt: try bundle.encodePrompt(.messages([("system", "Be terse."), ("user", "Hi")])),
+                                       chosen: try bundle.encodeResponse("Hello."), rejected: [100, 200], weight: 1)
+        XCTAssertEqual(recs[0].pairs[1], expected1)
+        XCTAssertEqual(recs[0].sources, ["pairrm", ""])
+        XCTAssertEqual(recs[1].pairs[0].prompt, try bundle.encodePlain("plain"), "chat false: the text prompt is not templated")
+    }
+
+    /// `kill -9` right after acknowledgements from many concurrent clients, plus a torn record at
+    /// the end of the log: on restart every acknowledged record is there, the torn one is gone, and
+    /// numbering continues after the last acknowledged one.
+    func testKill9KeepsEveryAcknowledgedBatchAndTruncatesATornTail() throws {
+        let dir = try temporaryDirectory()
+        let data = dir + "/data"
+        var server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"])
+        let clients = 16, perClient = 6
+        let acked = Locked([UInt64: UInt32]())  // sequence → the row key it carried
+        let failures = Locked([String]())
+        let srv = server
+        parallel(clients) { k in
+            do {
+                let c = try srv.client()
+                _ = try c.hello()
+                // Pipeline every batch of this client, then collect the acks.
+                for j in 0..<perClient { try c.send(UInt64(j), .submitPreferences(SubmitPreferences(rows: [row(UInt32(k * 100 + j))]))) }
+                for j in 0..<perClient {
+                    guard case .preferenceAck(let a) = try c.receive(UInt64(j)) else { throw TestError("no ack") }
+                    acked.with { $0[a.firstSequence] = UInt32(k * 100 + j) }
+                }
+            } catch {
+                failures.with { $0.append("\(error)") }
+            }
+        }
+        XCTAssertEqual(failures.get, [])
+        XCTAssertEqual(Set(acked.get.keys), Set(1...UInt64(clients * perClient)), "distinct consecutive sequences")
+        server.kill9()
+
+        // A torn append: a record header announcing more bytes than follow.
+        let path = data + "/" + PreferenceLog.fileName
+        let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as! NSNumber).intValue
+        let fh = FileHandle(forWritingAtPath: path)!
+        fh.seekToEndOfFile()
+        var torn: [UInt8] = []
+        appendLE32(&torn, 4096); appendLE32(&torn, 0x1234_5678); appendLE64(&torn, UInt64(clients * perClient + 1))
+        fh.write(Data(torn + [UInt8](repeating: 7, count: 100)))
+        fh.closeFile()
+
+        server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"])
+        XCTAssertTrue(server.log.contains("torn tail of 116 bytes truncated"), server.log)
+        XCTAssertEqual((try FileManager.default.attributesOfItem(atPath: path)[.size] as! NSNumber).intValue, size,
+                       "the file is cut back to the acknowledged records")
+        let c = try server.client()
+        _ = try c.hello()
+        let st = try status(c)
+        XCTAssertEqual(st.walLastSequence, UInt64(clients * perClient))
+        XCTAssertEqual(st.walConsumedSequence, 0)
+        XCTAssertEqual(try submit(c, id: 1, rows: [row(1)]).firstSequence, UInt64(clients * perClient + 1))
+        XCTAssertEqual(server.stop(), 0)
+        let log = try PreferenceLog(directory: data)
+        defer { log.close() }
+        let recs = try log.records(after: 0)
+        XCTAssertEqual(recs.count, clients * perClient + 1)
+        for r in recs.dropLast() {
+            XCTAssertEqual(UInt32(r.pairs[0].prompt[0]), acked.get[r.sequence]! % 90, "record \(r.sequence) holds the batch acknowledged with it")
+            XCTAssertEqual(r.sources, ["r\(acked.get[r.sequence]!)"])
+        }
+    }
+
+    /// With a learner (the journal learner: it consumes records in order and checkpoints the last
+    /// one consumed), a `kill -9` and restart replays exactly the records after the checkpoint.
+    func testRestartReplaysExactlyTheRecordsAfterTheCheckpoint() throws {
+        let dir = try temporaryDirectory()
+        let data = dir + "/data"
+        var server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--journal-learner"])
+        var c = try server.client()
+        _ = try c.hello()
+        for i in 0..<3 { _ = try submit(c, id: UInt64(i), rows: [row(UInt32(i)), row(UInt32(i + 50))]) }
+        guard case .saveCheckpointReply(let ck) = try c.call(10, .saveCheckpoint(SaveCheckpoint(name: "ck1"))) else { return XCTFail() }
+        XCTAssertEqual(ck.walSequence, 3, "the checkpoint holds every record acknowledged before it")
+        XCTAssertEqual(ck.learnerStep, 3)
+        for i in 3..<5 { _ = try submit(c, id: UInt64(i), rows: [row(UInt32(i))]) }
+        // Wait until the learner consumed them too (they are in the journal), then kill.
+        let deadline = Date().addingTimeInterval(10)
+        while try status(c).walConsumedSequence < 5 && Date() < deadline { usleep(20_000) }
+        server.kill9()
+
+        server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--journal-learner"])
+        XCTAssertTrue(server.log.contains("learner consumed 3, 2 to replay"), server.log)
+        c = try server.client()
+        _ = try c.hello()
+        let until = Date().addingTimeInterval(10)
+        while try status(c).walConsumedSequence < 5 && Date() < until { usleep(20_000) }
+        XCTAssertEqual(try status(c).walConsumedSequence, 5)
+        XCTAssertEqual(try submit(c, id: 9, rows: [row(9)]).firstSequence, 6)
+        XCTAssertEqual(server.stop(), 0)
+
+        // The journal: run 1 consumed 1…5; run 2 started from 3 and consumed 4, 5, 6 — nothing twice
+        // relative to its checkpoint, nothing skipped.
+        let lines = try String(contentsOfFile: data + "/journal.jsonl", encoding: .utf8).split(separator: "\n")
+        let objs = try lines.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let runs = objs.compactMap { $0["event"] as? String == "start" ? ($0["run"] as! NSNumber).uint64Value : nil }
+        XCTAssertEqual(runs.count, 2)
+        func consumed(_ run: UInt64) -> [UInt64] {
+            objs.filter { ($0["run"] as! NSNumber).uint64Value == run && $0["sequence"] != nil }.map { ($0["sequence"] as! NSNumber).uint64Value }
+        }
+        XCTAssertEqual(consumed(runs[0]), [1, 2, 3, 4, 5])
+        XCTAssertEqual(consumed(runs[1]), [4, 5, 6])
+        XCTAssertEqual(objs.first { ($0["run"] as! NSNumber).uint64Value == runs[1] && $0["event"] != nil }?["from"] as? NSNumber, 3)
+    }
+
+    /// SIGTERM while batches are in flight: the server stops reading, finishes (and acknowledges)
+    /// every batch it had read, closes, and exits 0; the log holds exactly the acknowledged batches.
+    func testSigtermAcknowledgesEverythingInFlightThenExitsZero() throws {
+        let dir = try temporaryDirectory()
+        let data = dir + "/data"
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"])
+        let c = try server.client()
+        _ = try c.hello()
+        var frames: [UInt8] = []
+        for i in 0..<300 { frames += try Frame.encode(Envelope(id: UInt64(i + 1), body: .submitPreferences(SubmitPreferences(rows: [row(UInt32(i))])))) }
+        try c.sendRaw(frames)
+        guard case .preferenceAck(let first) = try c.receive(1) else { return XCTFail() }
+        XCTAssertEqual(first.firstSequence, 1, "a connection's batches are logged in the order sent")
+        kill(server.pid, SIGTERM)
+        var acks: [UInt64: UInt64] = [1: 1]  // request id → sequence
+        while let e = try c.receiveAny() {
+            if case .preferenceAck(let a) = e.body { acks[e.id] = a.firstSequence }
+        }
+        XCTAssertEqual(acks.keys.sorted().map { acks[$0]! }, acks.keys.sorted(), "request i got sequence i")
+        XCTAssertEqual(server.stop(), 0, server.log)
+        let log = try PreferenceLog(directory: data)
+        defer { log.close() }
+        XCTAssertEqual(Set(try log.records(after: 0).map(\.sequence)), Set(acks.values), "every record on disk was acknowledged and vice versa")
+        XCTAssertTrue(server.log.contains("SIGTERM: shutting down"), server.log)
+    }
+}
