@@ -21,9 +21,10 @@ test: deps model
 	$(SWIFT) test --skip-build
 	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_tests.sh -q
 
+# The main job: `selm serve` on the default model with a fresh data directory, driven by the online
+# SELM example (rollouts, a rule-based judge, preferences streamed back, hot-swapped versions).
 demo: deps model build
-	$(SELM) info --model $(MODEL)
-	$(SELM) generate --model $(MODEL) --chat --prompt "What is the capital of France? Answer in one sentence." --max-tokens 64
+	scripts/demo.sh $(ARGS)
 
 bench-model: deps model
 	$(SWIFT) build -c release --product selm-bench

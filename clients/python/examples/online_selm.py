@@ -230,7 +230,7 @@ def main() -> None:
     p.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     p.add_argument("--connect", help="use a running server at host:port instead of starting one")
     p.add_argument("--out", default=str(REPO / "demo-out"), help="output directory (plot, JSONL, logs)")
-    p.add_argument("--minutes", type=float, default=4.5, help="time budget per run")
+    p.add_argument("--minutes", type=float, default=6.0, help="time budget per run")
     p.add_argument("--alpha", type=float, default=0.001, help="SELM optimism weight (0 = online DPO)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-5)
