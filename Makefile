@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server bench-sharing proto proto-check clean
 
 all: build
 
@@ -41,6 +41,11 @@ bench-engine: deps model
 bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench server --model $(MODEL)
+
+# Engine and learner busy at once under each --compute-sharing mode (Python client, demo venv).
+bench-sharing: deps model build
+	scripts/demo.sh --version >/dev/null 2>&1 || true
+	.venv-demo/bin/python scripts/bench_sharing.py
 
 clean:
 	rm -rf .build

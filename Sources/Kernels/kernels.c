@@ -118,11 +118,16 @@ static double share_chunk_flops = 2e9;
 static int share_busy = 0, share_waiting_high = 0;
 static unsigned long share_next_ticket = 0, share_serving = 0;
 static __thread int thread_low = 0;
+static __thread int thread_depth = 0;
+static int active_compute = 0;      // compute threads inside a pass (atomic)
+static int max_blas_threads = 0;    // OpenBLAS threads at start-up
+static int current_blas_threads = 0;
 static __thread double thread_wait = 0;
 static __thread double thread_blas = 0;
 
 void kernels_set_sharing(int mode, double max_chunk_flops) {
     pthread_mutex_lock(&share_mu);
+    if (max_blas_threads == 0) max_blas_threads = current_blas_threads = openblas_get_num_threads();
     share_mode = mode;
     if (max_chunk_flops > 0) share_chunk_flops = max_chunk_flops;
     pthread_mutex_unlock(&share_mu);
@@ -138,8 +143,26 @@ static double mono_now(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-// Returns whether the lock was taken (the mode may be NONE).
+void kernels_compute_enter(void) {
+    if (thread_depth++ == 0) __atomic_add_fetch(&active_compute, 1, __ATOMIC_SEQ_CST);
+}
+
+void kernels_compute_exit(void) {
+    if (--thread_depth == 0) __atomic_sub_fetch(&active_compute, 1, __ATOMIC_SEQ_CST);
+}
+
+// ADAPTIVE: one BLAS thread per compute thread while two are busy, all of them for a lone one.
+static void adapt_blas_threads(void) {
+    int want = __atomic_load_n(&active_compute, __ATOMIC_RELAXED) >= 2 ? 1 : max_blas_threads;
+    if (want != __atomic_load_n(&current_blas_threads, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&current_blas_threads, want, __ATOMIC_RELAXED);
+        openblas_set_num_threads(want);
+    }
+}
+
+// Returns whether the lock was taken (the mode may be NONE or ADAPTIVE).
 static int blas_acquire(void) {
+    if (share_mode == KERNELS_SHARING_ADAPTIVE) { adapt_blas_threads(); return 0; }
     if (share_mode == KERNELS_SHARING_NONE) return 0;
     double t0 = mono_now();
     pthread_mutex_lock(&share_mu);
@@ -170,7 +193,7 @@ static void blas_release(int taken) {
 // Rows per call for a product of `rows` rows costing `flops_per_row` each: everything at once
 // unless a low-priority thread shares the BLAS.
 static int chunk_rows(int rows, double flops_per_row) {
-    if (share_mode == KERNELS_SHARING_NONE || !thread_low) return rows;
+    if (share_mode == KERNELS_SHARING_NONE || share_mode == KERNELS_SHARING_ADAPTIVE || !thread_low) return rows;
     int r = (int)(share_chunk_flops / (flops_per_row > 1 ? flops_per_row : 1));
     return r < 1 ? 1 : (r > rows ? rows : r);
 }

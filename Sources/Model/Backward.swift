@@ -47,6 +47,8 @@ extension LlamaModel {
     public func backward(_ batch: ForwardBatch, acts: Activations, dlogits: UnsafePointer<Float>,
                          grads: ParameterSet, scratch: BackwardScratch) {
         precondition(acts.keepForBackward, "backward needs activations kept by the forward pass")
+        kernels_compute_enter()
+        defer { kernels_compute_exit() }
         let c = config
         let w = weights
         let T = batch.tokens.count, R = batch.logitRows.count

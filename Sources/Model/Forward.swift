@@ -216,6 +216,8 @@ extension LlamaModel {
         let c = config
         let T = batch.tokens.count, R = batch.logitRows.count
         try validate(batch, hasKV: kv != nil)
+        kernels_compute_enter()
+        defer { kernels_compute_exit() }
         acts.prepare(batch)
         let w = weights
         let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim), hidden = Int32(c.hiddenDim)

@@ -437,46 +437,13 @@ public func writeSafetensors(path: String, tensors: [(name: String, shape: [Int]
     var headerBytes = Array(header.utf8)
     headerBytes += [UInt8](repeating: UInt8(ascii: " "), count: (8 - headerBytes.count % 8) % 8)
 
-    let dir = (path as NSString).deletingLastPathComponent
-    let dirPath = dir.isEmpty ? "." : dir
-    let tmp = (dirPath as NSString).appendingPathComponent(".\((path as NSString).lastPathComponent).tmp-\(getpid())")
-    func fail(_ what: String) -> ModelError {
-        ModelError.io(file: path, reason: "\(what): \(String(cString: strerror(errno)))")
-    }
-
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw fail("cannot create temporary file \(tmp)") }
-    var ok = false
-    defer {
-        if !ok { close(fd); unlink(tmp) }
-    }
-    var length = UInt64(headerBytes.count).littleEndian
-    try withUnsafeBytes(of: &length) { try writeAll(fd, $0.baseAddress!, 8, path: path) }
-    try headerBytes.withUnsafeBytes { try writeAll(fd, $0.baseAddress!, $0.count, path: path) }
+    let w = try DurableFileWriter(path: path)
+    try w.write(le: UInt64(headerBytes.count))
+    try w.write(headerBytes)
     for (t, bytes) in zip(tensors, sizes) where bytes > 0 {
-        try writeAll(fd, UnsafeRawPointer(t.data), bytes, path: path)
+        try w.write(UnsafeRawBufferPointer(start: t.data, count: bytes))
     }
-    guard fsync(fd) == 0 else { throw fail("fsync") }
-    ok = true
-    guard close(fd) == 0 else { unlink(tmp); throw fail("close") }
-    guard rename(tmp, path) == 0 else { let e = fail("rename from \(tmp)"); unlink(tmp); throw e }
-    let dfd = open(dirPath, O_RDONLY | O_CLOEXEC)
-    guard dfd >= 0 else { throw fail("cannot open directory \(dirPath) to fsync it") }
-    defer { close(dfd) }
-    guard fsync(dfd) == 0 else { throw fail("fsync of directory \(dirPath)") }
-}
-
-/// write(2) until all `count` bytes are out, retrying on EINTR and short writes.
-private func writeAll(_ fd: Int32, _ base: UnsafeRawPointer, _ count: Int, path: String) throws {
-    var done = 0
-    while done < count {
-        let n = write(fd, base + done, min(count - done, 1 << 30))
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw ModelError.io(file: path, reason: "write: \(String(cString: strerror(errno)))")
-        }
-        done += n
-    }
+    try w.commit()
 }
 
 /// A JSON string literal for `s`.

@@ -54,8 +54,12 @@ func benchModel(_ path: String) throws {
     let reps = 5
     for _ in 0..<reps { _ = try model.forward(b, kv: kv1, acts: acts) }
     let prefill = Double(256 * reps) / (now() - t0)
-    let flopsPerToken = 2.0 * Double(model.parameterCount)
-    print(String(format: "prefill (1 × 256 tokens): %.0f tokens/s = %.1f GFLOP/s", prefill, prefill * flopsPerToken / 1e9))
+    // Matrix-product FLOPs: 2 per weight per token for the layers; the output head (vocab × dim) only
+    // for rows whose logits are computed (the last one of a prefill, every one of a decode step).
+    let head = 2.0 * Double(c.vocabSize * c.dim)
+    let layers = 2.0 * Double(model.parameterCount) - head
+    print(String(format: "prefill (1 × 256 tokens): %.0f tokens/s = %.1f GFLOP/s of matrix products", prefill,
+                 (prefill * layers + head * Double(reps) / (now() - t0)) / 1e9))
     // Decode at batch 1 and 32 after a 64-token prompt each.
     for batch in [1, 32] {
         let kv = ContiguousKVStore(config: c, slots: batch, capacity: 64 + 129)
@@ -70,7 +74,7 @@ func benchModel(_ path: String) throws {
             _ = try model.forward(d, kv: kv, acts: acts)
         }
         let tps = Double(batch * steps) / (now() - t0)
-        print(String(format: "decode batch %2d: %.0f tokens/s = %.1f GFLOP/s", batch, tps, tps * flopsPerToken / 1e9))
+        print(String(format: "decode batch %2d: %.0f tokens/s = %.1f GFLOP/s of matrix products", batch, tps, tps * (layers + head) / 1e9))
     }
     print(String(format: "peak RSS %.0f MB", peakRSSMB()))
 }

@@ -55,8 +55,8 @@ struct Serve: ParsableCommand {
     var totalSteps: Int = 0
     @Option(help: "Train on a partial batch once its oldest row has waited this many seconds; 0 = wait for a full batch.")
     var maxWaitSeconds: Double = 20
-    @Option(help: "How engine and learner share the two cores' BLAS: priority (one BLAS lock, rollouts first), fifo (one lock, first come first served) or split (no lock, one BLAS thread each).")
-    var computeSharing: String = "priority"
+    @Option(help: "How engine and learner share the two cores' BLAS: adaptive (one BLAS thread each while both compute, all threads for a lone one), split (always one each), priority (one BLAS lock, rollouts first) or fifo (one lock, first come first served).")
+    var computeSharing: String = "adaptive"
     @Flag(help: .hidden)
     var journalLearner = false
     @Flag(help: "Log every connection.")
@@ -71,7 +71,7 @@ struct Serve: ParsableCommand {
         if maxConnections < 1 { throw ValidationError("--max-connections: must be ≥ 1") }
         if kvCacheMb < 1 { throw ValidationError("--kv-cache-mb: must be ≥ 1") }
         if listen == "none" && unix == nil { throw ValidationError("--listen none needs --unix") }
-        if !["priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected priority, fifo or split") }
+        if !["adaptive", "priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected adaptive, priority, fifo or split") }
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
@@ -96,6 +96,7 @@ struct Serve: ParsableCommand {
         let log = try PreferenceLog(directory: dataDirectory.realPath)
         // Two compute threads (engine, learner) share OpenBLAS: see --compute-sharing.
         switch computeSharing {
+        case "adaptive": kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
         case "split":
             kernels_set_sharing(Int32(KERNELS_SHARING_NONE), 0)
             kernels_set_blas_threads(1)

@@ -37,11 +37,17 @@ int kernels_core_rank(const char *core);
 // `max_chunk_flops` (rows are independent, so results change only by float rounding: OpenBLAS rounds
 // edge tiles differently) so a high-priority thread waits at most one chunk. Modes: NONE (no lock: one compute thread, or threads that each run single-threaded
 // BLAS), PRIORITY (high-priority waiters go first: rollout priority), FIFO (first come, first served).
-enum { KERNELS_SHARING_NONE = 0, KERNELS_SHARING_PRIORITY = 1, KERNELS_SHARING_FIFO = 2 };
+// ADAPTIVE takes no lock: while two compute threads are inside a forward/backward pass each BLAS call
+// runs on one core (one BLAS thread each, side by side); while only one is, it gets all BLAS threads.
+enum { KERNELS_SHARING_NONE = 0, KERNELS_SHARING_PRIORITY = 1, KERNELS_SHARING_FIFO = 2, KERNELS_SHARING_ADAPTIVE = 3 };
 void kernels_set_sharing(int mode, double max_chunk_flops);
 int kernels_sharing_mode(void);
 /// Marks the calling thread high (1) or low (0) priority for KERNELS_SHARING_PRIORITY. Default: high.
 void kernels_set_thread_priority(int high);
+/// A compute thread enters before a forward or backward pass and exits after it (ADAPTIVE mode
+/// counts them to choose the BLAS thread count). Nestable per thread.
+void kernels_compute_enter(void);
+void kernels_compute_exit(void);
 /// Seconds the calling thread has spent waiting for the BLAS lock (for measurements).
 double kernels_thread_wait_seconds(void);
 /// Seconds the calling thread has spent inside BLAS calls (sgemm, sgemv), for measurements.
