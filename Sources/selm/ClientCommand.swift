@@ -80,7 +80,9 @@ private func chunkJSON(_ c: GenerateChunk) -> [String: Any] {
 }
 
 private func metricsText(_ m: [String: Double]) -> String {
-    m.keys.sorted().map { "\($0)=\(String(format: "%.6g", m[$0]!))" }.joined(separator: " ")
+    // A metric without a value this step (logps/pi_response when no row carried a reference
+    // response) arrives as NaN and is shown as n/a.
+    m.keys.sorted().map { "\($0)=\(m[$0]!.isFinite ? String(format: "%.6g", m[$0]!) : "n/a")" }.joined(separator: " ")
 }
 
 extension Client {
@@ -361,7 +363,9 @@ extension Client {
         static let configuration = CommandConfiguration(
             abstract: "Load a checkpoint from the server's data directory and publish it as a new version.")
         @OptionGroup var connection: ClientConnectionOptions
-        @Option(help: "Checkpoint path relative to the server's data directory.") var checkpoint: String
+        @Option(name: [.customLong("checkpoint"), .customLong("name")],
+                help: "Checkpoint path relative to the server's data directory (the --name given to `selm client save`).")
+        var checkpoint: String
 
         func run() throws {
             let client = try connection.connect()
