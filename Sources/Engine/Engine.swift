@@ -114,10 +114,21 @@ public final class Engine: @unchecked Sendable {
     /// Thread: any; never waits for a running step.
     public func submit(_ req: GenerationRequest) throws -> RequestID {
         let (maxTokens, stopTokens) = try validate(req)
+        return try enqueue(pinning: req.requireVersion, field: "require_version") { id, pinned in
+            inbox.requests.append(RequestState(id: id, request: req, maxTokens: maxTokens, stopTokens: stopTokens,
+                                               seed: req.params.seed ?? UInt64.random(in: 0...UInt64.max), snapshot: pinned))
+        }
+    }
+
+    /// Pins `version` when one is named (`field` is the request field that named it), gives the
+    /// request a fresh id and lets `add` put it in the inbox, then wakes the engine thread.
+    /// Thread: any; holds the inbox lock only while `add` runs.
+    private func enqueue(pinning version: UInt64?, field: String,
+                         _ add: (RequestID, WeightSnapshot?) -> Void) throws -> RequestID {
         var pinned: WeightSnapshot?
-        if let v = req.requireVersion {
+        if let v = version {
             guard let s = versions.retain(version: v) else {
-                throw EngineError.versionNotAlive(field: "require_version", version: v, alive: versions.liveVersions)
+                throw EngineError.versionNotAlive(field: field, version: v, alive: versions.liveVersions)
             }
             pinned = s
         }
@@ -130,8 +141,7 @@ public final class Engine: @unchecked Sendable {
         let id = RequestID(nextID)
         nextID += 1
         activeIDs.insert(id)
-        inbox.requests.append(RequestState(id: id, request: req, maxTokens: maxTokens, stopTokens: stopTokens,
-                                           seed: req.params.seed ?? UInt64.random(in: 0...UInt64.max), snapshot: pinned))
+        add(id, pinned)
         inboxCond.signal()
         return id
     }
@@ -180,25 +190,9 @@ public final class Engine: @unchecked Sendable {
                 throw bad("items[\(i)]", "prompt + continuation of \(it.prompt.count + it.continuation.count) tokens exceed the context length \(c.contextLength)")
             }
         }
-        var pinned: WeightSnapshot?
-        if let v = req.version {
-            guard let s = versions.retain(version: v) else {
-                throw EngineError.versionNotAlive(field: "version", version: v, alive: versions.liveVersions)
-            }
-            pinned = s
+        return try enqueue(pinning: req.version, field: "version") { id, pinned in
+            inbox.scores.append(ScoreTask(id: id, request: req, snapshot: pinned))
         }
-        inboxCond.lock()
-        defer { inboxCond.unlock() }
-        guard !stopped else {
-            if let pinned { versions.release(pinned) }
-            throw EngineError.stopped
-        }
-        let id = RequestID(nextID)
-        nextID += 1
-        activeIDs.insert(id)
-        inbox.scores.append(ScoreTask(id: id, request: req, snapshot: pinned))
-        inboxCond.signal()
-        return id
     }
 
     /// Cancels a request at any point: its sequences stop at the next step and free their blocks;
