@@ -1,7 +1,9 @@
 """Checks by hand that checkpoints written by `selm train` load in transformers with the same logits
-as `selm logits` computes from them (Hugging Face directory and GGUF alike).
+as `selm logits` computes from them (Hugging Face directory and GGUF alike), and, when the venv has
+`llama-cpp-python`, that llama.cpp loads the GGUF checkpoint with the same logits (F32 KV cache).
 
     make build && /tmp/refvenv/bin/python scripts/reference/checkpoint.py
+    (optional: /tmp/refvenv/bin/pip install llama-cpp-python)
 
 Not part of `make test` (it needs torch); it prints the worst relative error and exits non-zero
 above 1e-4."""
@@ -51,6 +53,20 @@ def main():
         err = float(np.abs(mine - ref).max() / np.abs(ref).max())
         worst = max(worst, err)
         print(f"{label}: transformers vs selm logits, relative error {err:.2e}")
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama.cpp: llama-cpp-python not installed, skipped")
+    else:
+        mine = np.fromfile(tmp / "gguf.f32", dtype="<f4").reshape(len(ids), -1)
+        # type_k/type_v 0 = GGML_TYPE_F32: llama.cpp's default F16 KV cache alone costs ~7e-4.
+        llm = llama_cpp.Llama(model_path=str(ck / "model.gguf"), logits_all=True, n_ctx=64, verbose=False,
+                              type_k=0, type_v=0)
+        llm.eval(ids)
+        ref = np.array(llm.scores[:len(ids)], dtype=np.float32)
+        err = float(np.abs(mine - ref).max() / np.abs(ref).max())
+        worst = max(worst, err)
+        print(f"gguf: llama.cpp {llama_cpp.__version__} vs selm logits, relative error {err:.2e}")
     start = tmp / "start.f32"
     selm("logits", "--model", MODEL, "--tokens", ",".join(map(str, ids)), "--out", start)
     moved = float(np.abs(np.fromfile(start, dtype="<f4").reshape(len(ids), -1) - mine).max())
