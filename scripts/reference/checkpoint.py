@@ -66,7 +66,7 @@ def main():
         ref = np.array(llm.scores[:len(ids)], dtype=np.float32)
         err = float(np.abs(mine - ref).max() / np.abs(ref).max())
         worst = max(worst, err)
-        print(f"gguf: llama.cpp {llama_cpp.__version__} vs selm logits, relative error {err:.2e}")
+        print(f"gguf: llama.cpp (llama-cpp-python {llama_cpp.__version__}) vs selm logits, relative error {err:.2e}")
     start = tmp / "start.f32"
     selm("logits", "--model", MODEL, "--tokens", ",".join(map(str, ids)), "--out", start)
     moved = float(np.abs(np.fromfile(start, dtype="<f4").reshape(len(ids), -1) - mine).max())
