@@ -109,9 +109,14 @@ public final class ModelBundle: @unchecked Sendable {
         return g.metadataKeys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, g.metadata[$0]!) }
     }
 
-    /// Tokenizer files of a Hugging Face source, copied into checkpoints so transformers loads them.
+    /// Tokenizer files for checkpoints, so transformers loads them with `AutoTokenizer`: a Hugging
+    /// Face source's own files, copied; for a GGUF source, `tokenizer.json` and
+    /// `tokenizer_config.json` written from its tokenizer metadata.
     public var huggingFaceTokenizerFiles: [String: Data] {
-        guard format == .huggingFace else { return [:] }
+        if let g = gguf {
+            // The spec was read from the same metadata when the bundle loaded, so this does not fail.
+            return (try? TokenizerSpec(gguf: g).huggingFaceFiles()) ?? [:]
+        }
         var out: [String: Data] = [:]
         for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"] {
             if let d = FileManager.default.contents(atPath: path + "/" + f) { out[f] = d }

@@ -121,7 +121,7 @@ final class OnlineLearningTests: XCTestCase {
                     "--checkpoint-every", "1", "--ref-refresh-steps", "3"]
         // Uninterrupted run.
         let dirA = try temporaryDirectory()
-        var (a, ca) = try start(dirA, args)
+        let (a, ca) = try start(dirA, args)
         let batches = try (0..<6).map { try Self.rows(ca, count: 2, offset: 10 * $0) }
         for b in batches { _ = try ca.submitPreferences(b) }
         try waitFor("run A to train on every row") { try ca.status().learnerStep == 6 }

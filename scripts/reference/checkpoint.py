@@ -1,6 +1,9 @@
 """Checks by hand that checkpoints written by `selm train` load in transformers with the same logits
 as `selm logits` computes from them (Hugging Face directory and GGUF alike), and, when the venv has
 `llama-cpp-python`, that llama.cpp loads the GGUF checkpoint with the same logits (F32 KV cache).
+The checkpoint comes from the GGUF model, so its tokenizer.json / tokenizer_config.json are written
+from GGUF metadata: transformers' AutoTokenizer must load them and tokenize the SmolLM2 corpus
+(scripts/reference/tokenizer.py's fixture) and tokenize a rendered chat (special tokens included) exactly as `selm` does.
 
     make build && /tmp/refvenv/bin/python scripts/reference/checkpoint.py
     (optional: /tmp/refvenv/bin/pip install llama-cpp-python)
@@ -15,7 +18,7 @@ import tempfile
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SELM = pathlib.Path(__import__("os").environ.get("SELM_BIN", str(ROOT / ".build" / "release" / "selm")))
@@ -67,11 +70,22 @@ def main():
         err = float(np.abs(mine - ref).max() / np.abs(ref).max())
         worst = max(worst, err)
         print(f"gguf: llama.cpp (llama-cpp-python {llama_cpp.__version__}) vs selm logits, relative error {err:.2e}")
+    tok = AutoTokenizer.from_pretrained(ck)
+    fixture = json.loads((ROOT / "Tests" / "TokenizerTests" / "Fixtures" / "smollm2_encode.json").read_text())
+    bad = [c["text"] for c in fixture["cases"] if tok.encode(c["text"], add_special_tokens=False) != c["ids"]]
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    rendered = tok.encode(text, add_special_tokens=False)
+    mine_chat = json.loads(selm("tokenize", "--model", MODEL, "--text", text).stdout)
+    print(f"tokenizer: AutoTokenizer on the checkpoint, {len(fixture['cases']) - len(bad)}/{len(fixture['cases'])} "
+          f"corpus cases equal; chat template {'equal' if list(rendered) == mine_chat else 'DIFFERENT'}")
+    for text in bad[:5]:
+        print("  differs:", repr(text))
     start = tmp / "start.f32"
     selm("logits", "--model", MODEL, "--tokens", ",".join(map(str, ids)), "--out", start)
     moved = float(np.abs(np.fromfile(start, dtype="<f4").reshape(len(ids), -1) - mine).max())
     print(f"training moved the logits by up to {moved:.3f}")
-    sys.exit(0 if worst <= 1e-4 and moved > 1e-3 else 1)
+    sys.exit(0 if worst <= 1e-4 and moved > 1e-3 and not bad and list(rendered) == mine_chat else 1)
 
 
 if __name__ == "__main__":
