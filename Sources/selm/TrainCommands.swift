@@ -141,6 +141,7 @@ struct Train: ParsableCommand {
         let t0 = Date()
         var tokensDone = 0
         var last: [String: Double] = [:]
+        let extras = bundle.checkpointExtras(writeGGUF: !noGguf)   // the same for every checkpoint of the run
         while epoch < epochs {
             let order = epochOrder(count: pairs.count, seed: options.seed, epoch: epoch)
             let micro = stride(from: 0, to: order.count, by: options.batchSize).map { Array(order[$0 ..< min($0 + options.batchSize, order.count)]) }
@@ -165,15 +166,14 @@ struct Train: ParsableCommand {
                             report.applied ? "" : "  (skipped: non-finite loss or gradient)"))
                 if saveEvery > 0 && report.step % saveEvery == 0 && report.step < total {
                     let dir = out + "/checkpoint-\(report.step)"
-                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir,
-                                        extras: bundle.checkpointExtras(writeGGUF: !noGguf))
+                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras)
                     note("saved \(dir)")
                 }
             }
             epoch += 1; nextMicro = 0
         }
         let dir = out + "/final"
-        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: bundle.checkpointExtras(writeGGUF: !noGguf))
+        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: extras)
         try metricsFile.synchronize()
         note("saved \(dir) after \(formatDuration(Date().timeIntervalSince(t0)))")
     }

@@ -32,7 +32,7 @@ final class HuggingFaceExportTests: XCTestCase {
         XCTAssertEqual(back.chatTemplate, spec.chatTemplate)
 
         let tok = try Tokenizer(spec: back)
-        XCTAssertEqual(tok.isSpecial(2), true)
+        XCTAssertTrue(tok.isSpecial(2))
         let fixture = try Fixtures.load(EncodeFixture.self, "smollm2_encode.json")
         for c in fixture.cases { XCTAssertEqual(tok.encode(c.text), c.ids, c.text.debugDescription) }
         for c in fixture.literal_special_cases {
@@ -41,14 +41,14 @@ final class HuggingFaceExportTests: XCTestCase {
     }
 
     func testHuggingFaceTokenizersRoundTripExactly() throws {
-        for name in ["tiny-gpt2", "tiny-llama3", "tiny-qwen2"] {
-            let spec = try TokenizerSpec(huggingFaceDirectory: Fixtures.directory.appendingPathComponent("hf/\(name)").path)
-            XCTAssertEqual(try roundTrip(spec), spec, name)
-        }
-        // The fixtures between them cover BOS added (llama3), NFC (qwen2) and ignore_merges.
-        let specs = try ["tiny-gpt2", "tiny-llama3", "tiny-qwen2"].map {
+        let names = ["tiny-gpt2", "tiny-llama3", "tiny-qwen2"]
+        let specs = try names.map {
             try TokenizerSpec(huggingFaceDirectory: Fixtures.directory.appendingPathComponent("hf/\($0)").path)
         }
+        for (name, spec) in zip(names, specs) {
+            XCTAssertEqual(try roundTrip(spec), spec, name)
+        }
+        // The fixtures between them cover BOS added (llama3) and NFC (qwen2).
         XCTAssertTrue(specs.contains { $0.addBOS })
         XCTAssertTrue(specs.contains { $0.normalizeNFC })
     }
