@@ -64,7 +64,7 @@ public final class Engine: @unchecked Sendable {
     /// - Parameters:
     ///   - template: the chat template for `encode(text:chat:)` and the default stop tokens.
     /// - Throws: `EngineError.invalidConfig` for a block size < 1, a pool smaller than one block, a
-    ///   token budget < 1, `maxLiveSnapshots` < 1, `maxN` outside 1 ... 64, `defaultMaxTokens` < 1.
+    ///   token budget < 1, `maxLiveVersions` < 1, `maxN` outside 1 ... 64, `defaultMaxTokens` < 1.
     /// Thread: any.
     public init(model: LlamaModel, version: UInt64 = 1, tokenizer: Tokenizer, template: ChatTemplate? = nil,
                 config: EngineConfig = EngineConfig()) throws {
@@ -79,7 +79,7 @@ public final class Engine: @unchecked Sendable {
             throw bad("kv_cache_mb", "\(config.kvCacheMB) MB holds no block of \(blockBytes) bytes")
         }
         guard config.maxTokensPerStep >= 1 else { throw bad("max_tokens_per_step", "must be ≥ 1, got \(config.maxTokensPerStep)") }
-        guard config.maxLiveSnapshots >= 1 else { throw bad("max_live_snapshots", "must be ≥ 1, got \(config.maxLiveSnapshots)") }
+        guard config.maxLiveVersions >= 1 else { throw bad("max_live_versions", "must be ≥ 1, got \(config.maxLiveVersions)") }
         guard (1...64).contains(config.maxN) else { throw bad("max_n", "must be in 1 ... 64, got \(config.maxN)") }
         guard config.defaultMaxTokens >= 1 else { throw bad("default_max_tokens", "must be ≥ 1, got \(config.defaultMaxTokens)") }
 
@@ -94,7 +94,7 @@ public final class Engine: @unchecked Sendable {
         }
         defaultStopTokens = stops.filter { $0 >= 0 && Int($0) < c.vocabSize }
         kvBlocksTotal = blocks
-        versions = VersionRegistry(model: model, version: version, maxLive: config.maxLiveSnapshots)
+        versions = VersionRegistry(model: model, version: version, maxLive: config.maxLiveVersions)
         scheduler = Scheduler(config: config, modelConfig: c, tokenizer: tokenizer, versions: versions, blockCount: blocks)
         lastStatus = EngineStatus(
             currentVersion: version, pendingVersion: nil, liveVersions: [version], waitingRequests: 0, runningRequests: 0,
@@ -208,11 +208,12 @@ public final class Engine: @unchecked Sendable {
         return true
     }
 
-    /// Hands the engine a new weight set; returns at once. It becomes current between two steps —
+    /// Hands the engine a new weight set; returns at once. It becomes current at the next step —
     /// requests admitted from then on bind to it, running samples keep their version (or
     /// re-prefill under it with `recompute`). The engine owns `weights` from now on: do not modify
-    /// them. When `maxLiveSnapshots` are alive, the version waits (and admission with it) until
-    /// older snapshots' last sequences finish; a newer publication replaces a waiting one.
+    /// them. A newer publication before that step replaces this one. When more than
+    /// `maxLiveVersions` versions would then be live, others are retired (see
+    /// `EngineConfig.maxLiveVersions`): admission never waits for a version.
     /// - Throws: `.staleVersion` unless `version` is newer than every earlier one,
     ///   `.incompatibleWeights` for another architecture.
     /// Thread: any; never waits for a running step.
@@ -332,8 +333,7 @@ public final class Engine: @unchecked Sendable {
                 return
             }
             if report.hasWork {
-                // Work that could not move this step (admission waiting for blocks or a version)
-                // must not spin.
+                // Work that could not move this step (admission waiting for blocks) must not spin.
                 if report.tokens == 0 && inbox.isEmpty && !poked { _ = inboxCond.wait(until: Date(timeIntervalSinceNow: 0.002)) }
             } else {
                 while inbox.isEmpty && !poked && !stopRequested { inboxCond.wait() }

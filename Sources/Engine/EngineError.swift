@@ -11,6 +11,12 @@ public enum EngineError: Error, CustomStringConvertible, Equatable, Sendable {
     /// `require_version` (or a score's `version`) names a weight version the engine no longer (or
     /// never) held; `alive` lists those it holds.
     case versionNotAlive(field: String, version: UInt64, alive: [UInt64])
+    /// A request pinned with `require_version` lost its version before it finished: a publication
+    /// made more than `limit` (`EngineConfig.maxLiveVersions`) versions live and this one was
+    /// retired (the cheapest to give up; pinned requests make a version expensive). Unpinned
+    /// requests on it move to the newest version instead; a pinned one cannot keep its contract
+    /// and ends with this (an `.error` event, after the samples that had already finished).
+    case versionRetired(field: String, version: UInt64, limit: Int)
     /// `publish` got a version not greater than the newest one already published.
     case staleVersion(version: UInt64, newest: UInt64)
     /// `publish` got weights for another architecture (different `LlamaConfig`).
@@ -34,6 +40,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable, Sendable {
             return "\(field): the request needs \(needed) KV blocks of \(bs) tokens but the whole pool has \(total); lower max_tokens or n, or enlarge the KV cache"
         case let .versionNotAlive(field, version, alive):
             return "\(field): weight version \(version) is not alive (alive: \(alive.map(String.init).joined(separator: ", ")))"
+        case let .versionRetired(field, version, limit):
+            return "\(field): weight version \(version) was retired: at most \(limit) versions stay alive"
         case let .staleVersion(version, newest):
             return "version: \(version) is not newer than the newest published version \(newest)"
         case let .incompatibleWeights(reason): return "weights: \(reason)"

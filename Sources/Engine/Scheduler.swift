@@ -15,8 +15,8 @@ enum SampleState {
     case waitingForPrompt
     /// Holds KV blocks; `context[computed...]` still has to run (many tokens: prefill, one: decode).
     case running
-    /// Lost its blocks at a weight swap (`recompute`): waits to be re-admitted, then re-prefills
-    /// prompt + generated tokens under the new version.
+    /// Lost its blocks at a weight swap (`recompute`, or its version was retired): waits to be
+    /// re-admitted, then re-prefills prompt + generated tokens under the new version.
     case waitingForBlocks
     case finished
 }
@@ -28,7 +28,8 @@ final class RequestState {
     let maxTokens: Int
     let stopTokens: Set<Int32>
     let seed: UInt64
-    /// The bound version (set at submission for `requireVersion`, else at admission).
+    /// The bound version (set at submission for `requireVersion`, else at admission; moved to the
+    /// current version at a swap with `recompute` or when its own is retired).
     var snapshot: WeightSnapshot?
     var groups: [PromptGroup] = []
     var unfinishedSamples: Int
@@ -170,7 +171,8 @@ final class Scheduler {
 
     // MARK: step
 
-    /// One scheduler step: take the inbox, install a pending weight version, admit, run one
+    /// One scheduler step: take the inbox, install a pending weight version (retiring versions
+    /// beyond the live limit), admit, run one
     /// forward per live version with work (prefill chunks and decodes mixed), sample, retire.
     func step(_ inbox: Inbox) -> EngineStepReport {
         let t0 = DispatchTime.now().uptimeNanoseconds
@@ -197,6 +199,10 @@ final class Scheduler {
                 let g = PromptGroup(request: r, promptIndex: i, prompt: p)
                 r.groups.append(g)
                 waiting.append(g)
+            }
+            // Pinned while a step retired its version (submission raced with the retirement).
+            if let snap = r.snapshot, versions.isRetired(snap) {
+                fail(r, EngineError.versionRetired(field: "require_version", version: snap.version, limit: versions.maxLive))
             }
         }
         scores.append(contentsOf: inbox.scores)
@@ -240,24 +246,62 @@ final class Scheduler {
 
     // MARK: versions
 
-    /// Installs a pending publication if the live-snapshot limit allows, and moves `recompute`
-    /// requests onto it.
+    /// Installs a pending publication (always: admission never waits for a version) and moves
+    /// `recompute` requests onto it. When that leaves more than `maxLiveVersions` live, other
+    /// versions are retired, the cheapest first (fewest pinned requests, then fewest tokens to
+    /// re-prefill, then the oldest): requests bound to them move to the new version the same way
+    /// (their samples re-prefill prompt + generated tokens under it), and requests pinned to them
+    /// with `requireVersion` end with `versionRetired`. Score tasks keep their snapshot until they
+    /// have run.
     private func installPublication() {
-        guard let new = versions.installPending() else { return }
-        for r in requests.values.sorted(by: { $0.id < $1.id }) where r.request.recompute && !r.cancelled {
-            guard let old = r.snapshot, old.version != new.version else { continue }
-            r.snapshot = versions.retainCurrent()
-            versions.release(old)
-            for g in r.groups {
-                for s in g.samples where s.state != .finished {
-                    dropBlocks(s)
-                    s.forks = []
-                    s.state = .waitingForBlocks
-                    s.computed = 0
-                    s.cachedBlocks = 0
-                    s.cacheParent = 0
-                    s.version = new.version
+        var recomputing: [RequestState] = []
+        let installed = versions.installPending {
+            var plan = VersionRegistry.InstallPlan()
+            for r in requests.values.sorted(by: { $0.id < $1.id }) where !r.cancelled {
+                guard let snap = r.snapshot else { continue }
+                if r.request.recompute {
+                    recomputing.append(r)
+                    plan.moving.append(snap)
+                    continue
                 }
+                var c = plan.cost[snap.version] ?? (0, 0)
+                if r.request.requireVersion != nil { c.pinned += 1 }
+                for g in r.groups { for s in g.samples where s.state != .finished { c.tokens += s.context.count } }
+                plan.cost[snap.version] = c
+            }
+            return plan
+        }
+        guard let (new, retired) = installed else { return }
+        // Their holds passed to `new` inside the registry.
+        for r in recomputing { rebind(r, to: new) }
+        guard !retired.isEmpty else { return }
+        let gone = Set(retired.map { ObjectIdentifier($0) })
+        for r in requests.values.sorted(by: { $0.id < $1.id }) {
+            guard let old = r.snapshot, gone.contains(ObjectIdentifier(old)) else { continue }
+            if r.request.requireVersion != nil {
+                fail(r, EngineError.versionRetired(field: "require_version", version: old.version, limit: versions.maxLive))
+            } else {
+                r.snapshot = versions.retainCurrent()
+                versions.release(old)
+                rebind(r, to: r.snapshot!)
+            }
+        }
+    }
+
+    /// `r` is now bound to `new` (its hold already taken): every unfinished admitted sample drops
+    /// its blocks and waits to re-prefill prompt + generated tokens under `new` (`recompute`
+    /// semantics; its `firstVersion` stays). Groups not admitted yet will admit under `new`.
+    private func rebind(_ r: RequestState, to new: WeightSnapshot) {
+        r.snapshot = new
+        for g in r.groups {
+            for s in g.samples where s.state != .finished {
+                dropBlocks(s)
+                s.forks = []
+                s.state = .waitingForBlocks
+                s.computed = 0
+                s.cachedBlocks = 0
+                s.cacheParent = 0
+                s.version = new.version
             }
         }
     }
@@ -272,20 +316,15 @@ final class Scheduler {
 
     /// Re-admits recomputing samples, then admits waiting prompt groups in order while their
     /// worst-case KV blocks fit; the first that does not fit stops admission (order is kept).
-    /// While a publication is pending, groups not yet bound to a version are passed over (they
-    /// wait for it) but bound ones (`requireVersion`, later prompts of a running request) go on:
-    /// they may hold the very snapshot the publication waits for.
+    /// Unbound groups bind to the current version, which a pending publication has already
+    /// replaced (`installPublication` runs first), so nothing waits for a version.
     private func admit() {
         for s in active where s.state == .waitingForBlocks {
             guard readmit(s) else { return }
         }
-        let blocked = versions.admissionBlocked
-        var i = 0
-        while i < waiting.count {
-            let g = waiting[i]
-            if blocked && g.request.snapshot == nil { i += 1; continue }
+        while let g = waiting.first {
             guard admit(g) else { return }
-            waiting.remove(at: i)
+            waiting.removeFirst()
         }
     }
 
@@ -410,7 +449,7 @@ final class Scheduler {
                 logits = try vb.snapshot.model.forward(vb.batch, kv: cache, acts: acts)
             } catch {
                 forwardSeconds += Double(DispatchTime.now().uptimeNanoseconds - f0) * 1e-9
-                for (s, _) in vb.parts where s.state != .finished { fail(s.request, error) }
+                for (s, _) in vb.parts where s.state != .finished { fail(s.request, .forwardFailed(reason: "\(error)")) }
                 continue
             }
             forwardSeconds += Double(DispatchTime.now().uptimeNanoseconds - f0) * 1e-9
@@ -571,13 +610,14 @@ final class Scheduler {
         r.snapshot = nil
     }
 
-    /// The model threw on a batch holding `r`'s sequences: report it and drop the request.
-    private func fail(_ r: RequestState, _ error: Error) {
+    /// `r` cannot go on (the model threw on a batch holding its sequences, or its pinned version
+    /// was retired): report `error` and drop the request.
+    private func fail(_ r: RequestState, _ error: EngineError) {
         guard requests[r.id] != nil else { return }
         let groupIDs = Set(r.groups.map { ObjectIdentifier($0) })
         waiting.removeAll { groupIDs.contains(ObjectIdentifier($0)) }
         for g in r.groups { for s in g.samples where s.state != .finished { dropBlocks(s); s.state = .finished } }
-        emit(.error(r.id, .forwardFailed(reason: "\(error)")))
+        emit(.error(r.id, error))
         requests.removeValue(forKey: r.id)
         r.cancelled = true
         if let snap = r.snapshot { versions.release(snap) }

@@ -16,10 +16,16 @@ public struct EngineConfig: Sendable, Equatable {
     public var blockSize: Int = 16
     /// Token budget of one step: decodes (one token each) plus prefill chunks.
     public var maxTokensPerStep: Int = 512
-    /// Weight snapshots alive at once (the current one included). When a publication would exceed
-    /// it, the new version waits and admission of new requests waits with it, until older
-    /// snapshots' last sequences finish.
-    public var maxLiveSnapshots: Int = 2
+    /// Weight versions alive at once (the current one included), ≥ 1; each holds a full copy of
+    /// the weights. A publication is always installed at the next step and new requests bind to
+    /// it (admission never waits for a version); when that makes more than this many live, other
+    /// versions are retired, the cheapest to give up first: fewest requests pinned to it, then
+    /// fewest tokens to re-prefill, then the oldest. Their unfinished sequences move to the new
+    /// version with `recompute` semantics (re-prefill prompt + generated tokens; the sample
+    /// reports first and last version), requests pinned to them with `requireVersion` end with
+    /// `EngineError.versionRetired`, score requests already queued on them still run. With 1,
+    /// every publication moves all running sequences.
+    public var maxLiveVersions: Int = 3
     /// Largest `n` accepted (at most 64).
     public var maxN: Int = 64
     /// `max_tokens` of a request that does not set it (capped to what the context leaves).
@@ -205,9 +211,11 @@ public enum EngineEvent: Sendable {
 public struct EngineStatus: Sendable {
     /// The version new requests bind to.
     public var currentVersion: UInt64
-    /// A published version waiting for older snapshots to drain (admission waits meanwhile).
+    /// A published version not installed yet (it is at the next step).
     public var pendingVersion: UInt64?
-    /// Versions whose weights are held (current included), ascending.
+    /// Versions requests can bind or pin to (current included), ascending; at most
+    /// `EngineConfig.maxLiveVersions`. (A retired version's weights stay in memory until the score
+    /// requests already queued on it have run.)
     public var liveVersions: [UInt64]
     /// Requests (generation and score) not yet fully admitted.
     public var waitingRequests: Int

@@ -8,6 +8,8 @@ final class WeightSnapshot: @unchecked Sendable {
     let model: LlamaModel
     /// Holders; guarded by the registry's lock.
     fileprivate var holders = 0
+    /// Taken out of the live set to keep it within the limit; guarded by the registry's lock.
+    fileprivate var retired = false
 
     init(version: UInt64, model: LlamaModel) {
         self.version = version
@@ -18,14 +20,18 @@ final class WeightSnapshot: @unchecked Sendable {
 /// The live weight snapshots, the current one, and a publication waiting to be installed.
 ///
 /// `publish` (any thread) only records the new weights; `installPending` (step thread, between two
-/// steps) makes them current when the live-snapshot limit allows. A snapshot whose last holder lets
-/// go is removed, and its memory is freed on a background queue so the step thread never pays for
-/// unmapping half a gigabyte.
+/// steps) always makes them current, and retires other snapshots (the cheapest to give up) while
+/// more than `maxLive` are live. A retired snapshot leaves the live set at once (nothing can pin it
+/// any more; the scheduler moves or ends the requests bound to it); its memory goes with its last
+/// holder (a score task already queued on it). A snapshot whose last holder lets go is removed, and
+/// its memory is freed on a background queue so the step thread never pays for unmapping half a
+/// gigabyte.
 ///
 /// Thread: every method is thread-safe (one internal lock, never held across a forward pass).
 final class VersionRegistry: @unchecked Sendable {
     private let lock = NSLock()
-    private let maxLive: Int
+    /// Snapshots live at once at most (the current one included). Immutable.
+    let maxLive: Int
     private var live: [UInt64: WeightSnapshot] = [:]
     private(set) var current: WeightSnapshot
     private var pending: WeightSnapshot?
@@ -49,9 +55,6 @@ final class VersionRegistry: @unchecked Sendable {
     var pendingVersion: UInt64? { locked { pending?.version } }
     var liveVersions: [UInt64] { locked { live.keys.sorted() } }
 
-    /// Whether new requests must wait for a pending publication.
-    var admissionBlocked: Bool { locked { pending != nil } }
-
     /// Records new weights (replacing an older pending publication, which was never used).
     func publish(_ weights: ParameterSet, version: UInt64) throws {
         let model = LlamaModel(weights: weights)
@@ -65,26 +68,64 @@ final class VersionRegistry: @unchecked Sendable {
         if let dropped { Self.freeInBackground(dropped) }
     }
 
-    /// Makes the pending publication current if the live limit allows (the old current snapshot
-    /// counts only while something besides "being current" holds it). Returns the new current
-    /// snapshot when it was installed. Step thread, between steps.
-    func installPending() -> WeightSnapshot? {
-        var freed: WeightSnapshot?
-        let installed: WeightSnapshot? = locked {
+    /// What the scheduler tells `installPending` about the requests bound to live snapshots.
+    struct InstallPlan {
+        /// One entry per `recompute` request: the snapshot it is bound to (it moves to the new one).
+        var moving: [WeightSnapshot] = []
+        /// Per version, what retiring it would cost: generation requests pinned to it (they would
+        /// fail) and tokens its unfinished sequences would re-prefill.
+        var cost: [UInt64: (pinned: Int, tokens: Int)] = [:]
+    }
+
+    /// Makes the pending publication current, if there is one, in one atomic change:
+    /// - the old current snapshot loses its "current" hold;
+    /// - one hold on each of `plan().moving` passes to the new snapshot: those `recompute`
+    ///   requests are bound to it now;
+    /// - snapshots left without holders are removed;
+    /// - while more than `maxLive` are live, one non-current snapshot is retired: removed from the
+    ///   live set and returned, still held, for the scheduler to move or end what is bound to it.
+    ///   The one retired is the cheapest by `plan().cost`: fewest pinned requests, then fewest
+    ///   tokens to re-prefill, then the oldest. (Retiring the oldest first would move long
+    ///   generations again and again under frequent publishing, re-prefilling ever longer
+    ///   contexts, and fail pinned evaluations; the cheapest is usually the previous current
+    ///   version, whose sequences are young.)
+    /// `plan` is called under the lock, only when something is pending: it must not call back into
+    /// the registry. Returns nil when nothing was pending. Step thread, between steps.
+    func installPending(_ plan: () -> InstallPlan) -> (current: WeightSnapshot, retired: [WeightSnapshot])? {
+        var freed: [WeightSnapshot] = []
+        let result: (WeightSnapshot, [WeightSnapshot])? = locked {
             guard let p = pending else { return nil }
-            let oldFreed = current.holders == 1
-            guard live.count + 1 - (oldFreed ? 1 : 0) <= maxLive else { return nil }
+            let plan = plan()
             pending = nil
             let old = current
-            old.holders -= 1
-            if old.holders == 0 { live.removeValue(forKey: old.version); freed = old }
             p.holders = 1
             current = p
             live[p.version] = p
-            return p
+            old.holders -= 1
+            for s in plan.moving { s.holders -= 1; p.holders += 1 }
+            for s in [old] + plan.moving where s.holders == 0 && live[s.version] === s {
+                live.removeValue(forKey: s.version)
+                freed.append(s)
+            }
+            func key(_ s: WeightSnapshot) -> (Int, Int, UInt64) {
+                let c = plan.cost[s.version] ?? (0, 0)
+                return (c.pinned, c.tokens, s.version)
+            }
+            var retired: [WeightSnapshot] = []
+            while live.count > maxLive, let victim = live.values.filter({ $0 !== p }).min(by: { key($0) < key($1) }) {
+                live.removeValue(forKey: victim.version)
+                victim.retired = true
+                retired.append(victim)
+            }
+            return (p, retired)
         }
-        if let freed { Self.freeInBackground(freed) }
-        return installed
+        for s in freed { Self.freeInBackground(s) }
+        return result
+    }
+
+    /// Whether `s` was retired (no request may stay bound to it). Thread: any.
+    func isRetired(_ s: WeightSnapshot) -> Bool {
+        locked { s.retired }
     }
 
     /// Takes a hold on the current snapshot.
@@ -92,7 +133,7 @@ final class VersionRegistry: @unchecked Sendable {
         locked { current.holders += 1; return current }
     }
 
-    /// Takes a hold on a live version, or nil when it is not alive.
+    /// Takes a hold on a live version, or nil when it is not alive (never was, freed, or retired).
     func retain(version: UInt64) -> WeightSnapshot? {
         locked {
             guard let s = live[version] else { return nil }
@@ -106,8 +147,9 @@ final class VersionRegistry: @unchecked Sendable {
         let freed: Bool = locked {
             s.holders -= 1
             precondition(s.holders >= 0, "weight snapshot \(s.version) released too often")
-            if s.holders == 0 { live.removeValue(forKey: s.version); return true }
-            return false
+            guard s.holders == 0 else { return false }
+            if live[s.version] === s { live.removeValue(forKey: s.version) }
+            return true
         }
         if freed { Self.freeInBackground(s) }
     }

@@ -292,7 +292,7 @@ public struct SampleResult: Sendable, Equatable {
     public var finishReason: FinishReason
     /// The weight version that produced the last token.
     public var version: UInt64
-    /// The version bound at admission; differs from `version` only with `recompute`.
+    /// The version bound at admission; differs from `version` only after a move (`recompute`, or its version retired).
     public var firstVersion: UInt64
     /// Tokens in the (templated) prompt.
     public var promptTokens: UInt32

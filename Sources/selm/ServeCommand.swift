@@ -31,6 +31,8 @@ struct Serve: ParsableCommand {
     var dataDir: String = "selm-data"
     @Option(help: "Paged KV cache size, MB.")
     var kvCacheMb: Int = 512
+    @Option(help: "Weight versions kept alive at once (each a full copy of the weights); a publication beyond it retires the version cheapest to give up: its sequences move to the newest version (re-prefilled), requests pinned to it end with NOT_FOUND. ≥ 1.")
+    var maxLiveVersions: Int = 3
     @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
     var metrics: String?
     @Option(help: "Largest frame accepted (and sent), bytes.")
@@ -70,6 +72,7 @@ struct Serve: ParsableCommand {
         if maxRequestsInFlight < 1 { throw ValidationError("--max-requests-in-flight: must be ≥ 1") }
         if maxConnections < 1 { throw ValidationError("--max-connections: must be ≥ 1") }
         if kvCacheMb < 1 { throw ValidationError("--kv-cache-mb: must be ≥ 1") }
+        if maxLiveVersions < 1 { throw ValidationError("--max-live-versions: must be ≥ 1") }
         if listen == "none" && unix == nil { throw ValidationError("--listen none needs --unix") }
         if !["adaptive", "priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected adaptive, priority, fifo or split") }
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
@@ -136,6 +139,7 @@ struct Serve: ParsableCommand {
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
             ec.kvCacheMB = Double(kvCacheMb)
+            ec.maxLiveVersions = maxLiveVersions
             do {
                 engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw ValidationError("\(error)") }

@@ -354,31 +354,35 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(engine.status().prefixCacheHitTokens, hits2)
     }
 
-    /// At most `maxLiveSnapshots` versions are alive: a publication beyond it waits (admission of
-    /// new requests with it) until an old snapshot's last sequence ends; a newer publication
-    /// replaces a waiting one.
-    func testLiveSnapshotLimitDelaysAdmission() throws {
+    /// At most `maxLiveVersions` versions are alive: a publication beyond it is still installed at
+    /// the next step (admission never waits) and retires the version cheapest to give up (here the
+    /// younger sequence's), which moves to the new one; a newer publication replaces one not
+    /// installed yet.
+    func testLiveVersionLimitRetiresTheCheapestVersion() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveSnapshots = 2 })
+        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
         let a = try engine.submit(request(prompt(8), maxTokens: 30))
-        engine.step()
+        for _ in 0..<10 { engine.step() }
         try engine.publish(weights: Fixtures.perturbed(model, seed: 2), version: 2)
         let b = try engine.submit(request(prompt(8), maxTokens: 10))
         engine.step()
         XCTAssertEqual(engine.status().liveVersions, [1, 2])
         try engine.publish(weights: Fixtures.perturbed(model, seed: 3), version: 3)
         try engine.publish(weights: Fixtures.perturbed(model, seed: 4), version: 4)
+        XCTAssertEqual(engine.status().pendingVersion, 4, "version 4 replaced the pending version 3")
         let c = try engine.submit(request(prompt(8), maxTokens: 4))
         engine.step()
         var s = engine.status()
-        XCTAssertEqual(s.currentVersion, 2)
-        XCTAssertEqual(s.pendingVersion, 4, "version 4 replaced the waiting version 3")
-        XCTAssertEqual(s.liveVersions, [1, 2])
-        XCTAssertEqual(s.waitingRequests, 1, "admission waits for the pending version")
+        XCTAssertEqual(s.currentVersion, 4)
+        XCTAssertNil(s.pendingVersion)
+        XCTAssertEqual(s.liveVersions, [1, 4], "version 2 (9 tokens to re-prefill, against 19) was retired")
+        XCTAssertEqual(s.waitingRequests, 0, "admission does not wait for a version")
         var outcomes: [RequestID: Outcome] = [:]
         engine.runUntilIdle(into: &outcomes)
-        XCTAssertEqual(outcomes[a]!.samples[0].version, 1)
-        XCTAssertEqual(outcomes[b]!.samples[0].version, 2)
+        XCTAssertEqual(outcomes[a]!.samples[0].version, 1, "the long generation keeps its version")
+        XCTAssertEqual(outcomes[b]!.samples[0].version, 4, "moved off the retired version")
+        XCTAssertEqual(outcomes[b]!.samples[0].firstVersion, 2)
+        XCTAssertEqual(outcomes[b]!.samples[0].tokens.count, 10)
         XCTAssertEqual(outcomes[c]!.samples[0].version, 4)
         s = engine.status()
         XCTAssertEqual(s.currentVersion, 4)
@@ -386,22 +390,24 @@ final class EngineTests: XCTestCase {
         XCTAssertNil(s.pendingVersion)
     }
 
-    /// A request pinned to an old version is admitted past unbound requests waiting for a pending
-    /// publication: it holds the snapshot the publication waits for, so strict order would
-    /// deadlock.
-    func testPinnedRequestDoesNotDeadlockAPendingPublication() throws {
+    /// With one live version every publication moves all running sequences at once, and a request
+    /// pinned to the old version ends with `versionRetired` (nothing deadlocks, nothing waits).
+    func testOneLiveVersionMovesEverythingAndEndsPinnedRequests() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveSnapshots = 1 })
+        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
         let a = try engine.submit(request(prompt(8), maxTokens: 6))
         engine.step()
         try engine.publish(weights: Fixtures.perturbed(model), version: 2)
         let c = try engine.submit(request(prompt(9), maxTokens: 4))
         let p = try engine.submit(request(prompt(10), maxTokens: 4) { $0.requireVersion = 1 })
         engine.step()
-        XCTAssertEqual(engine.status().pendingVersion, 2)
+        XCTAssertNil(engine.status().pendingVersion)
+        XCTAssertEqual(engine.status().liveVersions, [2])
         let out = engine.runUntilIdle(maxSteps: 200)
-        XCTAssertEqual(out[a]?.samples.first?.version, 1)
-        XCTAssertEqual(out[p]?.samples.first?.version, 1)
+        XCTAssertEqual(out[a]?.samples.first?.version, 2)
+        XCTAssertEqual(out[a]?.samples.first?.firstVersion, 1)
+        XCTAssertEqual(out[p]?.error, .versionRetired(field: "require_version", version: 1, limit: 1))
+        XCTAssertEqual(out[p]?.samples.count, 0)
         XCTAssertEqual(out[c]?.samples.first?.version, 2)
         XCTAssertEqual(engine.status().liveVersions, [2])
     }

@@ -782,11 +782,11 @@ struct  Selm__V1__SampleResult
    */
   Selm__V1__FinishReason finish_reason;
   /*
-   * the weight version that produced the last token (every token, without recompute)
+   * the weight version that produced the last token (every token, unless moved)
    */
   uint64_t version;
   /*
-   * the version bound at admission; differs from version only with recompute
+   * the version bound at admission; differs from version only after a move (recompute, or its version retired)
    */
   uint64_t first_version;
   /*

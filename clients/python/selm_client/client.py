@@ -452,7 +452,8 @@ class Client:
             stop_token_ids: extra stop tokens besides EOS (included in ``token_ids``).
             ignore_eos: keep going past EOS.
             top_logprobs: alternatives reported per token (0…20).
-            require_version: run on exactly this weight version (:class:`NotFound` if it is gone).
+            require_version: run on exactly this weight version (:class:`NotFound` if it is gone, or
+                once it is retired by a newer one: ``selm serve --max-live-versions``).
             recompute: move running sequences to each newly published version.
             repetition_penalty, presence_penalty, frequency_penalty: CTRL / OpenAI-style penalties.
             stream: return a :class:`GenerateStream` yielding :class:`Chunk` objects as tokens come
@@ -465,7 +466,7 @@ class Client:
         Raises:
             InvalidArgument: a bad argument (``err.field`` names it, e.g. ``"sampling.top_p"``).
             OutOfRange: a token id ≥ vocab size, or a prompt longer than the context.
-            NotFound: ``require_version`` is not alive.
+            NotFound: ``require_version`` is not alive (or was retired while the request ran).
         """
         req = pb.GenerateRequest(chat=bool(chat), ignore_eos=bool(ignore_eos), recompute=bool(recompute),
                                  stream=bool(stream))

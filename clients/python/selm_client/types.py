@@ -63,7 +63,7 @@ class Sample:
     top_logprobs: List[Dict[int, float]]
     finish_reason: str     #: "eos", "stop", "length" or "cancelled"
     version: int           #: the weight version that produced the sample
-    first_version: int     #: the version bound at admission (differs from ``version`` only with ``recompute``)
+    first_version: int     #: the version bound at admission (differs from ``version`` only after a move: ``recompute``, or its version retired)
     prompt_tokens: int     #: tokens in the (templated) prompt
     completion_tokens: int  #: ``len(token_ids)``
 
