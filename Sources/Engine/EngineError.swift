@@ -41,7 +41,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable, Sendable {
         case let .versionNotAlive(field, version, alive):
             return "\(field): weight version \(version) is not alive (alive: \(alive.map(String.init).joined(separator: ", ")))"
         case let .versionRetired(field, version, limit):
-            return "\(field): weight version \(version) was retired: at most \(limit) versions stay alive"
+            return "\(field): weight version \(version) was retired (live versions are limited to \(limit))"
         case let .staleVersion(version, newest):
             return "version: \(version) is not newer than the newest published version \(newest)"
         case let .incompatibleWeights(reason): return "weights: \(reason)"

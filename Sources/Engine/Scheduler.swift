@@ -266,7 +266,9 @@ final class Scheduler {
                 }
                 var c = plan.cost[snap.version] ?? (0, 0)
                 if r.request.requireVersion != nil { c.pinned += 1 }
-                for g in r.groups { for s in g.samples where s.state != .finished { c.tokens += s.context.count } }
+                // What moving throws away: the KV positions computed so far (a sample already waiting to
+                // re-prefill loses nothing).
+                for g in r.groups { for s in g.samples where s.state != .finished { c.tokens += s.computed } }
                 plan.cost[snap.version] = c
             }
             return plan

@@ -73,7 +73,8 @@ final class VersionRegistry: @unchecked Sendable {
         /// One entry per `recompute` request: the snapshot it is bound to (it moves to the new one).
         var moving: [WeightSnapshot] = []
         /// Per version, what retiring it would cost: generation requests pinned to it (they would
-        /// fail) and tokens its unfinished sequences would re-prefill.
+        /// fail) and the computed KV positions of its unfinished sequences (they would be
+        /// re-prefilled).
         var cost: [UInt64: (pinned: Int, tokens: Int)] = [:]
     }
 

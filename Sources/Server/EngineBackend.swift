@@ -174,7 +174,7 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
             return .refused(code: .notFound, field: field, reason: e.description)
         case let .versionRetired(field, version, limit):
             return .refused(code: .notFound, field: field,
-                            reason: "weight version \(version) was retired: at most \(limit) versions stay alive (selm serve --max-live-versions)")
+                            reason: "weight version \(version) was retired (live versions are limited to \(limit): selm serve --max-live-versions)")
         case .noChatTemplate:
             return .refused(code: .invalidArgument, field: "chat", reason: e.description)
         case .stopped:

@@ -375,7 +375,7 @@ final class EngineTests: XCTestCase {
         var s = engine.status()
         XCTAssertEqual(s.currentVersion, 4)
         XCTAssertNil(s.pendingVersion)
-        XCTAssertEqual(s.liveVersions, [1, 4], "version 2 (9 tokens to re-prefill, against 19) was retired")
+        XCTAssertEqual(s.liveVersions, [1, 4], "version 2 (8 computed positions, against 18) was retired")
         XCTAssertEqual(s.waitingRequests, 0, "admission does not wait for a version")
         var outcomes: [RequestID: Outcome] = [:]
         engine.runUntilIdle(into: &outcomes)

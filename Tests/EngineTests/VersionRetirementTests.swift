@@ -90,7 +90,8 @@ final class VersionRetirementTests: XCTestCase {
     }
 
     /// With limit 2, publishing a third version while versions 1 and 2 have running sequences
-    /// retires one: version 1, whose sequence has fewer tokens to re-prefill (14, against 31). Its
+    /// retires one: version 1, whose sequence has fewer computed positions to re-prefill (13, against
+    /// 30). Its
     /// sequence is re-prefilled under version 3 and continues there (its tokens before the move are
     /// version 1's greedy continuation, after it version 3's greedy continuation of everything so
     /// far), reporting first version 1 and version 3; version 2's sequence is untouched; a short
@@ -174,7 +175,30 @@ final class VersionRetirementTests: XCTestCase {
         XCTAssertEqual(out[unpinned]?.samples.first?.tokens.count, 30)
         XCTAssertEqual(engine.status().kvBlocksUsed, 0, "the failed request freed its blocks")
         XCTAssertEqual(EngineError.versionRetired(field: "require_version", version: 1, limit: 1).description,
-                       "require_version: weight version 1 was retired: at most 1 versions stay alive")
+                       "require_version: weight version 1 was retired (live versions are limited to 1)")
+    }
+
+    /// The race the intake check covers: a submission pins a version (taking a hold) just before a
+    /// step retires it, and reaches the scheduler one step later. Simulated white-box: a hold taken
+    /// on version 1 directly, version 1 retired by publishing 2 (limit 1), then the pinned request
+    /// handed to the scheduler. It must end with `versionRetired`, not run on the retired weights.
+    func testRequestPinnedJustBeforeTheRetirementEndsWithVersionRetired() throws {
+        let model = try Fixtures.tiny()
+        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
+        let held = try XCTUnwrap(engine.scheduler.versions.retain(version: 1))
+        try engine.publish(weights: Fixtures.perturbed(model, seed: 2), version: 2)
+        engine.step()
+        XCTAssertEqual(engine.status().liveVersions, [2])
+        let req = request(prompt(8), maxTokens: 4) { $0.requireVersion = 1 }
+        let late = RequestState(id: RequestID(1000), request: req, maxTokens: 4, stopTokens: [], seed: 0, snapshot: held)
+        _ = engine.scheduler.step(Inbox(requests: [late]))
+        let errors = engine.scheduler.events.compactMap { e -> EngineError? in
+            if case let .error(id, err) = e, id == RequestID(1000) { return err }
+            return nil
+        }
+        XCTAssertEqual(errors, [.versionRetired(field: "require_version", version: 1, limit: 1)])
+        XCTAssertFalse(engine.scheduler.hasWork)
+        XCTAssertEqual(engine.status().liveVersions, [2])
     }
 
     /// Which version is retired: the one cheapest to give up. Requests pinned to a version make it
@@ -193,7 +217,7 @@ final class VersionRetirementTests: XCTestCase {
         step(engine, limit: 2, into: &out)
         try engine.publish(weights: Fixtures.perturbedNorms(model, seed: 3), version: 3)
         step(engine, limit: 2, into: &out)
-        XCTAssertEqual(engine.status().liveVersions, [1, 3], "version 2 (9 tokens to re-prefill, against 19) was retired")
+        XCTAssertEqual(engine.status().liveVersions, [1, 3], "version 2 (8 computed positions, against 18) was retired")
         let pinned = try engine.submit(request(prompt(4, 3), maxTokens: 20) { $0.requireVersion = 3 })
         step(engine, limit: 2, into: &out)
         try engine.publish(weights: Fixtures.perturbedNorms(model, seed: 4), version: 4)

@@ -129,7 +129,7 @@ final class AdmissionTests: XCTestCase {
         let e = try XCTUnwrap(r.errors[2])
         XCTAssertEqual(e.code, .notFound)
         XCTAssertEqual(e.field, "require_version")
-        XCTAssertEqual(e.message, "require_version: weight version \(v0) was retired: at most 1 versions stay alive (selm serve --max-live-versions)")
+        XCTAssertEqual(e.message, "require_version: weight version \(v0) was retired (live versions are limited to 1: selm serve --max-live-versions)")
         XCTAssertNil(r.samples[2])
 
         try r.c.send(3, short)
