@@ -572,13 +572,19 @@ public struct StatusReply: Sendable, Equatable {
     public var liveVersions: UInt32
     /// Open client connections.
     public var connections: UInt32
+    /// Bytes allocated under the data directory (measured off the loop, at most seconds old).
+    public var dataDirBytes: UInt64
+    /// Bytes free to the server on the data directory's filesystem.
+    public var diskFreeBytes: UInt64
+    /// Checkpoint directories in `DATA/checkpoints`.
+    public var checkpoints: UInt32
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(policyVersion: UInt64 = 0, learnerStep: UInt64 = 0, learnerMetrics: [String: Double] = [:],
                 walLastSequence: UInt64 = 0, walConsumedSequence: UInt64 = 0, waitingRequests: UInt32 = 0,
                 runningSequences: UInt32 = 0, kvBlocksUsed: UInt32 = 0, kvBlocksTotal: UInt32 = 0,
                 generatedTokensPerSecond: Double = 0, uptimeSeconds: Double = 0, liveVersions: UInt32 = 0,
-                connections: UInt32 = 0) {
+                connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0) {
         self.policyVersion = policyVersion
         self.learnerStep = learnerStep
         self.learnerMetrics = learnerMetrics
@@ -592,6 +598,9 @@ public struct StatusReply: Sendable, Equatable {
         self.uptimeSeconds = uptimeSeconds
         self.liveVersions = liveVersions
         self.connections = connections
+        self.dataDirBytes = dataDirBytes
+        self.diskFreeBytes = diskFreeBytes
+        self.checkpoints = checkpoints
     }
 }
 

@@ -1218,10 +1218,26 @@ struct  Selm__V1__StatusReply
    * open client connections
    */
   uint32_t connections;
+  /*
+   * Disk, measured off the loop thread (after each save or prune, and when older than 5 s; a
+   * Status may show figures a few seconds old).
+   */
+  /*
+   * bytes allocated under --data-dir (log, checkpoints, ...)
+   */
+  uint64_t data_dir_bytes;
+  /*
+   * bytes free to the server on the data directory's filesystem
+   */
+  uint64_t disk_free_bytes;
+  /*
+   * checkpoint directories in DATA/checkpoints
+   */
+  uint32_t checkpoints;
 };
 #define SELM__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__status_reply__descriptor) \
-    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*

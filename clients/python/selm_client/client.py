@@ -607,7 +607,8 @@ class Client:
                       wal_consumed_sequence=m.wal_consumed_sequence, waiting_requests=m.waiting_requests,
                       running_sequences=m.running_sequences, kv_blocks_used=m.kv_blocks_used,
                       kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
-                      uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections)
+                      uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
+                      data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints)
 
     def refresh_weights(self, checkpoint: str) -> int:
         """Loads a checkpoint (a path relative to the server's data directory) and publishes it as a
