@@ -27,7 +27,7 @@ public struct SavedCheckpoint: Sendable, Equatable {
     public var learnerStep: UInt64
     /// The last preference-log sequence its state consumed (a restart replays the records after it).
     public var walSequence: UInt64
-    /// The weight version it holds.
+    /// The weight version it holds (0: weights trained past the last published version).
     public var version: UInt64
 
     public init(path: String, learnerStep: UInt64, walSequence: UInt64, version: UInt64) {

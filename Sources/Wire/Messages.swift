@@ -624,7 +624,8 @@ public struct RefreshWeightsReply: Sendable, Equatable {
 
 /// Write a checkpoint (`selm.v1.SaveCheckpoint`).
 public struct SaveCheckpoint: Sendable, Equatable {
-    /// Relative to the data directory, empty = automatic; decoding rejects absolute and ".." paths.
+    /// The checkpoint's name: saved as `DATA/checkpoints/NAME` (one name of A-Z a-z 0-9 . _ -; the
+    /// server checks it); empty = automatic (`step-N`). Decoding rejects absolute and ".." paths.
     public var name: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
@@ -639,7 +640,7 @@ public struct SaveCheckpointReply: Sendable, Equatable {
     public var learnerStep: UInt64
     /// Last WAL sequence consumed by the state it holds.
     public var walSequence: UInt64
-    /// The weight version it holds.
+    /// The weight version it holds (0: weights trained past the last published version).
     public var version: UInt64
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.

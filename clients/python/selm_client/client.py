@@ -621,8 +621,9 @@ class Client:
                           "refresh_weights_reply").refresh_weights_reply.version
 
     def save_checkpoint(self, name: Optional[str] = None) -> Checkpoint:
-        """Writes a checkpoint of the learner's state (``name`` relative to the data directory;
-        ``None`` = automatic name); returns once it is on disk."""
+        """Writes a checkpoint of the learner's state as ``checkpoints/<name>`` in the server's data
+        directory (``name``: letters, digits, ``. _ -``; ``None`` = automatic ``step-N``); returns
+        once it is on disk. ``Checkpoint.path`` is what :meth:`refresh_weights` takes."""
         m = self._call(pb.Envelope(save_checkpoint=pb.SaveCheckpoint(name=name or "")),
                        "save_checkpoint_reply").save_checkpoint_reply
         return Checkpoint(path=m.path, learner_step=m.learner_step, wal_sequence=m.wal_sequence, version=m.version)
