@@ -149,7 +149,7 @@ final class DataSafetyTests: XCTestCase {
 
     /// RefreshWeights from a checkpoint with one NaN is refused naming the tensor; the served version
     /// and outputs are unchanged, the learner does not adopt it. `selm serve` refuses such weights as
-    /// --model at start.
+    /// the checkpoint to resume from and as --model.
     func testNaNWeightsAreNeverServed() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
@@ -177,6 +177,14 @@ final class DataSafetyTests: XCTestCase {
         guard case .saveCheckpointReply(let after) = try save(c, id: 7, "after") else { return XCTFail() }
         XCTAssertEqual(after.version, v0, "the learner still holds the served weights")
         XCTAssertEqual(server.stop(), 0)
+
+        // As the checkpoint a restart resumes from: a clear error, nothing served.
+        try fm.moveItem(atPath: data + "/poisoned", toPath: data + "/checkpoints/poisoned")
+        try Data("poisoned\n".utf8).write(to: URL(fileURLWithPath: data + "/checkpoints/latest"))
+        XCTAssertThrowsError(try ServerProcess(model: Self.tinyChat, dataDir: data)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("cannot resume") && text.contains(tensor), text)
+        }
 
         // As --model: a clear error, nothing served.
         let model = dir + "/poisoned-model"
