@@ -63,10 +63,16 @@ public enum Checkpoint {
     }
 
     public static let stateFile = "trainer_state.json"
+    /// Suffixes of the temporary names a save uses next to its directory (`NAME.partial-PID` while
+    /// writing, `NAME.old-PID` for the checkpoint it replaces); never valid checkpoint names.
+    public static let temporarySuffixes = [".partial-", ".old-"]
 
-    /// Writes a complete checkpoint of `learner` to `directory` (replacing an older one there).
+    /// Writes a complete checkpoint of `learner` to `directory`, replacing an older checkpoint there.
+    /// - Throws: `CheckpointError.notACheckpoint` when `directory` exists and is not a checkpoint
+    ///   directory (no `trainer_state.json`, or a symbolic link): a save never deletes anything else.
     public static func save(_ learner: Learner, state: TrainerState, to directory: String, extras: Extras) throws {
         let fm = FileManager.default
+        if pathExists(directory) && !isCheckpoint(directory) { throw CheckpointError.notACheckpoint(path: directory) }
         let tmp = directory + ".partial-\(getpid())"
         try? fm.removeItem(atPath: tmp)
         do {
@@ -95,8 +101,11 @@ public enum Checkpoint {
             enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             try writeDurably(path: tmp + "/" + stateFile, data: try enc.encode(st))
             try DurableFileWriter.syncDirectory(of: tmp + "/x")
-            if fm.fileExists(atPath: directory) {
+            if pathExists(directory) {
+                // A crash between the two renames leaves NAME.old-PID and no NAME: the next start
+                // renames it back (`recoverInterruptedSaves`).
                 let old = directory + ".old-\(getpid())"
+                try? fm.removeItem(atPath: old)
                 try fm.moveItem(atPath: directory, toPath: old)
                 try fm.moveItem(atPath: tmp, toPath: directory)
                 try? fm.removeItem(atPath: old)
@@ -160,4 +169,172 @@ extension ReferencePolicy {
         refresh(from: weights)
         setGeneration(generation)
     }
+}
+
+/// Why a checkpoint was not written. Nothing on disk changed when one of these is thrown.
+public enum CheckpointError: Error, CustomStringConvertible, Equatable {
+    /// `path` exists and is not a checkpoint directory (no `trainer_state.json`, or a link).
+    case notACheckpoint(path: String)
+    /// The filesystem holding `directory` has `available` bytes free; the checkpoint needs ≈ `needed`.
+    case insufficientSpace(directory: String, needed: Int64, available: Int64)
+    /// The weights hold a NaN or ±Inf: a checkpoint of them would be refused when resumed.
+    case nonFinite(NonFiniteValue)
+
+    public var description: String {
+        switch self {
+        case let .notACheckpoint(path): return "\(path) exists and is not a checkpoint (left alone)"
+        case let .insufficientSpace(directory, needed, available):
+            return "needs ~\(byteText(needed)), \(byteText(available)) free in \(directory)"
+        case let .nonFinite(v): return "the weights hold a non-finite value (\(v))"
+        }
+    }
+}
+
+/// "2.13 GB", "1.6 MB", "512 B" (decimal units, as `df -H`).
+public func byteText(_ n: Int64) -> String {
+    if n >= 1_000_000_000 { return String(format: "%.2f GB", Double(n) / 1e9) }
+    if n >= 1_000_000 { return String(format: "%.1f MB", Double(n) / 1e6) }
+    if n >= 1_000 { return String(format: "%.1f kB", Double(n) / 1e3) }
+    return "\(n) B"
+}
+
+/// Disk bookkeeping of a checkpoint folder (`DATA/checkpoints` in `selm serve`): what a save will
+/// need, leftovers of interrupted saves, pruning the automatic `step-N` series. All of it plain file
+/// system calls on the calling thread (the learner's, or the server's at start).
+extension Checkpoint {
+    /// Whether `directory` is a checkpoint this project wrote: a real directory (not a link)
+    /// holding `trainer_state.json`.
+    public static func isCheckpoint(_ directory: String) -> Bool {
+        var st = stat()
+        guard lstat(directory, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
+        return lstat(directory + "/" + stateFile, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+    }
+
+    /// The name of the automatic checkpoint of `step` ("step-120").
+    public static func automaticName(step: Int) -> String { "step-\(step)" }
+
+    /// The step of an automatic checkpoint name ("step-120" → 120), nil for any other name.
+    public static func automaticStep(of name: String) -> Int? {
+        guard name.hasPrefix("step-"), name.count > 5, name.dropFirst(5).allSatisfy(\.isASCIIDigit) else { return nil }
+        return Int(name.dropFirst(5))
+    }
+
+    /// What a checkpoint of `learner` will take on disk, bytes: the policy (model.safetensors), the
+    /// two AdamW moments, the reference once it was refreshed, model.gguf when written, the extra
+    /// files and their GGUF copy, plus 1 MiB of headers; at least `previous`'s size (the last
+    /// checkpoint, when there is one).
+    public static func estimatedBytes(of learner: Learner, extras: Extras, previous: String? = nil) -> Int64 {
+        let tensor = Int64(learner.policy.weights.count) * 4
+        var n = tensor * 3
+        if learner.reference.generation > 0 { n += tensor }
+        let files = Int64(extras.files.values.reduce(0) { $0 + $1.count })
+        n += files
+        if extras.writeGGUF { n += tensor + files }
+        n += 1 << 20
+        if let previous { n = max(n, diskBytes(at: previous)) }
+        return n
+    }
+
+    /// Bytes available to this process on the filesystem holding `path` (statvfs), nil when unknown.
+    public static func freeBytes(at path: String) -> Int64? {
+        var s = statvfs()
+        guard statvfs(path, &s) == 0 else { return nil }
+        return Int64(s.f_bavail) * Int64(s.f_frsize)
+    }
+
+    /// Throws `insufficientSpace` when the filesystem of `root` has less free space than a checkpoint
+    /// of `learner` needs (`estimatedBytes`, at least the size of `previous`).
+    public static func checkSpace(for learner: Learner, extras: Extras, root: String, previous: String?) throws {
+        let needed = estimatedBytes(of: learner, extras: extras, previous: previous)
+        if let free = freeBytes(at: root), free < needed {
+            throw CheckpointError.insufficientSpace(directory: root, needed: needed, available: free)
+        }
+    }
+
+    /// Bytes allocated on disk under `path` (files, recursively; links are not followed), like `du`.
+    public static func diskBytes(at path: String) -> Int64 {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return 0 }
+        var total = Int64(st.st_blocks) * 512
+        if (st.st_mode & S_IFMT) == S_IFDIR, let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
+            for name in names { total += diskBytes(at: path + "/" + name) }
+        }
+        return total
+    }
+
+    /// Cleans up after saves a crash interrupted (call at start, while no save can run): a
+    /// `NAME.old-PID` whose `NAME` is missing (the crash fell between the two renames of `save`) is
+    /// renamed back to `NAME`; every other `*.partial-PID`, `*.old-PID` and `*.tmp-PID` (the
+    /// `latest` pointer's temporary file) in `root` is removed. Returns one line per action for the log
+    /// and the bytes freed.
+    public static func recoverInterruptedSaves(in root: String) -> (actions: [String], freedBytes: Int64) {
+        let fm = FileManager.default
+        guard let names = try? fm.contentsOfDirectory(atPath: root) else { return ([], 0) }
+        var actions: [String] = []
+        var freed: Int64 = 0
+        for name in names.sorted() {
+            guard let (base, marker) = temporaryBase(of: name) else { continue }
+            let path = root + "/" + name
+            if marker == ".old-" && !pathExists(root + "/" + base) && isCheckpoint(path) {
+                do {
+                    try fm.moveItem(atPath: path, toPath: root + "/" + base)
+                    actions.append("restored \(base) from \(name) (a save replacing it was interrupted)")
+                    continue
+                } catch {
+                    actions.append("could not restore \(base) from \(name): \(error.localizedDescription)")
+                    continue
+                }
+            }
+            let bytes = diskBytes(at: path)
+            do {
+                try fm.removeItem(atPath: path)
+                freed += bytes
+                actions.append("removed \(name) (\(byteText(bytes))), left by an interrupted save")
+            } catch {
+                actions.append("could not remove \(name): \(error.localizedDescription)")
+            }
+        }
+        if !actions.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        return (actions, freed)
+    }
+
+    /// `(NAME, marker)` when `name` is `NAME.partial-PID`, `NAME.old-PID` or `NAME.tmp-PID`.
+    static func temporaryBase(of name: String) -> (String, String)? {
+        for marker in temporarySuffixes + [".tmp-"] {
+            guard let r = name.range(of: marker, options: .backwards) else { continue }
+            let pid = name[r.upperBound...]
+            if !pid.isEmpty && pid.allSatisfy(\.isASCIIDigit) && r.lowerBound > name.startIndex {
+                return (String(name[..<r.lowerBound]), marker)
+            }
+        }
+        return nil
+    }
+
+    /// Removes the oldest automatic checkpoints (`step-N` directories holding a checkpoint) in `root`
+    /// beyond the newest `keep`, never `protecting` (the one `latest` names). Other names are never
+    /// touched. `keep` 0 keeps everything. Returns the names removed and their sizes.
+    public static func prune(in root: String, keep: Int, protecting: String?) -> [(name: String, bytes: Int64)] {
+        guard keep > 0, let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
+        let series = names.compactMap { n in automaticStep(of: n).map { (name: n, step: $0) } }
+            .filter { isCheckpoint(root + "/" + $0.name) }
+            .sorted { $0.step > $1.step }
+        var removed: [(String, Int64)] = []
+        for c in series.dropFirst(keep) where c.name != protecting {
+            let path = root + "/" + c.name
+            let bytes = diskBytes(at: path)
+            if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append((c.name, bytes)) }
+        }
+        if !removed.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        return removed
+    }
+}
+
+/// Whether anything (a file, a directory, a dangling link) is at `path`.
+func pathExists(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0
+}
+
+extension Character {
+    fileprivate var isASCIIDigit: Bool { isASCII && isNumber }
 }

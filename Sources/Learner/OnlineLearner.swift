@@ -21,6 +21,9 @@ public struct OnlineOptions: Sendable {
     public var publishEvery = 1
     /// Save a checkpoint (recording the last log record consumed) every N optimizer steps; 0 = never.
     public var checkpointEvery = 0
+    /// Keep the newest N automatic checkpoints (`step-N`); older ones are removed after each save
+    /// (never the one `latest` names, never a checkpoint with another name). 0 = keep all.
+    public var keepCheckpoints = 3
     /// Train on a partial batch when its oldest row has waited this long (seconds); 0 = never.
     public var maxWaitSeconds: Double = 20
     /// Run the learner's BLAS work at low priority (rollouts first).
@@ -45,6 +48,8 @@ public struct OnlineStatus: Sendable {
     public var metrics: [String: Double]
     public var lastPublishedVersion: UInt64
     public var stepsPerMinute: Double
+    /// Publications skipped because the weights held a NaN or ±Inf.
+    public var skippedPublishes: Int = 0
 }
 
 /// The learner thread of `selm serve`: consumes acknowledged preference records in log order, forms
@@ -52,6 +57,7 @@ public struct OnlineStatus: Sendable {
 /// to the engine every `publishEvery` steps. Checkpoints record the log position consumed (record
 /// and row), so a restart resumes from checkpoint + log with every acknowledged row applied once.
 public final class OnlineLearner: @unchecked Sendable {
+    /// Hands weights to the engine; returns the version they got, or 0 when they were not published.
     public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> UInt64
 
     public let learner: Learner
@@ -75,15 +81,25 @@ public final class OnlineLearner: @unchecked Sendable {
     private var consumed: (sequence: UInt64, rows: Int)
     private var lastMetrics: [String: Double] = [:]
     private var lastVersion: UInt64 = 0
+    /// `learner.step` when the weights were last published (or adopted, or resumed): a checkpoint
+    /// saved at that step holds exactly version `lastVersion`.
+    private var publishedStep: Int
+    private var skippedPublishes = 0
     private var stepTimes: [Date] = []
     private var statusCache: OnlineStatus
     private var checkpointStep: Int
 
     /// Optimizer steps taken since the last checkpoint (or the start).
     public var stepsSinceCheckpoint: Int { learner.step - checkpointStep }
+    /// Called on the learner thread after every checkpoint saved and every pruning (the server
+    /// refreshes its disk-usage figures).
+    public var didChangeCheckpoints: (@Sendable () -> Void)?
 
     /// - Parameters:
+    ///   - checkpointRoot: the folder of checkpoints (`DATA/checkpoints`); saves create
+    ///     `checkpointRoot/NAME` and the `latest` pointer there.
     ///   - start: the log position already trained into `learner`'s weights (from a checkpoint).
+    ///   - startVersion: the version the engine serves `learner`'s weights as.
     ///   - publish: hands weights to the engine and returns the version they got; called on the
     ///     learner thread.
     public init(learner: Learner, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
@@ -101,6 +117,7 @@ public final class OnlineLearner: @unchecked Sendable {
         skipRows = start.rows  // of the first record after `start.sequence`, already trained on
         lastVersion = startVersion
         checkpointStep = learner.step
+        publishedStep = learner.step
         statusCache = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: start.sequence,
                                    consumedRows: start.rows, pendingRows: 0, metrics: [:], lastPublishedVersion: startVersion,
                                    stepsPerMinute: 0)
@@ -133,20 +150,43 @@ public final class OnlineLearner: @unchecked Sendable {
         lock.lock(); commands.append(body); lock.unlock()
     }
 
-    /// Saves a checkpoint now (between steps) into `directory` (replacing it), records it in
-    /// `checkpointRoot/latest` — what a restart resumes from — and returns its path and position.
+    /// Saves a checkpoint now (between steps) as `checkpointRoot/name` (replacing a checkpoint of
+    /// that name), records it in `checkpointRoot/latest` — what a restart resumes from — prunes the
+    /// automatic checkpoints beyond `keepCheckpoints`, and returns its path and position. `name` is
+    /// one path component the caller has checked (the server's `DataDirectory.checkpointDirectory`).
+    /// The version recorded is `lastVersion` when the weights are exactly the ones published as it,
+    /// else 0 (trained further since, with `publishEvery` > 1).
+    /// - Throws: `CheckpointError` — `.nonFinite` (weights with NaN/Inf), `.insufficientSpace`
+    ///   (less free space than the checkpoint needs), `.notACheckpoint` (`name` is taken by something
+    ///   else) — with nothing written; or what writing throws.
     /// Thread: the learner's (use `enqueue`).
-    public func saveCheckpoint(directory: String) throws -> (path: String, step: Int, sequence: UInt64, version: UInt64) {
+    public func saveCheckpoint(name: String) throws -> (path: String, step: Int, sequence: UInt64, version: UInt64) {
+        precondition(!name.isEmpty && !name.contains("/") && name != "." && name != "..", "checkpoint name \(name) is not one path component")
+        let directory = checkpointRoot + "/" + name
+        if let bad = learner.policy.weights.firstNonFinite() { throw CheckpointError.nonFinite(bad) }
+        try Checkpoint.checkSpace(for: learner, extras: extras, root: checkpointRoot,
+                                  previous: Self.latestName(root: checkpointRoot).map { checkpointRoot + "/" + $0 })
+        let version = learner.step == publishedStep ? lastVersion : 0
         let state = TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,
                                  walSequence: consumed.sequence, walRows: consumed.rows, options: learner.options,
                                  schedule: learner.schedule, referenceKind: learner.reference.kind,
                                  referenceGeneration: learner.reference.generation, baseModel: baseModel,
-                                 referenceModel: nil, policyVersion: lastVersion, lastMetrics: lastMetrics)
+                                 referenceModel: nil, policyVersion: version, lastMetrics: lastMetrics)
         try Checkpoint.save(learner, state: state, to: directory, extras: extras)
         checkpointStep = learner.step
-        let name = directory.hasPrefix(checkpointRoot + "/") ? String(directory.dropFirst(checkpointRoot.count + 1)) : directory
         try writeDurably(path: checkpointRoot + "/latest", data: Data((name + "\n").utf8))
-        return (directory, learner.step, consumed.sequence, lastVersion)
+        for (n, bytes) in Checkpoint.prune(in: checkpointRoot, keep: options.keepCheckpoints, protecting: name) {
+            FileHandle.standardError.write(Data("learner: removed checkpoint \(n) (\(byteText(bytes))), beyond --keep-checkpoints \(options.keepCheckpoints)\n".utf8))
+        }
+        didChangeCheckpoints?()
+        return (directory, learner.step, consumed.sequence, version)
+    }
+
+    /// The checkpoint name `root/latest` holds, if any.
+    public static func latestName(root: String) -> String? {
+        guard let d = FileManager.default.contents(atPath: root + "/latest"),
+              let s = String(data: d, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines), !s.isEmpty else { return nil }
+        return s
     }
 
     /// Continues from `weights`, already published by the server as `version` (RefreshWeights).
@@ -154,6 +194,7 @@ public final class OnlineLearner: @unchecked Sendable {
     public func adopt(weights: ParameterSet, version: UInt64) {
         learner.policy.weights.data.update(from: weights.data, count: weights.count)
         lastVersion = version
+        publishedStep = learner.step
         refreshStatus()
     }
 
@@ -216,10 +257,20 @@ public final class OnlineLearner: @unchecked Sendable {
         stepTimes.append(Date())
         if stepTimes.count > 20 { stepTimes.removeFirst() }
         if options.publishEvery > 0 && learner.step % options.publishEvery == 0 {
-            lastVersion = publish(learner.policy.weights.copy(), report.metrics, learner.step)
+            if let bad = learner.policy.weights.firstNonFinite() {
+                // Never hand the engine weights that would serve NaN: skip, say so, count it.
+                skippedPublishes += 1
+                FileHandle.standardError.write(Data("learner: step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)\n".utf8))
+            } else {
+                let v = publish(learner.policy.weights.copy(), report.metrics, learner.step)
+                if v > 0 { lastVersion = v; publishedStep = learner.step }
+            }
         }
         if options.checkpointEvery > 0 && learner.step % options.checkpointEvery == 0 {
-            _ = try saveCheckpoint(directory: checkpointRoot + "/step-\(learner.step)")
+            // A periodic save that cannot be written (no space, bad weights) is skipped, not fatal.
+            do { _ = try saveCheckpoint(name: Checkpoint.automaticName(step: learner.step)) } catch {
+                FileHandle.standardError.write(Data("learner: checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)\n".utf8))
+            }
         }
     }
 
@@ -228,7 +279,7 @@ public final class OnlineLearner: @unchecked Sendable {
             ? Double(stepTimes.count - 1) / stepTimes.last!.timeIntervalSince(stepTimes.first!) * 60 : 0
         let s = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: consumed.sequence,
                              consumedRows: consumed.rows, pendingRows: pending.count, metrics: lastMetrics,
-                             lastPublishedVersion: lastVersion, stepsPerMinute: spm)
+                             lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes)
         lock.lock(); statusCache = s; lock.unlock()
     }
 }

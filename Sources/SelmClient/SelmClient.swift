@@ -167,8 +167,9 @@ public final class SelmClient: @unchecked Sendable {
         return r.version
     }
 
-    /// Writes a checkpoint of the learner's state (`name` relative to the data directory, "" =
-    /// automatic); returns once it is on disk.
+    /// Writes a checkpoint of the learner's state as `checkpoints/NAME` in the server's data
+    /// directory (`name`: A-Z a-z 0-9 . _ -; "" = automatic `step-N`); returns once it is on disk.
+    /// The reply's `path` is what `refreshWeights(checkpoint:)` takes.
     public func saveCheckpoint(name: String = "") throws(SelmClientError) -> SaveCheckpointReply {
         guard case .saveCheckpointReply(let r) = try call(.saveCheckpoint(SaveCheckpoint(name: name)),
                                                           expect: "save_checkpoint_reply") else { fatalError() }

@@ -3962,7 +3962,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__learner_metrics_entry__
   (ProtobufCMessageInit) selm__v1__status_reply__learner_metrics_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[13] =
+static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[16] =
 {
   {
     "policy_version",
@@ -4120,9 +4120,48 @@ static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "data_dir_bytes",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, data_dir_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "disk_free_bytes",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, disk_free_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checkpoints",
+    18,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, checkpoints),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
+  15,   /* field[15] = checkpoints */
   12,   /* field[12] = connections */
+  13,   /* field[13] = data_dir_bytes */
+  14,   /* field[14] = disk_free_bytes */
   9,   /* field[9] = generated_tokens_per_second */
   8,   /* field[8] = kv_blocks_total */
   7,   /* field[7] = kv_blocks_used */
@@ -4141,7 +4180,7 @@ static const ProtobufCIntRange selm__v1__status_reply__number_ranges[3 + 1] =
   { 1, 0 },
   { 5, 3 },
   { 8, 5 },
-  { 0, 13 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
 {
@@ -4151,7 +4190,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
   "Selm__V1__StatusReply",
   "selm.v1",
   sizeof(Selm__V1__StatusReply),
-  13,
+  16,
   selm__v1__status_reply__field_descriptors,
   selm__v1__status_reply__field_indices_by_name,
   3,  selm__v1__status_reply__number_ranges,

@@ -5,21 +5,22 @@ import Wire
 
 /// The server's `GenerationBackend` over the generation engine: native jobs in, wire messages out.
 ///
-/// It numbers weight versions (each publication gets the next number, strictly increasing, as the
-/// engine requires) and maps the engine's request ids to the server's job ids. Thread-safe: the
-/// loop thread submits, cancels and drains; the learner thread and the loop publish; a lock guards
-/// the maps and the version counter (never held across an engine step: the engine's calls return
-/// at once).
+/// It numbers weight versions through the data directory's `VersionLedger` (each publication gets
+/// the next number, strictly increasing, as the engine requires, recorded on disk before the engine
+/// sees it) and maps the engine's request ids to the server's job ids. Thread-safe: the loop thread
+/// submits, cancels and drains; the learner thread and pool threads publish. One lock guards the
+/// maps (never held across an engine step or a disk write); another serializes publications.
 final class EngineBackend: GenerationBackend, @unchecked Sendable {
     let engine: Engine
     private let lock = NSLock()
     private var jobOfRequest: [RequestID: UInt64] = [:]
     private var requestOfJob: [UInt64: RequestID] = [:]
-    private var nextVersion: UInt64
+    private let versions: VersionLedger
+    private let publishLock = NSLock()
 
-    init(engine: Engine) {
+    init(engine: Engine, versions: VersionLedger) {
         self.engine = engine
-        nextVersion = engine.currentVersion + 1
+        self.versions = versions
     }
 
     var currentVersion: UInt64 { engine.currentVersion }
@@ -123,17 +124,16 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
                              liveVersions: s.liveVersions.count)
     }
 
-    func publish(_ weights: ParameterSet) -> UInt64 {
-        lock.lock(); defer { lock.unlock() }
-        let version = max(nextVersion, engine.currentVersion + 1)
+    func publish(_ weights: ParameterSet) throws(ServerError) -> UInt64 {
+        publishLock.lock(); defer { publishLock.unlock() }
+        let version = try versions.issue(after: engine.currentVersion)
         do {
             try engine.publish(weights: weights, version: version)
         } catch {
             // Only a caller bug gets here (weights of another shape are refused before).
             serverLog("publish of version \(version) refused by the engine: \(error)")
-            return engine.currentVersion
+            throw .refused(code: .internal, field: "", reason: "the engine refused version \(version): \(error)")
         }
-        nextVersion = version + 1
         return version
     }
 

@@ -74,8 +74,9 @@ protocol GenerationBackend: AnyObject, Sendable {
     func drainEvents() -> [BackendEvent]
     /// A snapshot for Status and metrics.
     func status() -> BackendStatus
-    /// Publishes `weights` as the next version and returns it (takes effect between two steps).
-    func publish(_ weights: ParameterSet) -> UInt64
+    /// Publishes `weights` as the next version and returns it (takes effect between two steps);
+    /// the number is recorded on disk first. Not on the loop thread (fsync).
+    func publish(_ weights: ParameterSet) throws(ServerError) -> UInt64
     /// Stops the engine thread (in-flight jobs are abandoned); returns once it stopped.
     func stop()
 }

@@ -27,7 +27,7 @@ public struct SavedCheckpoint: Sendable, Equatable {
     public var learnerStep: UInt64
     /// The last preference-log sequence its state consumed (a restart replays the records after it).
     public var walSequence: UInt64
-    /// The weight version it holds.
+    /// The weight version it holds (0: weights trained past the last published version).
     public var version: UInt64
 
     public init(path: String, learnerStep: UInt64, walSequence: UInt64, version: UInt64) {
@@ -41,7 +41,8 @@ public struct SavedCheckpoint: Sendable, Equatable {
 /// How a learner hands new weights to the generation engine: the server implements it (it numbers
 /// versions, publishes to the engine and pushes a `VersionEvent` to every subscriber).
 public protocol WeightPublisher: Sendable {
-    /// Publishes `weights` as the next version and returns its number. They must be a finished
+    /// Publishes `weights` as the next version and returns its number, or 0 when it could not be
+    /// published (the version could not be recorded; logged). They must be a finished
     /// snapshot the caller never mutates again (the engine reads them until their last sequence
     /// ends; `OnlineLearner` hands over `weights.copy()`). `learnerStep` and `metrics` go into the
     /// `VersionEvent`. Any thread; returns at once (the swap happens between two engine steps).
@@ -57,11 +58,14 @@ public struct LearnerContext: Sendable {
     public let dataDirectory: DataDirectory
     /// Publishes new weights as versions.
     public let publisher: any WeightPublisher
+    /// The version the engine serves at start (the learner's starting weights; 0 without an engine).
+    public let servedVersion: UInt64
 
-    public init(log: PreferenceLog, dataDirectory: DataDirectory, publisher: any WeightPublisher) {
+    public init(log: PreferenceLog, dataDirectory: DataDirectory, publisher: any WeightPublisher, servedVersion: UInt64 = 0) {
         self.log = log
         self.dataDirectory = dataDirectory
         self.publisher = publisher
+        self.servedVersion = servedVersion
     }
 }
 
@@ -89,8 +93,9 @@ public protocol LearnerControl: AnyObject, Sendable {
     /// and metrics scrape); must not block on a training step.
     func status() -> LearnerStatus
 
-    /// Writes a checkpoint to `directory` (absolute, confined to the data directory by the server;
-    /// replace what is there) and calls `completion` on any thread once it is on disk, or with
+    /// Writes a checkpoint to `directory` — `DATA/checkpoints/NAME`, checked by the server
+    /// (`DataDirectory.checkpointDirectory`: a fresh name or an existing checkpoint to replace) —
+    /// and calls `completion` on any thread once it is on disk, or with
     /// `ServerError.refused(code: .unavailable, …)` when there is nothing to save. Called on the
     /// loop thread; must return at once (save on the learner thread, between steps).
     func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void)

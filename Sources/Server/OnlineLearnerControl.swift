@@ -7,18 +7,24 @@ import Model
 ///
 /// On creation it resumes from `DATA/checkpoints/latest` when there is one: the policy's weights,
 /// AdamW moments, step counters, reference policy and the log position the checkpoint consumed —
-/// so the engine must be created after this object, from `initialVersion` and the (possibly
-/// restored) weights of `policy`. Records after that position are replayed, each row once.
+/// so the engine must be created after this object, from the (possibly restored) weights of
+/// `policy`, numbered by `DataDirectory.versions.begin(resumedVersion:)`. Records after that
+/// position are replayed, each row once.
+///
+/// Checkpoints live in `DATA/checkpoints/NAME`; the server checks client names
+/// (`DataDirectory.checkpointDirectory`) before `saveCheckpoint(to:)`.
 ///
 /// Thread-safe: the seam's methods return at once; the work runs on the learner thread.
 public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
     public let learner: Learner
     public let options: OnlineOptions
-    /// The version the engine should start with (the checkpoint's, or 1).
-    public let initialVersion: UInt64
+    /// The version the resumed checkpoint's weights were published as (nil: a fresh start, or
+    /// weights never published).
+    public let resumedVersion: UInt64?
     /// Where the run resumed from (nil: a fresh start).
     public let resumedFrom: String?
     private let checkpointRoot: String
+    private let dataDirectory: DataDirectory
     private let extras: Checkpoint.Extras
     private let baseModel: String
     private let start: (sequence: UInt64, rows: Int)
@@ -29,12 +35,15 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
     ///   - policy: the model the server loaded; trained in place (its weights are the learner's own
     ///     copy: the engine receives copies).
     ///   - reference: a separate reference model, or nil for a frozen copy of the starting weights.
+    /// - Throws: `ServerError.io` for a checkpoint that cannot be resumed (another shape, unreadable,
+    ///   weights with NaN/Inf), or what loading throws.
     public init(policy: LlamaModel, reference: LlamaModel?, options: OnlineOptions, dataDirectory: DataDirectory,
                 extras: Checkpoint.Extras, baseModel: String) throws {
         self.options = options
         self.extras = extras
         self.baseModel = baseModel
-        checkpointRoot = dataDirectory.realPath + "/checkpoints"
+        self.dataDirectory = dataDirectory
+        checkpointRoot = dataDirectory.checkpointsPath
         try FileManager.default.createDirectory(atPath: checkpointRoot, withIntermediateDirectories: true)
         var resumed: String? = nil
         var state: TrainerState? = nil
@@ -42,6 +51,9 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
             let ck = try LlamaModel.load(huggingFaceDirectory: dir)
             guard ck.config == policy.config else {
                 throw ServerError.io(path: dir, reason: "the checkpoint holds a model of another shape than --model")
+            }
+            if let bad = ck.weights.firstNonFinite() {
+                throw ServerError.io(path: dir, reason: "cannot resume: the weights hold \(bad); point \(checkpointRoot)/latest at another checkpoint")
             }
             state = try Checkpoint.loadState(from: dir)
             policy.weights.data.update(from: ck.weights.data, count: ck.weights.count)
@@ -59,13 +71,12 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         }
         self.learner = learner
         resumedFrom = resumed
-        initialVersion = max(1, state?.policyVersion ?? 1)
+        resumedVersion = state.map(\.policyVersion).flatMap { $0 > 0 ? $0 : nil }
         start = (state?.walSequence ?? 0, state?.walRows ?? 0)
     }
 
     static func latestDirectory(root: String) -> String? {
-        guard let d = FileManager.default.contents(atPath: root + "/latest"),
-              let s = String(data: d, encoding: .utf8)?.trimmingCharacters(in: .whitespacesAndNewlines), !s.isEmpty else { return nil }
+        guard let s = OnlineLearner.latestName(root: root) else { return nil }
         let dir = s.hasPrefix("/") ? s : root + "/" + s
         return FileManager.default.fileExists(atPath: dir + "/" + Checkpoint.stateFile) ? dir : nil
     }
@@ -74,8 +85,10 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         let publisher = context.publisher
         let online = OnlineLearner(
             learner: learner, options: options, source: context.log, checkpointRoot: checkpointRoot, extras: extras,
-            baseModel: baseModel, start: start, startVersion: initialVersion,
+            baseModel: baseModel, start: start, startVersion: context.servedVersion,
             publish: { weights, metrics, step in publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics) })
+        let usage = dataDirectory.usage
+        online.didChangeCheckpoints = { usage.refreshInBackground() }
         lock.lock(); self.online = online; lock.unlock()
         online.start()
     }
@@ -92,22 +105,46 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         var m = s.metrics
         m["pending_rows"] = Double(s.pendingRows)
         m["steps_per_minute"] = s.stepsPerMinute
+        m["skipped_publishes"] = Double(s.skippedPublishes)
         return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence)
     }
 
+    /// `directory` is `DATA/checkpoints/NAME` as `DataDirectory.checkpointDirectory` returned it.
     public func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void) {
         lock.lock(); let o = online; lock.unlock()
         guard let o else {
             completion(.failure(.refused(code: .unavailable, field: "", reason: "the learner has not started")))
             return
         }
+        let name = (directory as NSString).lastPathComponent
+        guard directory == checkpointRoot + "/" + name else {
+            completion(.failure(.refused(code: .internal, field: "name", reason: "\(directory) is not in \(checkpointRoot)")))
+            return
+        }
+        let dataDirectory = self.dataDirectory
         o.enqueue { o in
             do {
-                let r = try o.saveCheckpoint(directory: directory)
+                let r = try o.saveCheckpoint(name: name)
                 completion(.success(SavedCheckpoint(path: r.path, learnerStep: UInt64(r.step), walSequence: r.sequence, version: r.version)))
+            } catch let e as CheckpointError {
+                completion(.failure(Self.refusal(e, dataDirectory: dataDirectory)))
             } catch {
-                completion(.failure(.io(path: directory, reason: "\(error)")))
+                completion(.failure(.io(path: dataDirectory.relative(directory), reason: "\(error)")))
             }
+        }
+    }
+
+    /// The client-facing refusal for a checkpoint the learner would not write (paths relative to
+    /// the data directory).
+    static func refusal(_ e: CheckpointError, dataDirectory: DataDirectory) -> ServerError {
+        switch e {
+        case .notACheckpoint(let path):
+            return .invalid("name", "\(dataDirectory.relative(path)) exists and is not a checkpoint; choose another name")
+        case let .insufficientSpace(directory, needed, available):
+            return .refused(code: .resourceExhausted, field: "",
+                            reason: "the checkpoint needs ~\(byteText(needed)), \(byteText(available)) free in \(dataDirectory.relative(directory))")
+        case .nonFinite:
+            return .refused(code: .internal, field: "", reason: "not saved: \(e)")
         }
     }
 
@@ -118,13 +155,18 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         o?.enqueue { o in
             do {
                 let weights = try LlamaModel.load(path: path)
-                o.adopt(weights: weights.weights, version: version)
+                if let bad = weights.weights.firstNonFinite() {
+                    // The server checked them before publishing; the file changed since.
+                    FileHandle.standardError.write("learner: not adopting \(path): the weights hold \(bad)\n".data(using: .utf8)!)
+                    return
+                }
                 var isDir: ObjCBool = false
                 if FileManager.default.fileExists(atPath: path + "/optimizer.safetensors", isDirectory: &isDir),
                    let state = try? Checkpoint.loadState(from: path) {
                     try Checkpoint.restore(o.learner, from: path, state: state)
                     o.learner.schedule = o.options.schedule
                 }
+                o.adopt(weights: weights.weights, version: version)
             } catch {
                 FileHandle.standardError.write("learner: cannot adopt refreshed weights from \(path): \(error)\n".data(using: .utf8)!)
             }
@@ -139,7 +181,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         o.stop()
         if o.stepsSinceCheckpoint > 0 {
             do {
-                let r = try o.saveCheckpoint(directory: checkpointRoot + "/step-\(o.learner.step)")
+                let r = try o.saveCheckpoint(name: Checkpoint.automaticName(step: o.learner.step))
                 FileHandle.standardError.write("selm serve: learner checkpoint \(r.path) (step \(r.step), log sequence \(r.sequence))\n".data(using: .utf8)!)
             } catch {
                 FileHandle.standardError.write("selm serve: could not save the learner's final checkpoint: \(error)\n".data(using: .utf8)!)

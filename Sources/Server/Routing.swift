@@ -151,12 +151,14 @@ extension SelmServer {
 
     func statusReply() -> StatusReply {
         let f = liveFigures()
+        let disk = dataDirectory.usage.figures  // cached: measured off the loop
         return StatusReply(policyVersion: f.policyVersion, learnerStep: f.learnerStep, learnerMetrics: f.learnerMetrics,
                            walLastSequence: f.walLastSequence, walConsumedSequence: f.walConsumedSequence,
                            waitingRequests: UInt32(clamping: f.waitingRequests), runningSequences: UInt32(clamping: f.runningSequences),
                            kvBlocksUsed: UInt32(clamping: f.kvBlocksUsed), kvBlocksTotal: UInt32(clamping: f.kvBlocksTotal),
                            generatedTokensPerSecond: f.tokensPerSecond, uptimeSeconds: f.uptime,
-                           liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections))
+                           liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections),
+                           dataDirBytes: disk.dataDirBytes, diskFreeBytes: disk.freeBytes, checkpoints: UInt32(clamping: disk.checkpoints))
     }
 
     private func cancel(_ conn: Connection, id: UInt64, target: UInt64) {
@@ -374,6 +376,8 @@ extension SelmServer {
 
     // MARK: Weights and checkpoints
 
+    /// Loads and checks the checkpoint on the thread pool (shape, every weight finite), then
+    /// publishes it there too (recording the version fsyncs), and answers on the loop.
     private func refreshWeights(_ conn: Connection, id: UInt64, _ rw: RefreshWeights) {
         guard let r = begin(conn, id: id, type: "refresh_weights") else { return }
         let dir = dataDirectory
@@ -381,7 +385,7 @@ extension SelmServer {
         offload(conn, { () -> Result<(LlamaModel, String), ServerError> in
             Result { () throws(ServerError) in
                 let path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint")
-                return (try loadCheckpointWeights(path, expected: expected), path)
+                return (try loadCheckpointWeights(path, expected: expected, shownAs: rw.checkpoint), path)
             }
         }) { [self] result in
             guard alive(conn, r) else { return }
@@ -392,24 +396,39 @@ extension SelmServer {
                 guard state == .running else {
                     return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
                 }
-                let version = publishVersion(model.weights, learnerStep: 0, metrics: [:])
-                learner.weightsRefreshed(version: version, from: path)
-                serverLog("published \(dataDirectory.relative(path)) as version \(version)")
-                send(conn, Envelope(id: r.id, body: .refreshWeightsReply(RefreshWeightsReply(version: version))))
-                end(conn, r, outcome: "ok")
+                let weights = UncheckedWeights(model.weights)
+                offload(conn, { [self] in
+                    Result { () throws(ServerError) in try publishVersion(weights.value, learnerStep: 0, metrics: [:]) }
+                }) { [self] published in
+                    switch published {
+                    case .failure(let e):
+                        serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)")
+                        if alive(conn, r) { end(conn, r, error: e) }
+                    case .success(let version):
+                        learner.weightsRefreshed(version: version, from: path)
+                        serverLog("published \(dataDirectory.relative(path)) as version \(version)")
+                        guard alive(conn, r) else { return }
+                        send(conn, Envelope(id: r.id, body: .refreshWeightsReply(RefreshWeightsReply(version: version))))
+                        end(conn, r, outcome: "ok")
+                    }
+                }
             }
         }
     }
 
+    /// `name` → `DATA/checkpoints/NAME` (empty: `step-<learner step>`), checked here once
+    /// (`DataDirectory.checkpointDirectory`); the learner writes it between two steps.
     private func saveCheckpoint(_ conn: Connection, id: UInt64, _ sc: SaveCheckpoint) {
         guard let r = begin(conn, id: id, type: "save_checkpoint") else { return }
-        let name = sc.name.isEmpty ? "checkpoints/step-\(learner.status().step)" : sc.name
+        let name = sc.name.isEmpty ? Checkpoint.automaticName(step: Int(learner.status().step)) : sc.name
         let dir: String
-        do throws(ServerError) { dir = try dataDirectory.resolveNew(name, field: "name") } catch {
+        do throws(ServerError) { dir = try dataDirectory.checkpointDirectory(named: name, field: "name") } catch {
             return end(conn, r, error: error)
         }
         let mailbox = self.mailbox!
+        let usage = dataDirectory.usage
         learner.saveCheckpoint(to: dir) { [self] result in
+            if case .success = result { usage.refreshInBackground() }
             mailbox.post { [self] in
                 guard alive(conn, r) else { return }
                 switch result {
@@ -420,27 +439,30 @@ extension SelmServer {
                         version: saved.version))))
                     end(conn, r, outcome: "ok")
                 case .failure(let e):
+                    serverLog("checkpoint \(dataDirectory.relative(dir)) not saved: \(e)")
                     end(conn, r, error: e)
                 }
             }
         }
     }
 
-    /// Any thread: publishes `weights` as the next version and tells the subscribers (on the loop).
-    func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
-        let version = backend?.publish(weights) ?? versionCounter.next()
+    /// Any thread but the loop's (recording a version fsyncs): publishes `weights` as the next
+    /// version — its number on disk (`VersionLedger`) before the engine or anyone sees it — and
+    /// tells the subscribers (on the loop).
+    /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
+    func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
+        let version: UInt64
+        if let backend { version = try backend.publish(weights) } else { version = try dataDirectory.versions.issue() }
         let event = VersionEvent(version: version, learnerStep: learnerStep, metrics: metrics, unixTime: Date().timeIntervalSince1970)
         mailbox.post { [self] in versionPublished(event) }
         return version
     }
 }
 
-/// Version numbers when no engine runs (weights are then published nowhere). Thread-safe.
-final class VersionCounter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: UInt64
-    init(start: UInt64) { value = start }
-    func next() -> UInt64 { lock.lock(); defer { lock.unlock() }; value += 1; return value }
+/// A parameter set handed from the loop to a pool thread for publishing (never mutated after load).
+struct UncheckedWeights: @unchecked Sendable {
+    let value: ParameterSet
+    init(_ value: ParameterSet) { self.value = value }
 }
 
 /// The `WeightPublisher` handed to the learner: publishes through the server. Thread-safe.
@@ -448,14 +470,21 @@ final class ServerPublisher: WeightPublisher, @unchecked Sendable {
     weak var server: SelmServer?
     init(server: SelmServer) { self.server = server }
     func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
-        server?.publishVersion(weights, learnerStep: learnerStep, metrics: metrics) ?? 0
+        do throws(ServerError) {
+            return try server?.publishVersion(weights, learnerStep: learnerStep, metrics: metrics) ?? 0
+        } catch {
+            serverLog("learner step \(learnerStep): weights not published: \(error)")
+            return 0
+        }
     }
 }
 
 /// Loads the weights of a checkpoint for RefreshWeights: a Hugging Face directory (config.json +
 /// safetensors, as `Checkpoint.save` writes) or a `.gguf` file (a directory holding only
-/// `model.gguf` works too). They must have the served model's shape. Thread-pool thread.
-func loadCheckpointWeights(_ path: String, expected: LlamaConfig) throws(ServerError) -> LlamaModel {
+/// `model.gguf` works too). They must have the served model's shape and be finite (a NaN or Inf is
+/// refused naming the tensor: served, it would turn every output to garbage). `shownAs` names the
+/// checkpoint in errors. Thread-pool thread.
+func loadCheckpointWeights(_ path: String, expected: LlamaConfig, shownAs: String) throws(ServerError) -> LlamaModel {
     var isDir: ObjCBool = false
     _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
     let model: LlamaModel
@@ -480,6 +509,9 @@ func loadCheckpointWeights(_ path: String, expected: LlamaConfig) throws(ServerE
     }
     guard model.config == expected else {
         throw .invalid("checkpoint", "holds a model of another shape than the one served")
+    }
+    if let bad = model.weights.firstNonFinite() {
+        throw .invalid("checkpoint", "\(shownAs) holds a non-finite weight: \(bad); not published")
     }
     return model
 }

@@ -102,7 +102,6 @@ public final class SelmServer: @unchecked Sendable {
     let readBuffer: UnsafeMutableRawPointer
     static let readBufferSize = 64 << 10
     var shutdownSignal: LoopSignal!
-    let versionCounter: VersionCounter
 
     enum State { case created, running, draining, closing, stopped }
 
@@ -119,7 +118,7 @@ public final class SelmServer: @unchecked Sendable {
         self.log = log
         self.dataDirectory = dataDirectory
         lastVersionEvent = VersionEvent(version: backend?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
-        versionCounter = VersionCounter(start: lastVersionEvent.version)
+        try dataDirectory.versions.record(lastVersionEvent.version)  // numbers after it never repeat it
         readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
         loop = uvAllocate(uv_loop_t.self)
         uv_loop_init(loop)
@@ -141,14 +140,16 @@ public final class SelmServer: @unchecked Sendable {
     /// - Parameters:
     ///   - engine: the generation engine (not started; the server starts and stops it), or nil for a
     ///     server without generation (Generate and Score answer UNAVAILABLE; a model without a
-    ///     tokenizer has no engine). Its current version is the first policy version; later ones
-    ///     are numbered by the server, one up per publication (RefreshWeights or the learner).
+    ///     tokenizer has no engine). Its current version is the first policy version (number it with
+    ///     `dataDirectory.versions.begin(resumedVersion:)`); later ones are numbered by the server
+    ///     through the same ledger, one up per publication (RefreshWeights or the learner).
     ///   - learner: the online learner (`NoLearner()` for none); started by `run()`.
     ///   - log: the open preference log (its torn tail already truncated); started by `run()`.
     /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
     public convenience init(configuration: ServerConfiguration, bundle: ModelBundle, engine: Engine?, learner: LearnerControl,
                             log: PreferenceLog, dataDirectory: DataDirectory) throws {
-        try self.init(configuration: configuration, bundle: bundle, backend: engine.map { EngineBackend(engine: $0) },
+        try self.init(configuration: configuration, bundle: bundle,
+                      backend: engine.map { EngineBackend(engine: $0, versions: dataDirectory.versions) },
                       learner: learner, log: log, dataDirectory: dataDirectory)
     }
 
@@ -290,7 +291,8 @@ public final class SelmServer: @unchecked Sendable {
                   + (r.truncatedBytes > 0 ? ", torn tail of \(r.truncatedBytes) bytes truncated (\(r.truncationReason ?? ""))" : "")
                   + "; learner consumed \(consumed), \(last > consumed ? last - consumed : 0) to replay")
         do {
-            try learner.start(LearnerContext(log: log, dataDirectory: dataDirectory, publisher: ServerPublisher(server: self)))
+            try learner.start(LearnerContext(log: log, dataDirectory: dataDirectory, publisher: ServerPublisher(server: self),
+                                             servedVersion: currentPolicyVersion))
         } catch {
             closeAllHandles()
             while uv_run(loop, UV_RUN_NOWAIT) != 0 {}

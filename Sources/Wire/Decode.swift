@@ -378,7 +378,8 @@ enum Unpacked {
                 waitingRequests: m.waiting_requests, runningSequences: m.running_sequences,
                 kvBlocksUsed: m.kv_blocks_used, kvBlocksTotal: m.kv_blocks_total,
                 generatedTokensPerSecond: m.generated_tokens_per_second, uptimeSeconds: m.uptime_seconds,
-                liveVersions: m.live_versions, connections: m.connections))
+                liveVersions: m.live_versions, connections: m.connections,
+                dataDirBytes: m.data_dir_bytes, diskFreeBytes: m.disk_free_bytes, checkpoints: m.checkpoints))
         case SELM__V1__ENVELOPE__BODY_REFRESH_WEIGHTS_REPLY:
             return .refreshWeightsReply(RefreshWeightsReply(version: e.refresh_weights_reply!.pointee.version))
         case SELM__V1__ENVELOPE__BODY_SAVE_CHECKPOINT_REPLY:

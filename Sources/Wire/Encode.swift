@@ -528,6 +528,9 @@ final class Arena {
         p.pointee.uptime_seconds = m.uptimeSeconds
         p.pointee.live_versions = m.liveVersions
         p.pointee.connections = m.connections
+        p.pointee.data_dir_bytes = m.dataDirBytes
+        p.pointee.disk_free_bytes = m.diskFreeBytes
+        p.pointee.checkpoints = m.checkpoints
         return p
     }
 

@@ -572,13 +572,19 @@ public struct StatusReply: Sendable, Equatable {
     public var liveVersions: UInt32
     /// Open client connections.
     public var connections: UInt32
+    /// Bytes allocated under the data directory (measured off the loop, at most seconds old).
+    public var dataDirBytes: UInt64
+    /// Bytes free to the server on the data directory's filesystem.
+    public var diskFreeBytes: UInt64
+    /// Checkpoint directories in `DATA/checkpoints`.
+    public var checkpoints: UInt32
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(policyVersion: UInt64 = 0, learnerStep: UInt64 = 0, learnerMetrics: [String: Double] = [:],
                 walLastSequence: UInt64 = 0, walConsumedSequence: UInt64 = 0, waitingRequests: UInt32 = 0,
                 runningSequences: UInt32 = 0, kvBlocksUsed: UInt32 = 0, kvBlocksTotal: UInt32 = 0,
                 generatedTokensPerSecond: Double = 0, uptimeSeconds: Double = 0, liveVersions: UInt32 = 0,
-                connections: UInt32 = 0) {
+                connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0) {
         self.policyVersion = policyVersion
         self.learnerStep = learnerStep
         self.learnerMetrics = learnerMetrics
@@ -592,6 +598,9 @@ public struct StatusReply: Sendable, Equatable {
         self.uptimeSeconds = uptimeSeconds
         self.liveVersions = liveVersions
         self.connections = connections
+        self.dataDirBytes = dataDirBytes
+        self.diskFreeBytes = diskFreeBytes
+        self.checkpoints = checkpoints
     }
 }
 
@@ -615,7 +624,8 @@ public struct RefreshWeightsReply: Sendable, Equatable {
 
 /// Write a checkpoint (`selm.v1.SaveCheckpoint`).
 public struct SaveCheckpoint: Sendable, Equatable {
-    /// Relative to the data directory, empty = automatic; decoding rejects absolute and ".." paths.
+    /// The checkpoint's name: saved as `DATA/checkpoints/NAME` (one name of A-Z a-z 0-9 . _ -; the
+    /// server checks it); empty = automatic (`step-N`). Decoding rejects absolute and ".." paths.
     public var name: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
@@ -630,7 +640,7 @@ public struct SaveCheckpointReply: Sendable, Equatable {
     public var learnerStep: UInt64
     /// Last WAL sequence consumed by the state it holds.
     public var walSequence: UInt64
-    /// The weight version it holds.
+    /// The weight version it holds (0: weights trained past the last published version).
     public var version: UInt64
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.

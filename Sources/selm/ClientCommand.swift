@@ -343,6 +343,7 @@ extension Client {
                     "kv_blocks_used": Int(s.kvBlocksUsed), "kv_blocks_total": Int(s.kvBlocksTotal),
                     "generated_tokens_per_second": s.generatedTokensPerSecond, "uptime_seconds": s.uptimeSeconds,
                     "live_versions": Int(s.liveVersions), "connections": Int(s.connections),
+                    "data_dir_bytes": s.dataDirBytes, "disk_free_bytes": s.diskFreeBytes, "checkpoints": Int(s.checkpoints),
                 ] as [String: Any], pretty: true))
                 return
             }
@@ -354,6 +355,7 @@ extension Client {
             KV cache         \(s.kvBlocksUsed) / \(s.kvBlocksTotal) blocks
             throughput       \(String(format: "%.1f", s.generatedTokensPerSecond)) tokens/s
             connections      \(s.connections)
+            data directory   \(String(format: "%.2f", Double(s.dataDirBytes) / 1e9)) GB used, \(String(format: "%.2f", Double(s.diskFreeBytes) / 1e9)) GB free, \(s.checkpoints) checkpoints
             uptime           \(String(format: "%.1f", s.uptimeSeconds)) s
             """)
         }
@@ -364,7 +366,7 @@ extension Client {
             abstract: "Load a checkpoint from the server's data directory and publish it as a new version.")
         @OptionGroup var connection: ClientConnectionOptions
         @Option(name: [.customLong("checkpoint"), .customLong("name")],
-                help: "Checkpoint path relative to the server's data directory (the --name given to `selm client save`).")
+                help: "Checkpoint path relative to the server's data directory (the path `selm client save` printed, checkpoints/NAME).")
         var checkpoint: String
 
         func run() throws {
@@ -378,7 +380,7 @@ extension Client {
     struct Save: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Write a checkpoint of the learner's state.")
         @OptionGroup var connection: ClientConnectionOptions
-        @Option(help: "Path relative to the data directory (default: an automatic name).") var name: String?
+        @Option(help: "Checkpoint name, saved as checkpoints/NAME in the data directory: A-Z a-z 0-9 . _ - (default: step-<learner step>).") var name: String?
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {

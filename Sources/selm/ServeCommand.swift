@@ -16,7 +16,7 @@ struct Serve: ParsableCommand {
         Hello first (with the token of --auth-token-file when set). Preference batches are appended to \
         DATA-DIR/preferences.wal and fsynced before they are acknowledged; on start the log is scanned (a torn \
         tail is truncated) and the learner replays the records after its checkpoint. RefreshWeights and \
-        SaveCheckpoint take paths inside --data-dir only. SIGINT/SIGTERM: stop accepting, cancel generations, \
+        SaveCheckpoint take paths inside --data-dir only (checkpoints are DATA-DIR/checkpoints/NAME). SIGINT/SIGTERM: stop accepting, cancel generations, \
         flush the log, exit 0.
         """)
 
@@ -51,6 +51,8 @@ struct Serve: ParsableCommand {
     var publishEvery: Int = 1
     @Option(help: "Save a checkpoint (with the log position consumed) every N optimizer steps; 0 = only on request and at shutdown.")
     var checkpointEvery: Int = 20
+    @Option(help: "Keep the newest N automatic checkpoints (checkpoints/step-N); older ones are removed after each save, never the one checkpoints/latest names nor client-named ones. 0 = keep all.")
+    var keepCheckpoints: Int = 3
     @Option(help: "Linear learning-rate warm-up, optimizer steps.")
     var warmupSteps: Int = 0
     @Option(help: "Horizon of the cosine schedule in optimizer steps; 0 = constant after warm-up (an online run has no known end).")
@@ -77,6 +79,7 @@ struct Serve: ParsableCommand {
         if !["adaptive", "priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected adaptive, priority, fifo or split") }
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
+        if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
         if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
     }
 
@@ -94,9 +97,11 @@ struct Serve: ParsableCommand {
         if let f = authTokenFile { config.authToken = try readToken(f) }
 
         let bundle = try model.load()
+        try requireFinite(bundle.model, option: "--model", path: bundle.path)
         note("selm serve: \(bundle.name) (\(bundle.path)), loaded in \(String(format: "%.2f", bundle.loadSeconds)) s; OpenBLAS \(blasDescription())")
         let dataDirectory = try DataDirectory(dataDir)
         let log = try PreferenceLog(directory: dataDirectory.realPath)
+        for line in dataDirectory.recoverInterruptedSaves() { note("selm serve: \(line)") }  // the log's lock is held
         // Two compute threads (engine, learner) share OpenBLAS: see --compute-sharing.
         switch computeSharing {
         case "adaptive": kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
@@ -108,7 +113,7 @@ struct Serve: ParsableCommand {
         }
         let learner: LearnerControl
         var engineModel = bundle.model
-        var engineVersion: UInt64 = 1
+        var resumedVersion: UInt64? = nil
         if journalLearner {
             learner = try JournalLearner(dataDirectory: dataDirectory)
         } else if noLearner {
@@ -118,21 +123,24 @@ struct Serve: ParsableCommand {
             online.training = training
             online.publishEvery = publishEvery
             online.checkpointEvery = checkpointEvery
+            online.keepCheckpoints = keepCheckpoints
             online.warmupSteps = warmupSteps
             online.totalSteps = totalSteps
             online.maxWaitSeconds = maxWaitSeconds
             online.lowPriority = computeSharing != "fifo"
             let refModel: LlamaModel?
             do { refModel = try ref.map { try LlamaModel.load(path: $0) } } catch { throw ValidationError("--ref: \(error)") }
+            if let refModel, let ref { try requireFinite(refModel, option: "--ref", path: ref) }
             let control = try OnlineLearnerControl(policy: bundle.model, reference: refModel, options: online,
                                                    dataDirectory: dataDirectory, extras: bundle.checkpointExtras(),
                                                    baseModel: bundle.path)
             if let r = control.resumedFrom {
-                note("selm serve: learner resumed from \(r) at step \(control.learner.step), version \(control.initialVersion)")
+                note("selm serve: learner resumed from \(r) at step \(control.learner.step)"
+                     + (control.resumedVersion.map { ", which holds version \($0)" } ?? ""))
             }
             // The learner trains its own copy in place; the engine reads a snapshot per version.
             engineModel = LlamaModel(weights: bundle.model.weights.copy())
-            engineVersion = control.initialVersion
+            resumedVersion = control.resumedVersion
             learner = control
         }
         var engine: Engine? = nil
@@ -140,6 +148,9 @@ struct Serve: ParsableCommand {
             var ec = EngineConfig()
             ec.kvCacheMB = Double(kvCacheMb)
             ec.maxLiveVersions = maxLiveVersions
+            // Numbers never go back across restarts: the resumed weights keep theirs only when no
+            // later version was issued (DATA/version), else the next number.
+            let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)
             do {
                 engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw ValidationError("\(error)") }
@@ -148,7 +159,15 @@ struct Serve: ParsableCommand {
         }
         let server = try SelmServer(configuration: config, bundle: bundle, engine: engine, learner: learner, log: log,
                                     dataDirectory: dataDirectory)
+        dataDirectory.usage.refresh()  // Status reports it from the start (measured off the loop later)
         try server.run()
+    }
+
+    /// Refuses to serve weights holding a NaN or ±Inf (every output would be garbage).
+    private func requireFinite(_ model: LlamaModel, option: String, path: String) throws {
+        if let bad = model.weights.firstNonFinite() {
+            throw ServerError.configuration(option: option, reason: "\(path) holds a non-finite weight: \(bad); refusing to serve it")
+        }
     }
 
     /// The token in `path` (surrounding whitespace dropped). Never printed.

@@ -143,8 +143,8 @@ final class OnlineLearningTests: XCTestCase {
         _ = try cb.saveCheckpoint(name: "end")
         cb.close(); b.stop()
 
-        let wa = try LlamaModel.load(huggingFaceDirectory: dirA + "/end")
-        let wb = try LlamaModel.load(huggingFaceDirectory: dirB + "/end")
+        let wa = try LlamaModel.load(huggingFaceDirectory: dirA + "/checkpoints/end")
+        let wb = try LlamaModel.load(huggingFaceDirectory: dirB + "/checkpoints/end")
         var worst: Float = 0, moved: Float = 0
         let start = try LlamaModel.load(huggingFaceDirectory: Self.tinyChat)
         for i in 0..<wa.weights.count {

@@ -256,6 +256,8 @@ final class ProtocolTests: XCTestCase {
         }
         try fm.createSymbolicLink(atPath: data + "/escape", withDestinationPath: outside)
         try fm.createSymbolicLink(atPath: data + "/escape-dir", withDestinationPath: dir)
+        try fm.createDirectory(atPath: data + "/checkpoints", withIntermediateDirectories: true)
+        try fm.createSymbolicLink(atPath: data + "/checkpoints/escape", withDestinationPath: outside)
         try fm.copyItem(atPath: ServerProcess.tinyTied, toPath: data + "/other-shape")
         let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--journal-learner"])
         let c = try server.client()
@@ -267,7 +269,7 @@ final class ProtocolTests: XCTestCase {
 
         assertError(try c.call(1, .refreshWeights(RefreshWeights(checkpoint: "escape"))), .permissionDenied, field: "checkpoint")
         assertError(try c.call(2, .refreshWeights(RefreshWeights(checkpoint: "escape-dir/outside"))), .permissionDenied, field: "checkpoint")
-        assertError(try c.call(3, .saveCheckpoint(SaveCheckpoint(name: "escape-dir/ck2"))), .permissionDenied, field: "name")
+        assertError(try c.call(3, .saveCheckpoint(SaveCheckpoint(name: "escape-dir/ck2"))), .invalidArgument, field: "name")
         assertError(try c.call(4, .saveCheckpoint(SaveCheckpoint(name: "escape"))), .permissionDenied, field: "name")
         assertError(try c.call(5, .refreshWeights(RefreshWeights(checkpoint: "other-shape"))), .invalidArgument, field: "checkpoint")
         XCTAssertFalse(fm.fileExists(atPath: dir + "/ck2"), "nothing was written outside")
@@ -277,9 +279,9 @@ final class ProtocolTests: XCTestCase {
         guard case .versionEvent(let v1) = try watcher.receive(7) else { return XCTFail() }
         XCTAssertEqual(v1.version, 1)
         XCTAssertEqual(v1.learnerStep, 0)
-        guard case .saveCheckpointReply(let s) = try c.call(8, .saveCheckpoint(SaveCheckpoint(name: "saves/one"))) else { return XCTFail() }
-        XCTAssertEqual(s.path, "saves/one")
-        XCTAssertTrue(fm.fileExists(atPath: data + "/saves/one/journal_state.json"))
+        guard case .saveCheckpointReply(let s) = try c.call(8, .saveCheckpoint(SaveCheckpoint(name: "one"))) else { return XCTFail() }
+        XCTAssertEqual(s.path, "checkpoints/one")
+        XCTAssertTrue(fm.fileExists(atPath: data + "/checkpoints/one/journal_state.json"))
         guard case .saveCheckpointReply(let auto) = try c.call(9, .saveCheckpoint(SaveCheckpoint())) else { return XCTFail() }
         XCTAssertEqual(auto.path, "checkpoints/step-0")
 

@@ -118,7 +118,7 @@ typedef enum _Selm__V1__ErrorCode {
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_NOT_FOUND = 3,
   /*
-   * queue full, KV cache full, output buffer full
+   * queue full, KV cache full, output buffer full, too little disk for a checkpoint
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_RESOURCE_EXHAUSTED = 4,
   /*
@@ -1218,10 +1218,26 @@ struct  Selm__V1__StatusReply
    * open client connections
    */
   uint32_t connections;
+  /*
+   * Disk, measured off the loop thread (after each save or prune, and when older than 5 s; a
+   * Status may show figures a few seconds old).
+   */
+  /*
+   * bytes allocated under --data-dir (log, checkpoints, ...)
+   */
+  uint64_t data_dir_bytes;
+  /*
+   * bytes free to the server on the data directory's filesystem
+   */
+  uint64_t disk_free_bytes;
+  /*
+   * checkpoint directories in DATA/checkpoints
+   */
+  uint32_t checkpoints;
 };
 #define SELM__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__status_reply__descriptor) \
-    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
@@ -1231,7 +1247,7 @@ struct  Selm__V1__RefreshWeights
 {
   ProtobufCMessage base;
   /*
-   * path relative to the server's data directory; not empty, no "..", not absolute
+   * path relative to the server's data directory; not empty, no "..", not absolute;
    */
   char *checkpoint;
 };
@@ -1263,7 +1279,10 @@ struct  Selm__V1__SaveCheckpoint
 {
   ProtobufCMessage base;
   /*
-   * path relative to the data directory (no "..", not absolute); empty = automatic name
+   * Saved as DATA/checkpoints/NAME: one name of 1-100 characters from A-Z a-z 0-9 . _ -, starting
+   * with a letter or digit (a leading "checkpoints/" is dropped); "latest" and names containing
+   * ".partial-", ".old-" or ".tmp-" are reserved; an existing checkpoint of that name is replaced,
+   * anything else there is refused. Empty = automatic name step-N (N = the learner step).
    */
   char *name;
 };
@@ -1291,7 +1310,7 @@ struct  Selm__V1__SaveCheckpointReply
    */
   uint64_t wal_sequence;
   /*
-   * the weight version it holds
+   * the weight version it holds (0: weights trained past the last published version)
    */
   uint64_t version;
 };

@@ -608,7 +608,8 @@ class Client:
                       wal_consumed_sequence=m.wal_consumed_sequence, waiting_requests=m.waiting_requests,
                       running_sequences=m.running_sequences, kv_blocks_used=m.kv_blocks_used,
                       kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
-                      uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections)
+                      uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
+                      data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints)
 
     def refresh_weights(self, checkpoint: str) -> int:
         """Loads a checkpoint (a path relative to the server's data directory) and publishes it as a
@@ -621,8 +622,9 @@ class Client:
                           "refresh_weights_reply").refresh_weights_reply.version
 
     def save_checkpoint(self, name: Optional[str] = None) -> Checkpoint:
-        """Writes a checkpoint of the learner's state (``name`` relative to the data directory;
-        ``None`` = automatic name); returns once it is on disk."""
+        """Writes a checkpoint of the learner's state as ``checkpoints/<name>`` in the server's data
+        directory (``name``: letters, digits, ``. _ -``; ``None`` = automatic ``step-N``); returns
+        once it is on disk. ``Checkpoint.path`` is what :meth:`refresh_weights` takes."""
         m = self._call(pb.Envelope(save_checkpoint=pb.SaveCheckpoint(name=name or "")),
                        "save_checkpoint_reply").save_checkpoint_reply
         return Checkpoint(path=m.path, learner_step=m.learner_step, wal_sequence=m.wal_sequence, version=m.version)

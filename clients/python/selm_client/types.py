@@ -116,6 +116,9 @@ class Status:
     uptime_seconds: float
     live_versions: int
     connections: int
+    data_dir_bytes: int = 0    #: bytes allocated under the server's data directory (measured at most seconds ago)
+    disk_free_bytes: int = 0   #: bytes free on the data directory's filesystem
+    checkpoints: int = 0       #: checkpoint directories in DATA/checkpoints
 
 
 @dataclass(frozen=True)

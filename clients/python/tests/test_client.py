@@ -314,6 +314,7 @@ def test_status(client: Client) -> None:
     assert s.live_versions >= 1
     assert s.wal_consumed_sequence <= s.wal_last_sequence
     assert isinstance(s.learner_metrics, dict)
+    assert s.data_dir_bytes > 0 and s.disk_free_bytes > 0 and s.checkpoints >= 0
 
 
 def test_subscribe_versions_gets_the_current_version_and_runs_beside_other_calls(client: Client) -> None:
