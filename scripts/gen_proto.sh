@@ -26,8 +26,15 @@ esac
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/c" "$tmp/py"
-# Paths relative to Proto/ so the generated code names the file "selm.proto" and includes "selm.pb-c.h".
-protoc-c --proto_path=Proto --c_out="$tmp/c" selm.proto
+# The C code is generated from a copy in which every `string` field is `bytes` (the same wire
+# format): protobuf-c unpacks `string` as a NUL-terminated char*, which loses the length, so a value
+# with an embedded NUL would reach Swift cut short. As `bytes` (ProtobufCBinaryData: length + data)
+# Wire sees every string's exact bytes and refuses a NUL or ill-formed UTF-8 naming the field. Map keys
+# stay `string` (the language allows no other; they are only sent by the server). Python keeps `str`.
+mkdir -p "$tmp/proto-c"
+sed -E 's/^([[:space:]]*)(repeated[[:space:]]+)?string[[:space:]]/\1\2bytes /' Proto/selm.proto > "$tmp/proto-c/selm.proto"
+# Paths relative to the folder so the generated code names the file "selm.proto" and includes "selm.pb-c.h".
+protoc-c --proto_path="$tmp/proto-c" --c_out="$tmp/c" selm.proto
 protoc --proto_path=Proto --python_out="$tmp/py" selm.proto
 
 declare -A out=(

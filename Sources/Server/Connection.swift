@@ -11,6 +11,8 @@ final class Connection: @unchecked Sendable {
     let stream: UnsafeMutablePointer<uv_stream_t>
     /// "ip:port" or "unix", for logs.
     let peer: String
+    /// When it was accepted (seconds since 1970): the Hello deadline counts from here.
+    let opened = Date().timeIntervalSince1970
     var decoder: FrameDecoder
     /// A successful Hello was received (with the right token when one is required).
     var authenticated: Bool
@@ -30,8 +32,16 @@ final class Connection: @unchecked Sendable {
     var isDirty = false
     /// Requests of this connection still running, by client request id.
     var requests: [UInt64: Request] = [:]
-    /// Thread-pool jobs of this connection not finished yet.
+    /// Thread-pool jobs of this connection not finished yet (queued or running).
     var offloaded = 0
+    /// Thread-pool jobs waiting for a turn (`SelmServer.dispatchPool`), oldest first, from
+    /// `queuedWorkHead` on (taken ones are set to nil).
+    var queuedWork: [AnyWorkItem?] = []
+    var queuedWorkHead = 0
+    /// Thread-pool jobs of this connection running now.
+    var runningWork = 0
+    /// In the server's round-robin list of connections with queued work.
+    var inPoolRotation = false
     /// SubmitPreferences order: each batch takes a ticket on arrival and is appended to the log when
     /// every lower ticket has been (prepared batches wait here, nil for a refused one).
     var nextPreferenceTicket = 0

@@ -58,7 +58,25 @@ struct LiveFigures {
     var liveVersions: Int = 0
     var connections: Int = 0
     var connectionObjects: Int = 0
+    var tokenizerInputBytes: UInt64 = 0
     var uptime: Double = 0
+}
+
+/// Why the server closed a client connection (the `reason` label of
+/// `selm_connections_dropped_total`).
+enum DropReason: String, CaseIterable {
+    /// A frame over the limit (`FRAME_TOO_LARGE`; before Hello the pre-auth limit).
+    case frameTooLarge = "frame_too_large"
+    /// Unread replies past `--max-output-bytes`.
+    case outputCap = "output_cap"
+    /// A Hello with the wrong auth token.
+    case authFailed = "auth_failed"
+    /// No successful Hello within `--hello-timeout`.
+    case helloTimeout = "hello_timeout"
+    /// Closed while waiting for its Hello to admit a newer connection (the pre-auth pool was full).
+    case preAuthEvicted = "pre_auth_evicted"
+    /// A Hello past `--max-connections` authenticated connections.
+    case tooManyConnections = "too_many_connections"
 }
 
 /// The server's counters, rendered in Prometheus text format (version 0.0.4) at `GET /metrics`.
@@ -74,13 +92,18 @@ final class ServerMetrics {
     var bytesIn: UInt64 = 0
     var bytesOut: UInt64 = 0
     var connectionsAccepted: UInt64 = 0
-    var connectionsDropped: UInt64 = 0
+    /// Connections the server closed, by reason (every reason present, 0 included).
+    private(set) var connectionsDropped: [DropReason: UInt64] = Dictionary(uniqueKeysWithValues: DropReason.allCases.map { ($0, 0) })
     var preferenceRows: UInt64 = 0
     var timeToFirstToken = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
     var walAck = Histogram(bounds: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
 
     func countRequest(_ type: String, outcome: String) {
         requests[type, default: [:]][outcome, default: 0] += 1
+    }
+
+    func countDrop(_ reason: DropReason) {
+        connectionsDropped[reason, default: 0] += 1
     }
 
     /// The whole exposition text.
@@ -123,7 +146,12 @@ final class ServerMetrics {
         gauge("selm_connections", "Open client connections.", Double(live.connections))
         gauge("selm_connection_objects", "Connection objects in memory (open plus closing; a leak check).", Double(live.connectionObjects))
         counter("selm_connections_accepted_total", "Client connections accepted.", connectionsAccepted)
-        counter("selm_connections_dropped_total", "Client connections closed by the server (output cap, bad frame, auth).", connectionsDropped)
+        o += "# HELP selm_connections_dropped_total Client connections closed by the server, by reason.\n# TYPE selm_connections_dropped_total counter\n"
+        for reason in DropReason.allCases {
+            o += "selm_connections_dropped_total{reason=\"\(reason.rawValue)\"} \(connectionsDropped[reason] ?? 0)\n"
+        }
+        counter("selm_tokenizer_input_bytes_total", "Bytes of request text handed to the tokenizer (text fields, message roles and contents).",
+                live.tokenizerInputBytes)
         counter("selm_frames_received_total", "Frames received.", framesIn)
         counter("selm_frames_sent_total", "Frames sent.", framesOut)
         counter("selm_received_bytes_total", "Bytes received from clients.", bytesIn)

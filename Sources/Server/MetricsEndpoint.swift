@@ -3,8 +3,11 @@ import Foundation
 
 /// The Prometheus endpoint (`--metrics host:port`): plain HTTP/1.1 on the server's own loop.
 /// `GET /metrics` answers the exposition text; any other path 404, any other method 405, a request
-/// head over 8 KiB 431. One request per connection (the answer carries `Connection: close`); at most
-/// 32 connections at once, each closed after 10 s. Loop thread only.
+/// head over 8 KiB 431. With an auth token (`--auth-token-file`) every request must carry
+/// `Authorization: Bearer <token>` (compared in constant time), else 401 — Prometheus sends it with
+/// `authorization: {type: Bearer, credentials_file: ...}` in the scrape config. One request per
+/// connection (the answer carries `Connection: close`); at most 32 connections at once, each closed
+/// after 10 s. Loop thread only.
 extension SelmServer {
     static let maxHTTPConnections = 32
     static let maxHTTPRequestBytes = 8 << 10
@@ -51,7 +54,10 @@ extension SelmServer {
             return
         }
         let path = parts[1].split(separator: "?", maxSplits: 1).first.map(String.init) ?? ""
-        if parts[0] != "GET" && parts[0] != "HEAD" {
+        if let token = config.authToken, !constantTimeEqual(bearerToken(head[..<end]) ?? "", token) {
+            respondHTTP(c, status: "401 Unauthorized", body: "send Authorization: Bearer <the server's auth token>\n",
+                        extraHeaders: "WWW-Authenticate: Bearer realm=\"selm\"\r\n")
+        } else if parts[0] != "GET" && parts[0] != "HEAD" {
             respondHTTP(c, status: "405 Method Not Allowed", body: "only GET\n", extraHeaders: "Allow: GET, HEAD\r\n")
         } else if path != "/metrics" {
             respondHTTP(c, status: "404 Not Found", body: "try /metrics\n")
@@ -60,6 +66,17 @@ extension SelmServer {
             respondHTTP(c, status: "200 OK", body: parts[0] == "HEAD" ? "" : body,
                         contentType: "text/plain; version=0.0.4; charset=utf-8", contentLength: body.utf8.count)
         }
+    }
+
+    /// The credentials of an `Authorization: Bearer …` header (name and scheme case-insensitive).
+    private func bearerToken(_ head: ArraySlice<UInt8>) -> String? {
+        for line in String(decoding: head, as: UTF8.self).split(separator: "\r\n").dropFirst() {
+            guard let colon = line.firstIndex(of: ":"), line[..<colon].lowercased() == "authorization" else { continue }
+            let value = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            guard value.count > 7, value.prefix(7).lowercased() == "bearer " else { return nil }
+            return value.dropFirst(7).trimmingCharacters(in: .whitespaces)
+        }
+        return nil
     }
 
     private func findHeadEnd(_ b: [UInt8]) -> Int? {

@@ -1,5 +1,6 @@
 import Learner
 import ModelBundle
+import Synchronization
 import Tokenizer
 import Wire
 
@@ -14,17 +15,39 @@ import Wire
 ///   (`ERROR_CODE_OUT_OF_RANGE`).
 /// - Responses: text is tokenized on its own; preference responses get EOS appended (as TRL and
 ///   `PreferenceData` do), score continuations do not; ids as they are.
+/// - Length: before any text of a request is tokenized, every text field (a conversation's roles and
+///   contents together) is checked against `maxTextBytes` — more bytes than the context can hold
+///   as tokens — and refused with `ERROR_CODE_OUT_OF_RANGE` naming the field; a `TokenizeRequest`
+///   against `maxTokenizeBytes`. Tokenizing costs CPU in proportion to the text; this bounds it by
+///   what a request could legitimately need.
 ///
-/// Immutable; any thread (the server runs it on libuv's thread pool, off the loop thread).
+/// Immutable apart from `meter` (thread-safe); any thread (the server runs it on libuv's thread
+/// pool, off the loop thread).
 struct PromptEncoder: Sendable {
     let bundle: ModelBundle
     let vocabSize: Int
     let contextLength: Int
+    /// The longest text (UTF-8 bytes) a prompt, response or conversation may have: the context length
+    /// × the most bytes one token stands for (`Tokenizer.maxBytesPerToken`) — a longer text cannot
+    /// fit in the context. Int.max without a tokenizer (text is refused then anyway).
+    let maxTextBytes: Int
+    /// The longest text a `TokenizeRequest` may have: `maxTextBytes`, at least 1 MiB (a text longer
+    /// than the context may be tokenized, to count or split it).
+    let maxTokenizeBytes: Int
+    /// Bytes of text handed to the tokenizer (the `selm_tokenizer_input_bytes_total` metric).
+    let meter = TokenizerMeter()
 
     init(bundle: ModelBundle) {
         self.bundle = bundle
         vocabSize = bundle.model.config.vocabSize
         contextLength = bundle.model.config.contextLength
+        if let tok = bundle.tokenizerIfAny {
+            let (bound, overflow) = contextLength.multipliedReportingOverflow(by: tok.maxBytesPerToken)
+            maxTextBytes = overflow ? Int.max : bound
+        } else {
+            maxTextBytes = Int.max
+        }
+        maxTokenizeBytes = max(maxTextBytes, 1 << 20)
     }
 
     /// Token ids of a prompt.
@@ -35,6 +58,7 @@ struct PromptEncoder: Sendable {
         case .text(let text):
             let tok = try tokenizer(field + ".text")
             if chat { return try templated([TemplateMessage(role: "user", content: text)], field: "chat") }
+            meter.add(text.utf8.count)
             return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
         case .messages(let messages):
             _ = try tokenizer(field + ".messages")
@@ -49,6 +73,7 @@ struct PromptEncoder: Sendable {
             return try checked(ids, field: field + ".ids")
         case .text(let text):
             let tok = try tokenizer(field + ".text")
+            meter.add(text.utf8.count)
             var ids = tok.encode(text, parseSpecial: false)
             if appendEOS, let e = tok.eosId { ids.append(e) }
             return ids
@@ -62,6 +87,35 @@ struct PromptEncoder: Sendable {
                            reason: "token id \(ids[i]) is outside the vocabulary [0, \(vocabSize))")
         }
         return ids.map { Int32(bitPattern: $0) }
+    }
+
+    // MARK: Length bounds (checked before anything is tokenized)
+
+    /// Refuses a prompt whose text cannot fit in the context.
+    func checkLength(_ p: Prompt, field: String) throws(ServerError) {
+        switch p {
+        case .ids: return
+        case .text(let text): try checkLength(text.utf8.count, field: field + ".text", limit: maxTextBytes)
+        case .messages(let messages): try checkLength(Self.bytes(of: messages), field: field + ".messages", limit: maxTextBytes)
+        }
+    }
+
+    /// Refuses a response whose text cannot fit in the context.
+    func checkLength(_ r: Response, field: String) throws(ServerError) {
+        if case .text(let text) = r { try checkLength(text.utf8.count, field: field + ".text", limit: maxTextBytes) }
+    }
+
+    private func checkLength(_ bytes: Int, field: String, limit: Int) throws(ServerError) {
+        guard bytes > limit else { return }
+        let why = limit == maxTextBytes
+            ? "more than the context of \(contextLength) tokens can hold (at most \(limit) bytes, \(bundle.tokenizerIfAny?.maxBytesPerToken ?? 0) per token)"
+            : "over the limit of \(limit) bytes"
+        throw .refused(code: .outOfRange, field: field, reason: "\(bytes) bytes of text is \(why); refused before tokenizing")
+    }
+
+    /// UTF-8 bytes of a conversation's roles and contents.
+    static func bytes(of messages: [Wire.ChatMessage]) -> Int {
+        messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count }
     }
 
     /// A preference row as a checked `PreferencePair` (`field` is "rows[i]").
@@ -94,13 +148,16 @@ struct PromptEncoder: Sendable {
         let ids: [Int32]
         switch t.input {
         case .text(let text):
+            try checkLength(text.utf8.count, field: "text", limit: maxTokenizeBytes)
             let tok = try tokenizer("text")
             if t.chat {
                 ids = try templated([TemplateMessage(role: "user", content: text)], field: "chat")
             } else {
+                meter.add(text.utf8.count)
                 ids = tok.encode(text, parseSpecial: t.addSpecial, addBOS: t.addSpecial && tok.addBOS)
             }
         case .messages(let messages):
+            try checkLength(Self.bytes(of: messages), field: "messages", limit: maxTokenizeBytes)
             _ = try tokenizer("messages")
             ids = try templated(messages.map { TemplateMessage(role: $0.role, content: $0.content) }, field: "messages")
         }
@@ -117,6 +174,7 @@ struct PromptEncoder: Sendable {
     /// `OUT_OF_RANGE` for a prompt that fills the context (field `prompts[i]`) or a `max_tokens`
     /// that does not fit after it (field `sampling.max_tokens`).
     func generationJob(_ g: GenerateRequest, id: UInt64) throws(ServerError) -> GenerationJob {
+        for (i, p) in g.prompts.enumerated() { try checkLength(p, field: "prompts[\(i)]") }
         var prompts: [[Int32]] = []
         for (i, p) in g.prompts.enumerated() {
             let field = "prompts[\(i)]"
@@ -140,6 +198,10 @@ struct PromptEncoder: Sendable {
 
     /// A `ScoreRequest` as an engine job (continuations given as text get no EOS).
     func scoreJob(_ s: ScoreRequest, id: UInt64) throws(ServerError) -> ScoreJob {
+        for (i, item) in s.items.enumerated() {
+            try checkLength(item.prompt, field: "items[\(i)].prompt")
+            try checkLength(item.continuation, field: "items[\(i)].continuation")
+        }
         var items: [(prompt: [Int32], continuation: [Int32])] = []
         for (i, item) in s.items.enumerated() {
             let field = "items[\(i)]"
@@ -158,6 +220,12 @@ struct PromptEncoder: Sendable {
 
     /// The rows of a `SubmitPreferences` as checked pairs, and their sources.
     func preferenceBatch(_ p: SubmitPreferences) throws(ServerError) -> ([PreferencePair], [String]) {
+        for (i, row) in p.rows.enumerated() {
+            try checkLength(row.prompt, field: "rows[\(i)].prompt")
+            try checkLength(row.chosen, field: "rows[\(i)].chosen")
+            try checkLength(row.rejected, field: "rows[\(i)].rejected")
+            if let r = row.reference { try checkLength(r, field: "rows[\(i)].reference") }
+        }
         var pairs: [PreferencePair] = []
         pairs.reserveCapacity(p.rows.count)
         for (i, row) in p.rows.enumerated() {
@@ -174,8 +242,16 @@ struct PromptEncoder: Sendable {
     }
 
     private func templated(_ messages: [TemplateMessage], field: String) throws(ServerError) -> [Int32] {
+        meter.add(messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count })
         do { return try bundle.encodeChat(messages) } catch {
             throw .invalid(field, "\(error)")
         }
     }
+}
+
+/// A running total of bytes, added to from any thread (`PromptEncoder.meter`).
+final class TokenizerMeter: Sendable {
+    private let total = Atomic<UInt64>(0)
+    func add(_ n: Int) { total.wrappingAdd(UInt64(n), ordering: .relaxed) }
+    var bytes: UInt64 { total.load(ordering: .relaxed) }
 }

@@ -9,8 +9,10 @@ import Wire
 ///
 /// Protocol semantics settled here (see Proto/README.md for the messages):
 /// - Before a successful Hello only Hello is served: anything else gets `UNAUTHENTICATED` (the
-///   connection stays open). A Hello with an unsupported version gets `UNSUPPORTED_VERSION`; with
-///   a wrong token (when `--auth-token-file` is set) `UNAUTHENTICATED`, and the connection is closed.
+///   connection stays open until the Hello deadline). A Hello with an unsupported version gets
+///   `UNSUPPORTED_VERSION`; with a wrong token (when `--auth-token-file` is set) `UNAUTHENTICATED`,
+///   and the connection is closed. A successful Hello past `maxConnections` authenticated
+///   connections gets `UNAVAILABLE`, and the connection is closed.
 /// - A request id still running on the connection cannot be reused: `INVALID_ARGUMENT` (field "id").
 ///   More than `maxRequestsInFlight` running requests: `RESOURCE_EXHAUSTED`.
 /// - `Cancel` applies to generations, scores and subscriptions (`found` false for anything else).
@@ -106,15 +108,27 @@ extension SelmServer {
         if let token = config.authToken, !constantTimeEqual(h.authToken, token) {
             conn.authenticated = false
             fail(conn, id: id, type: "hello", .refused(code: .unauthenticated, field: "auth_token", reason: "wrong auth token"))
-            metrics.connectionsDropped += 1
+            metrics.countDrop(.authFailed)
             close(conn, reason: "wrong auth token", graceful: true)
             return
         }
-        conn.authenticated = true
+        if !conn.authenticated {
+            // Leaves the pre-auth pool for the authenticated connections, if one is free.
+            guard connections.count - preAuth.count < config.maxConnections else {
+                fail(conn, id: id, type: "hello", .refused(code: .unavailable, field: "",
+                                                          reason: "too many connections (limit \(config.maxConnections))"))
+                metrics.countDrop(.tooManyConnections)
+                close(conn, reason: "too many connections", graceful: true)
+                return
+            }
+            preAuth[conn.id] = nil
+            conn.authenticated = true
+            conn.decoder.maxFrameBytes = config.maxFrameBytes
+        }
         let c = bundle.model.config
         send(conn, Envelope(id: id, body: .helloReply(HelloReply(
             protocolVersion: Hello.currentProtocolVersion, serverVersion: config.serverVersion, modelName: bundle.name,
-            modelPath: bundle.path, policyVersion: currentPolicyVersion, vocabSize: UInt32(c.vocabSize),
+            modelPath: URL(fileURLWithPath: bundle.path).lastPathComponent, policyVersion: currentPolicyVersion, vocabSize: UInt32(c.vocabSize),
             contextLength: UInt32(c.contextLength), chatTemplate: bundle.template?.name ?? "",
             maxFrameBytes: UInt64(config.maxFrameBytes)))))
         metrics.countRequest("hello", outcome: "ok")
@@ -145,6 +159,7 @@ extension SelmServer {
         }
         f.connections = connections.count
         f.connectionObjects = Connection.live
+        f.tokenizerInputBytes = encoder.meter.bytes
         f.uptime = Date().timeIntervalSince(startTime)
         return f
     }

@@ -28,9 +28,19 @@ public struct ServerConfiguration: Sendable {
     /// Requests a connection may have in flight (subscriptions excluded); more are refused with
     /// RESOURCE_EXHAUSTED.
     public var maxRequestsInFlight: Int = 1024
-    /// Client connections open at once; one more is answered `UNAVAILABLE` and closed. With the
-    /// frame limit this bounds the input the server buffers (connections × max frame).
+    /// Authenticated client connections (a successful Hello) open at once; one more Hello is
+    /// answered `UNAVAILABLE` and its connection closed. With the frame limit this bounds the input
+    /// the server buffers (connections × max frame).
     public var maxConnections: Int = 256
+    /// Seconds a new connection has to send a successful Hello; after that it gets `UNAUTHENTICATED`
+    /// ("no Hello within N s") and is closed.
+    public var helloTimeoutSeconds: Double = 10
+    /// Largest frame accepted before a successful Hello (a larger one: `FRAME_TOO_LARGE`, closed).
+    public var preAuthMaxFrameBytes: Int = 64 << 10
+    /// Connections still waiting for their Hello, counted apart from `maxConnections`: when this many
+    /// wait, the oldest is closed (`UNAUTHENTICATED`) to admit a new one, so connections that never
+    /// say Hello cannot lock out a client that does. max(16, maxConnections / 4).
+    public var maxPreAuthConnections: Int { max(16, maxConnections / 4) }
     /// Seconds a shutdown waits for in-flight work (cancelled generations, log flushes, saves).
     public var shutdownGraceSeconds: Double = 10
     /// Install SIGINT/SIGTERM handlers (`selm serve`); off for a server embedded in another program.
@@ -84,6 +94,19 @@ public final class SelmServer: @unchecked Sendable {
     var listeners: [UnsafeMutablePointer<uv_handle_t>] = []
     var metricsListener: UnsafeMutablePointer<uv_tcp_t>?
     var connections: [UInt64: Connection] = [:]
+    /// The connections among `connections` without a successful Hello yet (at most
+    /// `config.maxPreAuthConnections`).
+    var preAuth: [UInt64: Connection] = [:]
+    /// Thread-pool scheduling (`offload`): jobs running now, the connections with queued jobs in
+    /// round-robin order, and the most jobs run at once (libuv's pool size).
+    var poolRunning = 0
+    var poolRotation: [Connection] = []
+    let poolSlots: Int
+    /// Jobs of one connection that may run at once: the rest of the pool stays free for others.
+    static let poolJobsPerConnection = 2
+    /// Rewrites server paths in error messages for clients (`send`).
+    let pathScrubber: PathScrubber
+    var loopClosed = false
     var httpConnections: [UInt64: HTTPConnection] = [:]
     var nextConnectionID: UInt64 = 1
     var nextJobID: UInt64 = 1
@@ -120,6 +143,8 @@ public final class SelmServer: @unchecked Sendable {
         lastVersionEvent = VersionEvent(version: backend?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
         try dataDirectory.versions.record(lastVersionEvent.version)  // numbers after it never repeat it
         readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
+        poolSlots = libuvThreadPoolSize()
+        pathScrubber = PathScrubber(dataDirectory: dataDirectory, modelPath: bundle.path)
         loop = uvAllocate(uv_loop_t.self)
         uv_loop_init(loop)
         loop.pointee.data = Unmanaged.passUnretained(self).toOpaque()
@@ -128,9 +153,7 @@ public final class SelmServer: @unchecked Sendable {
         do {
             try setUpHandles()
         } catch {
-            closeAllHandles()
-            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
-            uv_loop_close(loop)
+            closeLoop()
             throw error
         }
     }
@@ -154,14 +177,20 @@ public final class SelmServer: @unchecked Sendable {
     }
 
     deinit {
-        if state == .created {
-            // Built but never run: close what `init` opened.
-            closeAllHandles()
-            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
-            uv_loop_close(loop)
-        }
+        // Built but never run (or `init` failed, which also runs deinit): close what `init` opened.
+        closeLoop()
         readBuffer.deallocate()
         free(loop)
+    }
+
+    /// Closes every handle, runs their close callbacks and closes the loop — once: `init`'s failure
+    /// path, `run()`'s and `deinit` all call it (closing a closed loop again reads freed memory).
+    private func closeLoop() {
+        guard !loopClosed else { return }
+        loopClosed = true
+        closeAllHandles()
+        while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+        uv_loop_close(loop)
     }
 
     private func setUpHandles() throws {
@@ -177,7 +206,9 @@ public final class SelmServer: @unchecked Sendable {
         uv_prepare_start(prepare) { p in server(of: uvHandle(p!)).flushDirty() }
         sweepTimer = uvAllocate(uv_timer_t.self)
         uv_timer_init(loop, sweepTimer)
-        uv_timer_start(sweepTimer, { t in server(of: uvHandle(t!)).sweep() }, 1000, 1000)
+        // Often enough to close a connection within a quarter of its Hello deadline.
+        let sweepMs = UInt64(min(1000, max(50, config.helloTimeoutSeconds * 250)))
+        uv_timer_start(sweepTimer, { t in server(of: uvHandle(t!)).sweep() }, sweepMs, sweepMs)
         uv_unref(uvHandle(sweepTimer))
 
         if let tcp = config.tcp { try listenTCP(tcp) }
@@ -208,13 +239,19 @@ public final class SelmServer: @unchecked Sendable {
         if rc == 0 {
             rc = uv_listen(uvStream(h), 256) { s, status in server(of: uvHandle(s!)).accept(s!, status: status, kind: .tcp) }
         }
-        guard rc == 0 else { throw ServerError.listen(address: address, reason: uvErrorText(rc)) }
+        guard rc == 0 else { throw ServerError.listen(address: "\(address) (--listen)", reason: uvErrorText(rc)) }
         let bound = boundAddress(h)
         tcpPort = Int(bound.split(separator: ":").last.flatMap { Int($0) } ?? 0)
         addresses.append("tcp \(bound)")
     }
 
     private func listenUnix(_ path: String) throws {
+        // libuv reports a missing folder as EACCES: say what is wrong.
+        let folder = (path as NSString).deletingLastPathComponent
+        var isDir: ObjCBool = false
+        if !folder.isEmpty, !FileManager.default.fileExists(atPath: folder, isDirectory: &isDir) || !isDir.boolValue {
+            throw ServerError.listen(address: "\(path) (--unix)", reason: "the folder \(folder) does not exist")
+        }
         try removeStaleSocket(path)
         let h = uvAllocate(uv_pipe_t.self)
         uv_pipe_init(loop, h, 0)
@@ -224,7 +261,7 @@ public final class SelmServer: @unchecked Sendable {
             chmod(path, 0o600)
             rc = uv_listen(uvStream(h), 256) { s, status in server(of: uvHandle(s!)).accept(s!, status: status, kind: .unix) }
         }
-        guard rc == 0 else { throw ServerError.listen(address: path, reason: uvErrorText(rc)) }
+        guard rc == 0 else { throw ServerError.listen(address: "\(path) (--unix)", reason: uvErrorText(rc)) }
         addresses.append("unix \(path)")
     }
 
@@ -233,7 +270,7 @@ public final class SelmServer: @unchecked Sendable {
         var st = stat()
         guard lstat(path, &st) == 0 else { return }
         guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-            throw ServerError.listen(address: path, reason: "exists and is not a socket")
+            throw ServerError.listen(address: "\(path) (--unix)", reason: "exists and is not a socket")
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         defer { Glibc.close(fd) }
@@ -241,7 +278,7 @@ public final class SelmServer: @unchecked Sendable {
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw ServerError.listen(address: path, reason: "path too long for a Unix socket")
+            throw ServerError.listen(address: "\(path) (--unix)", reason: "path too long for a Unix socket")
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             for (i, b) in bytes.enumerated() { raw[i] = b }
@@ -249,7 +286,7 @@ public final class SelmServer: @unchecked Sendable {
         let live = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
-        if live { throw ServerError.listen(address: path, reason: "another server is listening there") }
+        if live { throw ServerError.listen(address: "\(path) (--unix)", reason: "another server is listening there") }
         unlink(path)
     }
 
@@ -262,7 +299,7 @@ public final class SelmServer: @unchecked Sendable {
         if rc == 0 {
             rc = uv_listen(uvStream(h), 64) { s, status in server(of: uvHandle(s!)).acceptHTTP(s!, status: status) }
         }
-        guard rc == 0 else { throw ServerError.listen(address: address, reason: uvErrorText(rc)) }
+        guard rc == 0 else { throw ServerError.listen(address: "\(address) (--metrics)", reason: uvErrorText(rc)) }
         let bound = boundAddress(h)
         metricsPort = Int(bound.split(separator: ":").last.flatMap { Int($0) } ?? 0)
         addresses.append("metrics http://\(bound)/metrics")
@@ -294,9 +331,7 @@ public final class SelmServer: @unchecked Sendable {
             try learner.start(LearnerContext(log: log, dataDirectory: dataDirectory, publisher: ServerPublisher(server: self),
                                              servedVersion: currentPolicyVersion))
         } catch {
-            closeAllHandles()
-            while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
-            uv_loop_close(loop)
+            closeLoop()
             log.close()
             backend?.stop()
             state = .stopped
@@ -314,6 +349,7 @@ public final class SelmServer: @unchecked Sendable {
         for h in signalHandles { uvCloseAndFree(uvHandle(h)) }
         signalHandles.removeAll()
         while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
+        loopClosed = true
         let rc = uv_loop_close(loop)
         if rc != 0 { serverLog("warning: loop closed with handles still open (\(uvErrorText(rc)))") }
         if config.handleSignals {
@@ -357,19 +393,23 @@ public final class SelmServer: @unchecked Sendable {
             uv_tcp_nodelay(tcp, 1)
             peer = peerAddress(tcp)
         }
-        let conn = Connection(id: nextConnectionID, stream: stream, peer: peer, maxFrameBytes: config.maxFrameBytes,
-                              authenticated: false)
+        // Until its Hello a connection reads small frames only and counts against the pre-auth pool;
+        // a full pool makes room by closing its oldest member.
+        if preAuth.count >= config.maxPreAuthConnections, let oldest = preAuth.values.min(by: { $0.id < $1.id }) {
+            let waited = Date().timeIntervalSince1970 - oldest.opened
+            send(oldest, Envelope(id: 0, body: .error(ErrorReply(code: .unauthenticated, message:
+                "closed to admit a newer connection: no Hello after \(String(format: "%.1f", waited)) s while \(config.maxPreAuthConnections) connections waited for theirs"))))
+            metrics.countDrop(.preAuthEvicted)
+            close(oldest, reason: "evicted from the pre-auth pool (no Hello)", graceful: true)
+        }
+        let conn = Connection(id: nextConnectionID, stream: stream, peer: peer,
+                              maxFrameBytes: min(config.preAuthMaxFrameBytes, config.maxFrameBytes), authenticated: false)
         nextConnectionID += 1
         // The handle holds one reference to its connection until the close callback.
         stream.pointee.data = Unmanaged.passRetained(conn).toOpaque()
         connections[conn.id] = conn
+        preAuth[conn.id] = conn
         metrics.connectionsAccepted += 1
-        if connections.count > config.maxConnections {
-            send(conn, Envelope(id: 0, body: .error(ErrorReply(code: .unavailable, message: "too many connections (limit \(config.maxConnections))"))))
-            metrics.connectionsDropped += 1
-            close(conn, reason: "too many connections", graceful: true)
-            return
-        }
         if config.verbose { serverLog("connection \(conn.id) from \(peer)") }
         startReading(conn)
     }
@@ -397,40 +437,67 @@ public final class SelmServer: @unchecked Sendable {
         uv_read_stop(conn.stream)
     }
 
-    /// Loop thread: bytes arrived on `conn`.
+    /// Loop thread: bytes arrived on `conn`. Before a successful Hello the decoder takes one frame at
+    /// a time (under the pre-auth frame limit), so the frames after a Hello in the same read are
+    /// judged by the full limit.
     func received(_ conn: Connection, _ bytes: UnsafeRawBufferPointer) {
         metrics.bytesIn += UInt64(bytes.count)
-        conn.decoder.append(bytes)
+        var rest = bytes
         while !conn.closing {
-            let body: [UInt8]
-            do {
-                guard let b = try conn.decoder.next() else { break }
-                body = b
-            } catch {
-                // Oversize frame: answer with id 0 (the body was never read) and hang up.
-                metrics.countRequest("unknown", outcome: error.code.metricName)
-                send(conn, Envelope(id: 0, body: .error(error.errorReply)))
-                close(conn, reason: "frame too large", graceful: true)
-                break
+            if conn.authenticated {
+                conn.decoder.append(rest)
+                rest = UnsafeRawBufferPointer(start: nil, count: 0)
+            } else {
+                let used = conn.decoder.appendUntilReady(rest)
+                rest = UnsafeRawBufferPointer(rebasing: rest[used...])
             }
-            metrics.framesIn += 1
-            let envelope: Envelope<ClientMessage>
-            do {
-                envelope = try Frame.decodeClient(body)
-            } catch {
-                metrics.countRequest("unknown", outcome: error.code.metricName)
-                send(conn, Envelope(id: error.requestID ?? 0, body: .error(error.errorReply)))
-                continue
+            while !conn.closing {
+                let body: [UInt8]
+                do {
+                    guard let b = try conn.decoder.next() else { break }
+                    body = b
+                } catch {
+                    // Oversize frame: answer with id 0 (the body was never read) and hang up.
+                    metrics.countRequest("unknown", outcome: error.code.metricName)
+                    var reply = error.errorReply
+                    if !conn.authenticated { reply.message += " (the limit before Hello)" }
+                    send(conn, Envelope(id: 0, body: .error(reply)))
+                    metrics.countDrop(.frameTooLarge)
+                    close(conn, reason: "frame too large", graceful: true)
+                    break
+                }
+                metrics.framesIn += 1
+                let envelope: Envelope<ClientMessage>
+                do {
+                    envelope = try Frame.decodeClient(body)
+                } catch {
+                    metrics.countRequest(Frame.requestType(of: body) ?? "unknown", outcome: error.code.metricName)
+                    send(conn, Envelope(id: error.requestID ?? 0, body: .error(error.errorReply)))
+                    continue
+                }
+                route(conn, envelope)
             }
-            route(conn, envelope)
+            if rest.isEmpty { break }
         }
     }
 
     // MARK: Sending
 
     /// Loop thread: queues a reply on `conn` (written before the loop next waits for I/O).
+    /// Every `Error` passes here: its message is rewritten so that no server path reaches the client
+    /// (data-directory paths become relative, the model's path its file name); the server's log
+    /// keeps the full text of internal errors and of every rewritten message.
     func send(_ conn: Connection, _ envelope: Envelope<ServerMessage>) {
         guard !conn.closing else { return }
+        var envelope = envelope
+        if case .error(var reply) = envelope.body {
+            let scrubbed = pathScrubber.scrub(reply.message)
+            if scrubbed != reply.message || reply.code == .internal {
+                serverLog("connection \(conn.id) (\(conn.peer)), request \(envelope.id): \(reply.code.metricName): \(reply.message)")
+            }
+            reply.message = scrubbed
+            envelope.body = .error(reply)
+        }
         var frame: [UInt8]
         do {
             frame = try Frame.encode(envelope, maxFrameBytes: config.maxFrameBytes)
@@ -446,7 +513,7 @@ public final class SelmServer: @unchecked Sendable {
         }
         if conn.output.count + conn.queuedBytes > config.maxOutputBytes && !conn.closing {
             serverLog("connection \(conn.id) (\(conn.peer)): dropped, \(conn.output.count + conn.queuedBytes) bytes of replies unread (limit \(config.maxOutputBytes))")
-            metrics.connectionsDropped += 1
+            metrics.countDrop(.outputCap)
             close(conn, reason: "output cap")
         }
     }
@@ -527,6 +594,15 @@ public final class SelmServer: @unchecked Sendable {
         }
         conn.requests.removeAll()
         connections[conn.id] = nil
+        preAuth[conn.id] = nil
+        // Queued thread-pool jobs are dropped (their replies would have nowhere to go); running ones
+        // finish and find the connection gone.
+        conn.queuedWork.removeAll()
+        conn.queuedWorkHead = 0
+        if conn.inPoolRotation {
+            poolRotation.removeAll { $0 === conn }
+            conn.inPoolRotation = false
+        }
         if graceful && !conn.output.isEmpty {
             write(conn, conn.output)
             conn.output = []
@@ -545,9 +621,16 @@ public final class SelmServer: @unchecked Sendable {
         uv_close(uvHandle(conn.stream), connectionClosed)
     }
 
-    /// Loop thread: periodic housekeeping (idle metrics connections, shutdown progress).
+    /// Loop thread: periodic housekeeping (Hello deadlines, idle metrics connections, shutdown
+    /// progress).
     func sweep() {
         let now = Date().timeIntervalSince1970
+        for (_, conn) in preAuth where now - conn.opened > config.helloTimeoutSeconds {
+            send(conn, Envelope(id: 0, body: .error(ErrorReply(code: .unauthenticated,
+                message: "no Hello within \(String(format: "%g", config.helloTimeoutSeconds)) s"))))
+            metrics.countDrop(.helloTimeout)
+            close(conn, reason: "no Hello within the deadline", graceful: true)
+        }
         for (_, h) in httpConnections where now - h.opened > 10 { closeHTTP(h) }
         if state == .draining { checkDrained() }
     }
@@ -615,9 +698,16 @@ public final class SelmServer: @unchecked Sendable {
     // MARK: Thread-pool work
 
     /// Runs `work` on libuv's thread pool, then `then` with its result on the loop thread.
+    ///
+    /// Fair to every connection: jobs wait in their connection's queue; at most
+    /// `poolJobsPerConnection` of one connection run at once and at most `poolSlots` in all, and a
+    /// freed slot goes to the next connection in turn (round robin) — so one connection's slow jobs
+    /// (long texts to tokenize, a checkpoint to load) never keep another's waiting behind them.
     /// Counts against `conn`'s offloaded work: past 64 items its reading pauses until 32 remain.
+    /// Jobs still queued when the connection closes are dropped.
     func offload<T: Sendable>(_ conn: Connection, _ work: @escaping @Sendable () -> T, then: @escaping (T) -> Void) {
         let item = WorkItem(work: work, then: then)
+        item.connection = conn
         conn.offloaded += 1
         if conn.offloaded > 64 && !conn.pausedForWork {
             conn.pausedForWork = true
@@ -630,17 +720,78 @@ public final class SelmServer: @unchecked Sendable {
                 self.startReading(conn)
             }
         }
+        conn.queuedWork.append(item)
+        if !conn.inPoolRotation {
+            conn.inPoolRotation = true
+            poolRotation.append(conn)
+        }
+        dispatchPool()
+    }
+
+    /// Loop thread: hands queued jobs to the pool while slots are free, one connection at a time in
+    /// turn, skipping connections at their own limit.
+    func dispatchPool() {
+        var skipped = 0
+        while poolRunning < poolSlots, !poolRotation.isEmpty, skipped < poolRotation.count {
+            let conn = poolRotation.removeFirst()
+            if conn.closing || conn.queuedWorkHead == conn.queuedWork.count {
+                conn.inPoolRotation = false
+                continue
+            }
+            if conn.runningWork >= Self.poolJobsPerConnection {
+                poolRotation.append(conn)
+                skipped += 1
+                continue
+            }
+            let item = conn.queuedWork[conn.queuedWorkHead]!
+            conn.queuedWork[conn.queuedWorkHead] = nil
+            conn.queuedWorkHead += 1
+            if conn.queuedWorkHead == conn.queuedWork.count {
+                conn.queuedWork.removeAll(keepingCapacity: true)
+                conn.queuedWorkHead = 0
+                conn.inPoolRotation = false
+            } else {
+                if conn.queuedWorkHead >= 64 && conn.queuedWorkHead * 2 >= conn.queuedWork.count {
+                    conn.queuedWork.removeFirst(conn.queuedWorkHead)
+                    conn.queuedWorkHead = 0
+                }
+                poolRotation.append(conn)
+            }
+            skipped = 0
+            conn.runningWork += 1
+            poolRunning += 1
+            submit(item)
+        }
+    }
+
+    private func submit(_ item: AnyWorkItem) {
         let req = uvAllocate(uv_work_t.self)
         req.pointee.data = Unmanaged<AnyWorkItem>.passRetained(item).toOpaque()
         let rc = uv_queue_work(loop, req, { req in
             Unmanaged<AnyWorkItem>.fromOpaque(req!.pointee.data).takeUnretainedValue().runWork()
         }, { req, _ in
             let item = Unmanaged<AnyWorkItem>.fromOpaque(req!.pointee.data).takeRetainedValue()
+            let s = Unmanaged<SelmServer>.fromOpaque(req!.pointee.loop.pointee.data).takeUnretainedValue()
             free(req)
-            item.runThen()
+            s.poolJobFinished(item)
         })
         precondition(rc == 0, "uv_queue_work failed: \(uvErrorText(rc))")
     }
+
+    /// Loop thread: a pool job returned; its slot goes to the next job in turn, then its completion runs.
+    private func poolJobFinished(_ item: AnyWorkItem) {
+        poolRunning -= 1
+        item.connection?.runningWork -= 1
+        item.connection = nil
+        dispatchPool()
+        item.runThen()
+    }
+}
+
+/// libuv's thread-pool size: `UV_THREADPOOL_SIZE` as libuv reads it (1…1024), else its default 4.
+func libuvThreadPoolSize() -> Int {
+    guard let text = ProcessInfo.processInfo.environment["UV_THREADPOOL_SIZE"], let n = Int(text), n > 0 else { return 4 }
+    return min(n, 1024)
 }
 
 /// The server that owns the loop of `handle`.
@@ -658,6 +809,8 @@ let connectionClosed: uv_close_cb = { handle in
 /// Type-erased thread-pool job (`uv_work_t.data`).
 class AnyWorkItem: @unchecked Sendable {
     var onDone: (() -> Void)?
+    /// The connection whose job this is (loop thread only; cleared when it finished).
+    var connection: Connection?
     func runWork() {}
     func runThen() {}
 }

@@ -37,6 +37,13 @@ public final class Tokenizer: Sendable {
     /// Number of entries in the vocabulary (ids are `0..<vocabSize`).
     public var vocabSize: Int { tokens.count }
 
+    /// The most bytes of input text one token can stand for: the longest token's bytes (a special
+    /// token's text included), times 3 when the text is NFC-normalised first (composition shrinks
+    /// UTF-8 by at most 3×, Hangul jamo). So a text of more than `n × maxBytesPerToken` bytes encodes
+    /// to more than `n` tokens — a bound checked before tokenizing — except for bytes the vocabulary
+    /// cannot represent at all (no byte token and no unknown token), which produce no token.
+    public let maxBytesPerToken: Int
+
     /// Builds a tokenizer from a spec, checking it.
     /// - Throws: `TokenizerError.invalidSpec` when the vocabulary is empty, `tokenTypes` has another
     ///   length than `tokens`, a special id is out of range, or a merge names a token (or produces
@@ -109,6 +116,9 @@ public final class Tokenizer: Sendable {
             offsets.append(decoded.count)
         }
 
+        var longest = 1
+        for id in 0..<n { longest = max(longest, offsets[id + 1] - offsets[id]) }
+        self.maxBytesPerToken = longest * (spec.normalizeNFC ? 3 : 1)
         self.tokens = spec.tokens
         self.types = types
         self.idsByText = idsByText

@@ -67,8 +67,13 @@ enum Unpacked {
 
     /// The proto field name of an envelope body field, from the generated descriptor.
     static func bodyName(_ number: UInt32) -> String {
+        knownBodyName(number) ?? "field \(number)"
+    }
+
+    /// The proto field name of envelope field `number`, nil when the descriptor has none.
+    static func knownBodyName(_ number: UInt32) -> String? {
         withUnsafePointer(to: selm__v1__envelope__descriptor) { desc in
-            guard let field = protobuf_c_message_descriptor_get_field(desc, number) else { return "field \(number)" }
+            guard let field = protobuf_c_message_descriptor_get_field(desc, number) else { return nil }
             return String(cString: field.pointee.name)
         }
     }
@@ -80,8 +85,8 @@ enum Unpacked {
         case SELM__V1__ENVELOPE__BODY_HELLO:
             let m = e.hello!.pointee
             guard m.protocol_version != 0 else { throw FieldError("protocol_version", "is required") }
-            return .hello(Hello(protocolVersion: m.protocol_version, authToken: string(m.auth_token),
-                                clientName: string(m.client_name)))
+            return .hello(Hello(protocolVersion: m.protocol_version, authToken: try text(m.auth_token, "auth_token"),
+                                clientName: try text(m.client_name, "client_name")))
         case SELM__V1__ENVELOPE__BODY_GENERATE:
             return .generate(try generateRequest(e.generate!.pointee))
         case SELM__V1__ENVELOPE__BODY_CANCEL:
@@ -98,12 +103,12 @@ enum Unpacked {
         case SELM__V1__ENVELOPE__BODY_STATUS:
             return .status(StatusRequest())
         case SELM__V1__ENVELOPE__BODY_REFRESH_WEIGHTS:
-            let checkpoint = string(e.refresh_weights!.pointee.checkpoint)
+            let checkpoint = try text(e.refresh_weights!.pointee.checkpoint, "checkpoint")
             guard !checkpoint.isEmpty else { throw FieldError("checkpoint", "is required") }
             try checkRelativePath(checkpoint, field: "checkpoint")
             return .refreshWeights(RefreshWeights(checkpoint: checkpoint))
         case SELM__V1__ENVELOPE__BODY_SAVE_CHECKPOINT:
-            let name = string(e.save_checkpoint!.pointee.name)
+            let name = try text(e.save_checkpoint!.pointee.name, "name")
             if !name.isEmpty { try checkRelativePath(name, field: "name") }
             return .saveCheckpoint(SaveCheckpoint(name: name))
         case SELM__V1__ENVELOPE__BODY_SUBSCRIBE_VERSIONS:
@@ -132,7 +137,7 @@ enum Unpacked {
         var stop: [String] = []
         stop.reserveCapacity(m.n_stop)
         for i in 0..<m.n_stop {
-            let s = string(m.stop[i])
+            let s = try text(m.stop[i], "stop[\(i)]")
             guard !s.isEmpty else { throw FieldError("stop[\(i)]", "must not be empty") }
             stop.append(s)
         }
@@ -221,7 +226,7 @@ enum Unpacked {
         case SELM__V1__TOKENIZE_REQUEST__INPUT_MESSAGES:
             input = .messages(try messages(m.messages, path: "messages"))
         case SELM__V1__TOKENIZE_REQUEST__INPUT_TEXT:
-            input = .text(string(m.text))
+            input = .text(try text(m.text, "text"))
         default:
             input = .text("")
         }
@@ -250,7 +255,7 @@ enum Unpacked {
                 throw FieldError("\(path).weight", "must be a finite number ≥ 0 (got \(row.weight))")
             }
             rows.append(PreferenceRow(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference,
-                                      weight: row.weight == 0 ? 1 : row.weight, source: string(row.source)))
+                                      weight: row.weight == 0 ? 1 : row.weight, source: try text(row.source, "\(path).source")))
         }
         return SubmitPreferences(rows: rows, chat: m.chat != 0)
     }
@@ -267,7 +272,7 @@ enum Unpacked {
         guard let m = p?.pointee else { throw FieldError(path, "is required") }
         switch m.kind_case {
         case SELM__V1__PROMPT__KIND_TEXT:
-            return .text(string(m.text))
+            return .text(try text(m.text, "\(path).text"))
         case SELM__V1__PROMPT__KIND_IDS:
             let ids = m.ids.map { array($0.pointee.ids, $0.pointee.n_ids) } ?? []
             guard !ids.isEmpty else { throw FieldError("\(path).ids", "must not be empty") }
@@ -283,9 +288,9 @@ enum Unpacked {
         let m = p.pointee
         switch m.kind_case {
         case SELM__V1__RESPONSE__KIND_TEXT:
-            let text = string(m.text)
-            guard !text.isEmpty else { throw FieldError("\(path).text", "must not be empty") }
-            return .text(text)
+            let t = try text(m.text, "\(path).text")
+            guard !t.isEmpty else { throw FieldError("\(path).text", "must not be empty") }
+            return .text(t)
         case SELM__V1__RESPONSE__KIND_IDS:
             let ids = m.ids.map { array($0.pointee.ids, $0.pointee.n_ids) } ?? []
             guard !ids.isEmpty else { throw FieldError("\(path).ids", "must not be empty") }
@@ -297,7 +302,7 @@ enum Unpacked {
 
     /// A conversation; `path` names the `Messages` field, its list is `path.messages`.
     private static func messages(_ p: UnsafeMutablePointer<Selm__V1__Messages>?, path: String) throws(FieldError) -> [ChatMessage] {
-        let list = chatMessages(p)
+        let list = try chatMessages(p, path: path)
         guard !list.isEmpty else { throw FieldError("\(path).messages", "at least one message is required") }
         for (j, message) in list.enumerated() where message.role.isEmpty {
             throw FieldError("\(path).messages[\(j)].role", "must not be empty")
@@ -370,7 +375,7 @@ enum Unpacked {
             var metrics: [String: Double] = [:]
             for i in 0..<m.n_learner_metrics {
                 let entry = m.learner_metrics[i]!.pointee
-                metrics[string(entry.key)] = entry.value
+                metrics[cString(entry.key)] = entry.value
             }
             return .statusReply(StatusReply(
                 policyVersion: m.policy_version, learnerStep: m.learner_step, learnerMetrics: metrics,
@@ -391,7 +396,7 @@ enum Unpacked {
             var metrics: [String: Double] = [:]
             for i in 0..<m.n_metrics {
                 let entry = m.metrics[i]!.pointee
-                metrics[string(entry.key)] = entry.value
+                metrics[cString(entry.key)] = entry.value
             }
             return .versionEvent(VersionEvent(version: m.version, learnerStep: m.learner_step, metrics: metrics,
                                               unixTime: m.unix_time))
@@ -409,20 +414,47 @@ enum Unpacked {
         }
     }
 
-    private static func chatMessages(_ p: UnsafeMutablePointer<Selm__V1__Messages>?) -> [ChatMessage] {
+    private static func chatMessages(_ p: UnsafeMutablePointer<Selm__V1__Messages>?, path: String) throws(FieldError) -> [ChatMessage] {
         guard let m = p?.pointee, m.n_messages > 0 else { return [] }
-        return (0..<m.n_messages).map { i in
+        var list: [ChatMessage] = []
+        list.reserveCapacity(m.n_messages)
+        for i in 0..<m.n_messages {
             let message = m.messages[i]!.pointee
-            return ChatMessage(role: string(message.role), content: string(message.content))
+            list.append(ChatMessage(role: try text(message.role, "\(path).messages[\(i)].role"),
+                                    content: try text(message.content, "\(path).messages[\(i)].content")))
         }
+        return list
     }
 }
 
 // MARK: - Helpers
 
-/// A C string as Swift (ill-formed UTF-8 repaired with U+FFFD); NULL → "".
+/// A request's string field (a protobuf-c `bytes`, see scripts/gen_proto.sh) as Swift, exactly: a
+/// value holding a NUL byte (which C code, file names and the auth check would cut) or ill-formed
+/// UTF-8 (which protobuf requires of `string`) is refused naming `field`.
+private func text(_ b: ProtobufCBinaryData, _ field: @autoclosure () -> String) throws(FieldError) -> String {
+    guard b.len > 0, let data = b.data else { return "" }
+    let bytes = UnsafeBufferPointer(start: data, count: b.len)
+    if let nul = bytes.firstIndex(of: 0) {
+        throw FieldError(field(), "contains a NUL byte (at byte \(nul)); strings must not contain U+0000")
+    }
+    guard let s = String(validating: bytes, as: UTF8.self) else {
+        throw FieldError(field(), "is not valid UTF-8")
+    }
+    return s
+}
+
+/// A reply's string field as Swift, NULs kept, ill-formed UTF-8 repaired with U+FFFD (replies are
+/// not validated).
 @inline(__always)
-private func string(_ p: UnsafeMutablePointer<CChar>?) -> String {
+private func string(_ b: ProtobufCBinaryData) -> String {
+    guard b.len > 0, let data = b.data else { return "" }
+    return String(decoding: UnsafeBufferPointer(start: data, count: b.len), as: UTF8.self)
+}
+
+/// A map key (the only C string left in the generated code); NULL → "".
+@inline(__always)
+private func cString(_ p: UnsafeMutablePointer<CChar>?) -> String {
     guard let p else { return "" }
     return String(cString: p)
 }
@@ -438,9 +470,17 @@ private func array<T>(_ p: UnsafeMutablePointer<T>?, _ count: Int) -> [T] {
 /// at the first damaged field; nil when no id precedes the damage. The last occurrence wins, as in
 /// protobuf.
 func scanEnvelopeID(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
+    scanEnvelope(bytes).id
+}
+
+/// The envelope id (field 1) and the number of the last length-delimited field ≥ 10 (the body)
+/// found in possibly damaged envelope bytes, reading fields until the first damaged one. A body
+/// field whose key is intact counts even when its length or contents are damaged.
+func scanEnvelope(_ bytes: UnsafeRawBufferPointer) -> (id: UInt64?, body: UInt32?) {
     let n = bytes.count
     var i = 0
     var id: UInt64? = nil
+    var body: UInt32? = nil
 
     func varint() -> UInt64? {
         var value: UInt64 = 0
@@ -465,6 +505,7 @@ func scanEnvelopeID(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
             guard n - i >= 8 else { break scan }
             i += 8
         case 2:
+            if key >> 3 >= 10, key >> 3 <= UInt64(UInt32.max) { body = UInt32(key >> 3) }
             guard let length = varint(), length <= UInt64(n - i) else { break scan }
             i += Int(length)
         case 5:
@@ -474,5 +515,5 @@ func scanEnvelopeID(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
             break scan
         }
     }
-    return id
+    return (id, body)
 }

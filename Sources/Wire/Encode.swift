@@ -1,6 +1,7 @@
 // Swift values → protobuf-c structs, built in an arena that lives until the envelope is packed.
 
 internal import SelmProtoC
+internal import CProtobufC
 
 /// A bump allocator holding every protobuf-c struct, array and string of one envelope being
 /// encoded; everything is freed at once when the arena is released.
@@ -61,8 +62,21 @@ final class Arena {
         return p
     }
 
-    /// A NUL-terminated copy of `string`'s UTF-8 (protobuf-c stops at the first NUL).
-    func string(_ string: String) -> UnsafeMutablePointer<CChar> {
+    /// A copy of `string`'s UTF-8 as a protobuf-c `bytes` value (every string field of the generated
+    /// C code is `bytes`, see scripts/gen_proto.sh): the exact length travels, NULs included.
+    func string(_ string: String) -> ProtobufCBinaryData {
+        var s = string
+        return s.withUTF8 { utf8 in
+            guard let base = utf8.baseAddress, utf8.count > 0 else { return ProtobufCBinaryData(len: 0, data: nil) }
+            let p = raw(utf8.count, alignment: 1).bindMemory(to: UInt8.self, capacity: utf8.count)
+            UnsafeMutableRawPointer(p).copyMemory(from: base, byteCount: utf8.count)
+            return ProtobufCBinaryData(len: utf8.count, data: p)
+        }
+    }
+
+    /// A NUL-terminated copy of `string`'s UTF-8, for map keys (the one `string` left in the C code;
+    /// a key is cut at a NUL — the server's metric names have none).
+    func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
         var s = string
         return s.withUTF8 { utf8 in
             let p = raw(utf8.count + 1, alignment: 1).bindMemory(to: CChar.self, capacity: utf8.count + 1)
@@ -294,7 +308,7 @@ final class Arena {
         pointers(map.sorted { $0.key < $1.key }) { kv in
             let p = new(Entry.self)
             initialise(p)
-            set(p, string(kv.key), kv.value)
+            set(p, cString(kv.key), kv.value)
             return p
         }
     }
@@ -362,9 +376,9 @@ final class Arena {
         p.pointee.n = m.n
         p.pointee.n_stop = m.stop.count
         if !m.stop.isEmpty {
-            let list = raw(MemoryLayout<UnsafeMutablePointer<CChar>?>.stride * m.stop.count,
-                           alignment: MemoryLayout<UnsafeMutablePointer<CChar>?>.alignment)
-                .bindMemory(to: UnsafeMutablePointer<CChar>?.self, capacity: m.stop.count)
+            let list = raw(MemoryLayout<ProtobufCBinaryData>.stride * m.stop.count,
+                           alignment: MemoryLayout<ProtobufCBinaryData>.alignment)
+                .bindMemory(to: ProtobufCBinaryData.self, capacity: m.stop.count)
             for (i, s) in m.stop.enumerated() { (list + i).initialize(to: string(s)) }
             p.pointee.stop = list
         }

@@ -56,6 +56,17 @@ public enum Frame {
         try body.withUnsafeBytes { bytes in Result { () throws(WireError) in try Unpacked.decodeClient(bytes) } }.get()
     }
 
+    /// The proto name of the request ("generate") a client frame body carries — also when the body
+    /// could not be decoded (damaged, or refused by a field check): read from the envelope's body
+    /// field number if that is a request (10–39) this build knows; nil otherwise. For counting
+    /// refused requests by type.
+    public static func requestType(of body: [UInt8]) -> String? {
+        body.withUnsafeBytes { bytes -> String? in
+            guard let number = scanEnvelope(bytes).body, (10..<40).contains(number) else { return nil }
+            return Unpacked.knownBodyName(number)
+        }
+    }
+
     /// Decodes one frame body (no length prefix) received by a client. Replies are not validated
     /// beyond what protobuf checks.
     /// - Throws: `WireError.malformed`, `.missingBody`, `.unknownBody`, or `.unexpectedBody` (a
@@ -80,8 +91,11 @@ public enum Frame {
 ///
 /// Not thread-safe: one decoder per connection, used from one thread (the server's loop thread).
 public struct FrameDecoder: Sendable {
-    /// The largest body accepted.
-    public let maxFrameBytes: Int
+    /// The largest body accepted. May be changed between frames: it applies to every header read
+    /// after the change (use `appendUntilReady(_:)` to stop reading headers at a frame boundary).
+    public var maxFrameBytes: Int {
+        didSet { precondition(maxFrameBytes >= 0, "maxFrameBytes must not be negative") }
+    }
 
     /// Bytes of a partial header (< 4) or partial body.
     private var partial: [UInt8] = []
@@ -107,10 +121,25 @@ public struct FrameDecoder: Sendable {
 
     /// Consumes a chunk of the stream (any size, any split).
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        guard let base = bytes.baseAddress else { return }
+        _ = consume(bytes, stopWhenReady: false)
+    }
+
+    /// Consumes bytes from the start of `bytes` until a frame (or an oversize-frame error) is ready
+    /// for `next()`, and returns how many it consumed (all of them when no frame completes; none
+    /// when one was already waiting). Between two calls the caller may change `maxFrameBytes`
+    /// knowing that no later header has been judged yet — the server reads a connection's frames
+    /// before Hello under a small limit, and the frames after a Hello under the full one, even when
+    /// both arrive in one read.
+    public mutating func appendUntilReady(_ bytes: UnsafeRawBufferPointer) -> Int {
+        consume(bytes, stopWhenReady: true)
+    }
+
+    private mutating func consume(_ bytes: UnsafeRawBufferPointer, stopWhenReady: Bool) -> Int {
+        guard let base = bytes.baseAddress else { return 0 }
         var p = base.assumingMemoryBound(to: UInt8.self)
         var left = bytes.count
         while left > 0 {
+            if stopWhenReady && readyHead < ready.count { break }
             if skipRemaining > 0 {
                 let k = Int(min(skipRemaining, UInt64(left)))
                 skipRemaining -= UInt64(k)
@@ -153,6 +182,7 @@ public struct FrameDecoder: Sendable {
                 }
             }
         }
+        return bytes.count - left
     }
 
     /// Consumes a chunk of the stream given as an array.

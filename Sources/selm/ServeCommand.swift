@@ -41,8 +41,10 @@ struct Serve: ParsableCommand {
     var maxOutputBytes: Int = 64 << 20
     @Option(help: "Requests one connection may have in flight.")
     var maxRequestsInFlight: Int = 1024
-    @Option(help: "Client connections open at once.")
+    @Option(help: "Authenticated client connections open at once (connections still waiting for their Hello are counted apart: at most max(16, this / 4), the oldest closed to admit a new one).")
     var maxConnections: Int = 256
+    @Option(help: "Seconds a new connection has to send a successful Hello before it is closed.")
+    var helloTimeout: Double = 10
     @Flag(help: "Run no learner: preferences are logged durably and left unconsumed for a later run.")
     var noLearner = false
     @Option(help: "Reference model for the learner (default: a frozen copy of --model's starting weights).")
@@ -73,6 +75,7 @@ struct Serve: ParsableCommand {
         if maxOutputBytes < 2 * maxFrameBytes { throw ValidationError("--max-output-bytes: must be at least twice --max-frame-bytes") }
         if maxRequestsInFlight < 1 { throw ValidationError("--max-requests-in-flight: must be ≥ 1") }
         if maxConnections < 1 { throw ValidationError("--max-connections: must be ≥ 1") }
+        if !(helloTimeout > 0 && helloTimeout <= 86400) { throw ValidationError("--hello-timeout: must be in (0, 86400] seconds") }
         if kvCacheMb < 1 { throw ValidationError("--kv-cache-mb: must be ≥ 1") }
         if maxLiveVersions < 1 { throw ValidationError("--max-live-versions: must be ≥ 1") }
         if listen == "none" && unix == nil { throw ValidationError("--listen none needs --unix") }
@@ -93,6 +96,7 @@ struct Serve: ParsableCommand {
         config.maxOutputBytes = maxOutputBytes
         config.maxRequestsInFlight = maxRequestsInFlight
         config.maxConnections = maxConnections
+        config.helloTimeoutSeconds = helloTimeout
         config.verbose = verbose
         if let f = authTokenFile { config.authToken = try readToken(f) }
 

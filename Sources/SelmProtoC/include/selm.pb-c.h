@@ -110,7 +110,7 @@ typedef enum _Selm__V1__ErrorCode {
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT = 1,
   /*
-   * no Hello yet, or a wrong auth_token
+   * no Hello yet (or none within the server's deadline), or a wrong auth_token
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_UNAUTHENTICATED = 2,
   /*
@@ -122,7 +122,7 @@ typedef enum _Selm__V1__ErrorCode {
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_RESOURCE_EXHAUSTED = 4,
   /*
-   * the frame exceeded max_frame_bytes
+   * the frame exceeded max_frame_bytes (64 KiB before a successful Hello)
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_FRAME_TOO_LARGE = 5,
   /*
@@ -154,7 +154,7 @@ typedef enum _Selm__V1__ErrorCode {
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE = 12,
   /*
-   * a value exceeds a model limit (token id ≥ vocab, prompt > context)
+   * a value exceeds a model limit (token id ≥ vocab, prompt > context, text too long to fit)
    */
   SELM__V1__ERROR_CODE__ERROR_CODE_OUT_OF_RANGE = 13
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SELM__V1__ERROR_CODE)
@@ -345,15 +345,15 @@ struct  Selm__V1__ChatMessage
   /*
    * "system", "user", "assistant", ... as the model's chat template knows them; not empty
    */
-  char *role;
+  ProtobufCBinaryData role;
   /*
    * the turn's text
    */
-  char *content;
+  ProtobufCBinaryData content;
 };
 #define SELM__V1__CHAT_MESSAGE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__chat_message__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , {0,NULL}, {0,NULL} }
 
 
 /*
@@ -392,7 +392,7 @@ struct  Selm__V1__Prompt
     /*
      * raw text; wrapped as one user turn and templated when the request's `chat` is set
      */
-    char *text;
+    ProtobufCBinaryData text;
     /*
      * already tokenized; used as is (no template, no BOS added); not empty
      */
@@ -426,7 +426,7 @@ struct  Selm__V1__Response
     /*
      * text, tokenized on its own and appended to the prompt's tokens; not empty
      */
-    char *text;
+    ProtobufCBinaryData text;
     /*
      * token ids appended as is; not empty
      */
@@ -473,15 +473,15 @@ struct  Selm__V1__Hello
   /*
    * shared secret if the server requires one, else empty
    */
-  char *auth_token;
+  ProtobufCBinaryData auth_token;
   /*
    * free-form, for logs and metrics ("selm-python/0.1")
    */
-  char *client_name;
+  ProtobufCBinaryData client_name;
 };
 #define SELM__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__hello__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , 0, {0,NULL}, {0,NULL} }
 
 
 /*
@@ -497,15 +497,15 @@ struct  Selm__V1__HelloReply
   /*
    * the server's software version
    */
-  char *server_version;
+  ProtobufCBinaryData server_version;
   /*
    * the served model's name
    */
-  char *model_name;
+  ProtobufCBinaryData model_name;
   /*
-   * where the served model was loaded from
+   * the served model's file or directory name (no server path)
    */
-  char *model_path;
+  ProtobufCBinaryData model_path;
   /*
    * the current weight version
    */
@@ -521,7 +521,7 @@ struct  Selm__V1__HelloReply
   /*
    * the chat template source (Jinja) or the name of the built-in one
    */
-  char *chat_template;
+  ProtobufCBinaryData chat_template;
   /*
    * the largest frame the server accepts (the 4-byte header excluded)
    */
@@ -529,7 +529,7 @@ struct  Selm__V1__HelloReply
 };
 #define SELM__V1__HELLO_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__hello_reply__descriptor) \
-    , 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
+    , 0, {0,NULL}, {0,NULL}, {0,NULL}, 0, 0, 0, {0,NULL}, 0 }
 
 
 typedef enum {
@@ -671,7 +671,7 @@ struct  Selm__V1__GenerateRequest
    * stop strings (not included in the output); each not empty
    */
   size_t n_stop;
-  char **stop;
+  ProtobufCBinaryData *stop;
   /*
    * extra stop tokens besides the model's EOS (included in token_ids)
    */
@@ -727,7 +727,7 @@ struct  Selm__V1__GenerateChunk
   /*
    * text made complete by these tokens (may lag by a partial UTF-8 character or a held-back stop prefix)
    */
-  char *text_delta;
+  ProtobufCBinaryData text_delta;
   /*
    * log-probability of each new token; same length as token_ids
    */
@@ -741,7 +741,7 @@ struct  Selm__V1__GenerateChunk
 };
 #define SELM__V1__GENERATE_CHUNK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__generate_chunk__descriptor) \
-    , 0, 0, 0,NULL, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL }
+    , 0, 0, 0,NULL, {0,NULL}, 0,NULL, 0,NULL }
 
 
 /*
@@ -766,7 +766,7 @@ struct  Selm__V1__SampleResult
   /*
    * the completion's text (stop string removed)
    */
-  char *text;
+  ProtobufCBinaryData text;
   /*
    * log-probability of each completion token under the weights that produced it
    */
@@ -800,7 +800,7 @@ struct  Selm__V1__SampleResult
 };
 #define SELM__V1__SAMPLE_RESULT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__sample_result__descriptor) \
-    , 0, 0, 0,NULL, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, SELM__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, 0,NULL, 0,NULL, SELM__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED, 0, 0, 0, 0 }
 
 
 /*
@@ -993,7 +993,7 @@ struct  Selm__V1__TokenizeRequest
     /*
      * text to tokenize (unset input = empty text)
      */
-    char *text;
+    ProtobufCBinaryData text;
     /*
      * a conversation, rendered with the chat template
      */
@@ -1048,11 +1048,11 @@ struct  Selm__V1__DetokenizeReply
   /*
    * the decoded text (an incomplete UTF-8 tail is replaced by U+FFFD)
    */
-  char *text;
+  ProtobufCBinaryData text;
 };
 #define SELM__V1__DETOKENIZE_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__detokenize_reply__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , {0,NULL} }
 
 
 /*
@@ -1084,11 +1084,11 @@ struct  Selm__V1__PreferenceRow
   /*
    * free-form provenance ("pairrm", "human", a dataset name), kept in the WAL
    */
-  char *source;
+  ProtobufCBinaryData source;
 };
 #define SELM__V1__PREFERENCE_ROW__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__preference_row__descriptor) \
-    , NULL, NULL, NULL, NULL, 0, (char *)protobuf_c_empty_string }
+    , NULL, NULL, NULL, NULL, 0, {0,NULL} }
 
 
 /*
@@ -1249,11 +1249,11 @@ struct  Selm__V1__RefreshWeights
   /*
    * path relative to the server's data directory; not empty, no "..", not absolute;
    */
-  char *checkpoint;
+  ProtobufCBinaryData checkpoint;
 };
 #define SELM__V1__REFRESH_WEIGHTS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__refresh_weights__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , {0,NULL} }
 
 
 /*
@@ -1284,11 +1284,11 @@ struct  Selm__V1__SaveCheckpoint
    * ".partial-", ".old-" or ".tmp-" are reserved; an existing checkpoint of that name is replaced,
    * anything else there is refused. Empty = automatic name step-N (N = the learner step).
    */
-  char *name;
+  ProtobufCBinaryData name;
 };
 #define SELM__V1__SAVE_CHECKPOINT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__save_checkpoint__descriptor) \
-    , (char *)protobuf_c_empty_string }
+    , {0,NULL} }
 
 
 /*
@@ -1300,7 +1300,7 @@ struct  Selm__V1__SaveCheckpointReply
   /*
    * where it was written, relative to the data directory
    */
-  char *path;
+  ProtobufCBinaryData path;
   /*
    * learner step it holds
    */
@@ -1316,7 +1316,7 @@ struct  Selm__V1__SaveCheckpointReply
 };
 #define SELM__V1__SAVE_CHECKPOINT_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__save_checkpoint_reply__descriptor) \
-    , (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , {0,NULL}, 0, 0, 0 }
 
 
 /*
@@ -1384,17 +1384,17 @@ struct  Selm__V1__Error
    */
   Selm__V1__ErrorCode code;
   /*
-   * human-readable reason
+   * human-readable reason; server paths in it are relative to the data directory
    */
-  char *message;
+  ProtobufCBinaryData message;
   /*
    * the offending request field as a path ("prompts[2].ids", "sampling.top_p"), or empty
    */
-  char *field;
+  ProtobufCBinaryData field;
 };
 #define SELM__V1__ERROR__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__error__descriptor) \
-    , SELM__V1__ERROR_CODE__ERROR_CODE_UNSPECIFIED, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+    , SELM__V1__ERROR_CODE__ERROR_CODE_UNSPECIFIED, {0,NULL}, {0,NULL} }
 
 
 /* Selm__V1__Envelope methods */
