@@ -207,7 +207,7 @@ final class TransportHardeningTests: XCTestCase {
         let c2 = try server.client()
         _ = try c2.hello(token: token)
         assertError(try c2.call(2, .saveCheckpoint(SaveCheckpoint(name: "ckpt\0junk"))), .invalidArgument, field: "name")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: data + "/ckpt"), "a checkpoint was saved under the cut name")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: data + "/checkpoints/ckpt"), "a checkpoint was saved under the cut name")
         assertError(try c2.call(3, .generate(GenerateRequest(prompts: [.ids([1])], stop: ["a\0b"]))), .invalidArgument, field: "stop[0]")
         assertError(try c2.call(4, .tokenize(TokenizeRequest(input: .messages([ChatMessage(role: "us\0er", content: "x")])))),
                     .invalidArgument, field: "messages.messages[0].role")
@@ -215,7 +215,7 @@ final class TransportHardeningTests: XCTestCase {
         try c2.sendFrame(body: [0x08, 0x05, 0x72, 0x05, 0x0a, 0x03, 0x61, 0xff, 0x62])
         assertError(try c2.receive(5), .invalidArgument, field: "text")
         guard case .saveCheckpointReply(let s) = try c2.call(6, .saveCheckpoint(SaveCheckpoint(name: "ckpt"))) else { return XCTFail() }
-        XCTAssertEqual(s.path, "ckpt")
+        XCTAssertEqual(s.path, "checkpoints/ckpt")
         XCTAssertEqual(server.stop(), 0, server.log)
     }
 
@@ -231,14 +231,17 @@ final class TransportHardeningTests: XCTestCase {
         let h = try c.hello()
         XCTAssertEqual(h.modelPath, "tiny-untied")
         XCTAssertEqual(h.modelName, "tiny-untied")
-        XCTAssertTrue(FileManager.default.createFile(atPath: data + "/blocker", contents: Data("x".utf8)))
-        let r = try c.call(1, .saveCheckpoint(SaveCheckpoint(name: "blocker/x")))
+        // A checkpoint directory whose weights file is garbage: the loader's error names the file.
+        try FileManager.default.createDirectory(atPath: data + "/bad", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: ServerProcess.tiny + "/config.json", toPath: data + "/bad/config.json")
+        XCTAssertTrue(FileManager.default.createFile(atPath: data + "/bad/model.safetensors", contents: Data(repeating: 0x41, count: 64)))
+        let r = try c.call(1, .refreshWeights(RefreshWeights(checkpoint: "bad")))
         guard let e = errorOf(r) else { return }
-        XCTAssertEqual(e.code, .internal)
-        XCTAssertFalse(e.message.contains(dir), "the reply names an absolute server path: \(e.message)")
-        XCTAssertTrue(e.message.contains("blocker/x"), e.message)
+        XCTAssertEqual(e.code, .invalidArgument)
+        XCTAssertFalse(e.message.contains(dir) || e.message.contains(realPath(dir)), "the reply names an absolute server path: \(e.message)")
+        XCTAssertTrue(e.message.contains("bad/model.safetensors"), e.message)
         XCTAssertEqual(server.stop(), 0, server.log)
-        XCTAssertTrue(server.log.contains(data + "/blocker/x") || server.log.contains(realPath(data) + "/blocker/x"), server.log)
+        XCTAssertTrue(server.log.contains(data + "/bad/model.safetensors") || server.log.contains(realPath(data) + "/bad/model.safetensors"), server.log)
     }
 
     /// With an auth token, `/metrics` wants `Authorization: Bearer <token>`.
