@@ -60,10 +60,8 @@ let package = Package(
         // Fuzzing (Fuzz/README.md): the properties the fuzzers assert, shared with the corpus replay
         // tests, and one libFuzzer target per decoder (`make fuzz`; a corpus replayer in plain builds).
         .target(name: "FuzzChecks", dependencies: ["Wire", "Server", "Learner"], path: "Fuzz/Checks"),
-        .executableTarget(name: "fuzz-wire", dependencies: ["FuzzChecks"], path: "Fuzz/wire",
-                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
-        .executableTarget(name: "fuzz-log", dependencies: ["FuzzChecks"], path: "Fuzz/log",
-                          swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        .executableTarget(name: "fuzz-wire", dependencies: ["FuzzChecks"], path: "Fuzz/wire"),
+        .executableTarget(name: "fuzz-log", dependencies: ["FuzzChecks"], path: "Fuzz/log"),
 
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
