@@ -50,7 +50,7 @@ func soakRestarts(_ modelPath: String) throws {
     let clients = Int(option("--clients", "4")) ?? 4
     let checkpointEvery = option("--checkpoint-every", "2")
     let maxSeconds = Double(option("--max-seconds", "15")) ?? 15
-    let drainSeconds = Double(option("--drain-seconds", "900")) ?? 900
+    let drainSeconds = Double(option("--drain-seconds", "3600")) ?? 3600
     let keep = CommandLine.arguments.contains("--keep")
     let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("selm-soak-\(getpid())").path
     let serveArgs = ["--checkpoint-every", checkpointEvery, "--max-wait-seconds", "1", "--batch-size", "2"]
@@ -119,7 +119,7 @@ func soakRestarts(_ modelPath: String) throws {
                     } catch {
                         return  // the server is gone
                     }
-                    usleep(UInt32.random(in: 200_000...800_000, using: &r))
+                    usleep(UInt32.random(in: 500_000...2_000_000, using: &r))
                 }
             }.start()
         }
