@@ -1,5 +1,9 @@
 import Learner
+// The checks use PreferenceLog's internal scan and record codec: debug builds (`make test`, `make
+// fuzz`) are compiled for testing; a release build compiles a stub that says so.
+#if DEBUG
 @testable import Server
+
 
 /// The properties the preference-log fuzzer asserts on every input (Fuzz/README.md), callable from
 /// XCTest (Tests/ServerTests/LogCorpusReplayTests.swift) and from the libFuzzer target (Fuzz/log).
@@ -145,3 +149,14 @@ public enum LogProperties {
         }
     }
 }
+
+#else
+import Server
+
+public enum LogProperties {
+    /// Unavailable in a release build (PreferenceLog's internals are not visible there).
+    public static func violations(_ input: [UInt8]) -> [String] {
+        ["the log properties need a debug build (swift build; make fuzz builds one)"]
+    }
+}
+#endif

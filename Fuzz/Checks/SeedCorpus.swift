@@ -1,6 +1,8 @@
 import Foundation
 import Learner
+#if DEBUG
 @testable import Server
+#endif
 import Wire
 
 /// The seed corpus committed under Fuzz/corpus (regenerate with `make fuzz-seeds`): small valid inputs
@@ -31,6 +33,7 @@ public enum SeedCorpus {
         return out
     }
 
+    #if DEBUG
     /// Log seeds written by a real `PreferenceLog`: empty, one record, several (text-free id rows,
     /// references, weights, sources), and the damaged versions recovery must cut: a header or a
     /// payload cut short, a bad CRC, a sequence gap, garbage after the last record, an incomplete
@@ -90,6 +93,10 @@ public enum SeedCorpus {
 
     static func le32(_ v: UInt32) -> [UInt8] { var b: [UInt8] = []; appendLE32(&b, v); return b }
     static func le64(_ v: UInt64) -> [UInt8] { var b: [UInt8] = []; appendLE64(&b, v); return b }
+    #else
+    /// Log seeds need a debug build (they use PreferenceLog's internal record codec).
+    public static func log() throws -> [(name: String, bytes: [UInt8])] { throw CocoaError(.featureUnsupported) }
+    #endif
 
     static func hex(_ s: String) -> [UInt8] {
         var out: [UInt8] = []
