@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server bench-sharing proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server bench-sharing bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -42,13 +42,46 @@ bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench server --model $(MODEL)
 
+# `selm serve` (release, default model, learner on) under CLIENTS concurrent clients for SECONDS:
+# per-kind latency, failures by code, server RSS, and a small request's admission latency while long
+# generations run on two older versions.
+CLIENTS ?= 64
+SECONDS ?= 60
+bench-load: deps model build
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench load --model $(MODEL) --selm $(SELM) --clients $(CLIENTS) --seconds $(SECONDS)
+
+# CYCLES rounds of {serve with learner, clients submit preference batches, kill -9 at a random moment
+# (some during a checkpoint save), restart}; then every acknowledged row must be in the log once and
+# consumed by the learner.
+CYCLES ?= 20
+soak-restarts: deps model build
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench soak --model $(MODEL) --selm $(SELM) --cycles $(CYCLES)
+
+# Coverage-guided fuzzing (libFuzzer + AddressSanitizer) of the frame/envelope decoders and the
+# preference log's recovery scan, FUZZ_SECONDS per target (FUZZ_RUNS=N: N inputs instead). Fuzz/README.md.
+FUZZ_SECONDS ?= 120
+FUZZ_FLAGS := --build-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
+fuzz: deps
+	$(SWIFT) build $(FUZZ_FLAGS) --product fuzz-wire
+	$(SWIFT) build $(FUZZ_FLAGS) --product fuzz-log
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh wire log
+
+# Rewrite the generated seeds of Fuzz/corpus (regression-* inputs are kept).
+fuzz-seeds: deps
+	$(SWIFT) build --product fuzz-wire
+	$(SWIFT) build --product fuzz-log
+	.build/debug/fuzz-wire --write-seeds Fuzz/corpus/wire Tests/WireTests/Fixtures/python_frames.json
+	.build/debug/fuzz-log --write-seeds Fuzz/corpus/log
+
 # Engine and learner busy at once under each --compute-sharing mode (Python client, demo venv).
 bench-sharing: deps model build
 	scripts/demo.sh --version >/dev/null 2>&1 || true
 	.venv-demo/bin/python scripts/bench_sharing.py
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz
 
 # Regenerate the protobuf-c (Sources/SelmProtoC) and Python (clients/python) code from Proto/selm.proto.
 proto:

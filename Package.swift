@@ -57,12 +57,19 @@ let package = Package(
                                                            "Server", "Wire"],
                          swiftSettings: fastSwift),
 
+        // Fuzzing (Fuzz/README.md): the properties the fuzzers assert, shared with the corpus replay
+        // tests, and one libFuzzer target per decoder (`make fuzz`; a corpus replayer in plain builds).
+        .target(name: "FuzzChecks", dependencies: ["Wire", "Server", "Learner"], path: "Fuzz/Checks"),
+        .executableTarget(name: "fuzz-wire", dependencies: ["FuzzChecks"], path: "Fuzz/wire"),
+        .executableTarget(name: "fuzz-log", dependencies: ["FuzzChecks"], path: "Fuzz/log"),
+
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
         .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm",
+                                                   "FuzzChecks"]),
         .testTarget(name: "SelmClientTests", dependencies: ["SelmClient", "Wire", "selm"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Model", "Tokenizer", "Learner", "ModelBundle"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model", "ModelBundle"],

@@ -39,8 +39,8 @@ public struct PreferenceRecord: Sendable, Equatable {
 /// as token ids (text rows were tokenized when accepted) — so any protobuf runtime can read a log.
 /// A row's weight 0 is not representable (proto3 reads it as 1); the server never stores 0.
 ///
-/// Sequence numbers are consecutive. Opening a log scans it: the first record with a bad length,
-/// a bad CRC or a sequence out of order marks a torn tail (a crash in the middle of an append);
+/// Sequence numbers are consecutive, in 1…2^64−2. Opening a log scans it: the first record with a
+/// bad length, a bad CRC or a sequence out of order (or out of that range) marks a torn tail (a crash in the middle of an append);
 /// it and everything after it are truncated away (and the truncation fsynced), and the next append
 /// continues after the last good record.
 ///
@@ -157,33 +157,10 @@ public final class PreferenceLog: @unchecked Sendable {
         guard version == Self.formatVersion else { throw fail("format version \(version) is not supported (expected \(Self.formatVersion))") }
 
         // Scan every record; the first bad one starts the torn tail.
-        var offset = Int64(Self.fileHeaderSize)
-        var idx: [(offset: Int64, length: UInt32)] = []
-        var first: UInt64 = 0
-        var reason: String? = nil
-        var rh = [UInt8](repeating: 0, count: Self.recordHeaderSize)
-        var payload: [UInt8] = []
-        while offset < size {
-            if size - offset < Int64(Self.recordHeaderSize) { reason = "record header cut short at offset \(offset)"; break }
-            guard preadAll(fd, &rh, at: offset) else { throw fail("cannot read at offset \(offset): \(errnoText())") }
-            let length = readLE32(rh, 0), crc = readLE32(rh, 4), seq = readLE64(rh, 8)
-            if Int(length) > Self.maxPayloadBytes || offset + Int64(Self.recordHeaderSize) + Int64(length) > size {
-                reason = "record at offset \(offset) announces \(length) bytes, beyond the end of the file"; break
-            }
-            payload = [UInt8](repeating: 0, count: Int(length))
-            guard preadAll(fd, &payload, at: offset + Int64(Self.recordHeaderSize)) else {
-                throw fail("cannot read at offset \(offset): \(errnoText())")
-            }
-            if Self.recordCRC(length: length, sequence: seq, payload: payload) != crc {
-                reason = "CRC mismatch in the record at offset \(offset)"; break
-            }
-            if !idx.isEmpty && seq != first + UInt64(idx.count) {
-                reason = "record at offset \(offset) has sequence \(seq), expected \(first + UInt64(idx.count))"; break
-            }
-            if idx.isEmpty { first = seq }
-            idx.append((offset, length))
-            offset += Int64(Self.recordHeaderSize) + Int64(length)
+        let scan = try Self.scanRecords(size: size) { buffer, at in
+            guard preadAll(fd, &buffer, at: at) else { throw fail("cannot read at offset \(at): \(errnoText())") }
         }
+        let idx = scan.index, first = scan.firstSequence, offset = scan.goodLength, reason = scan.truncationReason
         var cut: Int64 = 0
         if offset < size {
             cut = size - offset
@@ -198,6 +175,81 @@ public final class PreferenceLog: @unchecked Sendable {
                             lastSequence: idx.isEmpty ? 0 : first + UInt64(idx.count) - 1,
                             truncatedBytes: cut, truncationReason: cut > 0 ? reason : nil)
         ok = true
+    }
+
+    /// What a scan of the records found: the good records in order, and where the good prefix ends.
+    struct Scan: Equatable {
+        /// File offset of each good record's header and its payload length, in order.
+        var index: [(offset: Int64, length: UInt32)]
+        /// Sequence of the first good record (0 when there is none).
+        var firstSequence: UInt64
+        /// End of the last good record (the file header's size when there is none): the length the
+        /// file is truncated to.
+        var goodLength: Int64
+        /// Why the bytes from `goodLength` on are a torn tail (nil when the file ends there).
+        var truncationReason: String?
+
+        static func == (a: Scan, b: Scan) -> Bool {
+            a.index.map(\.offset) == b.index.map(\.offset) && a.index.map(\.length) == b.index.map(\.length)
+                && a.firstSequence == b.firstSequence && a.goodLength == b.goodLength && a.truncationReason == b.truncationReason
+        }
+    }
+
+    /// The recovery scan `init` runs over a log of `size` bytes whose header is good: reads record
+    /// after record with `read(buffer, offset)` (filling `buffer` exactly), and stops at the first one
+    /// with a bad length, a CRC mismatch or a sequence out of order — the start of the torn tail.
+    static func scanRecords(size: Int64, read: (inout [UInt8], Int64) throws -> Void) rethrows -> Scan {
+        var offset = Int64(Self.fileHeaderSize)
+        var idx: [(offset: Int64, length: UInt32)] = []
+        var first: UInt64 = 0
+        var reason: String? = nil
+        var rh = [UInt8](repeating: 0, count: Self.recordHeaderSize)
+        var payload: [UInt8] = []
+        while offset < size {
+            if size - offset < Int64(Self.recordHeaderSize) { reason = "record header cut short at offset \(offset)"; break }
+            try read(&rh, offset)
+            let length = readLE32(rh, 0), crc = readLE32(rh, 4), seq = readLE64(rh, 8)
+            if Int(length) > Self.maxPayloadBytes || offset + Int64(Self.recordHeaderSize) + Int64(length) > size {
+                reason = "record at offset \(offset) announces \(length) bytes, beyond the end of the file"; break
+            }
+            payload = [UInt8](repeating: 0, count: Int(length))
+            try read(&payload, offset + Int64(Self.recordHeaderSize))
+            if Self.recordCRC(length: length, sequence: seq, payload: payload) != crc {
+                reason = "CRC mismatch in the record at offset \(offset)"; break
+            }
+            // Sequences run from 1 and the one after the last must exist: a record numbered 0 or
+            // 2^64−1 is damage (and would make the numbering overflow), not a record.
+            if seq == 0 || seq == .max {
+                reason = "record at offset \(offset) has sequence \(seq), outside 1…2^64−2"; break
+            }
+            if !idx.isEmpty && seq != first + UInt64(idx.count) {
+                reason = "record at offset \(offset) has sequence \(seq), expected \(first + UInt64(idx.count))"; break
+            }
+            if idx.isEmpty { first = seq }
+            idx.append((offset, length))
+            offset += Int64(Self.recordHeaderSize) + Int64(length)
+        }
+        return Scan(index: idx, firstSequence: first, goodLength: offset, truncationReason: offset < size ? reason : nil)
+    }
+
+    /// The recovery scan of a whole log file held in memory (file header included), as `init` scans
+    /// the file on disk, without touching any file: for the fuzzer and offline checks. Any thread.
+    /// - Throws: `ServerError.log` for a file `init` refuses (bad magic or format version); a file
+    ///   shorter than its header scans as empty (`init` rewrites such a header).
+    static func scan(fileBytes bytes: UnsafeRawBufferPointer, path: String = "<memory>") throws -> Scan {
+        guard bytes.count >= Self.fileHeaderSize else {
+            return Scan(index: [], firstSequence: 0, goodLength: 0, truncationReason: bytes.isEmpty ? nil : "incomplete file header")
+        }
+        let header = Array(bytes[0..<Self.fileHeaderSize])
+        guard Array(header[0..<8]) == Self.magic else { throw ServerError.log(path: path, reason: "not a selm preference log (bad magic)") }
+        let version = readLE32(header, 8)
+        guard version == Self.formatVersion else {
+            throw ServerError.log(path: path, reason: "format version \(version) is not supported (expected \(Self.formatVersion))")
+        }
+        return scanRecords(size: Int64(bytes.count)) { buffer, at in
+            let n = buffer.count
+            buffer.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[Int(at)..<Int(at) + n])) }
+        }
     }
 
     deinit {

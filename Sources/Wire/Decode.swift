@@ -321,7 +321,7 @@ enum Unpacked {
         switch e.body_case {
         case SELM__V1__ENVELOPE__BODY_ERROR:
             let m = e.error!.pointee
-            return .error(ErrorReply(code: ErrorCode(rawValue: numericCast(m.code.rawValue)),
+            return .error(ErrorReply(code: ErrorCode(rawValue: Int32(bitPattern: m.code.rawValue)),
                                      message: string(m.message), field: string(m.field)))
         case SELM__V1__ENVELOPE__BODY_HELLO_REPLY:
             let m = e.hello_reply!.pointee
@@ -342,7 +342,7 @@ enum Unpacked {
                 promptIndex: m.prompt_index, sampleIndex: m.sample_index, tokenIDs: array(m.token_ids, m.n_token_ids),
                 text: string(m.text), logprobs: array(m.logprobs, m.n_logprobs),
                 topLogprobs: topLogprobs(m.top_logprobs, m.n_top_logprobs),
-                finishReason: FinishReason(rawValue: numericCast(m.finish_reason.rawValue)), version: m.version,
+                finishReason: FinishReason(rawValue: Int32(bitPattern: m.finish_reason.rawValue)), version: m.version,
                 firstVersion: m.first_version, promptTokens: m.prompt_tokens, completionTokens: m.completion_tokens))
         case SELM__V1__ENVELOPE__BODY_GENERATE_DONE:
             let m = e.generate_done!.pointee

@@ -158,7 +158,7 @@ final class Arena {
             env.pointee.body_case = SELM__V1__ENVELOPE__BODY_ERROR
             let p = new(Selm__V1__Error.self)
             selm__v1__error__init(p)
-            p.pointee.code = Selm__V1__ErrorCode(rawValue: numericCast(m.code.rawValue))
+            p.pointee.code = Selm__V1__ErrorCode(rawValue: UInt32(bitPattern: m.code.rawValue))
             p.pointee.message = string(m.message)
             p.pointee.field = string(m.field)
             env.pointee.error = p
@@ -494,7 +494,7 @@ final class Arena {
         p.pointee.logprobs = array(m.logprobs)
         p.pointee.n_top_logprobs = m.topLogprobs.count
         p.pointee.top_logprobs = topLogprobs(m.topLogprobs)
-        p.pointee.finish_reason = Selm__V1__FinishReason(rawValue: numericCast(m.finishReason.rawValue))
+        p.pointee.finish_reason = Selm__V1__FinishReason(rawValue: UInt32(bitPattern: m.finishReason.rawValue))
         p.pointee.version = m.version
         p.pointee.first_version = m.firstVersion
         p.pointee.prompt_tokens = m.promptTokens

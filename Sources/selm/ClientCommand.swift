@@ -27,11 +27,24 @@ struct ClientConnectionOptions: ParsableArguments {
         var token: String? = nil
         if let tokenFile {
             guard let data = FileManager.default.contents(atPath: tokenFile), let text = String(data: data, encoding: .utf8) else {
-                throw ValidationError("--token-file: cannot read \(tokenFile)")
+                throw CLIError.file(path: tokenFile, reason: "cannot read --token-file")
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         return try SelmClient(address: address, unix: unix, token: token, timeout: timeout)
+    }
+}
+
+/// Checks a request with the rules the server applies (the `Wire` decoder's validation, run on the
+/// encoded request), so a bad flag value is a usage error reported before connecting.
+/// - Throws: `ValidationError` naming the flag ("--top-p: must be in (0, 1] (got 1.5)") or, for a
+///   nested field, its request path ("prompts[1].ids: must not be empty").
+func validateRequest(_ body: ClientMessage) throws {
+    do { _ = try Frame.decodeClient(Frame.encodeBody(Envelope(id: 1, body: body))) } catch {
+        guard case let .invalidField(_, field, reason) = error else { throw ValidationError("\(error)") }
+        let name = field.hasPrefix("sampling.") ? String(field.dropFirst("sampling.".count)) : field
+        if name.contains(where: { $0 == "." || $0 == "[" }) { throw ValidationError("\(field): \(reason)") }
+        throw ValidationError("\(name.count == 1 ? "-" : "--")\(name.replacingOccurrences(of: "_", with: "-")): \(reason)")
     }
 }
 
@@ -140,8 +153,11 @@ extension Client {
         @Flag(help: "Print text as it is generated.") var stream = false
         @Flag(help: "Print JSON lines: one per sample (and per chunk with --stream), then a \"done\" line.") var json = false
 
+        /// Sampling flags, n and --prompt-ids are checked here, before connecting.
         func validate() throws {
             if prompt.isEmpty && promptIds.isEmpty { throw ValidationError("give --prompt TEXT or --prompt-ids IDS") }
+            if n == 0 { throw ValidationError("-n: must be at least 1") }
+            try validateRequest(.generate(try request()))
         }
 
         func request() throws -> GenerateRequest {
@@ -226,6 +242,8 @@ extension Client {
         @OptionGroup var connection: ClientConnectionOptions
         @Option(help: "Comma-separated token ids.") var tokens: String
 
+        func validate() throws { _ = try parseTokenList(tokens, field: "--tokens") }
+
         func run() throws {
             let ids = try parseTokenList(tokens, field: "--tokens").map { UInt32(bitPattern: $0) }
             let client = try connection.connect()
@@ -252,19 +270,24 @@ extension Client {
             if (continuation == nil) == (continuationIds == nil) {
                 throw ValidationError("give exactly one of --continuation and --continuation-ids")
             }
+            try validateRequest(.score(try request()))
         }
 
-        func run() throws {
+        func request() throws -> ScoreRequest {
             let p: Prompt = if let prompt { .text(prompt) } else {
                 .ids(try parseTokenList(promptIds!, field: "--prompt-ids").map { UInt32(bitPattern: $0) })
             }
             let c: Response = if let continuation { .text(continuation) } else {
                 .ids(try parseTokenList(continuationIds!, field: "--continuation-ids").map { UInt32(bitPattern: $0) })
             }
+            return ScoreRequest(items: [ScoreItem(prompt: p, continuation: c)], chat: chat, version: version, topLogprobs: topLogprobs)
+        }
+
+        func run() throws {
+            let req = try request()
             let client = try connection.connect()
             defer { client.close() }
-            let reply = try client.score(ScoreRequest(items: [ScoreItem(prompt: p, continuation: c)], chat: chat,
-                                                      version: version, topLogprobs: topLogprobs))
+            let reply = try client.score(req)
             guard let item = reply.items.first else { throw SelmClientError.protocolViolation("score reply without items") }
             if json {
                 var d: [String: Any] = ["version": reply.version, "token_ids": item.tokenIDs.map { Int($0) },
@@ -300,7 +323,7 @@ extension Client {
 
         func run() throws {
             let rows = try PreferenceRows.read(data, defaultSource: source ?? "")
-            if rows.isEmpty { throw ValidationError("--data: \(data) holds no rows") }
+            if rows.isEmpty { throw CLIError.file(path: data, reason: "--data holds no rows") }
             let client = try connection.connect()
             defer { client.close() }
             var first = 0
@@ -310,7 +333,7 @@ extension Client {
                 do { ack = try client.submitPreferences(batch.map(\.row), chat: chat) } catch let e {
                     // Name the file line of a refused row ("rows[3].chosen" → line of row 3 of this batch).
                     if case .server(_, _, let field, _) = e, let i = PreferenceRows.rowIndex(field), i < batch.count {
-                        note("\(data):\(batch[i].line): row refused")
+                        throw CLIError.line(path: data, line: batch[i].line, reason: "row refused by the server: \(e)")
                     }
                     throw e
                 }
@@ -440,29 +463,30 @@ enum PreferenceRows {
     static func read(_ path: String, defaultSource: String) throws -> [Entry] {
         let data: Data
         if path == "-" { data = FileHandle.standardInput.readDataToEndOfFile() } else {
-            guard let d = FileManager.default.contents(atPath: path) else { throw ValidationError("--data: cannot read \(path)") }
+            guard let d = FileManager.default.contents(atPath: path) else { throw CLIError.file(path: path, reason: "cannot read --data") }
             data = d
         }
         var out: [Entry] = []
         for (i, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
             if text.isEmpty { continue }
-            let where_ = "\(path):\(i + 1)"
             guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)), let dict = object as? [String: Any] else {
-                throw ValidationError("\(where_): not a JSON object")
+                throw CLIError.line(path: path, line: i + 1, reason: "not a JSON object")
             }
-            out.append(Entry(row: try row(dict, at: where_, defaultSource: defaultSource), line: i + 1))
+            out.append(Entry(row: try row(dict, path: path, line: i + 1, defaultSource: defaultSource), line: i + 1))
         }
         return out
     }
 
-    static func row(_ d: [String: Any], at place: String, defaultSource: String) throws -> PreferenceRow {
+    /// The row of line `line` of `path`; a bad row throws `CLIError.line` naming the key.
+    static func row(_ d: [String: Any], path: String, line: Int, defaultSource: String) throws -> PreferenceRow {
+        func bad(_ reason: String) -> CLIError { .line(path: path, line: line, reason: reason) }
         func ids(_ key: String) throws -> [UInt32]? {
             guard let v = d[key], !(v is NSNull) else { return nil }
-            guard let a = v as? [Any] else { throw ValidationError("\(place): \"\(key)\" must be a list of token ids") }
+            guard let a = v as? [Any] else { throw bad("\"\(key)\" must be a list of token ids") }
             return try a.map { x in
                 guard let n = x as? NSNumber, let u = UInt32(exactly: n.doubleValue) else {
-                    throw ValidationError("\(place): \"\(key)\" must be a list of token ids")
+                    throw bad("\"\(key)\" must be a list of token ids")
                 }
                 return u
             }
@@ -471,7 +495,7 @@ enum PreferenceRows {
             guard let a = v as? [Any] else { return nil }
             return try a.map { m in
                 guard let m = m as? [String: Any], let role = m["role"] as? String else {
-                    throw ValidationError("\(place): \"\(key)\" must be text or a list of {\"role\", \"content\"} messages")
+                    throw bad("\"\(key)\" must be text or a list of {\"role\", \"content\"} messages")
                 }
                 return ChatMessage(role: role, content: m["content"] as? String ?? "")
             }
@@ -481,22 +505,22 @@ enum PreferenceRows {
             guard let v = d[textKey], !(v is NSNull) else { return nil }
             if let s = v as? String { return .text(s) }
             if let m = try messages(v, key: textKey) { return .text(m.map(\.content).joined()) }  // TRL conversational: assistant turns
-            throw ValidationError("\(place): \"\(textKey)\" must be text")
+            throw bad("\"\(textKey)\" must be text")
         }
         let prompt: Prompt
         if let i = try ids("prompt_ids") { prompt = .ids(i) } else if let v = d["prompt"], !(v is NSNull) {
             if let s = v as? String { prompt = .text(s) } else if let m = try messages(v, key: "prompt") { prompt = .messages(m) } else {
-                throw ValidationError("\(place): \"prompt\" must be text or a list of messages")
+                throw bad("\"prompt\" must be text or a list of messages")
             }
-        } else { throw ValidationError("\(place): missing \"prompt\" (or \"prompt_ids\")") }
-        guard let chosen = try response("chosen", "chosen_ids") else { throw ValidationError("\(place): missing \"chosen\" (or \"chosen_ids\")") }
+        } else { throw bad("missing \"prompt\" (or \"prompt_ids\")") }
+        guard let chosen = try response("chosen", "chosen_ids") else { throw bad("missing \"chosen\" (or \"chosen_ids\")") }
         guard let rejected = try response("rejected", "rejected_ids") else {
-            throw ValidationError("\(place): missing \"rejected\" (or \"rejected_ids\")")
+            throw bad("missing \"rejected\" (or \"rejected_ids\")")
         }
         let reference = try response("reference_response", "reference_ids")
         var weight: Float = 1
         if let w = d["weight"], !(w is NSNull) {
-            guard let n = w as? NSNumber else { throw ValidationError("\(place): \"weight\" must be a number") }
+            guard let n = w as? NSNumber else { throw bad("\"weight\" must be a number") }
             weight = n.floatValue
         }
         return PreferenceRow(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference, weight: weight,

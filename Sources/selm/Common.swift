@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Kernels
 import ModelBundle
+import Tokenizer
 
 /// Options every model command takes.
 struct ModelOptions: ParsableArguments {
@@ -11,11 +12,59 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Chat template to use instead of the model's own: chatml, zephyr or llama3.")
     var template: String?
 
-    func load() throws -> ModelBundle {
-        do { return try ModelBundle(path: model, templateName: template) } catch {
-            throw ValidationError("\(error)")
+    func validate() throws {
+        if let template {
+            do { _ = try ChatTemplate(name: template) } catch { throw ValidationError("--template: \(error)") }
         }
     }
+
+    /// Loads the model. A missing or corrupt file is a runtime failure (`CLIError`), not a usage error.
+    func load() throws -> ModelBundle {
+        do { return try ModelBundle(path: model, templateName: template) } catch {
+            throw CLIError.failed("cannot load --model", error)
+        }
+    }
+}
+
+/// A runtime failure of a `selm` command: something the command tried failed (a file is missing or
+/// corrupt, line N of a data file is bad, the server is unreachable or refused a request). `main`
+/// prints it as one line, `Error: <what failed>: <file/line/field and why>`, and exits with status 1.
+///
+/// Usage errors — a bad flag or flag value — are `ValidationError`s instead, thrown from the
+/// commands' `validate()` before anything loads; only they print the usage text (exit status 64).
+enum CLIError: Error, CustomStringConvertible {
+    /// A file could not be read or used: its path and why.
+    case file(path: String, reason: String)
+    /// Line `line` (1-based) of the data file `path` is bad: why, naming the field.
+    case line(path: String, line: Int, reason: String)
+    /// A flag's value does not fit what was loaded (a token id outside the model's vocabulary).
+    case argument(flag: String, reason: String)
+    /// A step (`what`: "cannot load --model", "generation failed") failed with `underlying`.
+    case failed(String, any Error)
+
+    var description: String {
+        switch self {
+        case let .file(path, reason): "\(path): \(reason)"
+        case let .line(path, line, reason): "\(path):\(line): \(reason)"
+        case let .argument(flag, reason): "\(flag): \(reason)"
+        case let .failed(what, underlying): "\(what): \(oneLine(underlying))"
+        }
+    }
+}
+
+/// An error as one line of text: its description (the localized one for Foundation errors), with
+/// line breaks folded into "; ".
+func oneLine(_ error: any Error) -> String {
+    let text: String
+    if let e = error as? LocalizedError, let d = e.errorDescription {
+        text = d
+    } else if type(of: error) is NSError.Type || error is CustomNSError {
+        text = (error as NSError).localizedDescription
+    } else {
+        text = String(describing: error)
+    }
+    return text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty }.joined(separator: "; ")
 }
 
 /// Prints to stderr.

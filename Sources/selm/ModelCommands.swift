@@ -59,8 +59,10 @@ struct Tokenize: ParsableCommand {
         let b = try options.load()
         let s: String
         if let t = text { s = t } else {
-            guard let d = FileManager.default.contents(atPath: textFile!) else { throw ValidationError("--text-file: cannot read \(textFile!)") }
-            guard let u = String(data: d, encoding: .utf8) else { throw ValidationError("--text-file: \(textFile!) is not UTF-8") }
+            guard let d = FileManager.default.contents(atPath: textFile!) else {
+                throw CLIError.file(path: textFile!, reason: "cannot read --text-file")
+            }
+            guard let u = String(data: d, encoding: .utf8) else { throw CLIError.file(path: textFile!, reason: "--text-file is not UTF-8") }
             s = u
         }
         let tok = try b.tokenizer
@@ -74,12 +76,14 @@ struct Detokenize: ParsableCommand {
     @OptionGroup var options: ModelOptions
     @Option(help: "Comma-separated token ids.") var tokens: String
 
+    func validate() throws { _ = try parseTokenList(tokens, field: "--tokens") }
+
     func run() throws {
         let b = try options.load()
         let ids = try parseTokenList(tokens, field: "--tokens")
         let tok = try b.tokenizer
         if let i = ids.firstIndex(where: { $0 < 0 || Int($0) >= tok.vocabSize }) {
-            throw ValidationError("--tokens[\(i)]: token id \(ids[i]) is outside the vocabulary [0, \(tok.vocabSize))")
+            throw CLIError.argument(flag: "--tokens[\(i)]", reason: "token id \(ids[i]) is outside the vocabulary [0, \(tok.vocabSize)) of \(b.path)")
         }
         print(tok.decode(ids))
     }
@@ -92,15 +96,18 @@ struct Logits: ParsableCommand {
     @Option(help: "Comma-separated token ids.") var tokens: String
     @Option(help: "Output file.") var out: String
 
+    func validate() throws {
+        if try parseTokenList(tokens, field: "--tokens").isEmpty { throw ValidationError("--tokens: no token ids") }
+    }
+
     func run() throws {
         let b = try options.load()
         let ids = try parseTokenList(tokens, field: "--tokens")
-        guard !ids.isEmpty else { throw ValidationError("--tokens: no token ids") }
         var batch = ForwardBatch()
         batch.append(ids, startPos: 0, slot: 0, logits: .all)
         let acts = Activations(config: b.model.config)
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try b.model.forward(batch, kv: nil, acts: acts) } catch { throw ValidationError("\(error)") }
+        do { logits = try b.model.forward(batch, kv: nil, acts: acts) } catch { throw CLIError.failed("forward pass", error) }
         let n = ids.count * b.model.config.vocabSize
         let data = Data(bytes: logits, count: n * 4)  // x86-64 and arm64 are little-endian
         try writeDurably(path: out, data: data)
@@ -124,23 +131,34 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed (sampling is reproducible with a seed).") var seed: UInt64?
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
 
+    /// The sampling flags as engine parameters.
+    var sampling: SamplingParams {
+        var p = SamplingParams()
+        p.temperature = temperature; p.topK = topK; p.topP = topP; p.minP = minP
+        p.seed = seed; p.maxTokens = maxTokens
+        return p
+    }
+
+    /// Sampling flags are checked here, before the model loads.
+    func validate() throws {
+        do { try sampling.validate() } catch let SamplingError.invalid(field, reason) {
+            throw ValidationError("--\(field.replacingOccurrences(of: "_", with: "-")): \(reason)")
+        }
+    }
+
     func run() throws {
         let b = try options.load()
         let ids: [Int32]
-        let tok: Tokenizer
-        do { tok = try b.tokenizer } catch { throw ValidationError("\(error)") }
+        let tok = try b.tokenizer
         if chat {
             var msgs: [ChatMessage] = []
             if let s = system { msgs.append(.system(s)) }
             msgs.append(.user(prompt))
-            do { ids = try b.encodeChat(msgs) } catch { throw ValidationError("\(error)") }
+            ids = try b.encodeChat(msgs)
         } else {
             ids = try b.encodePlain(prompt)
         }
-        var p = SamplingParams()
-        p.temperature = temperature; p.topK = topK; p.topP = topP; p.minP = minP
-        p.seed = seed; p.maxTokens = maxTokens
-        do { try p.validate() } catch { throw ValidationError("\(error)") }
+        let p = sampling
         let gen = SingleSequenceGenerator(model: b.model)
         let stops = b.stopTokenIds
         var stream = tok.makeStreamDecoder()
@@ -151,7 +169,7 @@ struct Generate: ParsableCommand {
                 if !json { out.write(stream.feed(tok).data(using: .utf8)!) }
                 return true
             }
-        } catch { throw ValidationError("\(error)") }
+        } catch { throw CLIError.failed("generation failed", error) }
         let textIds = result.finishReason == .eos ? Array(result.ids.dropLast()) : result.ids
         if json {
             print(jsonText(["ids": result.ids.map { Int($0) }, "text": tok.decode(textIds),

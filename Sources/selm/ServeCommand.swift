@@ -84,6 +84,7 @@ struct Serve: ParsableCommand {
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
         if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
+        _ = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
     }
 
     func run() throws {
@@ -133,7 +134,7 @@ struct Serve: ParsableCommand {
             online.maxWaitSeconds = maxWaitSeconds
             online.lowPriority = computeSharing != "fifo"
             let refModel: LlamaModel?
-            do { refModel = try ref.map { try LlamaModel.load(path: $0) } } catch { throw ValidationError("--ref: \(error)") }
+            do { refModel = try ref.map { try LlamaModel.load(path: $0) } } catch { throw CLIError.failed("cannot load --ref", error) }
             if let refModel, let ref { try requireFinite(refModel, option: "--ref", path: ref) }
             let control = try OnlineLearnerControl(policy: bundle.model, reference: refModel, options: online,
                                                    dataDirectory: dataDirectory, extras: bundle.checkpointExtras(),
@@ -157,7 +158,7 @@ struct Serve: ParsableCommand {
             let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)
             do {
                 engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
-            } catch { throw ValidationError("\(error)") }
+            } catch { throw CLIError.failed("cannot start the engine", error) }
         } else {
             note("selm serve: \(bundle.path) has no tokenizer: generation and scoring are unavailable")
         }
@@ -177,10 +178,10 @@ struct Serve: ParsableCommand {
     /// The token in `path` (surrounding whitespace dropped). Never printed.
     private func readToken(_ path: String) throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("--auth-token-file: cannot read \(path)")
+            throw CLIError.file(path: path, reason: "cannot read --auth-token-file")
         }
         let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !token.isEmpty else { throw ValidationError("--auth-token-file: \(path) is empty") }
+        guard !token.isEmpty else { throw CLIError.file(path: path, reason: "--auth-token-file is empty") }
         if let attrs = try? FileManager.default.attributesOfItem(atPath: path),
            let mode = (attrs[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0 {
             note("selm serve: warning: \(path) is readable by other users (mode \(String(mode, radix: 8)))")

@@ -10,6 +10,9 @@ struct LossOptions: ParsableArguments {
     @Option(help: "β, the KL-regularisation strength (SELM recipe: 0.01).") var beta: Double = 0.01
     @Option(help: "α, SELM's optimism weight; 0 = plain DPO (SELM recipe: 0.001, Llama-3: 0.0001).") var alpha: Double = 0.001
 
+    func validate() throws { _ = try config() }
+
+    /// The loss; throws `ValidationError` for an unknown --loss (checked in `validate()` first).
     func config() throws -> LossConfig {
         guard let t = LossType(rawValue: loss) else { throw ValidationError("--loss: expected sigmoid, ipo or hinge, got '\(loss)'") }
         return LossConfig(type: t, beta: beta, alpha: alpha)
@@ -27,6 +30,8 @@ struct OptimizerOptions: ParsableArguments {
     @Option(help: "Refresh the reference to the current policy every N optimizer steps; 0 = frozen.") var refRefreshSteps: Int = 0
     @Option(help: "Seed for data order.") var seed: UInt64 = 42
 
+    /// The training options; throws `ValidationError` naming the bad flag. Commands call it from
+    /// their `validate()`, so a bad value is reported (with the usage) before any model loads.
     func options(loss: LossConfig, epochs: Int) throws -> TrainingOptions {
         var o = TrainingOptions()
         o.loss = loss; o.learningRate = lr; o.warmupRatio = warmupRatio
@@ -87,32 +92,39 @@ struct Train: ParsableCommand {
     @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
     @Flag(help: "Do not write model.gguf into checkpoints.") var noGguf = false
 
+    func validate() throws {
+        _ = try opt.options(loss: lossOptions.config(), epochs: epochs)
+        if saveEvery < 0 { throw ValidationError("--save-every: must be ≥ 0") }
+    }
+
     func run() throws {
         let options = try opt.options(loss: lossOptions.config(), epochs: epochs)
         let bundle = try model.load()
         let c = bundle.model.config
         let pairs: [PreferencePair]
         do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
-        catch { throw ValidationError("\(error)") }
+        catch { throw CLIError.failed("cannot read --data", error) }
         let microPerEpoch = (pairs.count + options.batchSize - 1) / options.batchSize
         let stepsPerEpoch = (microPerEpoch + options.gradAccum - 1) / options.gradAccum
         let total = stepsPerEpoch * epochs
         let refModel: LlamaModel? = try ref.map { p in
-            do { return try LlamaModel.load(path: p) } catch { throw ValidationError("--ref: \(error)") }
+            do { return try LlamaModel.load(path: p) } catch { throw CLIError.failed("cannot load --ref", error) }
         }
         var schedule = LRSchedule(kind: options.schedule, baseLR: options.learningRate, warmupRatio: options.warmupRatio, totalSteps: total)
         var epoch = 0, nextMicro = 0
         if let r = resume {
             // The policy restarts from the checkpoint's weights.
-            let ck = try LlamaModel.load(huggingFaceDirectory: r)
-            guard ck.config == c else { throw ValidationError("--resume: \(r) holds a model of another shape than --model") }
+            let ck: LlamaModel
+            do { ck = try LlamaModel.load(huggingFaceDirectory: r) } catch { throw CLIError.failed("cannot load --resume", error) }
+            guard ck.config == c else { throw CLIError.file(path: r, reason: "--resume holds a model of another shape than --model") }
             bundle.model.weights.data.update(from: ck.weights.data, count: ck.weights.count)
         }
         let learner = try Learner(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
         if let r = resume {
-            let state = try Checkpoint.loadState(from: r)
+            let state: TrainerState
+            do { state = try Checkpoint.loadState(from: r) } catch { throw CLIError.failed("cannot load --resume", error) }
             guard state.options == options else {
-                throw ValidationError("--resume: the checkpoint was trained with other options (\(state.options)); pass the same options to resume exactly")
+                throw CLIError.file(path: r, reason: "the --resume checkpoint was trained with other options (\(state.options)); pass the same options to resume exactly")
             }
             if learner.reference.kind == .initial && state.referenceGeneration == 0 {
                 // The frozen reference is the starting model, not the checkpoint's weights.
@@ -124,10 +136,15 @@ struct Train: ParsableCommand {
             epoch = state.epoch; nextMicro = state.nextMicroBatch
             note("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
         }
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
+            throw CLIError.failed("cannot create --out \(out)", error)
+        }
         let metricsPath = out + "/metrics.jsonl"
         if !FileManager.default.fileExists(atPath: metricsPath) { _ = FileManager.default.createFile(atPath: metricsPath, contents: nil) }
-        let metricsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath))
+        let metricsFile: FileHandle
+        do { metricsFile = try FileHandle(forWritingTo: URL(fileURLWithPath: metricsPath)) } catch {
+            throw CLIError.failed("cannot write \(metricsPath)", error)
+        }
         metricsFile.seekToEndOfFile()
         note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate)")
 
@@ -189,18 +206,26 @@ struct Loss: ParsableCommand {
     @OptionGroup var lossOptions: LossOptions
     @Option(help: "Write the gradient of the mean loss to this .safetensors file.") var gradsOut: String?
 
+    func validate() throws { _ = try trainingOptions() }
+
+    /// The options of a loss evaluation; `ValidationError` for a bad --loss, --beta or --alpha.
+    func trainingOptions() throws -> TrainingOptions {
+        var options = TrainingOptions()
+        options.loss = try lossOptions.config()
+        do { try options.validate() } catch { throw ValidationError("\(error)") }
+        return options
+    }
+
     func run() throws {
+        let options = try trainingOptions()
         let bundle = try model.load()
         let c = bundle.model.config
         let pairs: [PreferencePair]
         do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
-        catch { throw ValidationError("\(error)") }
+        catch { throw CLIError.failed("cannot read --data", error) }
         let refModel: LlamaModel? = try ref.map { p in
-            do { return try LlamaModel.load(path: p) } catch { throw ValidationError("--ref: \(error)") }
+            do { return try LlamaModel.load(path: p) } catch { throw CLIError.failed("cannot load --ref", error) }
         }
-        var options = TrainingOptions()
-        options.loss = try lossOptions.config()
-        do { try options.validate() } catch { throw ValidationError("\(error)") }
         let learner = try Learner(policy: bundle.model, reference: refModel, options: options,
                                   schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         learner.grads.zero()

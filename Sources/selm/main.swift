@@ -29,4 +29,24 @@ struct Selm: ParsableCommand {
                       Serve.self, Client.self])
 }
 
-Selm.main()
+/// Parsing and `validate()` failures are usage errors: ArgumentParser prints the message and the
+/// usage text and exits 64. Whatever `run()` throws is a runtime failure: one line on stderr,
+/// `Error: …`, exit status 1 (`CLIError` says what failed and where; other errors are folded to one
+/// line). `ExitCode` and `CleanExit` keep ArgumentParser's meaning.
+func runSelm() -> Never {
+    var command: ParsableCommand
+    do { command = try Selm.parseAsRoot() } catch { Selm.exit(withError: error) }
+    do {
+        try command.run()
+        Selm.exit()
+    } catch let e as ExitCode {
+        Selm.exit(withError: e)
+    } catch let e as CleanExit {
+        Selm.exit(withError: e)
+    } catch {
+        FileHandle.standardError.write(Data("Error: \(oneLine(error))\n".utf8))
+        exit(EXIT_FAILURE)
+    }
+}
+
+runSelm()
