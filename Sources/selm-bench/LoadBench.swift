@@ -192,7 +192,20 @@ func benchLoad(_ modelPath: String) throws {
     let rssWarm = server.rssMB
     let stats = LoadStats()
     let t0 = Date()
+    // Server RSS once a second while the load runs: a just-published weight copy (~0.5 GB) comes and
+    // goes within seconds, so growth is judged on the lowest figure of a window, not on one sample.
+    let rssSeries = RSSSeries()
+    let sampling = RunFlag()
+    let serverPID = server.pid
+    let sampler = Thread {
+        while sampling.isSet {
+            rssSeries.add(Date().timeIntervalSince(t0), ServeChild.rssMB(pid: serverPID))
+            usleep(1_000_000)
+        }
+    }
+    sampler.start()
     runLoad(port: server.port, pool: pool, clients: clients, seconds: seconds, seed: 7, stats: stats)
+    sampling.clear()
     let wall = Date().timeIntervalSince(t0)
     let rssEnd = server.rssMB
     guard case .statusReply(let st) = try setup.call(.status(StatusRequest())) else { throw LoadFailure(code: "PROTOCOL", detail: "status") }
@@ -212,8 +225,15 @@ func benchLoad(_ modelPath: String) throws {
     }
     print("  failures: \(totalFailures) (goal: 0; any error reply or dropped connection counts)")
     for (code, example) in stats.examples.sorted(by: { $0.key < $1.key }) { print("    \(code), e.g. \(example)") }
-    print(String(format: "  server RSS: %.0f MB at start, %.0f MB after warm-up, %.0f MB at the end (goal: flat after warm-up; machine 24 GB)",
-                 rssStart, rssWarm, rssEnd))
+    print(String(format: "  server RSS: %.0f MB at start, %.0f MB after the %.0f s warm-up, %.0f MB at the end, %.0f MB at most (machine 24 GB)",
+                 rssStart, rssWarm, warmup, rssEnd, rssSeries.max))
+    // Settled: the learner has taken its first steps (its activations and gradients exist) and the
+    // engine has seen its largest batches; a fifth of the run, at least a minute when the run allows.
+    let window = min(60, wall / 5)
+    let settle = min(max(60, wall / 5), wall - 2 * window)
+    let early = rssSeries.min(from: settle, to: settle + window), late = rssSeries.min(from: wall - window, to: wall)
+    print(String(format: "  RSS growth: lowest %.0f MB in [%.0f s, %.0f s] → lowest %.0f MB in the last %.0f s: %+.1f %% (goal: < 10 %%)",
+                 early, settle, settle + window, late, window, (late / early - 1) * 100))
     print("  learner: step \(st.learnerStep), policy version \(st.policyVersion) (\(st.liveVersions) live), WAL \(st.walLastSequence) records, \(st.walConsumedSequence) consumed")
 
     try admission(server: server, pool: pool)
@@ -263,8 +283,9 @@ private final class LongGeneration: @unchecked Sendable {
 
     /// Cancels it (if still running) and waits for its end.
     func cancelAndWait() {
-        if end == nil { try? client.send(client.newID(), .cancel(Cancel(targetID: id))) }
-        _ = finished.wait(timeout: .now() + 120)
+        guard end == nil else { return }
+        try? client.send(client.newID(), .cancel(Cancel(targetID: id)))
+        if finished.wait(timeout: .now() + 120) == .success { finished.signal() }  // later calls return at once
     }
 }
 
@@ -337,6 +358,19 @@ private func admission(server: ServeChild, pool: LoadPool) throws {
     print(String(format: "  a 4-token generate: first token %@, done %@, on version %llu (goal: first token ≤ 1 s)",
                  msText(firstToken), msText(done), version))
     print("  " + describe("A", a, ends[0]) + "; " + describe("B", b, ends[1]))
+}
+
+/// (seconds, MB) samples of the server's RSS, appended by one thread and read after it stopped.
+final class RSSSeries: @unchecked Sendable {
+    private let lock = NSLock()
+    private var samples: [(t: Double, mb: Double)] = []
+    func add(_ t: Double, _ mb: Double) { lock.lock(); samples.append((t, mb)); lock.unlock() }
+    var max: Double { lock.lock(); defer { lock.unlock() }; return samples.map(\.mb).max() ?? .nan }
+    /// The lowest sample with t in [from, to] (nan when there is none).
+    func min(from: Double, to: Double) -> Double {
+        lock.lock(); defer { lock.unlock() }
+        return samples.filter { $0.t >= from && $0.t <= to }.map(\.mb).min() ?? .nan
+    }
 }
 
 /// A flag one thread clears to stop another.

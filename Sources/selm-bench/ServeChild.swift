@@ -86,7 +86,10 @@ final class ServeChild {
     func lastLines(_ n: Int) -> String { log.split(separator: "\n").suffix(n).joined(separator: "\n") }
 
     /// Resident set size, MB (0 when the process is gone).
-    var rssMB: Double {
+    var rssMB: Double { Self.rssMB(pid: pid) }
+
+    /// Resident set size of process `pid`, MB (0 when it cannot be read). Thread: any.
+    static func rssMB(pid: Int32) -> Double {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = s.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
         return Double(line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) / 1024
