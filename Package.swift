@@ -10,6 +10,9 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "selm", targets: ["selm"]),
+        // Test-only LD_PRELOAD library (Tests/FaultShim): the server tests load it into `selm serve`
+        // to count, delay, hold and fail the writes and syncs of one file.
+        .library(name: "SelmFaultShim", type: .dynamic, targets: ["SelmFaultShim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -62,6 +65,8 @@ let package = Package(
         .target(name: "FuzzChecks", dependencies: ["Wire", "Server", "Learner"], path: "Fuzz/Checks"),
         .executableTarget(name: "fuzz-wire", dependencies: ["FuzzChecks"], path: "Fuzz/wire"),
         .executableTarget(name: "fuzz-log", dependencies: ["FuzzChecks"], path: "Fuzz/log"),
+
+        .target(name: "SelmFaultShim", path: "Tests/FaultShim"),
 
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),

@@ -64,23 +64,25 @@ final class DurabilityTests: XCTestCase {
         XCTAssertEqual(recs[1].pairs[0].prompt, try bundle.encodePlain("plain"), "chat false: the text prompt is not templated")
     }
 
-    /// `kill -9` right after acknowledgements from many concurrent clients, plus a torn record at
-    /// the end of the log: on restart every acknowledged record is there, the torn one is gone, and
-    /// numbering continues after the last acknowledged one.
+    /// `kill -9` right after acknowledgements from many concurrent clients, then a power loss (the
+    /// log cut back to what the fault shim saw fsynced: without the fsync nothing would be left),
+    /// plus a torn record at the end of the log: on restart every acknowledged record is there, the
+    /// torn one is gone, and numbering continues after the last acknowledged one.
     func testKill9KeepsEveryAcknowledgedBatchAndTruncatesATornTail() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
-        var server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"])
+        let shim = try FaultShim(dir: dir)
+        var server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"], environment: shim.environment)
         let clients = 16, perClient = 6
         let acked = Locked([UInt64: UInt32]())  // sequence → the row key it carried
         let failures = Locked([String]())
-        let srv = server
-        parallel(clients) { k in
+        let srv = UncheckedSendable(server)
+        concurrently(clients) { k in
             do {
-                let c = try srv.client()
+                let c = try srv.value.client()
                 _ = try c.hello()
                 // Pipeline every batch of this client, then collect the acks.
-                for j in 0..<perClient { try c.send(UInt64(j), .submitPreferences(SubmitPreferences(rows: [row(UInt32(k * 100 + j))]))) }
+                for j in 0..<perClient { try c.send(UInt64(j), .submitPreferences(SubmitPreferences(rows: [faultRow(UInt32(k * 100 + j))]))) }
                 for j in 0..<perClient {
                     guard case .preferenceAck(let a) = try c.receive(UInt64(j)) else { throw TestError("no ack") }
                     acked.with { $0[a.firstSequence] = UInt32(k * 100 + j) }
@@ -93,8 +95,13 @@ final class DurabilityTests: XCTestCase {
         XCTAssertEqual(Set(acked.get.keys), Set(1...UInt64(clients * perClient)), "distinct consecutive sequences")
         server.kill9()
 
-        // A torn append: a record header announcing more bytes than follow.
+        // Power loss: what only the page cache held is gone. Every acknowledged batch was fsynced,
+        // so the last fsync covered the whole file.
         let path = data + "/" + PreferenceLog.fileName
+        XCTAssertEqual(shim.durableSize, fileSize(path), "bytes of acknowledged batches were never fsynced")
+        XCTAssertEqual(truncate(path, off_t(shim.durableSize)), 0)
+
+        // A torn append: a record header announcing more bytes than follow.
         let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as! NSNumber).intValue
         let fh = FileHandle(forWritingAtPath: path)!
         fh.seekToEndOfFile()
@@ -125,7 +132,9 @@ final class DurabilityTests: XCTestCase {
     }
 
     /// With a learner (the journal learner: it consumes records in order and checkpoints the last
-    /// one consumed), a `kill -9` and restart replays exactly the records after the checkpoint.
+    /// one consumed), a `kill -9` and restart replays exactly the records after the checkpoint. Its
+    /// journal shows each run's consumption record by record; the same check with the real learner,
+    /// killed mid-run, is `OnlineLearningTests.testKillAndRestartAppliesEveryPreferenceExactlyOnce`.
     func testRestartReplaysExactlyTheRecordsAfterTheCheckpoint() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
@@ -168,27 +177,43 @@ final class DurabilityTests: XCTestCase {
 
     /// SIGTERM while batches are in flight: the server stops reading, finishes (and acknowledges)
     /// every batch it had read, closes, and exits 0; the log holds exactly the acknowledged batches.
+    /// The fault shim holds the first commit's fsync until SIGTERM has been taken, so at that moment
+    /// a batch is certainly in flight: written, not synced, not acknowledged.
     func testSigtermAcknowledgesEverythingInFlightThenExitsZero() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
-        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"])
+        let shim = try FaultShim(dir: dir, holdSync: 2)  // sync 1 is the new log's header
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--no-learner"], environment: shim.environment)
         let c = try server.client()
         _ = try c.hello()
         var frames: [UInt8] = []
         for i in 0..<300 { frames += try Frame.encode(Envelope(id: UInt64(i + 1), body: .submitPreferences(SubmitPreferences(rows: [row(UInt32(i))])))) }
         try c.sendRaw(frames)
-        guard case .preferenceAck(let first) = try c.receive(1) else { return XCTFail() }
-        XCTAssertEqual(first.firstSequence, 1, "a connection's batches are logged in the order sent")
+        XCTAssertTrue(shim.waitForHold(), "the first commit's fsync never came")
+        let held = shim.allEvents.filter { $0.kind == "write" }.map { $0["end"] }.max() ?? 0
+        XCTAssertGreaterThan(held, Int64(PreferenceLog.fileHeaderSize), "the held commit wrote its records")
+        do {
+            let other = try server.client()
+            _ = try other.hello()
+            XCTAssertEqual(try status(other).walLastSequence, 0, "nothing is durable (nor acknowledged) while the fsync is held")
+        }
         kill(server.pid, SIGTERM)
-        var acks: [UInt64: UInt64] = [1: 1]  // request id → sequence
+        let deadline = Date().addingTimeInterval(30)
+        while !server.log.contains("SIGTERM: shutting down") && Date() < deadline { usleep(10_000) }
+        XCTAssertTrue(server.log.contains("SIGTERM: shutting down"), server.log)
+        shim.release()
+        var acks: [UInt64: UInt64] = [:]  // request id → sequence
         while let e = try c.receiveAny() {
             if case .preferenceAck(let a) = e.body { acks[e.id] = a.firstSequence }
         }
+        XCTAssertEqual(acks[1], 1, "the batch in flight at SIGTERM was acknowledged")
         XCTAssertEqual(acks.keys.sorted().map { acks[$0]! }, acks.keys.sorted(), "request i got sequence i")
         XCTAssertEqual(server.stop(), 0, server.log)
+        let ends = try walRecordEnds(data + "/" + PreferenceLog.fileName)
+        XCTAssertTrue(ends.filter { $0.value <= held }.keys.allSatisfy { acks.values.contains($0) },
+                      "every record of the commit held at SIGTERM was acknowledged")
         let log = try PreferenceLog(directory: data)
         defer { log.close() }
         XCTAssertEqual(Set(try log.records(after: 0).map(\.sequence)), Set(acks.values), "every record on disk was acknowledged and vice versa")
-        XCTAssertTrue(server.log.contains("SIGTERM: shutting down"), server.log)
     }
 }

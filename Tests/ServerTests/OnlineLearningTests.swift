@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import Learner
 import Model
 import SelmClient
 
@@ -116,32 +117,61 @@ final class OnlineLearningTests: XCTestCase {
     /// `kill -9` mid-training, then a restart: the learner resumes from its last checkpoint and the
     /// log, and ends where an uninterrupted run on the same rows ends — every acknowledged row applied
     /// exactly once (a row applied twice or lost would change the step count or the weights).
+    ///
+    /// The interruption is arranged, not timed: the fault shim holds the learner inside its step-3
+    /// checkpoint save (the fsync of that checkpoint's `trainer_state.json`), so when the server is
+    /// killed the learner has consumed 2 of the 6 acknowledged records and the latest checkpoint is
+    /// step 2.
     func testKillAndRestartAppliesEveryPreferenceExactlyOnce() throws {
         let args = ["--lr", "2e-3", "--beta", "0.1", "--batch-size", "2", "--max-wait-seconds", "0",
                     "--checkpoint-every", "1", "--ref-refresh-steps", "3"]
+        /// Waits until the learner consumed record 6 and returns the step it took to get there (from
+        /// the same Status, so a seventh step from a row trained twice would show as 7).
+        func stepAtTheLastRecord(_ c: SelmClient, _ what: String) throws -> UInt64 {
+            var step: UInt64 = 0
+            try waitFor(what) {
+                let st = try c.status()
+                step = st.learnerStep
+                return st.walConsumedSequence == 6
+            }
+            return step
+        }
         // Uninterrupted run.
         let dirA = try temporaryDirectory()
         let (a, ca) = try start(dirA, args)
         let batches = try (0..<6).map { try Self.rows(ca, count: 2, offset: 10 * $0) }
         for b in batches { _ = try ca.submitPreferences(b) }
-        try waitFor("run A to train on every row") { try ca.status().learnerStep == 6 }
+        XCTAssertEqual(try stepAtTheLastRecord(ca, "run A to train on every row"), 6)
         _ = try ca.saveCheckpoint(name: "end")
         ca.close(); a.stop()
 
-        // Interrupted run: kill -9 after some steps, restart, let it finish.
+        // Interrupted run: held in the step-3 checkpoint, kill -9, restart, let it finish.
         let dirB = try temporaryDirectory()
-        var (b, cb) = try start(dirB, args + ["--publish-every", "1"])
+        let shim = try FaultShim(dir: try temporaryDirectory(), pattern: "*/checkpoints/step-3.partial-*/\(Checkpoint.stateFile)*",
+                                 holdSync: 1)
+        var b = try ServerProcess(model: Self.tinyChat, dataDir: dirB, args: args + ["--publish-every", "1"], environment: shim.environment)
+        var cb = try SelmClient(endpoint: .tcp(host: "127.0.0.1", port: UInt16(b.port)), timeout: 60)
         for batch in batches { _ = try cb.submitPreferences(batch) }
-        try waitFor("run B to take two steps") { try cb.status().learnerStep >= 2 }
+        XCTAssertTrue(shim.waitForHold(timeout: 60), "the learner never reached its step-3 checkpoint:\n\(b.log)")
+        let atKill = try cb.status()
+        XCTAssertEqual(atKill.walLastSequence, 6)
+        XCTAssertLessThan(atKill.walConsumedSequence, atKill.walLastSequence, "the learner had not consumed everything when killed")
+        XCTAssertLessThan(atKill.learnerStep, 6)
         cb.close()
         b.kill9()
+
+        let latest = try Checkpoint.loadState(from: dirB + "/checkpoints/step-2")
+        XCTAssertEqual([latest.step, Int(latest.walSequence), latest.walRows], [2, 2, 0], "the checkpoint the restart resumes from")
         (b, cb) = try start(dirB, args + ["--publish-every", "1"])
+        XCTAssertTrue(b.log.contains("learner consumed 2, 4 to replay"), b.log)
         XCTAssertTrue(b.log.contains("learner resumed from"), b.log)
-        try waitFor("run B to finish after the restart") { try cb.status().learnerStep == 6 }
-        usleep(300_000)
-        XCTAssertEqual(try cb.status().learnerStep, 6, "no row trained twice")
+        XCTAssertEqual(try stepAtTheLastRecord(cb, "run B to finish after the restart"), 6, "each row trained once: 12 rows, 6 steps of 2")
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: dirB + "/checkpoints").contains { $0.contains(".partial-") },
+                       "the interrupted save left nothing behind")
         _ = try cb.saveCheckpoint(name: "end")
         cb.close(); b.stop()
+        let end = try Checkpoint.loadState(from: dirB + "/checkpoints/end")
+        XCTAssertEqual([end.step, Int(end.walSequence), end.walRows], [6, 6, 0])
 
         let wa = try LlamaModel.load(huggingFaceDirectory: dirA + "/checkpoints/end")
         let wb = try LlamaModel.load(huggingFaceDirectory: dirB + "/checkpoints/end")

@@ -3,7 +3,8 @@ import Learner
 @testable import Server
 import XCTest
 
-/// The preference log in-process: format, group commit, torn tails, reading back.
+/// The preference log in-process: format, group commit, torn tails, reading back. (Its fsyncs, and
+/// failing writes and fsyncs, against the real server: `FaultInjectionTests`.)
 final class PreferenceLogTests: XCTestCase {
     func pair(_ k: Int32, rows: Int = 1) -> [PreferencePair] {
         (0..<rows).map { r in
@@ -64,6 +65,32 @@ final class PreferenceLogTests: XCTestCase {
         again.start()
         XCTAssertEqual(appendAll(again, [pair(7)]), [21], "numbering continues")
         again.close()
+    }
+
+    /// Group commit: batches queued while the log thread is busy (here: not started yet) are
+    /// written and fsynced together — one commit, one observer call with the new last sequence —
+    /// and each still gets its own sequence. (With the real server and a counted fsync:
+    /// `FaultInjectionTests.testConcurrentBatchesShareFsyncs`.)
+    func testQueuedBatchesAreCommittedTogether() throws {
+        let dir = try temporaryDirectory()
+        let log = try PreferenceLog(directory: dir)
+        let commits = Locked([UInt64]())
+        log.addObserver { last in commits.with { $0.append(last) } }
+        let group = DispatchGroup()
+        let seqs = Locked([UInt64]())
+        for i in 0..<20 {
+            group.enter()
+            log.append(pair(Int32(i))) { r in
+                seqs.with { $0.append((try? r.get()) ?? 0) }
+                group.leave()
+            }
+        }
+        XCTAssertEqual(log.pendingBatches, 20)
+        log.start()
+        group.wait()
+        log.close()  // the observers have run once the log thread stopped
+        XCTAssertEqual(seqs.get.sorted(), Array(1...20))
+        XCTAssertEqual(commits.get, [20], "20 queued batches, one group commit")
     }
 
     func testSecondOpenWhileLockedIsRefused() throws {

@@ -33,8 +33,9 @@ final class ServerProcess {
     let unixPath: String?
 
     /// Starts `selm serve --model MODEL --listen 127.0.0.1:0 --data-dir DATA ARGS` and waits until
-    /// it listens.
-    init(model: String, dataDir: String, unix: String? = nil, metrics: Bool = false, args: [String] = []) throws {
+    /// it listens. `environment` is added to the test's own (e.g. the fault shim's, `FaultShim`).
+    init(model: String, dataDir: String, unix: String? = nil, metrics: Bool = false, args: [String] = [],
+         environment: [String: String] = [:]) throws {
         self.dataDir = dataDir
         unixPath = unix
         logPath = dataDir + ".log"
@@ -44,6 +45,7 @@ final class ServerProcess {
         if let unix { a += ["--unix", unix] }
         if metrics { a += ["--metrics", "127.0.0.1:0"] }
         process.arguments = a + args
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let log = FileHandle(forWritingAtPath: logPath)!
         log.seekToEndOfFile()
         process.standardError = log
