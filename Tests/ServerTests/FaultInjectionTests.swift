@@ -76,7 +76,7 @@ struct FaultShim {
     var durableSize: Int64 { syncs.filter { $0["rc"] == 0 }.map { $0["size"] }.max() ?? 0 }
 
     /// Lets a held sync go on.
-    func release() { FileManager.default.createFile(atPath: releaseFile, contents: nil) }
+    func release() { _ = FileManager.default.createFile(atPath: releaseFile, contents: nil) }
 
     /// Waits until the held sync is holding (a `hold` event); false after `timeout` s.
     func waitForHold(timeout: Double = 30) -> Bool {
@@ -181,16 +181,19 @@ final class FaultInjectionTests: XCTestCase {
         let syncs = shim.syncs.filter { $0["rc"] == 0 }
         XCTAssertFalse(syncs.isEmpty, "the shim saw no fsync of the log: \(shim.allEvents.map(\.kind))")
         XCTAssertEqual(acks.get.count, 16)
-        for ack in acks.get {
-            guard let end = ends[ack.sequence] else { XCTFail("acknowledged record \(ack.sequence) is not in the log"); continue }
+        var early: [String] = []
+        for ack in acks.get.sorted(by: { $0.sequence < $1.sequence }) {
+            guard let end = ends[ack.sequence] else { early.append("\(ack.sequence): not in the log"); continue }
             // The first fsync that made this record's bytes durable.
             guard let covering = syncs.first(where: { $0["size"] >= end }) else {
-                XCTFail("record \(ack.sequence) (ends at byte \(end)) was acknowledged but no fsync covered it; syncs: \(syncs.map { $0["size"] })")
+                early.append("\(ack.sequence): no fsync covered byte \(end) (synced sizes \(syncs.map { $0["size"] }))")
                 continue
             }
-            XCTAssertLessThan(covering["t1"], ack.at,
-                              "record \(ack.sequence): ack received \(Double(covering["t1"] - ack.at) / 1e6) ms before the fsync covering it returned")
+            if covering["t1"] >= ack.at {
+                early.append("\(ack.sequence): acked \(Double(covering["t1"] - ack.at) / 1e6) ms before its fsync returned")
+            }
         }
+        XCTAssertEqual(early, [], "acknowledgements that came before the fsync covering their record")
     }
 
     /// 16 clients × 8 batches (each client waits for its ack before the next) with fsyncs delayed
@@ -251,7 +254,6 @@ final class FaultInjectionTests: XCTestCase {
         XCTAssertEqual(first.firstSequence, 1)
         // Four batches in flight at once: the commit holding the first of them fails.
         for i in 2...5 { try c.send(UInt64(i), .submitPreferences(SubmitPreferences(rows: [row(UInt32(i))]))) }
-        let walPath = data + "/" + PreferenceLog.fileName
         func assertLogUnavailable(_ m: ServerMessage, _ what: String) {
             guard let e = errorOf(m) else { return }
             XCTAssertEqual(e.code, .unavailable, "\(what): \(e.message)")
@@ -271,7 +273,7 @@ final class FaultInjectionTests: XCTestCase {
         XCTAssertFalse(t.ids.isEmpty)
         let st = try status(other)
         XCTAssertEqual(st.walLastSequence, 1, "only the acknowledged batch is durable")
-        XCTAssertTrue(server.log.contains(walPath) || server.log.contains(PreferenceLog.fileName), server.log)
+        XCTAssertTrue(server.log.contains("unavailable: preference log") && server.log.contains(cause), "the server's log says why:\n\(server.log)")
         XCTAssertEqual(server.stop(), 0, server.log)
 
         // Restart without the fault: exactly the acknowledged batch is there, and intake works again.
@@ -327,7 +329,7 @@ final class FaultInjectionTests: XCTestCase {
         let writers = Thread {
             concurrently(8) { k in
                 guard let c = try? srv.value.client(), (try? c.hello()) != nil else { return }
-                for j in 0..<1000 {
+                for j in 0..<200 {
                     let r = faultRow(UInt32(k * 1000 + j))
                     sent.with { _ = $0.insert(r.source) }
                     guard case .preferenceAck(let a)? = try? c.call(UInt64(j + 1), .submitPreferences(SubmitPreferences(rows: [r]))) else { return }
@@ -354,9 +356,8 @@ final class FaultInjectionTests: XCTestCase {
         XCTAssertEqual(server.stop(), 0, server.log)
         let logged = try loggedSources(data)
         XCTAssertEqual(UInt64(logged.count), last)
-        for (seq, source) in acked.get.sorted(by: { $0.key < $1.key }) {
-            XCTAssertEqual(logged[seq], source, "acknowledged record \(seq) (\(source)) lost or changed by the power loss")
-        }
-        for (seq, source) in logged { XCTAssertTrue(sent.get.contains(source), "record \(seq) holds a row no client sent") }
+        let lost = acked.get.filter { logged[$0.key] != $0.value }.keys.sorted()
+        XCTAssertEqual(lost.count, 0, "acknowledged records lost or changed by the power loss (of \(acked.get.count)): \(lost.prefix(10))…")
+        XCTAssertEqual(logged.values.filter { !sent.get.contains($0) }, [], "records holding a row no client sent")
     }
 }
