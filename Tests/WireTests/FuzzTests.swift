@@ -116,6 +116,7 @@ final class FuzzTests: XCTestCase {
         var props = PropertyCheck()
         var decoded = 0
         for (b, body) in bodies.enumerated() {
+            props.check(body, "body \(b) as it is")
             for k in 0..<400 {
                 let m = mutate(body, &rng)
                 props.check(m, "body \(b) mutation \(k)")
