@@ -76,7 +76,8 @@ let package = Package(
         .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm",
                                                    "FuzzChecks"]),
         .testTarget(name: "SelmClientTests", dependencies: ["SelmClient", "Wire", "selm"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Model", "Tokenizer", "Learner", "ModelBundle"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Model", "Tokenizer", "Learner", "ModelBundle"],
+                    resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Model", "ModelBundle"],
                     resources: [.copy("Fixtures")]),
     ]

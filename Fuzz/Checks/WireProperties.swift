@@ -65,9 +65,18 @@ public enum WireProperties {
         }
     }
 
-    /// Equal envelopes, or (a NaN compares unequal to itself) envelopes that encode to equal bytes.
+    /// Equal envelopes, or — only when `a` holds a NaN, which compares unequal to itself — envelopes
+    /// that encode to equal bytes. (The byte comparison alone would pass an encoder that drops a
+    /// field: both sides would lose it alike.)
     static func same<T>(_ a: Envelope<T>, _ b: Envelope<T>, again: [UInt8], encode: (Envelope<T>) -> [UInt8]) -> Bool {
-        a == b || encode(b) == again
+        a == b || (containsNaN(a) && encode(b) == again)
+    }
+
+    /// Whether a Float or Double anywhere inside `value` is a NaN.
+    static func containsNaN(_ value: Any) -> Bool {
+        if let f = value as? Float { return f.isNaN }
+        if let d = value as? Double { return d.isNaN }
+        return Mirror(reflecting: value).children.contains { containsNaN($0.value) }
     }
 
     /// The complete frame of an envelope whose body is `body` yields exactly `body` from a decoder.

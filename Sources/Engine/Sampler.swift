@@ -104,40 +104,77 @@ public struct Sampler: Sendable {
 
     /// Chooses the next token. `logits` (vocab) is not modified.
     public mutating func sample(_ logits: UnsafePointer<Float>, vocab: Int) -> Int32 {
-        let p = params
-        let penalised = p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0
-        var adjusted: [Float] = []
-        if penalised {
-            adjusted = Array(UnsafeBufferPointer(start: logits, count: vocab))
-            if p.repetitionPenalty != 1 {
-                for t in seen {
-                    let x = adjusted[Int(t)]
-                    adjusted[Int(t)] = x > 0 ? x / p.repetitionPenalty : x * p.repetitionPenalty
-                }
-            }
-            for (t, n) in counts {
-                adjusted[Int(t)] -= p.presencePenalty + Float(n) * p.frequencyPenalty
-            }
-        }
-        return adjusted.isEmpty ? choose(logits, vocab: vocab) : adjusted.withUnsafeBufferPointer { choose($0.baseAddress!, vocab: vocab) }
+        sample(logits, vocab: vocab, uniform: nil)
     }
 
-    /// Picks from `x` (vocab logits, already penalised). Candidates are the top k (or all tokens)
-    /// weighted exp((logit − max) / T); min-p and top-p each set a floor on that weight (top-p's:
-    /// the largest weight w* such that the tokens weighing at least w* hold p of the mass); the
-    /// draw walks the tokens above the floor in id order. O(vocab): no sort of the vocabulary.
-    private mutating func choose(_ x: UnsafePointer<Float>, vocab: Int) -> Int32 {
-        let p = params
-        if p.temperature == 0 {
-            var best = 0
-            for i in 1..<vocab where x[i] > x[best] { best = i }
-            return Int32(best)
+    /// Chooses the next token with the uniform draw `uniform` in [0, 1) instead of the next one of
+    /// `rng` (nil: from `rng`; greedy sampling draws none). The seam through which tests feed the
+    /// draws of an external reference.
+    mutating func sample(_ logits: UnsafePointer<Float>, vocab: Int, uniform: Double?) -> Int32 {
+        if params.temperature == 0 { return withPenalised(logits, vocab: vocab) { Self.argmax($0, vocab: vocab) } }
+        let w = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
+        var kept: Double = 0
+        var last = 0
+        for i in 0..<vocab where w[i] > 0 { kept += Double(w[i]); last = i }
+        let u = (uniform ?? rng.nextUnit()) * kept
+        var acc: Double = 0
+        for i in 0..<vocab where w[i] > 0 {
+            acc += Double(w[i])
+            if u < acc { return Int32(i) }
         }
+        return Int32(last)
+    }
+
+    /// The probabilities the next draw picks tokens with (vocab; 0 for dropped tokens; one-hot for
+    /// greedy): penalties, temperature, top-k, top-p and min-p applied, as `sample` applies them.
+    func distribution(_ logits: UnsafePointer<Float>, vocab: Int) -> [Double] {
+        var out = [Double](repeating: 0, count: vocab)
+        if params.temperature == 0 {
+            out[Int(withPenalised(logits, vocab: vocab) { Self.argmax($0, vocab: vocab) })] = 1
+            return out
+        }
+        let w = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
+        let kept = w.reduce(0.0) { $0 + Double($1) }
+        for i in 0..<vocab { out[i] = Double(w[i]) / kept }
+        return out
+    }
+
+    /// Calls `body` with the logits after the penalties (a copy when any applies): the repetition
+    /// penalty divides positive (multiplies negative) logits of prompt and generated tokens, then
+    /// presence + count × frequency is subtracted from the logits of generated tokens.
+    private func withPenalised<R>(_ logits: UnsafePointer<Float>, vocab: Int, _ body: (UnsafePointer<Float>) -> R) -> R {
+        let p = params
+        guard p.repetitionPenalty != 1 || p.presencePenalty != 0 || p.frequencyPenalty != 0 else { return body(logits) }
+        var adjusted = Array(UnsafeBufferPointer(start: logits, count: vocab))
+        if p.repetitionPenalty != 1 {
+            for t in seen {
+                let x = adjusted[Int(t)]
+                adjusted[Int(t)] = x > 0 ? x / p.repetitionPenalty : x * p.repetitionPenalty
+            }
+        }
+        for (t, n) in counts {
+            adjusted[Int(t)] -= p.presencePenalty + Float(n) * p.frequencyPenalty
+        }
+        return adjusted.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+
+    static func argmax(_ x: UnsafePointer<Float>, vocab: Int) -> Int32 {
+        var best = 0
+        for i in 1..<vocab where x[i] > x[best] { best = i }
+        return Int32(best)
+    }
+
+    /// The weights the draw walks (vocab): candidates are the top k (or all tokens) weighted
+    /// exp((logit − max) / T); min-p and top-p each set a floor on that weight (top-p's: the largest
+    /// weight w* such that the tokens weighing at least w* hold p of the mass); tokens below the
+    /// floor weigh 0. The draw walks the tokens in id order. O(vocab): no sort of the vocabulary.
+    private func candidateWeights(_ x: UnsafePointer<Float>, vocab: Int) -> [Float] {
+        let p = params
         var mx = -Float.infinity
         for i in 0..<vocab where x[i] > mx { mx = x[i] }
         let invT = 1 / p.temperature
         var weights = [Float](repeating: 0, count: vocab)
-        return weights.withUnsafeMutableBufferPointer { w in
+        weights.withUnsafeMutableBufferPointer { w in
             // (vocab) candidate weights, 0 for tokens that are not candidates; the largest is 1.
             var sum: Double = 0
             if p.topK > 0 && p.topK < vocab {
@@ -153,17 +190,9 @@ public struct Sampler: Sendable {
             var floor: Float = .leastNonzeroMagnitude
             if p.minP > 0 { floor = max(floor, p.minP) }
             if p.topP < 1 { floor = max(floor, Self.topPFloor(UnsafeBufferPointer(w), above: floor, target: Double(p.topP) * sum)) }
-            var kept: Double = 0
-            var last = 0
-            for i in 0..<vocab where w[i] >= floor { kept += Double(w[i]); last = i }
-            let u = rng.nextUnit() * kept
-            var acc: Double = 0
-            for i in 0..<vocab where w[i] >= floor {
-                acc += Double(w[i])
-                if u < acc { return Int32(i) }
-            }
-            return Int32(last)
+            for i in 0..<vocab where w[i] < floor { w[i] = 0 }
         }
+        return weights
     }
 
     /// The k largest logits as (id, logit), larger first, ties to the lower id, by insertion into a

@@ -47,6 +47,34 @@ extension TokenizerSpec {
     }
 }
 
+extension TokenizerSpec {
+    /// The `tokenizer.*` GGUF metadata that `init(gguf:)` reads back as this spec (what llama.cpp
+    /// reads too): written into the `model.gguf` of a checkpoint whose source was a Hugging Face
+    /// directory. A GGUF cannot say `normalizeNFC` (Qwen2's normalizer): that is lost.
+    public var ggufMetadata: [(String, GGUFFile.Value)] {
+        let pre: String
+        switch preTokenizer {
+        case .gpt2: pre = "gpt2"
+        case .smollm: pre = "smollm"
+        case .llama3: pre = "llama-bpe"
+        case .qwen2: pre = "qwen2"
+        }
+        var md: [(String, GGUFFile.Value)] = [
+            ("tokenizer.ggml.model", .string("gpt2")),
+            ("tokenizer.ggml.pre", .string(pre)),
+            ("tokenizer.ggml.tokens", .array(tokens.map { .string($0) })),
+            ("tokenizer.ggml.merges", .array(merges.map { .string($0) })),
+        ]
+        if let types = tokenTypes { md.append(("tokenizer.ggml.token_type", .array(types.map { .int(Int64($0)) }))) }
+        for (key, id) in [("bos", bosId), ("eos", eosId), ("unknown", unkId), ("padding", padId)] {
+            if let id { md.append(("tokenizer.ggml.\(key)_token_id", .uint(UInt64(id)))) }
+        }
+        md.append(("tokenizer.ggml.add_bos_token", .bool(addBOS)))
+        if let chatTemplate { md.append(("tokenizer.chat_template", .string(chatTemplate))) }
+        return md
+    }
+}
+
 extension Tokenizer {
     /// The tokenizer of a GGUF file (see `TokenizerSpec(gguf:)`).
     public static func load(gguf: GGUFFile) throws -> Tokenizer {

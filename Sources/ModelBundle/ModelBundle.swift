@@ -40,7 +40,9 @@ public final class ModelBundle: @unchecked Sendable {
             let g = try GGUFFile(path: path)
             gguf = g
             model = try LlamaModel.load(gguf: g)
-            tokenizerIfAny = try Tokenizer.load(gguf: g)
+            // A GGUF without tokenizer metadata (a checkpoint of a source that had no tokenizer) is
+            // like a Hugging Face directory without tokenizer.json: token ids only.
+            tokenizerIfAny = g.metadata["tokenizer.ggml.model"] == nil ? nil : try Tokenizer.load(gguf: g)
         }
         if let tok = tokenizerIfAny, tok.vocabSize > model.config.vocabSize {
             throw ModelError.badField(file: path, field: "vocab_size",
@@ -103,9 +105,14 @@ public final class ModelBundle: @unchecked Sendable {
     }
 
     /// The source's `tokenizer.*` GGUF metadata, carried into GGUF checkpoints so they load with
-    /// their tokenizer in llama.cpp and here.
+    /// their tokenizer in llama.cpp and here: a GGUF source's own keys; for a Hugging Face source
+    /// with tokenizer files, the keys written from its tokenizer (`TokenizerSpec.ggufMetadata`).
     public var ggufTokenizerMetadata: [(String, GGUFFile.Value)] {
-        guard let g = gguf else { return [] }
+        guard let g = gguf else {
+            // The spec was read from the same files when the bundle loaded, so this does not fail.
+            guard tokenizerIfAny != nil, let spec = try? TokenizerSpec(huggingFaceDirectory: path) else { return [] }
+            return spec.ggufMetadata
+        }
         return g.metadataKeys.filter { $0.hasPrefix("tokenizer.") }.map { ($0, g.metadata[$0]!) }
     }
 
@@ -141,7 +148,7 @@ public enum BundleError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .noChatTemplate(r): return "chat: \(r)"
-        case let .noTokenizer(p): return "\(p): no tokenizer.json, so only token ids can be used with this model"
+        case let .noTokenizer(p): return "\(p): no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF), so only token ids can be used with this model"
         }
     }
 }

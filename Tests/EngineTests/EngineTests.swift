@@ -44,29 +44,6 @@ final class EngineTests: XCTestCase {
         return r
     }
 
-    /// The O(vocab) sampler draws exactly what the rule written with full sorts draws.
-    func testSamplerMatchesStraightforwardAlgorithm() {
-        var gen = RandomSource(seed: 3)
-        let V = 3000
-        for trial in 0..<40 {
-            let spread = Float([0.5, 3, 12][trial % 3])
-            let logits = (0..<V).map { _ in Float(gen.nextUnit() * 2 - 1) * spread }
-            var p = SamplingParams()
-            p.temperature = [0.3, 1, 1.7][trial % 3]
-            p.topK = [0, 0, 40, 1][trial % 4]
-            p.topP = [1, 0.9, 0.5, 0.999][(trial / 4) % 4]
-            p.minP = [0, 0, 0.05, 0.3, 0][(trial / 2) % 5]
-            p.seed = UInt64(trial)
-            var fast = Sampler(params: p, rng: RandomSource(seed: UInt64(trial)))
-            var slow = ReferenceSampler(params: p, rng: RandomSource(seed: UInt64(trial)))
-            for _ in 0..<8 {
-                let a = logits.withUnsafeBufferPointer { fast.sample($0.baseAddress!, vocab: V) }
-                let b = logits.withUnsafeBufferPointer { slow.choose($0.baseAddress!, vocab: V) }
-                XCTAssertEqual(a, b, "trial \(trial) \(p)")
-            }
-        }
-    }
-
     /// The sampling rule on a known distribution: weights 1, 0.5, 0.25, 0.25 (probabilities 1/2,
     /// 1/4, 1/8, 1/8). top-p keeps the fewest most likely tokens reaching p (ties at the edge
     /// included), min-p drops those below min-p × the best, top-k keeps k; draws follow the kept
@@ -545,46 +522,6 @@ final class EngineTests: XCTestCase {
         let first = ref.firstIndex(of: stopAt)!
         XCTAssertEqual(out[c]!.samples[0].tokens, Array(ref[...first]))
         XCTAssertEqual(out[c]!.samples[0].finishReason, .eos)
-    }
-}
-
-/// The sampler's rule written the straightforward way (full sorts), as the reference.
-struct ReferenceSampler {
-    let params: SamplingParams
-    var rng: RandomSource
-
-    mutating func choose(_ x: UnsafePointer<Float>, vocab: Int) -> Int32 {
-        let p = params
-        if p.temperature == 0 {
-            var best = 0
-            for i in 1..<vocab where x[i] > x[best] { best = i }
-            return Int32(best)
-        }
-        let mx = (0..<vocab).map { x[$0] }.max()!
-        var byLogit = Array(0..<vocab)
-        byLogit.sort { x[$0] > x[$1] || (x[$0] == x[$1] && $0 < $1) }
-        let candidates = p.topK > 0 ? Array(byLogit.prefix(p.topK)) : byLogit
-        var w = [Float](repeating: 0, count: vocab)
-        for i in candidates { w[i] = expf((x[i] - mx) / p.temperature) }
-        let sum = w.reduce(0.0) { $0 + Double($1) }
-        var floor = Float.leastNonzeroMagnitude
-        if p.minP > 0 { floor = max(floor, p.minP * w.max()!) }
-        if p.topP < 1 {
-            let target = Double(p.topP) * sum
-            var acc = 0.0
-            for v in w.filter({ $0 >= floor }).sorted(by: >) {
-                acc += Double(v)
-                if acc >= target { floor = max(floor, v); break }
-            }
-        }
-        let kept = w.reduce(0.0) { $0 + ($1 >= floor ? Double($1) : 0) }
-        let u = rng.nextUnit() * kept
-        var acc = 0.0
-        for i in 0..<vocab where w[i] >= floor {
-            acc += Double(w[i])
-            if u < acc { return Int32(i) }
-        }
-        return Int32(w.lastIndex { $0 >= floor }!)
     }
 }
 

@@ -70,28 +70,41 @@ final class SmolLM2Tests: XCTestCase {
         }
     }
 
+    /// The ids Hugging Face `tokenizers` gives `text` (smollm2_encode.json); fails the test when the
+    /// fixture lacks it.
+    func reference(_ text: String, file: StaticString = #filePath, line: UInt = #line) throws -> [Int32] {
+        let fixture = try Fixtures.load(EncodeFixture.self, "smollm2_encode.json")
+        guard let c = fixture.cases.first(where: { Array($0.text.utf8) == Array(text.utf8) }) else {
+            XCTFail("\(text.debugDescription) is not in smollm2_encode.json (scripts/reference/tokenizer.py's HAND_CORPUS)", file: file, line: line)
+            throw TokenizerTestError.missingCase
+        }
+        return c.ids
+    }
+
+    enum TokenizerTestError: Error { case missingCase }
+
+    /// Special tokens are matched whole, wherever they stand, and text around them is encoded as if
+    /// they were a boundary (the space before one stays a separate piece): as `tokenizers` does.
     func testSpecialTokensMatchedWhole() throws {
         let tok = try SmolLM2.tokenizer()
-        XCTAssertEqual(tok.encode("<|im_start|>"), [1])
-        XCTAssertEqual(tok.encode("<|im_start|><|im_end|><|endoftext|>"), [1, 2, 0])
-        let ids = tok.encode("x<|im_start|>user\nhi<|im_end|>")
-        XCTAssertEqual(ids.first, tok.encode("x").first)
-        XCTAssertEqual(ids.filter { tok.isSpecial($0) }, [1, 2])
-        XCTAssertEqual(ids[1], 1)
-        XCTAssertEqual(ids.last, 2)
-        // Not a special token: an unfinished one, or one inside other text.
-        XCTAssertFalse(tok.encode("<|im_start").contains(1))
-        XCTAssertEqual(tok.encode("<<|im_end|>>").filter { tok.isSpecial($0) }, [2])
-        // Text around a special token is encoded as if the token were a boundary (the space before it
-        // stays a separate piece, as in Hugging Face).
-        XCTAssertEqual(tok.encode("a <|im_end|>"), tok.encode("a ") + [2])
+        for text in ["<|im_start|>", "<|im_start|><|im_end|><|endoftext|>", "x<|im_start|>user\nhi<|im_end|>", "a <|im_end|>",
+                     "a ", "<|im_start", "<<|im_end|>>", "x<|im_start|>y <|im_end|> z"] {
+            XCTAssertEqual(tok.encode(text), try reference(text), text.debugDescription)
+        }
+        XCTAssertEqual(try reference("<|im_start|><|im_end|><|endoftext|>"), [1, 2, 0])
+        XCTAssertEqual(try reference("a <|im_end|>"), try reference("a ") + [2])
+        XCTAssertFalse(try reference("<|im_start").contains(1), "an unfinished special token is text")
+        XCTAssertEqual(try reference("<<|im_end|>>").filter { tok.isSpecial($0) }, [2])
         XCTAssertEqual(tok.decode(tok.encode("a <|im_end|>"), skipSpecialTokens: true), "a ")
     }
 
+    /// `addBOS` puts id 1 in front of what `tokenizers` gives, unless the text already starts with it.
     func testAddBOS() throws {
         let tok = try SmolLM2.tokenizer()
-        XCTAssertEqual(tok.encode("Hi", addBOS: true), [1] + tok.encode("Hi"))
-        XCTAssertEqual(tok.encode("<|im_start|>Hi", addBOS: true), tok.encode("<|im_start|>Hi"))
+        XCTAssertEqual(tok.bosId, 1)
+        XCTAssertEqual(tok.encode("Hi", addBOS: true), [1] + (try reference("Hi")))
+        XCTAssertEqual(try reference("<|im_start|>Hi").first, 1)
+        XCTAssertEqual(tok.encode("<|im_start|>Hi", addBOS: true), try reference("<|im_start|>Hi"))
     }
 
     func testStreamDecoderEqualsDecode() throws {

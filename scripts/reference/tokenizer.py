@@ -122,6 +122,15 @@ HAND_CORPUS = [
         "11 trillion tokens using a diverse dataset combination: FineWeb-Edu, DCLM, The Stack, along with "
         "new mathematics and coding datasets that we curated and will release soon."
     ),
+    # Special-token boundaries and BOS (Tests/TokenizerTests/SmolLM2Tests.swift).
+    "Hi",
+    "<|im_start|>Hi",
+    "a ",
+    "a <|im_end|>",
+    "x",
+    "x<|im_start|>user\nhi<|im_end|>",
+    "<|im_start|><|im_end|><|endoftext|>",
+    "<|im_start|>",
 ]
 
 FUZZ_ALPHABET = list(
