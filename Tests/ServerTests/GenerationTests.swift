@@ -222,36 +222,51 @@ final class GenerationTests: XCTestCase {
     }
 
     /// RefreshWeights loads a checkpoint from the data directory into the engine as a new version:
-    /// subscribers hear of it, new samples carry it, a request can pin it.
+    /// subscribers hear of it, new samples carry it, a request can pin it, and they come from the
+    /// checkpoint's weights — a checkpoint unlike the served weights (the final norm perturbed),
+    /// whose greedy answer and log-probs `selm generate` computes offline.
     func testRefreshWeightsPublishesANewVersionToTheEngine() throws {
         try requireSmol()
         let dir = try temporaryDirectory()
         let data = dir + "/data"
         try FileManager.default.createDirectory(atPath: data + "/ck", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: ServerProcess.smol, toPath: data + "/ck/model.gguf")
+        try PerturbedCheckpoint.write(from: ServerProcess.smol, to: data + "/ck/model.gguf")
+        let text = "Name three colours."
+        let old = try OfflineGreedy(model: ServerProcess.smol, chatPrompt: text, maxTokens: 8)
+        let new = try OfflineGreedy(model: data + "/ck/model.gguf", chatPrompt: text, maxTokens: 8)
+        XCTAssertNotEqual(new.ids, old.ids, "the checkpoint must answer otherwise than the served weights")
         let server = try ServerProcess(model: ServerProcess.smol, dataDir: data)
         let c = try server.client()
         let v0 = try c.hello().policyVersion
         guard case .versionEvent(let first) = try c.call(1, .subscribeVersions(SubscribeVersions())) else { return XCTFail() }
         XCTAssertEqual(first.version, v0)
-        let prompt = Prompt.text("Name three colours.")
-        let greedy = GenerateRequest(prompts: [prompt], chat: true, sampling: SamplingParams(temperature: 0, maxTokens: 6), ignoreEOS: true)
+        let greedy = GenerateRequest(prompts: [.text(text)], chat: true, sampling: SamplingParams(temperature: 0, maxTokens: 8))
         try c.send(2, .generate(greedy))
         let (before, _) = try collect(c, [2])
+        let b = try XCTUnwrap(before[2]?.samples.first)
+        XCTAssertEqual(b.version, v0)
+        XCTAssertEqual(b.tokenIDs, old.ids, "before the refresh: the served model's answer")
+        XCTAssertLessThanOrEqual(maxAbsDifference(b.logprobs, old.logprobs), 1e-4)
         let r = try c.call(3, .refreshWeights(RefreshWeights(checkpoint: "ck")))
         guard case .refreshWeightsReply(let reply) = r else { return XCTFail("\(r)") }
         XCTAssertEqual(reply.version, v0 + 1)
         guard case .versionEvent(let pushed) = try c.receive(1) else { return XCTFail() }
         XCTAssertEqual(pushed.version, v0 + 1)
         XCTAssertEqual(pushed.learnerStep, 0)
+        // Pinned to the new version and unpinned (new requests bind to it): the checkpoint's answer.
         var pinned = greedy
         pinned.requireVersion = v0 + 1
         try c.send(4, .generate(pinned))
-        let (after, _) = try collect(c, [4])
-        XCTAssertNil(after[4]?.error)
-        XCTAssertEqual(after[4]?.samples.first?.version, v0 + 1)
-        XCTAssertEqual(after[4]?.samples.first?.tokenIDs, before[2]?.samples.first?.tokenIDs, "the same weights give the same greedy tokens")
-        guard case .statusReply(let st) = try c.call(5, .status(StatusRequest())) else { return XCTFail() }
+        try c.send(5, .generate(greedy))
+        let (after, _) = try collect(c, [4, 5])
+        for id: UInt64 in [4, 5] {
+            XCTAssertNil(after[id]?.error)
+            let s = try XCTUnwrap(after[id]?.samples.first)
+            XCTAssertEqual(s.version, v0 + 1)
+            XCTAssertEqual(s.tokenIDs, new.ids, "request \(id): the refreshed version does not serve the checkpoint's weights")
+            XCTAssertLessThanOrEqual(maxAbsDifference(s.logprobs, new.logprobs), 1e-4, "request \(id): log-probs of the checkpoint")
+        }
+        guard case .statusReply(let st) = try c.call(6, .status(StatusRequest())) else { return XCTFail() }
         XCTAssertEqual(st.policyVersion, v0 + 1)
         XCTAssertEqual(server.stop(), 0)
     }

@@ -249,29 +249,28 @@ final class ProtocolTests: XCTestCase {
     }
 
     /// RefreshWeights and SaveCheckpoint see only the data directory; versions are pushed to
-    /// subscribers; Cancel ends a subscription.
+    /// subscribers; a refreshed version scores with the checkpoint's weights (unlike the served
+    /// ones; `selm logits` computes them offline); Cancel ends a subscription.
     func testPathConfinementRefreshAndVersionEvents() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
         let outside = dir + "/outside"
         let fm = FileManager.default
-        try fm.createDirectory(atPath: data + "/ck", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: data, withIntermediateDirectories: true)
         try fm.copyItem(atPath: ServerProcess.tiny, toPath: outside)
-        for f in try fm.contentsOfDirectory(atPath: ServerProcess.tiny) {
-            try fm.copyItem(atPath: ServerProcess.tiny + "/" + f, toPath: data + "/ck/" + f)
-        }
+        try PerturbedCheckpoint.write(from: ServerProcess.tinyChat, to: data + "/ck")
         try fm.createSymbolicLink(atPath: data + "/escape", withDestinationPath: outside)
         try fm.createSymbolicLink(atPath: data + "/escape-dir", withDestinationPath: dir)
         try fm.createDirectory(atPath: data + "/checkpoints", withIntermediateDirectories: true)
         try fm.createSymbolicLink(atPath: data + "/checkpoints/escape", withDestinationPath: outside)
         try fm.copyItem(atPath: ServerProcess.tinyTied, toPath: data + "/other-shape")
-        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--journal-learner"])
+        let server = try ServerProcess(model: ServerProcess.tinyChat, dataDir: data, args: ["--journal-learner"])
         let c = try server.client()
-        _ = try c.hello()
+        let start = try c.hello().policyVersion
         let watcher = try server.client()
         _ = try watcher.hello()
         guard case .versionEvent(let v0) = try watcher.call(7, .subscribeVersions(SubscribeVersions())) else { return XCTFail() }
-        XCTAssertEqual(v0.version, 0)
+        XCTAssertEqual(v0.version, start)
 
         assertError(try c.call(1, .refreshWeights(RefreshWeights(checkpoint: "escape"))), .permissionDenied, field: "checkpoint")
         assertError(try c.call(2, .refreshWeights(RefreshWeights(checkpoint: "escape-dir/outside"))), .permissionDenied, field: "checkpoint")
@@ -280,11 +279,26 @@ final class ProtocolTests: XCTestCase {
         assertError(try c.call(5, .refreshWeights(RefreshWeights(checkpoint: "other-shape"))), .invalidArgument, field: "checkpoint")
         XCTAssertFalse(fm.fileExists(atPath: dir + "/ck2"), "nothing was written outside")
 
+        // What the served and the checkpoint's weights give a fixed continuation, offline.
+        let prompt: [UInt32] = [1, 57, 300, 12, 599, 44], continuation: [UInt32] = [7, 250, 3, 480, 90]
+        let old = try offlineLogprobs(model: ServerProcess.tinyChat, tokens: prompt + continuation, from: prompt.count)
+        let new = try offlineLogprobs(model: data + "/ck", tokens: prompt + continuation, from: prompt.count)
+        XCTAssertGreaterThan(maxAbsDifference(old, new), 1e-2, "the checkpoint must differ from the served weights")
+        func served(_ id: UInt64, _ version: UInt64) throws -> [Float] {
+            let m = try c.call(id, .score(ScoreRequest(items: [ScoreItem(prompt: .ids(prompt), continuation: .ids(continuation))], version: version)))
+            guard case .scoreReply(let s) = m else { throw TestError("score: \(m)") }
+            XCTAssertEqual(s.version, version)
+            return s.items[0].logprobs
+        }
+        XCTAssertLessThanOrEqual(maxAbsDifference(try served(20, v0.version), old), 1e-4, "before the refresh: the served weights")
+
         guard case .refreshWeightsReply(let r) = try c.call(6, .refreshWeights(RefreshWeights(checkpoint: "ck"))) else { return XCTFail() }
-        XCTAssertEqual(r.version, 1)
+        XCTAssertEqual(r.version, v0.version + 1)
         guard case .versionEvent(let v1) = try watcher.receive(7) else { return XCTFail() }
-        XCTAssertEqual(v1.version, 1)
+        XCTAssertEqual(v1.version, r.version)
         XCTAssertEqual(v1.learnerStep, 0)
+        XCTAssertLessThanOrEqual(maxAbsDifference(try served(21, r.version), new), 1e-4,
+                                 "the refreshed version does not score with the checkpoint's weights")
         guard case .saveCheckpointReply(let s) = try c.call(8, .saveCheckpoint(SaveCheckpoint(name: "one"))) else { return XCTFail() }
         XCTAssertEqual(s.path, "checkpoints/one")
         XCTAssertTrue(fm.fileExists(atPath: data + "/checkpoints/one/journal_state.json"))
@@ -298,9 +312,10 @@ final class ProtocolTests: XCTestCase {
         XCTAssertFalse(again.found)
         assertError(try c.call(12, .refreshWeights(RefreshWeights(checkpoint: "ck/model.safetensors"))), .invalidArgument, field: "checkpoint")
         guard case .refreshWeightsReply(let r3) = try c.call(13, .refreshWeights(RefreshWeights(checkpoint: "ck"))) else { return XCTFail() }
-        XCTAssertEqual(r3.version, 2)
-        watcher.setTimeout(0.5)
-        XCTAssertThrowsError(try watcher.receiveAny(), "a cancelled subscription still receives events")
+        XCTAssertEqual(r3.version, v0.version + 2)
+        // An event for the subscription would be on the socket before the reply to a later request.
+        guard case .statusReply = try watcher.call(14, .status(StatusRequest())) else { return XCTFail() }
+        XCTAssertFalse(watcher.stash.contains { $0.id == 7 }, "a cancelled subscription still receives events: \(watcher.stash)")
         XCTAssertEqual(server.stop(), 0)
     }
 
