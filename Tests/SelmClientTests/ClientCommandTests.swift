@@ -164,7 +164,7 @@ final class ClientCommandTests: XCTestCase {
         /// Submits one row and waits (a failure bound only) until the learner's step `step` is the
         /// published version (the first event of a subscription is the current version).
         func train(_ row: String, step: Int) throws -> Int {
-            let submit = try s.runClient("submit", ["--data", "-"], stdin: row + "\n")
+            let submit = try s.runClient("submit", ["--data", "-", "--chat"], stdin: row + "\n")
             XCTAssertEqual(submit.status, 0, submit.stderr)
             let deadline = Date().addingTimeInterval(300)
             while true {

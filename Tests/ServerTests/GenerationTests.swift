@@ -198,7 +198,8 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(server.stop(), 0)
     }
 
-    /// Score returns the log-probabilities the generation reported for the same tokens.
+    /// Score returns the log-probabilities the generation reported for the same tokens, at the
+    /// engine's own agreement between its decode and scoring paths (1e-4 per token, EngineTests).
     func testScoreAgreesWithGeneration() throws {
         try requireSmol()
         let dir = try temporaryDirectory()
@@ -214,8 +215,10 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(score.version, version)
         XCTAssertEqual(score.items.count, 1)
         XCTAssertEqual(score.items[0].tokenIDs, sample.tokenIDs)
-        for (a, b) in zip(score.items[0].logprobs, sample.logprobs) { XCTAssertEqual(a, b, accuracy: 1e-3) }
-        XCTAssertEqual(score.items[0].totalLogprob, sample.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-2)
+        let worst = maxAbsDifference(score.items[0].logprobs, sample.logprobs)
+        print("score vs generation: worst per-token difference \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-4)
+        XCTAssertEqual(score.items[0].totalLogprob, sample.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-4 * Double(sample.logprobs.count))
         XCTAssertEqual(score.items[0].topLogprobs.count, 8)
         XCTAssertEqual(score.items[0].topLogprobs[0].tokenIDs.first, sample.tokenIDs[0], "greedy picked the most likely token")
         XCTAssertEqual(server.stop(), 0)
