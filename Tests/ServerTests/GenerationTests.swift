@@ -148,7 +148,7 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(busy.runningSequences, 4)
         XCTAssertGreaterThan(busy.kvBlocksUsed, 0)
         b.closeNow()
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         var st = try status(watcher)
         while (st.kvBlocksUsed > 0 || st.runningSequences > 0) && Date() < deadline {
             usleep(20_000)
