@@ -34,7 +34,7 @@ func logprobDistance(_ s: SampleResult, _ offline: OfflineGreedy) -> Double {
 }
 
 /// The next version event above `after` (the wait is only a failure bound).
-func nextVersion(_ sub: VersionSubscription, after: UInt64, file: StaticString = #filePath, line: UInt = #line) throws -> VersionEvent {
+func nextVersion(_ sub: VersionSubscription, after: UInt64) throws -> VersionEvent {
     while true {
         guard let e = try sub.next(timeout: 300) else { throw TestFailure("no version after \(after) within 300 s") }
         if e.version > after { return e }
