@@ -346,6 +346,10 @@ final class Mailbox: @unchecked Sendable {
     private let condition = NSCondition()
     private var items: [Result<ServerMessage, SelmClientError>] = []
     private var head = 0
+    private var waiting = 0
+
+    /// Threads blocked in `take` right now (tests wait on it to know a reader is blocked).
+    var waiters: Int { condition.lock(); defer { condition.unlock() }; return waiting }
 
     init(id: UInt64) { self.id = id }
 
@@ -361,6 +365,8 @@ final class Mailbox: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
+        waiting += 1
+        defer { waiting -= 1 }
         while head == items.count {
             if let deadline {
                 if !condition.wait(until: deadline) && head == items.count { return nil }

@@ -89,7 +89,8 @@ public final class VersionSubscription: @unchecked Sendable {
     public let requestID: UInt64
 
     private let client: SelmClient
-    private let mailbox: Mailbox
+    /// Internal for tests (`Mailbox.waiters`).
+    let mailbox: Mailbox
     private let lock = NSLock()
     private var closed = false
 

@@ -87,8 +87,22 @@ func parseTokenList(_ s: String, field: String) throws -> [Int32] {
     }
 }
 
-/// JSON text of a Swift value tree ([String: Any], arrays, numbers, strings).
+/// JSON text of a Swift value tree ([String: Any], arrays, numbers, strings). JSON has no NaN or
+/// infinity: such a number (a learner metric with nothing to average, like `logps/pi_response`
+/// when no row had a reference response) is written as `null`.
 func jsonText(_ obj: Any, pretty: Bool = false) -> String {
-    let data = try! JSONSerialization.data(withJSONObject: obj, options: pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes])
+    let data = try! JSONSerialization.data(withJSONObject: jsonSafe(obj), options: pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes])
     return String(decoding: data, as: UTF8.self)
+}
+
+/// `v` with every non-finite floating-point number replaced by `NSNull`.
+private func jsonSafe(_ v: Any) -> Any {
+    switch v {
+    case is Int, is Int32, is Int64, is UInt32, is UInt64, is Bool, is String: return v
+    case let d as Double: return d.isFinite ? d : NSNull()
+    case let f as Float: return f.isFinite ? f : NSNull()
+    case let a as [Any]: return a.map(jsonSafe)
+    case let m as [String: Any]: return m.mapValues(jsonSafe)
+    default: return v
+    }
 }

@@ -452,7 +452,8 @@ final class EngineTests: XCTestCase {
         let model = try Fixtures.tiny()
         let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 64))
         let wakeups = WakeCounter()
-        engine.setWakeup { wakeups.hit() }
+        let gate = WakeGate()
+        engine.setWakeup { wakeups.hit(); gate.pass() }
         engine.start()
         let ids = Locked<[RequestID]>([])
         let requests = (0..<8).map { i in (0..<2).map { j in request(prompt(6 + i, j), maxTokens: 5 + j) } }
@@ -477,11 +478,32 @@ final class EngineTests: XCTestCase {
             XCTAssertLessThanOrEqual(outcomes[id]!.firstToken!, outcomes[id]!.samples[0].time)
         }
 
-        // Stop cancels what is in flight.
+        // Stop cancels what is in flight. The tiny model could finish a request before stop() takes
+        // effect, so the engine thread is held in the wake-up after the long request's first step (49
+        // tokens still to go) until stop() has taken effect — seen as submit refusing with .stopped;
+        // requests accepted meanwhile are queued, and cancelled by the stop too.
+        gate.arm()
         let long = try engine.submit(request(prompt(8), maxTokens: 50))
-        engine.stop()
+        XCTAssertTrue(gate.waitUntilHeld(timeout: 60), "the engine thread never stepped the long request")
+        let stopped = DispatchSemaphore(value: 0)
+        let box = UncheckedEngine(engine)
+        Thread { box.engine.stop(); stopped.signal() }.start()
+        var queued: [RequestID] = []
+        while true {
+            do {
+                queued.append(try engine.submit(request(prompt(5), maxTokens: 5)))
+                usleep(1000)
+            } catch {
+                XCTAssertEqual(error as? EngineError, .stopped)
+                break
+            }
+        }
+        gate.open()
+        XCTAssertEqual(stopped.wait(timeout: .now() + 60), .success, "stop() did not return")
         engine.collect(into: &outcomes)
         XCTAssertEqual(outcomes[long]?.samples.first?.finishReason, .cancelled)
+        XCTAssertLessThan(outcomes[long]?.samples.first?.tokens.count ?? 50, 50)
+        for id in queued { XCTAssertEqual(outcomes[id]?.samples.first?.finishReason, .cancelled, "queued \(id)") }
         XCTAssertThrowsError(try engine.submit(request(prompt(8), maxTokens: 5))) { XCTAssertEqual($0 as? EngineError, .stopped) }
         XCTAssertEqual(engine.status().kvBlocksUsed, 0)
 
@@ -533,6 +555,44 @@ final class WakeCounter: @unchecked Sendable {
     func hit() { lock.lock(); n += 1; lock.unlock(); sem.signal() }
     var count: Int { lock.lock(); defer { lock.unlock() }; return n }
     func wait(timeout: Double) -> Bool { sem.wait(timeout: .now() + timeout) == .success }
+}
+
+/// Holds the engine thread in its wake-up callback: once armed, the next `pass()` blocks until
+/// `open()` (so the engine cannot step meanwhile).
+final class WakeGate: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var armed = false, held = false, opened = false
+
+    func arm() { cond.lock(); armed = true; opened = false; cond.unlock() }
+
+    /// Called by the wake-up callback (engine thread).
+    func pass() {
+        cond.lock()
+        defer { cond.unlock() }
+        guard armed else { return }
+        armed = false
+        held = true
+        cond.broadcast()
+        while !opened { cond.wait() }
+        held = false
+    }
+
+    /// True once the engine thread is held (false after `timeout` seconds, a failure bound).
+    func waitUntilHeld(timeout: Double) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while !held { if !cond.wait(until: deadline) { break } }
+        return held
+    }
+
+    func open() { cond.lock(); opened = true; cond.broadcast(); cond.unlock() }
+}
+
+/// Hands the engine to another test thread.
+struct UncheckedEngine: @unchecked Sendable {
+    let engine: Engine
+    init(_ engine: Engine) { self.engine = engine }
 }
 
 final class Locked<T>: @unchecked Sendable {

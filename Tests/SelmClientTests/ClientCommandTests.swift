@@ -6,9 +6,11 @@ import SelmClient
 final class ClientCommandTests: XCTestCase {
     nonisolated(unsafe) static var shared: ServeProcess?
 
+    /// One server for the tests that do not disturb it; it runs no learner, so its version stays
+    /// put (the save/refresh test starts a server of its own, with a learner).
     func server() throws -> ServeProcess {
         if let s = Self.shared { return s }
-        let s = try ServeProcess()
+        let s = try ServeProcess(args: ["--no-learner"])
         Self.shared = s
         return s
     }
@@ -152,14 +154,63 @@ final class ClientCommandTests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("policy version"), text.stdout)
     }
 
+    /// `selm client save` after a learner step, `refresh` back to it once the learner has moved on:
+    /// `generate` on the refreshed version gives what `selm generate` computes from the checkpoint
+    /// offline, and not what the version before it gave. (The server always runs a learner: a failing
+    /// save is a failure.)
     func testSaveAndRefresh() throws {
-        let s = try server()
+        let s = try ServeProcess(args: ServeProcess.learnerArgs)
+        defer { s.shutdown() }
+        /// Submits one row and waits (a failure bound only) until the learner's step `step` is the
+        /// published version (the first event of a subscription is the current version).
+        func train(_ row: String, step: Int) throws -> Int {
+            let submit = try s.runClient("submit", ["--data", "-", "--chat"], stdin: row + "\n")
+            XCTAssertEqual(submit.status, 0, submit.stderr)
+            let deadline = Date().addingTimeInterval(300)
+            while true {
+                let sub = try s.runClient("subscribe", ["--count", "1", "--json"])
+                XCTAssertEqual(sub.status, 0, sub.stderr)
+                let event = try json(sub.stdout)
+                if event["learner_step"] as? Int == step { return try XCTUnwrap(event["version"] as? Int) }
+                guard Date() < deadline else { throw TestFailure("learner step \(step) not published within 300 s: \(event)") }
+                usleep(100_000)
+            }
+        }
+        func generate(_ version: Int) throws -> [String: Any] {
+            let g = try s.runClient("generate", ["--prompt", "What is the capital of France?", "--chat", "--max-tokens", "8",
+                                                 "--temperature", "0", "--require-version", "\(version)", "--json"])
+            XCTAssertEqual(g.status, 0, g.stderr)
+            return try XCTUnwrap(try jsonLines(g.stdout).first { $0["type"] as? String == "sample" }, g.stdout)
+        }
+        let v1 = try train(#"{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}"#, step: 1)
         let save = try s.runClient("save", ["--name", "ckpt-cli", "--json"])
-        if save.status != 0 && save.stderr.contains("UNAVAILABLE") { throw XCTSkip("the server runs no learner: \(save.stderr)") }
         XCTAssertEqual(save.status, 0, save.stderr)
-        let path = try XCTUnwrap(json(save.stdout)["path"] as? String)
+        let saved = try json(save.stdout)
+        let path = try XCTUnwrap(saved["path"] as? String)
+        XCTAssertEqual(saved["version"] as? Int, v1)
+        let v2 = try train(#"{"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Seven."}"#, step: 2)
+        let expected = try OfflineGreedy(model: s.dataDir + "/" + path, chatPrompt: "What is the capital of France?", maxTokens: 8)
+        func distance(_ sample: [String: Any]) -> Double {
+            guard let ids = sample["token_ids"] as? [Int], ids.map({ UInt32($0) }) == expected.ids,
+                  let lps = sample["logprobs"] as? [Double] else { return .infinity }
+            return zip(lps, expected.logprobs).map { abs($0 - Double($1)) }.max() ?? 0
+        }
+        XCTAssertGreaterThan(distance(try generate(v2)), 1e-3, "the learner's second step must change the served outputs")
+
         let refresh = try s.runClient("refresh", ["--checkpoint", path])
         XCTAssertEqual(refresh.status, 0, refresh.stderr)
         XCTAssertTrue(refresh.stdout.contains("as version"), refresh.stdout)
+        let version = try XCTUnwrap(Int(refresh.stdout.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""),
+                                    refresh.stdout)
+        XCTAssertGreaterThan(version, v2)
+        let st = try s.runClient("status", ["--json"])
+        XCTAssertEqual(st.status, 0, st.stderr)
+        let status = try json(st.stdout)
+        XCTAssertEqual(status["policy_version"] as? Int, version)
+        // No row had a reference response: that metric is NaN, printed as JSON null.
+        XCTAssertTrue((status["learner_metrics"] as? [String: Any])?["logps/pi_response"] is NSNull, st.stdout)
+        let after = try generate(version)
+        XCTAssertEqual(after["version"] as? Int, version)
+        XCTAssertLessThanOrEqual(distance(after), 1e-4, "the refreshed version does not serve the checkpoint's weights: \(after)")
     }
 }

@@ -6,10 +6,12 @@ import XCTest
 final class SelmClientTests: XCTestCase {
     nonisolated(unsafe) static var shared: ServeProcess?
 
-    /// One server for the tests that do not disturb it (started on first use, stopped after the class).
+    /// One server for the tests that do not disturb it (started on first use, stopped after the
+    /// class). It runs no learner, so its version never changes under a test: results of two calls
+    /// are comparable. Tests that need the learner start a server of their own.
     func server() throws -> ServeProcess {
         if let s = Self.shared { return s }
-        let s = try ServeProcess()
+        let s = try ServeProcess(args: ["--no-learner"])
         Self.shared = s
         return s
     }
@@ -84,7 +86,7 @@ final class SelmClientTests: XCTestCase {
         XCTAssertEqual(s.logprobs.count, s.tokenIDs.count)
         XCTAssertTrue((1...12).contains(s.tokenIDs.count))
         XCTAssertTrue([.eos, .length].contains(s.finishReason), "\(s.finishReason)")
-        XCTAssertLessThanOrEqual(s.version, try c.status().policyVersion)  // the learner may publish meanwhile
+        XCTAssertEqual(s.version, try c.status().policyVersion)
         XCTAssertEqual(s.firstVersion, s.version)
         XCTAssertTrue(s.text.contains("Paris"), s.text)
     }
@@ -98,10 +100,11 @@ final class SelmClientTests: XCTestCase {
         XCTAssertEqual(samples.map { [$0.promptIndex, $0.sampleIndex] }, [[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]])
         guard samples.count == 6 else { return }
         XCTAssertEqual(samples[2].promptTokens, UInt32(ids.count))
-        let again = try c.generate(r)
-        if Set((samples + again).map(\.version)).count == 1 {
-            XCTAssertEqual(again.map(\.tokenIDs), samples.map(\.tokenIDs), "same seed, same weights, same samples")
-        }
+        var pinned = r
+        pinned.requireVersion = samples[0].version
+        let again = try c.generate(pinned)
+        XCTAssertEqual(Set((samples + again).map(\.version)), [samples[0].version])
+        XCTAssertEqual(again.map(\.tokenIDs), samples.map(\.tokenIDs), "same seed, same weights, same samples")
     }
 
     func testGenerateStreamsChunksThenSamples() throws {
@@ -172,28 +175,20 @@ final class SelmClientTests: XCTestCase {
 
     // MARK: Scoring
 
+    /// Scoring a generated continuation gives the log-probs the generation reported, at the
+    /// engine's own agreement (1e-4 per token, EngineTests), on the same version.
     func testScoreMatchesGeneration() throws {
         let c = try client()
         let prompt = try c.tokenize(Self.question, chat: true)
-        // Both on one version, even if the learner publishes meanwhile (then the old one may be gone: retry).
-        func attempt() throws -> (SampleResult, ScoreReply)? {
-            let generated = try c.generate(GenerateRequest(prompts: [.ids(prompt)], sampling: SamplingParams(temperature: 0, maxTokens: 8)))
-            guard let s = generated.first else { return nil }
-            do {
-                return (s, try c.score(ScoreRequest(items: [ScoreItem(prompt: .ids(prompt), continuation: .ids(s.tokenIDs))], version: s.version)))
-            } catch {
-                if error.code == .notFound { return nil }
-                throw error
-            }
-        }
-        var result: (SampleResult, ScoreReply)? = nil
-        for _ in 0..<5 where result == nil { result = try attempt() }
-        let (s, reply) = try XCTUnwrap(result)
+        let s = try XCTUnwrap(c.generate(GenerateRequest(prompts: [.ids(prompt)], sampling: SamplingParams(temperature: 0, maxTokens: 8))).first)
+        let reply = try c.score(ScoreRequest(items: [ScoreItem(prompt: .ids(prompt), continuation: .ids(s.tokenIDs))], version: s.version))
         XCTAssertEqual(reply.version, s.version)
         let item = try XCTUnwrap(reply.items.first)
         XCTAssertEqual(item.tokenIDs, s.tokenIDs)
-        for (a, b) in zip(item.logprobs, s.logprobs) { XCTAssertEqual(a, b, accuracy: 2e-2) }
-        XCTAssertEqual(item.totalLogprob, item.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-3)
+        let worst = zip(item.logprobs, s.logprobs).map { abs($0 - $1) }.max() ?? 0
+        print("score vs generation: worst per-token difference \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-4)
+        XCTAssertEqual(item.totalLogprob, item.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-4)
     }
 
     // MARK: Preferences and operations
@@ -232,9 +227,7 @@ final class SelmClientTests: XCTestCase {
         XCTAssertLessThanOrEqual(first.version, try c.status().policyVersion)
         XCTAssertGreaterThan(first.unixTime, 1.6e9)
         XCTAssertEqual(try c.tokenize("Hello world"), [19556, 905])
-        if let later = try sub.next(timeout: 0.2) {  // nil: no new version meanwhile
-            XCTAssertGreaterThan(later.version, first.version, "only a newly published version comes")
-        }
+        XCTAssertNil(try sub.next(timeout: 0.2), "nothing is published on this server: only the current version comes")
         XCTAssertFalse(sub.isClosed)
         // Closing from another thread wakes a reader blocked in next().
         let ended = expectation(description: "next() returns nil")
@@ -242,7 +235,7 @@ final class SelmClientTests: XCTestCase {
         Thread {
             if (try? box.value.next()) == .some(nil) { ended.fulfill() }
         }.start()
-        usleep(200_000)
+        try waitUntilBlocked(sub)
         sub.close()
         wait(for: [ended], timeout: 10)
         XCTAssertTrue(sub.isClosed)
@@ -273,34 +266,57 @@ final class SelmClientTests: XCTestCase {
             do { _ = try box.value.next(timeout: 60) } catch let e as SelmClientError { got.with { $0 = e } } catch {}
             done.fulfill()
         }.start()
-        usleep(200_000)
+        try waitUntilBlocked(sub)
         c.close()
         wait(for: [done], timeout: 10)
         guard case .connectionClosed = got.get else { return XCTFail("\(String(describing: got.get))") }
     }
 
+    // MARK: Servers of their own
+
+    /// SaveCheckpoint after a learner step, then RefreshWeights back to it once the learner has
+    /// moved on: the refresh publishes a new version that serves the checkpoint's weights — its
+    /// greedy answer and log-probs equal what `selm generate` computes from the checkpoint offline,
+    /// and differ from those of the version served before. (This server always runs a learner: an
+    /// UNAVAILABLE reply to SaveCheckpoint is a failure.)
     func testSaveAndRefresh() throws {
-        let c = try client()
-        let saved: SaveCheckpointReply
-        do { saved = try c.saveCheckpoint(name: "ckpt-swift") } catch {
-            if error.code == .unavailable { throw XCTSkip("the server runs no learner: \(error)") }
-            throw error
-        }
-        XCTAssertTrue(saved.path.hasSuffix("ckpt-swift"), saved.path)
+        let s = try ServeProcess(args: ServeProcess.learnerArgs)
+        defer { s.shutdown() }
+        let c = try s.client()
+        defer { c.close() }
         let sub = try c.subscribeVersions()
         defer { sub.close() }
-        let before = try XCTUnwrap(sub.next(timeout: 30))
-        let version = try c.refreshWeights(checkpoint: saved.path)
-        XCTAssertGreaterThan(version, saved.version)
-        XCTAssertGreaterThan(version, before.version)
-        // The push for the new version arrives on the subscription (after any the learner made).
-        var event = try sub.next(timeout: 60)
-        while let e = event, e.version < version { event = try sub.next(timeout: 60) }
-        XCTAssertEqual(event?.version, version)
-        XCTAssertGreaterThanOrEqual(try c.status().policyVersion, version)
-    }
+        let start = try XCTUnwrap(sub.next(timeout: 30))
+        _ = try c.submitPreferences([PreferenceRow(prompt: .text("What is 2+2?"), chosen: .text("4"), rejected: .text("5"))], chat: true)
+        let v1 = try nextVersion(sub, after: start.version)
+        XCTAssertEqual(v1.learnerStep, 1)
+        let saved = try c.saveCheckpoint(name: "ckpt-swift")
+        XCTAssertTrue(saved.path.hasSuffix("ckpt-swift"), saved.path)
+        XCTAssertEqual(saved.learnerStep, 1)
+        XCTAssertEqual(saved.version, v1.version)
+        // The learner moves on: the served weights are no longer the checkpoint's.
+        _ = try c.submitPreferences([PreferenceRow(prompt: .text("Name a colour."), chosen: .text("Red."), rejected: .text("Seven."))],
+                                    chat: true)
+        let v2 = try nextVersion(sub, after: v1.version)
+        XCTAssertEqual(v2.learnerStep, 2)
+        let expected = try OfflineGreedy(model: s.dataDir + "/" + saved.path, chatPrompt: Self.question, maxTokens: 8)
+        func greedy(_ version: UInt64) throws -> SampleResult {
+            try XCTUnwrap(c.generate(GenerateRequest(prompts: [.text(Self.question)], chat: true,
+                                                     sampling: SamplingParams(temperature: 0, maxTokens: 8), requireVersion: version)).first)
+        }
+        let before = try greedy(v2.version)
+        print("checkpoint (step 1) offline: \(expected.ids) \(expected.logprobs); served at step 2: \(before.tokenIDs) \(before.logprobs)")
+        XCTAssertGreaterThan(logprobDistance(before, expected), 1e-3, "the learner's second step must change the served outputs")
 
-    // MARK: Servers of their own
+        let version = try c.refreshWeights(checkpoint: saved.path)
+        XCTAssertGreaterThan(version, v2.version)
+        XCTAssertEqual(try nextVersion(sub, after: v2.version).version, version, "the push for the refreshed version")
+        XCTAssertEqual(try c.status().policyVersion, version)
+        let after = try greedy(version)
+        XCTAssertEqual(after.version, version)
+        XCTAssertEqual(after.tokenIDs, expected.ids, "the refreshed version does not serve the checkpoint's weights")
+        XCTAssertLessThanOrEqual(logprobDistance(after, expected), 1e-4, "log-probs of the checkpoint's weights")
+    }
 
     func testAuthentication() throws {
         let s = try ServeProcess(token: "s3cret")

@@ -148,7 +148,7 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(busy.runningSequences, 4)
         XCTAssertGreaterThan(busy.kvBlocksUsed, 0)
         b.closeNow()
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = Date().addingTimeInterval(60)
         var st = try status(watcher)
         while (st.kvBlocksUsed > 0 || st.runningSequences > 0) && Date() < deadline {
             usleep(20_000)
@@ -198,7 +198,8 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(server.stop(), 0)
     }
 
-    /// Score returns the log-probabilities the generation reported for the same tokens.
+    /// Score returns the log-probabilities the generation reported for the same tokens, at the
+    /// engine's own agreement between its decode and scoring paths (1e-4 per token, EngineTests).
     func testScoreAgreesWithGeneration() throws {
         try requireSmol()
         let dir = try temporaryDirectory()
@@ -214,44 +215,61 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(score.version, version)
         XCTAssertEqual(score.items.count, 1)
         XCTAssertEqual(score.items[0].tokenIDs, sample.tokenIDs)
-        for (a, b) in zip(score.items[0].logprobs, sample.logprobs) { XCTAssertEqual(a, b, accuracy: 1e-3) }
-        XCTAssertEqual(score.items[0].totalLogprob, sample.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-2)
+        let worst = maxAbsDifference(score.items[0].logprobs, sample.logprobs)
+        print("score vs generation: worst per-token difference \(worst)")
+        XCTAssertLessThanOrEqual(worst, 1e-4)
+        XCTAssertEqual(score.items[0].totalLogprob, sample.logprobs.reduce(0) { $0 + Double($1) }, accuracy: 1e-4 * Double(sample.logprobs.count))
         XCTAssertEqual(score.items[0].topLogprobs.count, 8)
         XCTAssertEqual(score.items[0].topLogprobs[0].tokenIDs.first, sample.tokenIDs[0], "greedy picked the most likely token")
         XCTAssertEqual(server.stop(), 0)
     }
 
     /// RefreshWeights loads a checkpoint from the data directory into the engine as a new version:
-    /// subscribers hear of it, new samples carry it, a request can pin it.
+    /// subscribers hear of it, new samples carry it, a request can pin it, and they come from the
+    /// checkpoint's weights — a checkpoint unlike the served weights (the final norm perturbed),
+    /// whose greedy answer and log-probs `selm generate` computes offline.
     func testRefreshWeightsPublishesANewVersionToTheEngine() throws {
         try requireSmol()
         let dir = try temporaryDirectory()
         let data = dir + "/data"
         try FileManager.default.createDirectory(atPath: data + "/ck", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: ServerProcess.smol, toPath: data + "/ck/model.gguf")
+        try PerturbedCheckpoint.write(from: ServerProcess.smol, to: data + "/ck/model.gguf")
+        let text = "Name three colours."
+        let old = try OfflineGreedy(model: ServerProcess.smol, chatPrompt: text, maxTokens: 8)
+        let new = try OfflineGreedy(model: data + "/ck/model.gguf", chatPrompt: text, maxTokens: 8)
+        XCTAssertNotEqual(new.ids, old.ids, "the checkpoint must answer otherwise than the served weights")
         let server = try ServerProcess(model: ServerProcess.smol, dataDir: data)
         let c = try server.client()
         let v0 = try c.hello().policyVersion
         guard case .versionEvent(let first) = try c.call(1, .subscribeVersions(SubscribeVersions())) else { return XCTFail() }
         XCTAssertEqual(first.version, v0)
-        let prompt = Prompt.text("Name three colours.")
-        let greedy = GenerateRequest(prompts: [prompt], chat: true, sampling: SamplingParams(temperature: 0, maxTokens: 6), ignoreEOS: true)
+        let greedy = GenerateRequest(prompts: [.text(text)], chat: true, sampling: SamplingParams(temperature: 0, maxTokens: 8))
         try c.send(2, .generate(greedy))
         let (before, _) = try collect(c, [2])
+        let b = try XCTUnwrap(before[2]?.samples.first)
+        XCTAssertEqual(b.version, v0)
+        XCTAssertEqual(b.tokenIDs, old.ids, "before the refresh: the served model's answer")
+        XCTAssertLessThanOrEqual(maxAbsDifference(b.logprobs, old.logprobs), 1e-4)
         let r = try c.call(3, .refreshWeights(RefreshWeights(checkpoint: "ck")))
         guard case .refreshWeightsReply(let reply) = r else { return XCTFail("\(r)") }
         XCTAssertEqual(reply.version, v0 + 1)
         guard case .versionEvent(let pushed) = try c.receive(1) else { return XCTFail() }
         XCTAssertEqual(pushed.version, v0 + 1)
         XCTAssertEqual(pushed.learnerStep, 0)
+        // Pinned to the new version and unpinned (new requests bind to it): the checkpoint's answer.
         var pinned = greedy
         pinned.requireVersion = v0 + 1
         try c.send(4, .generate(pinned))
-        let (after, _) = try collect(c, [4])
-        XCTAssertNil(after[4]?.error)
-        XCTAssertEqual(after[4]?.samples.first?.version, v0 + 1)
-        XCTAssertEqual(after[4]?.samples.first?.tokenIDs, before[2]?.samples.first?.tokenIDs, "the same weights give the same greedy tokens")
-        guard case .statusReply(let st) = try c.call(5, .status(StatusRequest())) else { return XCTFail() }
+        try c.send(5, .generate(greedy))
+        let (after, _) = try collect(c, [4, 5])
+        for id: UInt64 in [4, 5] {
+            XCTAssertNil(after[id]?.error)
+            let s = try XCTUnwrap(after[id]?.samples.first)
+            XCTAssertEqual(s.version, v0 + 1)
+            XCTAssertEqual(s.tokenIDs, new.ids, "request \(id): the refreshed version does not serve the checkpoint's weights")
+            XCTAssertLessThanOrEqual(maxAbsDifference(s.logprobs, new.logprobs), 1e-4, "request \(id): log-probs of the checkpoint")
+        }
+        guard case .statusReply(let st) = try c.call(6, .status(StatusRequest())) else { return XCTFail() }
         XCTAssertEqual(st.policyVersion, v0 + 1)
         XCTAssertEqual(server.stop(), 0)
     }

@@ -69,28 +69,52 @@ final class OnlineLearningTests: XCTestCase {
 
     /// Many publishes while generation runs without a pause: every request completes, every sample
     /// reports the version that produced it (never one published after it finished), and versions
-    /// advance under the running stream.
+    /// advance under the running stream. A feeder sends one row (one learner step, one version) at a
+    /// time, each once a sample of the version before came back, so every version is seen however
+    /// fast or slow the machine is; the waits are failure bounds only.
     func testManyPublishesDuringContinuousGeneration() throws {
         let dir = try temporaryDirectory()
         let (server, client) = try start(dir, ["--lr", "1e-3", "--batch-size", "1", "--max-wait-seconds", "0"])
         defer { client.close(); server.stop() }
         let feeder = try SelmClient(endpoint: .tcp(host: "127.0.0.1", port: UInt16(server.port)), timeout: 60)
         defer { feeder.close() }
-        let stop = Locked(false)
-        let fed = Locked(0)
+        let sub = try feeder.subscribeVersions()
+        defer { sub.close() }
+        let first = try XCTUnwrap(sub.next(timeout: 30)).version
+        let seen = Locked(Set<UInt64>())
+        let fed = Locked<[UInt64]>([])
+        let feederDone = Locked(false)
+        let feederErrors = Locked([String]())
         let t = Thread {
-            var i = 0
-            while !stop.with({ $0 }) && i < 40 {
-                if (try? feeder.submitPreferences(try OnlineLearningTests.rows(feeder, count: 1, offset: i))) != nil { fed.with { $0 += 1 } }
-                i += 1
-                usleep(30_000)
+            do {
+                func awaitSample(of v: UInt64) throws {
+                    let deadline = Date().addingTimeInterval(120)
+                    while !seen.with({ $0.contains(v) }) {
+                        guard Date() < deadline else { throw TestError("no sample of version \(v) within 120 s") }
+                        usleep(5_000)
+                    }
+                }
+                try awaitSample(of: first)
+                var last = first
+                for i in 0..<4 {
+                    _ = try feeder.submitPreferences(try OnlineLearningTests.rows(feeder, count: 1, offset: i))
+                    var event = try sub.next(timeout: 120)
+                    while let e = event, e.version <= last { event = try sub.next(timeout: 120) }
+                    guard let v = event?.version else { throw TestError("no version after \(last) within 120 s") }
+                    last = v
+                    fed.with { $0.append(v) }
+                    try awaitSample(of: v)
+                }
+            } catch {
+                feederErrors.with { $0.append("\(error)") }
             }
+            feederDone.with { $0 = true }
         }
         t.start()
-        var versionsSeen = Set<UInt64>()
         var requests = 0
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline && (versionsSeen.count < 4 || requests < 8) {
+        let deadline = Date().addingTimeInterval(300)  // a failure bound: the loop ends on events
+        while !(feederDone.with { $0 } && requests >= 8) {
+            guard Date() < deadline else { XCTFail("the feeder did not finish within 300 s"); break }
             let before = try client.status().policyVersion
             var sampling = Wire.SamplingParams()
             sampling.temperature = 1; sampling.maxTokens = 24; sampling.seed = UInt64(requests)
@@ -103,15 +127,15 @@ final class OnlineLearningTests: XCTestCase {
                 XCTAssertEqual(s.version, s.firstVersion)
                 XCTAssertGreaterThanOrEqual(s.version, before)
                 XCTAssertLessThanOrEqual(s.version, after)
-                versionsSeen.insert(s.version)
+                seen.with { _ = $0.insert(s.version) }
             }
             XCTAssertEqual(Set(samples.map(\.version)).count, 1, "one request, one version")
             requests += 1
         }
-        stop.with { $0 = true }
-        while !t.isFinished { usleep(10_000) }
-        XCTAssertGreaterThanOrEqual(versionsSeen.count, 3, "versions seen: \(versionsSeen.sorted())")
-        XCTAssertGreaterThan(fed.with { $0 }, 0)
+        XCTAssertEqual(feederErrors.get, [])
+        XCTAssertEqual(fed.get.count, 4, "four rows, four versions")
+        XCTAssertTrue(Set(fed.get).isSubset(of: seen.get), "versions seen: \(seen.get.sorted()), published: \(fed.get)")
+        XCTAssertGreaterThanOrEqual(seen.get.count, 5, "the first version and the four published under the running stream")
     }
 
     /// `kill -9` mid-training, then a restart: the learner resumes from its last checkpoint and the

@@ -1,6 +1,9 @@
 """Learner fixtures: the SELM loss (and IPO / hinge variants) written in PyTorch on the tiny random
 checkpoints, with a reference policy different from the policy, its value, metrics and the gradient
-of every parameter from autograd; torch.optim.AdamW steps; a short full training run."""
+of every parameter from autograd; torch.optim.AdamW steps (one tensor; and every parameter of a small
+Llama in the transformers Trainer's param groups, where weight decay matters); a short full training
+run. One case alone: `python -c "import pathlib, sys; sys.path.insert(0, 'scripts'); from reference
+import learner; learner.adamw_groups_case(pathlib.Path('.'))"` from the repository root."""
 import json
 import math
 import pathlib
@@ -124,6 +127,58 @@ def adamw_case(root):
     (root / FIX / "adamw.json").write_text(json.dumps(out))
 
 
+def adamw_groups_case(root):
+    """Three torch.optim.AdamW steps over every parameter of a small Llama, with the param groups the
+    transformers Trainer builds (`Trainer.get_decay_parameter_names`: weight decay on everything but
+    the RMSNorm weights) and a weight decay that matters: over the three steps decay moves each decayed
+    weight by ~3·lr·wd = 3e-3 of its size, norm weights sit near 1 so decaying them would show as much.
+    Also written: the same run without decay and with decay on every parameter, so the test can show
+    its tolerance is far below what either mistake changes. Writes adamw-groups.json."""
+    from transformers import LlamaConfig, Trainer
+    shape = {"vocab_size": 16, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 1, "head_dim": 4, "max_position_embeddings": 32, "rms_norm_eps": 1e-5,
+             "tie_word_embeddings": False}
+    model = LlamaForCausalLM(LlamaConfig(**shape)).float()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = [{n: torch.randn(p.shape, generator=g) * s for n, p in model.named_parameters()} for s in (1.0, 0.1, 3.0)]
+    decay_names = Trainer.get_decay_parameter_names(None, model)  # (self is not used)
+    lr, wd = 1e-2, 0.1
+
+    def run(decayed):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(initial[n])
+        groups = [{"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": wd},
+                  {"params": [p for n, p in model.named_parameters() if n not in decayed], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        for step in grads:
+            for n, p in model.named_parameters():
+                p.grad = step[n].clone()
+            opt.step()
+        return {n: p.detach().flatten().tolist() for n, p in model.named_parameters()}
+
+    names = [n for n, _ in model.named_parameters()]
+    out = {
+        "config": shape,
+        "lr": lr, "weight_decay": wd, "decay_parameters": sorted(decay_names),
+        "initial": {n: initial[n].flatten().tolist() for n in names},
+        "grads": [{n: step[n].flatten().tolist() for n in names} for step in grads],
+        "final": run(set(decay_names)),
+        "final_without_decay": run(set()),
+        "final_decaying_everything": run(set(names)),
+    }
+    (root / FIX / "adamw-groups.json").write_text(json.dumps(out))
+    print("adamw-groups", len(names), "tensors,", len(decay_names), "decayed; not decayed:",
+          sorted(set(names) - set(decay_names)))
+
+
 def training_case(root):
     """Three full optimizer steps as the transformers Trainer would take them: SELM loss, gradient
     accumulation over 2 micro-batches, global-norm clipping, AdamW with weight decay skipping norm
@@ -172,6 +227,7 @@ def main(root: pathlib.Path):
     grads_case(root, "ipo-untied", "Tests/ModelTests/Fixtures/tiny-untied", "ipo", 0.5, 0.1, 23)
     grads_case(root, "hinge-tied", "Tests/ModelTests/Fixtures/tiny-tied", "hinge", 0.05, 0.1, 24)
     adamw_case(root)
+    adamw_groups_case(root)
     training_case(root)
 
 

@@ -8,6 +8,7 @@ socket.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -112,12 +113,37 @@ class Server:
         return Client(**kwargs)
 
 
+#: A learner that takes one step per preference row at once (batch 1, no waiting), at a learning rate
+#: where one step moves SmolLM2's greedy log-probs by ~1e-2: far above the 1e-4 at which served and
+#: offline log-probs agree.
+LEARNER_ARGS = ["--lr", "1e-5", "--batch-size", "1", "--max-wait-seconds", "0"]
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
-    """One server shared by the tests that do not disturb it."""
-    s = Server()
+    """One server shared by the tests that do not disturb it. It runs no learner, so its version never
+    changes under a test: the results of two calls are comparable."""
+    s = Server(["--no-learner"])
     yield s
     s.cleanup()
+
+
+@pytest.fixture()
+def learner_server() -> Iterator[Server]:
+    """A server of the test's own with a learner (``LEARNER_ARGS``)."""
+    s = Server(LEARNER_ARGS)
+    yield s
+    s.cleanup()
+
+
+def offline_greedy(model: str, prompt: str, max_tokens: int) -> dict:
+    """``selm generate --model MODEL --prompt PROMPT --chat --max-tokens N --json`` (greedy) in a process of
+    its own: ``{ids, logprobs, text, finish_reason, prompt_tokens}``, ids with the stop token if any."""
+    r = subprocess.run([str(selm_binary()), "generate", "--model", model, "--prompt", prompt, "--chat",
+                        "--max-tokens", str(max_tokens), "--json"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        pytest.fail("selm generate --model %s exited %d: %s" % (model, r.returncode, r.stderr))
+    return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="session")

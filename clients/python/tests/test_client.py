@@ -9,6 +9,7 @@ import time
 import pytest
 
 import selm_client
+from conftest import offline_greedy
 from selm_client import (Chunk, Client, ConnectionClosed, FrameTooLarge, InvalidArgument, Malformed, NotFound,
                          OutOfRange, Sample, SelmError, Unauthenticated, UnsupportedVersion)
 from selm_client import selm_pb2 as pb
@@ -85,7 +86,7 @@ def test_generate_returns_samples(client: Client) -> None:
     assert all(lp <= 0 for lp in s.logprobs)
     assert s.finish_reason in ("eos", "length")
     assert s.prompt_tokens > 10  # templated
-    assert s.version == s.first_version <= client.status().policy_version  # the learner may publish meanwhile
+    assert s.version == s.first_version == client.status().policy_version  # the shared server publishes nothing
     assert s.text == client.detokenize(s.token_ids) or s.finish_reason == "eos"
     assert "Paris" in s.text
 
@@ -101,9 +102,10 @@ def test_generate_many_prompts_and_samples(client: Client) -> None:
 
 def test_generate_seed_is_reproducible(client: Client) -> None:
     a = client.generate("Tell me a story", max_tokens=10, temperature=1.0, seed=1234)
-    b = client.generate("Tell me a story", max_tokens=10, temperature=1.0, seed=1234)
-    if a[0].version == b[0].version:  # (the learner may have published a version in between)
-        assert a[0].token_ids == b[0].token_ids
+    b = client.generate("Tell me a story", max_tokens=10, temperature=1.0, seed=1234, require_version=a[0].version)
+    assert b[0].version == a[0].version
+    assert a[0].token_ids == b[0].token_ids
+    assert a[0].logprobs == b[0].logprobs
 
 
 def test_generate_sampling_options_are_accepted(client: Client) -> None:
@@ -135,9 +137,9 @@ def test_generate_stream_yields_chunks_then_samples(client: Client) -> None:
     assert stream.done is not None and stream.done.samples == 1
     assert stream.done.completion_tokens == s.completion_tokens
     # Without streaming, greedy gives the same tokens (on the same weights).
-    again = client.generate(PROMPT, chat=True, max_tokens=16, temperature=0)[0]
-    if again.version == s.version:
-        assert again.token_ids == s.token_ids
+    again = client.generate(PROMPT, chat=True, max_tokens=16, temperature=0, require_version=s.version)[0]
+    assert again.version == s.version
+    assert again.token_ids == s.token_ids
 
 
 def test_cancel_a_running_generation(client: Client) -> None:
@@ -221,19 +223,16 @@ def test_prompt_longer_than_the_context(client: Client) -> None:
 # ─── Scoring ────────────────────────────────────────────────────────────────────────────────────
 
 def test_score_matches_generation_logprobs(client: Client) -> None:
+    """Scoring a generated continuation gives the log-probs the generation reported, at the engine's own
+    agreement (1e-4 per token, EngineTests), on the same version."""
     prompt = client.tokenize(PROMPT, chat=True)
-    for attempt in range(5):  # both on one version, even if the learner publishes meanwhile
-        s = client.generate([prompt], max_tokens=8, temperature=0)[0]
-        try:
-            r = client.score([(prompt, s.token_ids)], top_logprobs=2, version=s.version)
-            break
-        except NotFound:
-            continue
+    s = client.generate([prompt], max_tokens=8, temperature=0)[0]
+    r = client.score([(prompt, s.token_ids)], top_logprobs=2, version=s.version)
     assert r.version == s.version
     item = r.items[0]
     assert item.token_ids == s.token_ids
-    assert item.logprobs == pytest.approx(s.logprobs, abs=2e-2)
-    assert item.total_logprob == pytest.approx(sum(item.logprobs), abs=1e-3)
+    assert item.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+    assert item.total_logprob == pytest.approx(sum(item.logprobs), abs=1e-4)
     assert all(len(t) == 2 for t in item.top_logprobs)
     # Greedy tokens are the most likely ones.
     assert all(next(iter(t)) == tok for t, tok in zip(item.top_logprobs, item.token_ids))
@@ -325,12 +324,14 @@ def test_subscribe_versions_gets_the_current_version_and_runs_beside_other_calls
         assert first.unix_time > 1.6e9
         # Other calls on the same connection are answered while the subscription is open.
         assert client.tokenize("Hello world") == [19556, 905]
-        later = sub.get(timeout=0.2)  # None: no new version meanwhile
-        assert later is None or later.version > first.version
-        t0 = time.monotonic()
-        polled = sub.poll()  # never waits
-        assert time.monotonic() - t0 < 0.5
-        assert polled is None or polled.version > first.version
+        assert sub.get(timeout=0.2) is None  # this server publishes nothing: only the current version came
+        # poll() never waits: nothing will ever arrive here, so a poll that waited would not return
+        # (the join's bound only turns such a hang into a failure).
+        polled: list = []
+        t = threading.Thread(target=lambda: polled.append(sub.poll()))
+        t.start()
+        t.join(timeout=60)
+        assert not t.is_alive() and polled == [None]
         assert not sub.closed
     assert sub.closed and sub.get() is None and list(sub) == []
 
@@ -341,30 +342,68 @@ def test_subscription_closed_from_another_thread(client: Client) -> None:
     got = []
     t = threading.Thread(target=lambda: got.extend(list(sub)))
     t.start()
-    time.sleep(0.2)
+    wait_until_blocked(sub)
     sub.close()
     t.join(timeout=10)
     assert not t.is_alive() and got == []
 
 
-def test_save_checkpoint_and_refresh_weights(client: Client) -> None:
-    try:
+def wait_until_blocked(sub: selm_client.VersionSubscription) -> None:
+    """Returns once a thread waits in ``sub``'s mailbox (the deadline is only a failure bound)."""
+    waiting = sub._pending.queue.not_empty  # the Condition a blocked get() waits on
+    deadline = time.monotonic() + 60
+    while not waiting._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "no thread blocked on the subscription within 60 s"
+        time.sleep(0.001)
+
+
+def next_version(sub: selm_client.VersionSubscription, after: int) -> selm_client.VersionEvent:
+    """The next version event above ``after`` (the timeout is only a failure bound)."""
+    while True:
+        event = sub.get(timeout=300)
+        assert event is not None, "no version after %d within 300 s" % after
+        if event.version > after:
+            return event
+
+
+def test_save_checkpoint_and_refresh_weights(learner_server) -> None:  # type: ignore[no-untyped-def]
+    """SaveCheckpoint after a learner step, RefreshWeights back to it once the learner has moved on: the
+    refresh publishes a new version serving the checkpoint's weights — its greedy answer and log-probs
+    equal what ``selm generate`` computes from the checkpoint offline, and differ from the version served
+    before. This server always runs a learner: UNAVAILABLE from SaveCheckpoint is a failure."""
+    question = "What is the capital of France?"
+    with learner_server.client() as client, client.subscribe_versions() as sub:
+        start = sub.get(timeout=30)
+        assert start is not None
+        client.submit_preferences([{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}], chat=True)
+        v1 = next_version(sub, start.version)
+        assert v1.learner_step == 1
         ckpt = client.save_checkpoint("ckpt-pytest")
-    except selm_client.Unavailable as e:
-        pytest.skip("the server runs no learner: %s" % e)
-    assert ckpt.path.endswith("ckpt-pytest")
-    with client.subscribe_versions() as sub:
-        before = sub.get(timeout=30)
-        assert before is not None
+        assert ckpt.path.endswith("ckpt-pytest")
+        assert (ckpt.learner_step, ckpt.version) == (1, v1.version)
+        # The learner moves on: the served weights are no longer the checkpoint's.
+        client.submit_preferences([{"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Seven."}], chat=True)
+        v2 = next_version(sub, v1.version)
+        assert v2.learner_step == 2
+        expected = offline_greedy(str(learner_server.data_dir / ckpt.path), question, 8)
+
+        def greedy(version: int) -> Sample:
+            return client.generate(question, chat=True, max_tokens=8, temperature=0, require_version=version)[0]
+
+        def distance(s: Sample) -> float:
+            if s.token_ids != expected["ids"]:
+                return math.inf
+            return max(abs(a - b) for a, b in zip(s.logprobs, expected["logprobs"]))
+
+        assert distance(greedy(v2.version)) > 1e-3, "the learner's second step must change the served outputs"
         version = client.refresh_weights(ckpt.path)
-        assert version > ckpt.version and version > before.version
-        # The push for the new version arrives on the subscription (after any the learner made).
-        event = sub.get(timeout=60)
-        while event is not None and event.version < version:
-            event = sub.get(timeout=60)
-        assert event is not None and event.version == version
-    assert client.status().policy_version >= version
-    assert client.generate("Hi", max_tokens=2)[0].version >= version
+        assert version > v2.version
+        assert next_version(sub, v2.version).version == version  # the push for the refreshed version
+        assert client.status().policy_version == version
+        after = greedy(version)
+        assert after.version == version
+        assert after.token_ids == expected["ids"], "the refreshed version does not serve the checkpoint's weights"
+        assert distance(after) <= 1e-4
 
 
 def test_save_and_refresh_paths_are_confined(client: Client) -> None:
@@ -409,8 +448,8 @@ def test_several_clients(server) -> None:  # type: ignore[no-untyped-def]
     try:
         assert clients[0].status().connections >= 4
         outs = [c.generate("Hi", max_tokens=3, temperature=0, seed=1)[0] for c in clients]
-        if len({o.version for o in outs}) == 1:
-            assert all(o.token_ids == outs[0].token_ids for o in outs)
+        assert len({o.version for o in outs}) == 1  # the shared server publishes nothing
+        assert all(o.token_ids == outs[0].token_ids for o in outs)
     finally:
         for c in clients:
             c.close()
