@@ -75,6 +75,8 @@ enum DropReason: String, CaseIterable {
     case helloTimeout = "hello_timeout"
     /// Closed while waiting for its Hello to admit a newer connection (the pre-auth pool was full).
     case preAuthEvicted = "pre_auth_evicted"
+    /// Refused on arrival: the pre-auth pool was full of connections too young to evict.
+    case preAuthFull = "pre_auth_full"
     /// A Hello past `--max-connections` authenticated connections.
     case tooManyConnections = "too_many_connections"
 }

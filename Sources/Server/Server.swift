@@ -37,10 +37,17 @@ public struct ServerConfiguration: Sendable {
     public var helloTimeoutSeconds: Double = 10
     /// Largest frame accepted before a successful Hello (a larger one: `FRAME_TOO_LARGE`, closed).
     public var preAuthMaxFrameBytes: Int = 64 << 10
-    /// Connections still waiting for their Hello, counted apart from `maxConnections`: when this many
-    /// wait, the oldest is closed (`UNAUTHENTICATED`) to admit a new one, so connections that never
-    /// say Hello cannot lock out a client that does. max(16, maxConnections / 4).
-    public var maxPreAuthConnections: Int { max(16, maxConnections / 4) }
+    /// Connections still waiting for their Hello, counted apart from `maxConnections`:
+    /// max(64, maxConnections), so a burst of clients connecting at once all get to say Hello (each
+    /// buffers at most `preAuthMaxFrameBytes` before it, 16 MiB for 256). When this many wait, the
+    /// oldest is closed (`UNAUTHENTICATED`) to admit a new one once it has waited
+    /// `preAuthEvictionSeconds`, so connections that never say Hello cannot lock out a client that
+    /// does; while every waiting connection is younger than that, the new one is refused
+    /// (`UNAVAILABLE`, retry) instead of closing a client that is about to say Hello.
+    public var maxPreAuthConnections: Int { max(64, maxConnections) }
+    /// How long a connection may wait for its Hello before a newer one may take its place in a full
+    /// pre-auth pool: min(1 s, half the Hello timeout).
+    public var preAuthEvictionSeconds: Double { min(1, helloTimeoutSeconds / 2) }
     /// Seconds a shutdown waits for in-flight work (cancelled generations, log flushes, saves).
     public var shutdownGraceSeconds: Double = 10
     /// Install SIGINT/SIGTERM handlers (`selm serve`); off for a server embedded in another program.
@@ -394,13 +401,19 @@ public final class SelmServer: @unchecked Sendable {
             peer = peerAddress(tcp)
         }
         // Until its Hello a connection reads small frames only and counts against the pre-auth pool;
-        // a full pool makes room by closing its oldest member.
+        // a full pool makes room by closing its oldest member once that one has waited long enough,
+        // else refuses the newcomer (see `ServerConfiguration.maxPreAuthConnections`).
+        var refuse = false
         if preAuth.count >= config.maxPreAuthConnections, let oldest = preAuth.values.min(by: { $0.id < $1.id }) {
             let waited = Date().timeIntervalSince1970 - oldest.opened
-            send(oldest, Envelope(id: 0, body: .error(ErrorReply(code: .unauthenticated, message:
-                "closed to admit a newer connection: no Hello after \(String(format: "%.1f", waited)) s while \(config.maxPreAuthConnections) connections waited for theirs"))))
-            metrics.countDrop(.preAuthEvicted)
-            close(oldest, reason: "evicted from the pre-auth pool (no Hello)", graceful: true)
+            if waited >= config.preAuthEvictionSeconds {
+                send(oldest, Envelope(id: 0, body: .error(ErrorReply(code: .unauthenticated, message:
+                    "closed to admit a newer connection: no Hello after \(String(format: "%.1f", waited)) s while \(config.maxPreAuthConnections) connections waited for theirs"))))
+                metrics.countDrop(.preAuthEvicted)
+                close(oldest, reason: "evicted from the pre-auth pool (no Hello)", graceful: true)
+            } else {
+                refuse = true
+            }
         }
         let conn = Connection(id: nextConnectionID, stream: stream, peer: peer,
                               maxFrameBytes: min(config.preAuthMaxFrameBytes, config.maxFrameBytes), authenticated: false)
@@ -410,6 +423,13 @@ public final class SelmServer: @unchecked Sendable {
         connections[conn.id] = conn
         preAuth[conn.id] = conn
         metrics.connectionsAccepted += 1
+        if refuse {
+            send(conn, Envelope(id: 0, body: .error(ErrorReply(code: .unavailable, message:
+                "\(config.maxPreAuthConnections) connections are waiting for their Hello; retry shortly"))))
+            metrics.countDrop(.preAuthFull)
+            close(conn, reason: "pre-auth pool full", graceful: true)
+            return
+        }
         if config.verbose { serverLog("connection \(conn.id) from \(peer)") }
         startReading(conn)
     }

@@ -36,8 +36,9 @@ final class TransportHardeningTests: XCTestCase {
     // MARK: Connections before Hello (defect 4)
 
     /// Hundreds of connections that never send Hello cannot lock out a client with the token: the
-    /// oldest silent ones are closed (UNAUTHENTICATED) to admit new ones. Authenticated clients
-    /// still have their own limit.
+    /// pool of waiting connections (max(64, --max-connections) = 256) is full, newcomers are refused
+    /// (UNAVAILABLE) while every waiting one is younger than 1 s, then the oldest silent one is
+    /// closed (UNAUTHENTICATED) to admit the client, which retries as a client should.
     func testSilentConnectionsCannotLockOutAClientWithTheToken() throws {
         let dir = try temporaryDirectory()
         let token = try writeToken(dir)
@@ -46,22 +47,51 @@ final class TransportHardeningTests: XCTestCase {
                                        args: ["--auth-token-file", dir + "/token", "--no-learner", "--hello-timeout", "600"])
         var silent: [TestClient] = []
         for _ in 0..<300 { silent.append(try server.client()) }
-        let good = try server.client()
-        let h = try good.hello(token: token)
-        XCTAssertEqual(h.protocolVersion, 1)
+        // Retry until admitted (each refused attempt is answered UNAVAILABLE and closed).
+        var refusedAttempts = 0
+        var good: TestClient?
+        let deadline = Date().addingTimeInterval(60)
+        while good == nil && Date() < deadline {
+            let c = try server.client()
+            if case .helloReply = try c.call(0, .hello(Hello(authToken: token))) { good = c; break }
+            refusedAttempts += 1
+            usleep(50_000)
+        }
+        guard let good else { return XCTFail("the client with the token was never admitted:\n\(server.log)") }
         guard case .statusReply(let st) = try good.call(1, .status(StatusRequest())) else { return XCTFail() }
-        XCTAssertLessThanOrEqual(st.connections, 65, "at most the pre-auth pool (64) plus the authenticated client")
+        XCTAssertLessThanOrEqual(st.connections, 257, "at most the pre-auth pool (256) plus the authenticated client")
         // The first silent connection was closed to make room, with a reason.
         let first = silent[0]
         let m = try first.receiveAny()
         if let m { assertError(m.body, .unauthenticated) } else { XCTFail("closed without an error") }
         XCTAssertTrue(first.waitForClose())
-        // The newest silent connection is still open (nothing was sent to it).
-        silent[299].setTimeout(0.3)
-        XCTAssertThrowsError(try silent[299].receiveAny(), "the newest silent connection was closed or answered")
+        // Connections beyond the pool were refused on arrival (they were all younger than 1 s).
+        let last = silent[299]
+        if let m = try last.receiveAny() { assertError(m.body, .unavailable) } else { XCTFail("refused without an error") }
+        XCTAssertTrue(last.waitForClose())
+        // The newest connection admitted to the pool is still open (nothing was sent to it).
+        silent[255].setTimeout(0.3)
+        XCTAssertThrowsError(try silent[255].receiveAny(), "the newest waiting connection was closed or answered")
         let text = try server.scrapeMetrics(token: token)
-        XCTAssertEqual(metricValue(text, "selm_connections_dropped_total{reason=\"pre_auth_evicted\"}"), 300 + 1 - 64)
+        XCTAssertEqual(metricValue(text, "selm_connections_dropped_total{reason=\"pre_auth_evicted\"}"), 1)
+        XCTAssertEqual(metricValue(text, "selm_connections_dropped_total{reason=\"pre_auth_full\"}"), Double(300 - 256 + refusedAttempts))
         silent.removeAll()
+        XCTAssertEqual(server.stop(), 0, server.log)
+    }
+
+    /// A burst of clients connecting at once (more than a quarter of --max-connections) all get to say
+    /// Hello: none is closed to make room for the others before its Hello was read.
+    func testABurstOfClientsConnectingAtOnceIsAllAdmitted() throws {
+        let dir = try temporaryDirectory()
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: dir + "/data", metrics: true,
+                                       args: ["--no-learner", "--max-connections", "128"])
+        let clients = try (0..<120).map { _ in try server.client() }
+        for (i, c) in clients.enumerated() {
+            guard case .helloReply = try c.call(UInt64(i), .hello(Hello())) else { return XCTFail("client \(i) was not admitted") }
+        }
+        let text = try server.scrapeMetrics()
+        XCTAssertEqual(metricValue(text, "selm_connections_dropped_total{reason=\"pre_auth_evicted\"}"), 0)
+        XCTAssertEqual(metricValue(text, "selm_connections_dropped_total{reason=\"pre_auth_full\"}"), 0)
         XCTAssertEqual(server.stop(), 0, server.log)
     }
 
