@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-server bench-sharing bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-kernels bench-server bench-sharing bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -38,6 +38,13 @@ bench-learner: deps model
 bench-engine: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench engine --model $(MODEL)
+
+# The project's own bf16 / 8-bit products on SmolLM2's shapes beside the ceilings measured in the
+# same run (bf16/VNNI peaks, streaming read, sgemm); OpenBLAS kernel cores compared. ARGS=--quick
+# for a shorter run, ARGS="--threads 1" for one thread; SELM_KERNELS=avx2|scalar|... forces a path.
+bench-kernels: deps
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench kernels $(ARGS)
 
 bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench

@@ -23,7 +23,8 @@ let package = Package(
         .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
 
-        // BLAS-backed math on Float buffers: forward/backward kernel pairs, dequantisation.
+        // BLAS-backed math on Float buffers: forward/backward kernel pairs, dequantisation; the
+        // project's own bf16 / 8-bit products (compact*.c, include/compact.h).
         .target(name: "Kernels", dependencies: ["CBLAS"], cSettings: fastC),
 
         // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
@@ -68,6 +69,8 @@ let package = Package(
 
         .target(name: "SelmFaultShim", path: "Tests/FaultShim"),
 
+        // The compact-precision kernels (Sources/Kernels/compact*.c) on every instruction-set path.
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
