@@ -918,8 +918,9 @@ void ck_bf16_to_f32(const uint16_t *src, float *dst, size_t n) {
 // Measurements
 
 // Measurement jobs run on exactly `nth` threads at once: participants take slots, wait (up to 1 s)
-// for all slots to be taken, then run together.
-typedef struct { int nth; _Atomic int slot, ready; } ck_gang;
+// for all slots to be taken, then run together. Each records when its own work began and ended,
+// so the time to gather the gang (a helper descheduled by another process) is not measured.
+typedef struct { int nth; _Atomic int slot, ready; double t0[CK_MAX_THREADS], t1[CK_MAX_THREADS]; } ck_gang;
 
 static int gang_join(ck_gang *g) {
     int me = atomic_fetch_add(&g->slot, 1);
@@ -927,7 +928,21 @@ static int gang_join(ck_gang *g) {
     atomic_fetch_add(&g->ready, 1);
     double t0 = ck_now();
     while (atomic_load(&g->ready) < g->nth && ck_now() - t0 < 1.0) CK_PAUSE();
+    g->t0[me] = ck_now();
     return me;
+}
+
+static void gang_done(ck_gang *g, int me) { g->t1[me] = ck_now(); }
+
+/// Seconds from the first participant's start to the last one's end (after ck_run returned).
+static double gang_span(const ck_gang *g) {
+    int n = atomic_load(&g->ready);
+    double a = 1e300, b = 0;
+    for (int i = 0; i < n; i++) {
+        if (g->t0[i] < a) a = g->t0[i];
+        if (g->t1[i] > b) b = g->t1[i];
+    }
+    return n > 0 && b > a ? b - a : 1e-9;
 }
 
 typedef struct { ck_gang g; size_t bytes; const char *buf; volatile uint64_t sink; } stream_job;
@@ -946,17 +961,20 @@ static void stream_run(void *ctx, int tid) {
         a4 += p[i + 4]; a5 += p[i + 5]; a6 += p[i + 6]; a7 += p[i + 7];
     }
     s->sink += a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+    gang_done(&s->g, me);
 }
 
-typedef struct { ck_gang g; int kind; long iters; double t0, t1; volatile double sink; } peak_job;
+typedef struct { ck_gang g; int kind; long iters; volatile double sink; } peak_job;
 
 static void peak_run(void *ctx, int tid) {
     (void)tid;
     peak_job *j = ctx;
-    if (gang_join(&j->g) < 0) return;
+    int me = gang_join(&j->g);
+    if (me < 0) return;
 #if defined(__x86_64__)
     j->sink += j->kind == 0 ? ck_avx512_bf16_loop(j->iters) : (double)ck_avx512_vnni_loop(j->iters);
 #endif
+    gang_done(&j->g, me);
 }
 
 /// 16 instructions of 16 lanes per iteration; scaled to about `seconds`.
@@ -964,12 +982,16 @@ static double peak(int kind, int threads, double seconds) {
     int nth = threads < 1 ? 1 : threads;
     long iters = 1 << 16;
     for (;;) {
-        peak_job j = {{nth, 0, 0}, kind, iters, 0, 0, 0};
-        double t0 = ck_now();
-        ck_run(peak_run, &j, nth);
-        double t = ck_now() - t0;
+        peak_job *j = calloc(1, sizeof *j);
+        if (!j) return 0;
+        j->g.nth = nth;
+        j->kind = kind;
+        j->iters = iters;
+        ck_run(peak_run, j, nth);
+        double t = gang_span(&j->g);
+        int ran = atomic_load(&j->g.ready);
+        free(j);
         if (t >= seconds || iters > (1L << 40)) {
-            int ran = atomic_load(&j.g.ready);
             double ops = (double)iters * 16 * 16 * (kind == 0 ? 4 : 8) * ran;   // bf16: 2 pairs/lane; int8: 4
             return ops / t / 1e9;
         }
@@ -991,14 +1013,18 @@ double ck_stream_read_gbs(size_t bytes, int threads, int reps) {
     memset(buf, 1, bytes);
     double best = 0;
     int nth = threads < 1 ? 1 : threads;
+    stream_job *s = calloc(1, sizeof *s);
+    if (!s) { free(buf); return 0; }
     for (int r = 0; r < reps; r++) {
-        stream_job s = {{nth, 0, 0}, bytes, buf, 0};
-        double t0 = ck_now();
-        ck_run(stream_run, &s, nth);
-        double t = ck_now() - t0;
-        double gbs = (double)(bytes / nth / 64 * 64) * atomic_load(&s.g.ready) / t / 1e9;
+        memset(s, 0, sizeof *s);
+        s->g.nth = nth;
+        s->bytes = bytes;
+        s->buf = buf;
+        ck_run(stream_run, s, nth);
+        double gbs = (double)(bytes / nth / 64 * 64) * atomic_load(&s->g.ready) / gang_span(&s->g) / 1e9;
         if (gbs > best) best = gbs;
     }
+    free(s);
     free(buf);
     return best;
 }

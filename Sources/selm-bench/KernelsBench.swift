@@ -49,7 +49,8 @@ private func randomFloats(_ n: Int, scale: Float, seed: UInt64) -> [Float] {
 private final class Packed {
     var w = ck_weights()
     init(_ values: [Float], format: Int32, n: Int, k: Int) {
-        precondition(ck_weights_alloc(&w, format, Int32(n), Int32(k)) == 0)
+        // (Not inside precondition(): -Ounchecked release builds do not evaluate its condition.)
+        if ck_weights_alloc(&w, format, Int32(n), Int32(k)) != 0 { fatalError("ck_weights_alloc \(n)×\(k)") }
         _ = values.withUnsafeBufferPointer { ck_pack_f32(&w, $0.baseAddress, k, 0, Int32(n)) }
     }
     deinit { ck_weights_free(&w) }

@@ -68,14 +68,14 @@ func forEachISA(_ body: (_ level: Int32, _ name: String) throws -> Void) rethrow
 final class Weights {
     var w = ck_weights()
     init(format: Int32, n: Int, k: Int) {
-        precondition(ck_weights_alloc(&w, format, Int32(n), Int32(k)) == 0)
+        if ck_weights_alloc(&w, format, Int32(n), Int32(k)) != 0 { fatalError("ck_weights_alloc \(n)×\(k)") }
     }
     deinit { ck_weights_free(&w) }
 
     static func packed(_ values: [Float], format: Int32, n: Int, k: Int) -> Weights {
         let w = Weights(format: format, n: n, k: k)
         let bad = values.withUnsafeBufferPointer { ck_pack_f32(&w.w, $0.baseAddress, k, 0, Int32(n)) }
-        precondition(bad >= 0)
+        if bad < 0 { fatalError("ck_pack_f32 refused \(n)×\(k)") }
         return w
     }
 
