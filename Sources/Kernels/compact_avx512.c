@@ -83,6 +83,11 @@ static T512 void pack_b_rows(uint32_t *out, const void *src, int type, size_t ld
             __m512i r[16];
             for (int i = 0; i < 16; i++) {
                 int row = half * 16 + i;
+                if (row < rows && k0 + 160 <= K) {   // 32 row streams: prefetch 4 chunks ahead
+                    const char *ahead = type == CK_BF16 ? (const char *)((const uint16_t *)src + (size_t)row * ld + k0 + 128)
+                                                        : (const char *)((const float *)src + (size_t)row * ld + k0 + 128);
+                    for (int l = 0; l < (type == CK_BF16 ? 64 : 128); l += 64) _mm_prefetch(ahead + l, _MM_HINT_T0);
+                }
                 r[i] = row < rows ? pairs32(src, type, (size_t)row * ld + k0, k0, K) : _mm512_setzero_si512();
             }
             transpose16(r);
@@ -190,6 +195,12 @@ static T512 long pack_q8_panel(uint32_t *wq, uint16_t *wd, const void *src, int 
         // 16 rows × 2 blocks = 16 words per row; the transpose gives [block][group][row].
         __m512i r[16];
         for (int i = 0; i < 16; i++) {
+            // 16 row streams are too many for the hardware prefetchers: fetch 4 blocks ahead.
+            if (i < rows && b0 + 6 <= kb) {
+                const char *ahead = type == CK_BF16 ? (const char *)((const uint16_t *)src + (size_t)i * ld + (size_t)(b0 + 4) * 32)
+                                                    : (const char *)((const float *)src + (size_t)i * ld + (size_t)(b0 + 4) * 32);
+                for (int l = 0; l < (type == CK_BF16 ? 128 : 256); l += 64) _mm_prefetch(ahead + l, _MM_HINT_T0);
+            }
             __m256i q[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
             for (int bb = 0; bb < 2; bb++) {
                 int b = b0 + bb;
@@ -203,9 +214,10 @@ static T512 long pack_q8_panel(uint32_t *wq, uint16_t *wd, const void *src, int 
                         dh = 0x7E00;
                         bad++;
                     } else {
-                        dh = dequant_f16_bits(amax / 127.0f);
-                        if (dequant_f16_value(dh) * 127.0f < amax) dh++;
-                        float d = dequant_f16_value(dh);
+                        // F16C conversions (nearest even, subnormals kept) = dequant_f16_bits/_value.
+                        dh = _cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT);
+                        float d = _cvtsh_ss(dh);
+                        if (d * 127.0f < amax) d = _cvtsh_ss(++dh);
                         q[bb] = quant32(v0, v1, d == 0.0f ? 0.0f : 1.0f / d);
                     }
                 }
