@@ -86,6 +86,10 @@ func benchKernels(_ args: [String]) throws {
     print("CPU: \(cpuModel()); instruction set \(String(cString: ck_isa_name(ck_isa()))) (detected \(String(cString: ck_isa_name(ck_isa_detected())))); "
           + "paths: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))); \(threads) threads")
     print("OpenBLAS core \(String(cString: kernels_blas_core())) (best by cpuid: \(kernels_best_core_for_cpu().map { String(cString: $0) } ?? "-")), \(kernels_blas_threads()) threads")
+    if let best = kernels_best_core_for_cpu(), kernels_core_rank(kernels_blas_core()) < kernels_core_rank(best) {
+        print("note: OpenBLAS runs on \(String(cString: kernels_blas_core())) (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset")), "
+              + "weaker than \(String(cString: best)): the sgemm figures are below what selm gets (OPENBLAS_CORETYPE=\(String(cString: best)) for those)")
+    }
     print("Figures are medians of 5 timings; GB/s = bytes of weights per call / time (each call streams its weights once).")
 
     // Ceilings.
