@@ -268,7 +268,7 @@ static void wait_count(_Atomic int *count, int n) {
 }
 
 // Per-thread scratch buffers (64-byte aligned, grown on demand, freed at thread exit).
-enum { BUF_A, BUF_B, BUF_SHARED, BUF_COUNT };
+enum { BUF_A, BUF_B, BUF_SHARED, BUF_BSHARED, BUF_COUNT };
 typedef struct { void *p[BUF_COUNT]; size_t cap[BUF_COUNT]; } ck_tls;
 static pthread_key_t tls_key;
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
@@ -662,7 +662,8 @@ typedef struct {
     int acc;
     int MB, NBp, KCp, mbands, nbands, units, panels;
     uint32_t *ashared;           // all of A, tile t at ashared + t·kp·mr (NULL: pack per unit)
-    _Atomic int next, next_tile, packed;
+    int bfirst;                  // B is packed whole into bpacked first (shared), not per unit
+    _Atomic int next, next_tile, packed, next_panel, bdone;
 } bf16_job;
 
 static const void *operand_at(const ck_operand *o, size_t idx) {
@@ -687,6 +688,20 @@ static void bf16_job_run(void *ctx, int tid) {
             atomic_fetch_add_explicit(&j->packed, 1, memory_order_release);
         }
         wait_count(&j->packed, tiles);
+    }
+    if (j->bfirst) {   // every panel of B once, shared by all units (else each m-band packs it again)
+        int jp;
+        uint32_t *bout = (uint32_t *)j->bpacked;
+        while ((jp = atomic_fetch_add(&j->next_panel, 1)) < j->panels) {
+            int n0 = jp * CK_BF16_NR, nr = j->N - n0 < CK_BF16_NR ? j->N - n0 : CK_BF16_NR;
+            uint32_t *out = bout + (size_t)jp * j->kp * CK_BF16_NR;
+            if (j->B.trans)
+                j->im->pack_b_cols(out, operand_at(&j->B, (size_t)n0), j->B.type, j->B.ld, nr, j->K, 0, j->kp);
+            else
+                j->im->pack_b_rows(out, operand_at(&j->B, (size_t)n0 * j->B.ld), j->B.type, j->B.ld, nr, j->K, 0, j->kp);
+            atomic_fetch_add_explicit(&j->bdone, 1, memory_order_release);
+        }
+        wait_count(&j->bdone, j->panels);
     }
     uint32_t *abuf = NULL, *bbuf = NULL;
     for (;;) {
@@ -730,6 +745,7 @@ static void bf16_job_run(void *ctx, int tid) {
 static int tune_kc_pairs = 256;
 static size_t tune_aband_bytes = 384 << 10;
 static size_t tune_ashared_bytes = 8 << 20;
+static size_t tune_bshared_bytes = 16 << 20;
 
 static void bf16_gemm(int M, int N, int K, ck_operand A, ck_operand B, const ck_weights *wp, float *C, size_t ldc, int acc) {
     if (M <= 0 || N <= 0) return;
@@ -755,6 +771,12 @@ static void bf16_gemm(int M, int N, int K, ck_operand A, ck_operand B, const ck_
     j->mbands = (M + j->MB - 1) / j->MB;
     j->ashared = NULL;
     if (ashared_bytes <= tune_ashared_bytes) j->ashared = scratch(BUF_SHARED, ashared_bytes);
+    // An unpacked B used by more than one m-band is packed whole first when it is not too big.
+    size_t bshared_bytes = (size_t)j->panels * j->kp * CK_BF16_NR * 4;
+    if (!wp && j->mbands > 1 && bshared_bytes <= tune_bshared_bytes) {
+        j->bpacked = scratch(BUF_BSHARED, bshared_bytes);
+        j->bfirst = 1;
+    }
     int nth = call_threads();
     // Work estimate: below ~20 µs on one thread, do not wake the pool.
     double flops = 2.0 * M * N * K, bytes = wp ? (double)ck_weights_bytes(CK_BF16, N, K) : 0;

@@ -97,8 +97,16 @@ static T512 void pack_b_rows(uint32_t *out, const void *src, int type, size_t ld
 }
 
 static T512 void pack_b_cols(uint32_t *out, const void *src, int type, size_t ld, int rows, int K, int p0, int np) {
+    const size_t esz = type == CK_BF16 ? 2 : 4;
     for (int p = 0; p < np; p++) {
         int k = 2 * (p0 + p);
+        if (k + 17 < K) {   // strided rows: prefetch 8 pairs ahead (32 values = 2 lines of f32)
+            for (int kk = k + 16; kk <= k + 17; kk++) {
+                const char *r = (const char *)src + (size_t)kk * ld * esz;
+                _mm_prefetch(r, _MM_HINT_T0);
+                if (esz == 4 && rows > 16) _mm_prefetch(r + 64, _MM_HINT_T0);
+            }
+        }
         for (int half = 0; half < 2; half++) {
             int n = rows - half * 16;
             __m512i lo = lanes16(src, type, (size_t)k * ld + half * 16, n);
@@ -111,8 +119,13 @@ static T512 void pack_b_cols(uint32_t *out, const void *src, int type, size_t ld
 static T512 void pack_a(uint32_t *out, int as, const void *src, int type, int trans, size_t ld, int rows, int K, int p0, int np) {
     const __mmask16 sm = (__mmask16)((1u << as) - 1);
     if (trans) {
+        const size_t esz = type == CK_BF16 ? 2 : 4;
         for (int p = 0; p < np; p++) {
             int k = 2 * (p0 + p);
+            if (k + 17 < K) {   // strided rows: prefetch 8 pairs ahead
+                _mm_prefetch((const char *)src + (size_t)(k + 16) * ld * esz, _MM_HINT_T0);
+                _mm_prefetch((const char *)src + (size_t)(k + 17) * ld * esz, _MM_HINT_T0);
+            }
             __m512i lo = k < K ? lanes16(src, type, (size_t)k * ld, rows) : _mm512_setzero_si512();
             __m512i hi = k + 1 < K ? lanes16(src, type, (size_t)(k + 1) * ld, rows) : _mm512_setzero_si512();
             _mm512_mask_storeu_epi32(out + (size_t)p * as, sm, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));

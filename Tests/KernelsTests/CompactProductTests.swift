@@ -206,6 +206,29 @@ final class CompactProductTests: XCTestCase {
         }
     }
 
+    /// M large enough for two m-bands (K = 700: one k-block of 350 pairs, bands of ≤ 280 rows): the
+    /// unpacked B is packed whole first and shared by the bands, stored by rows and transposed.
+    func testGemmSharedPackedB() {
+        var rng = TestRNG(27)
+        let (M, N, K) = (300, 40, 700)
+        let a = rng.floats(M * K), b = rng.floats(N * K), c0 = rng.floats(M * N)
+        forEachISA { _, isa in
+            for threads: Int32 in [1, 2] {
+                ck_set_threads(threads)
+                for tb in [0, 1] {
+                    let bStored = tb == 0 ? b : (0..<N * K).map { b[($0 % N) * K + $0 / N] }   // K×N when transposed
+                    var c = c0
+                    a.withUnsafeBufferPointer { ap in bStored.withUnsafeBufferPointer { bp in
+                        ck_gemm(Int32(M), Int32(N), Int32(K), ck_operand(data: ap.baseAddress, type: Int32(CK_F32), trans: 0, ld: K),
+                                ck_operand(data: bp.baseAddress, type: Int32(CK_F32), trans: Int32(tb), ld: tb == 0 ? K : N), &c, N, 1)
+                    }}
+                    let ref = bf16Reference(x: a, w: b, y0: c0, M: M, N: N, K: K)
+                    XCTAssertLessThanOrEqual(worstRatio(c, ref.want, ref.bound), 1, "\(isa) \(threads)T transB=\(tb)")
+                }
+            }
+        }
+    }
+
     /// Every path gives the same results as the best one within twice the bound (the packed data
     /// are identical; only the order of f32 additions differs).
     func testPathsAgree() {
