@@ -39,10 +39,9 @@ const char *kernels_best_core_for_cpu(void) {
     int avx2 = (b >> 5) & 1;
     int avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
     if (avx512f && avx512dq && avx512bw && avx512vl && (xcr0 & 0xE0) == 0xE0) {
-        // With AVX512_BF16 (CPUID 7.1 EAX bit 5): Cooperlake. Its sgemm is the fastest of Debian
-        // 0.3.21's cores on AMD EPYC Zen 4 (2 threads, `selm-bench kernels`, medians of 3 runs under
-        // load, GFLOP/s for 1024³ / 1536×576×576 / 1536×49152×576): Cooperlake 176 / 215 / 207,
-        // SkylakeX 138 / 136 / 154, Zen 106 / 86 / 73, Haswell 89 / 74 / 74.
+        // With AVX512_BF16 (CPUID 7.1 EAX bit 5): Cooperlake, what OpenBLAS itself detects on Zen 4.
+        // Its sgemm is SkylakeX's (the two were within noise in `selm-bench kernels`, 7 runs) and
+        // 1.5-2x the AVX2 cores (Haswell, Zen): README "OpenBLAS core".
         unsigned int a1 = 0, b1 = 0, c1 = 0, d1 = 0;
         if (__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && ((a1 >> 5) & 1)) return "Cooperlake";
         return "SkylakeX";
