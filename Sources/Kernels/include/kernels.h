@@ -22,7 +22,7 @@ const char *kernels_blas_core(void);
 int kernels_blas_threads(void);
 void kernels_set_blas_threads(int n);
 /// The best OpenBLAS core name this CPU supports (by cpuid), or NULL when the CPU is not x86-64.
-/// "Cooperlake" needs AVX-512 F/BW/DQ/VL and AVX512_BF16 (its sgemm is the fastest on AMD Zen 4:
+/// "Cooperlake" needs AVX-512 F/BW/DQ/VL and AVX512_BF16 (SkylakeX's sgemm, what OpenBLAS detects on Zen 4:
 /// README "OpenBLAS core"), "SkylakeX" AVX-512 F/BW/DQ/VL, "Haswell" AVX2+FMA, else "Sandybridge".
 const char *kernels_best_core_for_cpu(void);
 /// A rough rank of a core's speed class, used to decide whether OpenBLAS fell back to a slower core
