@@ -113,7 +113,7 @@ func benchLearner(_ path: String) throws {
 
 let args = CommandLine.arguments
 guard args.count >= 2 else {
-    print("usage: selm-bench model|learner|engine|server|load|soak --model PATH [options]"); exit(2)
+    print("usage: selm-bench model|learner|engine|job|server|load|soak --model PATH [options]"); exit(2)
 }
 var modelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if let i = args.firstIndex(of: "--model"), i + 1 < args.count { modelPath = args[i + 1] }
@@ -125,6 +125,7 @@ do {
     case "server": try benchServer(modelPath)
     case "load": try benchLoad(modelPath)
     case "soak": try soakRestarts(modelPath)
+    case "job": try benchJob(modelPath)
     default: print("unknown benchmark \(args[1])"); exit(2)
     }
 } catch {
