@@ -31,7 +31,7 @@ let package = Package(
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
         .target(name: "Tokenizer", swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
-        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer", "Learner"], swiftSettings: fastSwift),
+        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
         .target(name: "Engine", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.

@@ -14,7 +14,7 @@ import Tokenizer
 /// (`uv_async_send`): drain everything each time.
 ///
 /// ```
-/// let engine = try Engine(model: model, tokenizer: tok, template: .chatml(defaultSystem: nil))
+/// let engine = try GenerationEngine(model: model, tokenizer: tok, template: .chatml(defaultSystem: nil))
 /// engine.setWakeup { uv_async_send(handle) }
 /// engine.start()
 /// let id = try engine.submit(GenerationRequest(prompt: ids))
@@ -22,7 +22,7 @@ import Tokenizer
 /// engine.publish(weights: newWeights, version: 2)   // from the learner
 /// engine.stop()
 /// ```
-public final class Engine: @unchecked Sendable {
+public final class GenerationEngine: @unchecked Sendable {
     /// Thread: immutable, any thread.
     public let config: EngineConfig
     /// Thread: immutable, any thread.
@@ -148,7 +148,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Tokenizes `texts` (through the chat template when `chat`) and submits them as one request.
     /// Thread: any.
-    public func submit(texts: [String], chat: Bool, params: SamplingParams = SamplingParams(), maxTokens: Int? = nil,
+    public func submit(texts: [String], chat: Bool, params: SamplerSettings = SamplerSettings(), maxTokens: Int? = nil,
                        n: Int = 1, stop: [String] = [], stream: Bool = false) throws -> RequestID {
         let prompts = try texts.map { try encode(text: $0, chat: chat) }
         return try submit(GenerationRequest(prompts: prompts, params: params, maxTokens: maxTokens, n: n, stop: stop, stream: stream))
@@ -166,7 +166,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
     /// opening. Thread: any.
-    public func encode(messages: [ChatMessage]) throws -> [Int32] {
+    public func encode(messages: [ChatTurn]) throws -> [Int32] {
         guard let template else { throw EngineError.noChatTemplate }
         return tokenizer.encode(template.render(messages, addGenerationPrompt: true), parseSpecial: true,
                                 addBOS: tokenizer.addBOS)
@@ -176,7 +176,7 @@ public final class Engine: @unchecked Sendable {
     /// - Throws: `EngineError.invalidRequest` naming the field (`items`, `items[i].prompt`,
     ///   `items[i].continuation[j]`, `top_logprobs`), `.versionNotAlive`, `.stopped`.
     /// Thread: any; never waits for a running step.
-    public func score(_ req: ScoreRequest) throws -> RequestID {
+    public func score(_ req: ScoringRequest) throws -> RequestID {
         func bad(_ f: String, _ r: String) -> EngineError { .invalidRequest(field: f, reason: r) }
         let c = modelConfig
         guard !req.items.isEmpty else { throw bad("items", "at least one item is required") }
@@ -414,24 +414,4 @@ public final class Engine: @unchecked Sendable {
         if !req.ignoreEOS { stops.formUnion(defaultStopTokens) }
         return (maxTokens, stops)
     }
-}
-
-// `Engine` names both this module and its main class, so `Engine.SamplingParams` written in another
-// module always means a member of the class. These aliases make that spelling reach the module's
-// types whose names other modules (Wire) reuse. (The underscored module-level names exist only
-// because a public alias cannot go through an internal one.)
-public typealias _EngineSamplingParams = SamplingParams
-public typealias _EngineFinishReason = FinishReason
-public typealias _EngineSampleResult = SampleResult
-public typealias _EngineScoreRequest = ScoreRequest
-public typealias _EngineScoreItem = ScoreItem
-public typealias _EngineScoredItem = ScoredItem
-
-extension Engine {
-    public typealias SamplingParams = _EngineSamplingParams
-    public typealias FinishReason = _EngineFinishReason
-    public typealias SampleResult = _EngineSampleResult
-    public typealias ScoreRequest = _EngineScoreRequest
-    public typealias ScoreItem = _EngineScoreItem
-    public typealias ScoredItem = _EngineScoredItem
 }

@@ -70,7 +70,7 @@ public enum Checkpoint {
     /// Writes a complete checkpoint of `learner` to `directory`, replacing an older checkpoint there.
     /// - Throws: `CheckpointError.notACheckpoint` when `directory` exists and is not a checkpoint
     ///   directory (no `trainer_state.json`, or a symbolic link): a save never deletes anything else.
-    public static func save(_ learner: Learner, state: TrainerState, to directory: String, extras: Extras) throws {
+    public static func save(_ learner: Trainer, state: TrainerState, to directory: String, extras: Extras) throws {
         let fm = FileManager.default
         if pathExists(directory) && !isCheckpoint(directory) { throw CheckpointError.notACheckpoint(path: directory) }
         let tmp = directory + ".partial-\(getpid())"
@@ -134,7 +134,7 @@ public enum Checkpoint {
 
     /// Restores optimizer moments, counters and (when saved) the reference weights into `learner`,
     /// whose policy must already hold the checkpoint's weights.
-    public static func restore(_ learner: Learner, from directory: String, state: TrainerState) throws {
+    public static func restore(_ learner: Trainer, from directory: String, state: TrainerState) throws {
         let opt = try SafetensorsFile(path: directory + "/optimizer.safetensors")
         for e in learner.optimizer.m.layout.entries {
             for (prefix, set) in [("exp_avg.", learner.optimizer.m), ("exp_avg_sq.", learner.optimizer.v)] {
@@ -223,7 +223,7 @@ extension Checkpoint {
     /// two AdamW moments, the reference once it was refreshed, model.gguf when written, the extra
     /// files and their GGUF copy, plus 1 MiB of headers; at least `previous`'s size (the last
     /// checkpoint, when there is one).
-    public static func estimatedBytes(of learner: Learner, extras: Extras, previous: String? = nil) -> Int64 {
+    public static func estimatedBytes(of learner: Trainer, extras: Extras, previous: String? = nil) -> Int64 {
         let tensor = Int64(learner.policy.weights.count) * 4
         var n = tensor * 3
         if learner.reference.generation > 0 { n += tensor }
@@ -244,7 +244,7 @@ extension Checkpoint {
 
     /// Throws `insufficientSpace` when the filesystem of `root` has less free space than a checkpoint
     /// of `learner` needs (`estimatedBytes`, at least the size of `previous`).
-    public static func checkSpace(for learner: Learner, extras: Extras, root: String, previous: String?) throws {
+    public static func checkSpace(for learner: Trainer, extras: Extras, root: String, previous: String?) throws {
         let needed = estimatedBytes(of: learner, extras: extras, previous: previous)
         if let free = freeBytes(at: root), free < needed {
             throw CheckpointError.insufficientSpace(directory: root, needed: needed, available: free)

@@ -60,7 +60,7 @@ public final class OnlineLearner: @unchecked Sendable {
     /// Hands weights to the engine; returns the version they got, or 0 when they were not published.
     public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> UInt64
 
-    public let learner: Learner
+    public let learner: Trainer
     public let options: OnlineOptions
     private let source: PreferenceSource
     private let publish: Publish
@@ -102,7 +102,7 @@ public final class OnlineLearner: @unchecked Sendable {
     ///   - startVersion: the version the engine serves `learner`'s weights as.
     ///   - publish: hands weights to the engine and returns the version they got; called on the
     ///     learner thread.
-    public init(learner: Learner, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
+    public init(learner: Trainer, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
                 extras: Checkpoint.Extras, baseModel: String, start: (sequence: UInt64, rows: Int), startVersion: UInt64,
                 publish: @escaping Publish) {
         self.learner = learner

@@ -11,14 +11,14 @@ import Wire
 /// submits, cancels and drains; the learner thread and pool threads publish. One lock guards the
 /// maps (never held across an engine step or a disk write); another serializes publications.
 final class EngineBackend: GenerationBackend, @unchecked Sendable {
-    let engine: Engine
+    let engine: GenerationEngine
     private let lock = NSLock()
     private var jobOfRequest: [RequestID: UInt64] = [:]
     private var requestOfJob: [UInt64: RequestID] = [:]
     private let versions: VersionLedger
     private let publishLock = NSLock()
 
-    init(engine: Engine, versions: VersionLedger) {
+    init(engine: GenerationEngine, versions: VersionLedger) {
         self.engine = engine
         self.versions = versions
     }
@@ -31,7 +31,7 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
 
     func submit(_ job: GenerationJob) throws(ServerError) {
         let s = job.sampling
-        var p = EngineSamplingParams()
+        var p = SamplerSettings()
         if let v = s.temperature { p.temperature = v }
         if let v = s.topK { p.topK = Int(v) }
         if let v = s.topP { p.topP = v }
@@ -55,7 +55,7 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
     }
 
     func score(_ job: ScoreJob) throws(ServerError) {
-        let request = EngineScoreRequest(items: job.items.map { EngineScoreItem(prompt: $0.prompt, continuation: $0.continuation) },
+        let request = ScoringRequest(items: job.items.map { ScoringItem(prompt: $0.prompt, continuation: $0.continuation) },
                                          version: job.version, topLogprobs: job.topLogprobs)
         lock.lock(); defer { lock.unlock() }
         do {
@@ -147,7 +147,7 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
         t.map { alts in TopLogprobs(tokenIDs: alts.map { UInt32(bitPattern: $0.id) }, logprobs: alts.map(\.logprob)) }
     }
 
-    static func sampleResult(_ s: EngineSampleResult) -> Wire.SampleResult {
+    static func sampleResult(_ s: FinishedSample) -> Wire.SampleResult {
         let reason: Wire.FinishReason = switch s.finishReason {
         case .eos: .eos
         case .stop: .stop

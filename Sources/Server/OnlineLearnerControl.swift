@@ -16,7 +16,7 @@ import Model
 ///
 /// Thread-safe: the seam's methods return at once; the work runs on the learner thread.
 public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
-    public let learner: Learner
+    public let learner: Trainer
     public let options: OnlineOptions
     /// The version the resumed checkpoint's weights were published as (nil: a fresh start, or
     /// weights never published).
@@ -59,7 +59,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
             policy.weights.data.update(from: ck.weights.data, count: ck.weights.count)
             resumed = dir
         }
-        let learner = try Learner(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
+        let learner = try Trainer(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
         if let state, let dir = resumed {
             if learner.reference.kind == .initial && state.referenceGeneration == 0 {
                 // The frozen reference is the model the run started from, not the checkpoint.

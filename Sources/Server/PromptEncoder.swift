@@ -57,12 +57,12 @@ struct PromptEncoder: Sendable {
             return try checked(ids, field: field + ".ids")
         case .text(let text):
             let tok = try tokenizer(field + ".text")
-            if chat { return try templated([TemplateMessage(role: "user", content: text)], field: "chat") }
+            if chat { return try templated([ChatTurn(role: "user", content: text)], field: "chat") }
             meter.add(text.utf8.count)
             return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
         case .messages(let messages):
             _ = try tokenizer(field + ".messages")
-            return try templated(messages.map { TemplateMessage(role: $0.role, content: $0.content) }, field: field + ".messages")
+            return try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: field + ".messages")
         }
     }
 
@@ -151,7 +151,7 @@ struct PromptEncoder: Sendable {
             try checkLength(text.utf8.count, field: "text", limit: maxTokenizeBytes)
             let tok = try tokenizer("text")
             if t.chat {
-                ids = try templated([TemplateMessage(role: "user", content: text)], field: "chat")
+                ids = try templated([ChatTurn(role: "user", content: text)], field: "chat")
             } else {
                 meter.add(text.utf8.count)
                 ids = tok.encode(text, parseSpecial: t.addSpecial, addBOS: t.addSpecial && tok.addBOS)
@@ -159,7 +159,7 @@ struct PromptEncoder: Sendable {
         case .messages(let messages):
             try checkLength(Self.bytes(of: messages), field: "messages", limit: maxTokenizeBytes)
             _ = try tokenizer("messages")
-            ids = try templated(messages.map { TemplateMessage(role: $0.role, content: $0.content) }, field: "messages")
+            ids = try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: "messages")
         }
         return ids.map { UInt32(bitPattern: $0) }
     }
@@ -241,7 +241,7 @@ struct PromptEncoder: Sendable {
         return t
     }
 
-    private func templated(_ messages: [TemplateMessage], field: String) throws(ServerError) -> [Int32] {
+    private func templated(_ messages: [ChatTurn], field: String) throws(ServerError) -> [Int32] {
         meter.add(messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count })
         do { return try bundle.encodeChat(messages) } catch {
             throw .invalid(field, "\(error)")

@@ -176,7 +176,7 @@ public final class SelmServer: @unchecked Sendable {
     ///   - learner: the online learner (`NoLearner()` for none); started by `run()`.
     ///   - log: the open preference log (its torn tail already truncated); started by `run()`.
     /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
-    public convenience init(configuration: ServerConfiguration, bundle: ModelBundle, engine: Engine?, learner: LearnerControl,
+    public convenience init(configuration: ServerConfiguration, bundle: ModelBundle, engine: GenerationEngine?, learner: LearnerControl,
                             log: PreferenceLog, dataDirectory: DataDirectory) throws {
         try self.init(configuration: configuration, bundle: bundle,
                       backend: engine.map { EngineBackend(engine: $0, versions: dataDirectory.versions) },

@@ -115,7 +115,7 @@ func benchServer(_ modelPath: String) throws {
     engineConfig.kvCacheMB = 512
     let tok = try bundle.tokenizer
     let server = try SelmServer(configuration: config, bundle: bundle,
-                                engine: try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
+                                engine: try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
                                 learner: NoLearner(), log: log, dataDirectory: data)
     let port = server.tcpPort
     let loopThread = Thread { try? server.run() }
@@ -193,7 +193,7 @@ func benchServer(_ modelPath: String) throws {
         }
         return out
     }
-    let local = try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
+    let local = try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
     let wake = DispatchSemaphore(value: 0)
     local.setWakeup { wake.signal() }
     local.start()

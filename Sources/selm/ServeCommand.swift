@@ -148,7 +148,7 @@ struct Serve: ParsableCommand {
             resumedVersion = control.resumedVersion
             learner = control
         }
-        var engine: Engine? = nil
+        var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
             ec.kvCacheMB = Double(kvCacheMb)
@@ -157,7 +157,7 @@ struct Serve: ParsableCommand {
             // later version was issued (DATA/version), else the next number.
             let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)
             do {
-                engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
+                engine = try GenerationEngine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw CLIError.failed("cannot start the engine", error) }
         } else {
             note("selm serve: \(bundle.path) has no tokenizer: generation and scoring are unavailable")

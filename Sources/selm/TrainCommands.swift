@@ -119,7 +119,7 @@ struct Train: ParsableCommand {
             guard ck.config == c else { throw CLIError.file(path: r, reason: "--resume holds a model of another shape than --model") }
             bundle.model.weights.data.update(from: ck.weights.data, count: ck.weights.count)
         }
-        let learner = try Learner(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
+        let learner = try Trainer(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
         if let r = resume {
             let state: TrainerState
             do { state = try Checkpoint.loadState(from: r) } catch { throw CLIError.failed("cannot load --resume", error) }
@@ -226,7 +226,7 @@ struct Loss: ParsableCommand {
         let refModel: LlamaModel? = try ref.map { p in
             do { return try LlamaModel.load(path: p) } catch { throw CLIError.failed("cannot load --ref", error) }
         }
-        let learner = try Learner(policy: bundle.model, reference: refModel, options: options,
+        let learner = try Trainer(policy: bundle.model, reference: refModel, options: options,
                                   schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         learner.grads.zero()
         let (r, _) = try learner.microBatch(pairs, keys: pairs.indices.map { UInt64($0) }, accumulateScale: gradsOut == nil ? 0 : 1)

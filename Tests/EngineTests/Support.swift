@@ -85,19 +85,19 @@ extension Fixtures {
 /// Everything one request produced.
 struct Outcome {
     var firstToken: UInt64?
-    var samples: [SampleResult] = []
+    var samples: [FinishedSample] = []
     var chunks: [StreamChunk] = []
     var done: RequestDone?
-    var score: ScoreResult?
+    var score: ScoringResult?
     var error: EngineError?
 
     /// Samples ordered by (prompt, sample).
-    var ordered: [SampleResult] {
+    var ordered: [FinishedSample] {
         samples.sorted { ($0.promptIndex, $0.sampleIndex) < ($1.promptIndex, $1.sampleIndex) }
     }
 }
 
-extension Engine {
+extension GenerationEngine {
     /// Steps until idle (at most `maxSteps`), collecting events per request.
     @discardableResult
     func runUntilIdle(maxSteps: Int = 100_000, into outcomes: inout [RequestID: Outcome]) -> Int {

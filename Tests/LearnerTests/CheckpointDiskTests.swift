@@ -64,7 +64,7 @@ final class CheckpointDiskTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root + "/notes", withIntermediateDirectories: true)
         try Data("mine".utf8).write(to: URL(fileURLWithPath: root + "/notes/todo.txt"))
         let model = try LlamaModel.load(huggingFaceDirectory: LearnerTests.modelFixtures.appendingPathComponent("tiny-untied").path)
-        let learner = try Learner(policy: model, reference: nil, options: TrainingOptions(), schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
+        let learner = try Trainer(policy: model, reference: nil, options: TrainingOptions(), schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         let state = TrainerState(step: 0, optimizerSteps: 0, skippedSteps: 0, options: learner.options, schedule: learner.schedule,
                                  referenceKind: learner.reference.kind, referenceGeneration: 0, baseModel: "x", referenceModel: nil)
         XCTAssertThrowsError(try Checkpoint.save(learner, state: state, to: root + "/notes", extras: .init(writeGGUF: false))) {
