@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 import Model
 
@@ -100,7 +101,7 @@ public enum Checkpoint {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             try writeDurably(path: tmp + "/" + stateFile, data: try enc.encode(st))
-            try DurableFileWriter.syncDirectory(of: tmp + "/x")
+            try syncDirectory(of: tmp + "/x")
             if pathExists(directory) {
                 // A crash between the two renames leaves NAME.old-PID and no NAME: the next start
                 // renames it back (`recoverInterruptedSaves`).
@@ -112,7 +113,7 @@ public enum Checkpoint {
             } else {
                 try fm.moveItem(atPath: tmp, toPath: directory)
             }
-            try DurableFileWriter.syncDirectory(of: directory)
+            try syncDirectory(of: directory)
         } catch {
             try? fm.removeItem(atPath: tmp)
             throw error
@@ -235,13 +236,6 @@ extension Checkpoint {
         return n
     }
 
-    /// Bytes available to this process on the filesystem holding `path` (statvfs), nil when unknown.
-    public static func freeBytes(at path: String) -> Int64? {
-        var s = statvfs()
-        guard statvfs(path, &s) == 0 else { return nil }
-        return Int64(s.f_bavail) * Int64(s.f_frsize)
-    }
-
     /// Throws `insufficientSpace` when the filesystem of `root` has less free space than a checkpoint
     /// of `learner` needs (`estimatedBytes`, at least the size of `previous`).
     public static func checkSpace(for learner: Trainer, extras: Extras, root: String, previous: String?) throws {
@@ -249,17 +243,6 @@ extension Checkpoint {
         if let free = freeBytes(at: root), free < needed {
             throw CheckpointError.insufficientSpace(directory: root, needed: needed, available: free)
         }
-    }
-
-    /// Bytes allocated on disk under `path` (files, recursively; links are not followed), like `du`.
-    public static func diskBytes(at path: String) -> Int64 {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return 0 }
-        var total = Int64(st.st_blocks) * 512
-        if (st.st_mode & S_IFMT) == S_IFDIR, let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
-            for name in names { total += diskBytes(at: path + "/" + name) }
-        }
-        return total
     }
 
     /// Cleans up after saves a crash interrupted (call at start, while no save can run): a
@@ -294,7 +277,7 @@ extension Checkpoint {
                 actions.append("could not remove \(name): \(error.localizedDescription)")
             }
         }
-        if !actions.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        if !actions.isEmpty { try? syncDirectory(of: root + "/x") }
         return (actions, freed)
     }
 
@@ -324,7 +307,7 @@ extension Checkpoint {
             let bytes = diskBytes(at: path)
             if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append((c.name, bytes)) }
         }
-        if !removed.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        if !removed.isEmpty { try? syncDirectory(of: root + "/x") }
         return removed
     }
 }

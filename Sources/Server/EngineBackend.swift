@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import PreferenceLog
 import Model
 import Wire
 
@@ -126,7 +127,8 @@ final class EngineBackend: GenerationBackend, @unchecked Sendable {
 
     func publish(_ weights: ParameterSet) throws(ServerError) -> UInt64 {
         publishLock.lock(); defer { publishLock.unlock() }
-        let version = try versions.issue(after: engine.currentVersion)
+        let version: UInt64
+        do { version = try versions.issue(after: engine.currentVersion) } catch { throw ServerError(error) }
         do {
             try engine.publish(weights: weights, version: version)
         } catch {

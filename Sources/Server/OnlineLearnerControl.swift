@@ -1,4 +1,5 @@
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 

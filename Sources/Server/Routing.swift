@@ -1,4 +1,5 @@
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 import ModelBundle
@@ -399,7 +400,8 @@ extension SelmServer {
         let expected = bundle.model.config
         offload(conn, { () -> Result<(LlamaModel, String), ServerError> in
             Result { () throws(ServerError) in
-                let path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint")
+                let path: String
+                do throws(PreferenceLogError) { path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint") } catch { throw ServerError(error) }
                 return (try loadCheckpointWeights(path, expected: expected, shownAs: rw.checkpoint), path)
             }
         }) { [self] result in
@@ -467,7 +469,9 @@ extension SelmServer {
     /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
     func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
         let version: UInt64
-        if let backend { version = try backend.publish(weights) } else { version = try dataDirectory.versions.issue() }
+        if let backend { version = try backend.publish(weights) } else {
+            do { version = try dataDirectory.versions.issue() } catch { throw ServerError(error) }
+        }
         let event = VersionEvent(version: version, learnerStep: learnerStep, metrics: metrics, unixTime: Date().timeIntervalSince1970)
         mailbox.post { [self] in versionPublished(event) }
         return version

@@ -1,6 +1,7 @@
 import CUV
 import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 import ModelBundle
@@ -148,7 +149,7 @@ public final class SelmServer: @unchecked Sendable {
         self.log = log
         self.dataDirectory = dataDirectory
         lastVersionEvent = VersionEvent(version: backend?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
-        try dataDirectory.versions.record(lastVersionEvent.version)  // numbers after it never repeat it
+        do { try dataDirectory.versions.record(lastVersionEvent.version) } catch { throw ServerError(error) }  // numbers after it never repeat it
         readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
         poolSlots = libuvThreadPoolSize()
         pathScrubber = PathScrubber(dataDirectory: dataDirectory, modelPath: bundle.path)

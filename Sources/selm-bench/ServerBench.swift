@@ -6,6 +6,7 @@
 #if canImport(SelmProtoC)
 import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import ModelBundle
 import Server
@@ -106,7 +107,7 @@ func benchServer(_ modelPath: String) throws {
     let bundle = try ModelBundle(path: modelPath)
     let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("selm-bench-server-\(getpid())").path
     defer { try? FileManager.default.removeItem(atPath: dataDir) }
-    let data = try DataDirectory(dataDir)
+    let data = try DataDirectory.serving(dataDir)
     let log = try PreferenceLog(directory: data.realPath)
     var config = ServerConfiguration()
     config.tcp = "127.0.0.1:0"

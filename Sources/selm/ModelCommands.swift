@@ -1,4 +1,5 @@
 import ArgumentParser
+import DurableFile
 import Engine
 import Foundation
 import Kernels

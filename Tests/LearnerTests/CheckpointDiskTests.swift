@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 import XCTest
 @testable import Learner
@@ -75,7 +76,7 @@ final class CheckpointDiskTests: XCTestCase {
         try Checkpoint.save(learner, state: state, to: root + "/ck", extras: .init(writeGGUF: true))
         try Checkpoint.save(learner, state: state, to: root + "/ck", extras: .init(writeGGUF: true))
         XCTAssertEqual(try names(root), ["ck", "notes"])
-        let written = Checkpoint.diskBytes(at: root + "/ck")
+        let written = diskBytes(at: root + "/ck")
         let estimate = Checkpoint.estimatedBytes(of: learner, extras: .init(writeGGUF: true))
         XCTAssertGreaterThanOrEqual(estimate, written, "the estimate covers the checkpoint")
         XCTAssertLessThan(estimate, written + (2 << 20), "and is close to it")
