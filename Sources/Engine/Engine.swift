@@ -108,9 +108,10 @@ public final class GenerationEngine: @unchecked Sendable {
     /// Validates a generation request and queues it; it is admitted by a later step.
     /// - Returns: the id its events carry.
     /// - Throws: `EngineError.invalidRequest` naming the field (temperature < 0, top_p outside
-    ///   (0, 1], n outside [1, 64], token ids out of range, empty prompt, prompt + max_tokens beyond
-    ///   the context, ...), `.exceedsKVPool` when it could never fit, `.versionNotAlive` for a
-    ///   `requireVersion` no longer held, `.stopped`.
+    ///   (0, 1], n outside [1, 64], an empty prompt, ...), `.outOfRange` (a token id outside the
+    ///   vocabulary, a prompt that fills the context, prompt + max_tokens beyond it),
+    ///   `.exceedsKVPool` when it could never fit, `.versionNotAlive` for a `requireVersion` no
+    ///   longer held, `.stopped`.
     /// Thread: any; never waits for a running step.
     public func submit(_ req: GenerationRequest) throws -> RequestID {
         let (maxTokens, stopTokens) = try validate(req)
@@ -173,8 +174,10 @@ public final class GenerationEngine: @unchecked Sendable {
     }
 
     /// Queues log-probability scoring of continuations; the result comes as a `.score` event.
-    /// - Throws: `EngineError.invalidRequest` naming the field (`items`, `items[i].prompt`,
-    ///   `items[i].continuation[j]`, `top_logprobs`), `.versionNotAlive`, `.stopped`.
+    /// - Throws: `EngineError.invalidRequest` naming the field (`items`, an empty `items[i].prompt`
+    ///   or `items[i].continuation`, `top_logprobs`), `.outOfRange` (`items[i].continuation.ids[j]`
+    ///   outside the vocabulary, `items[i]` whose prompt + continuation exceed the context),
+    ///   `.versionNotAlive`, `.stopped`.
     /// Thread: any; never waits for a running step.
     public func score(_ req: ScoringRequest) throws -> RequestID {
         func bad(_ f: String, _ r: String) -> EngineError { .invalidRequest(field: f, reason: r) }
@@ -184,10 +187,10 @@ public final class GenerationEngine: @unchecked Sendable {
         for (i, it) in req.items.enumerated() {
             guard !it.prompt.isEmpty else { throw bad("items[\(i)].prompt", "is empty") }
             guard !it.continuation.isEmpty else { throw bad("items[\(i)].continuation", "is empty") }
-            try checkIDs(it.prompt, field: "items[\(i)].prompt")
-            try checkIDs(it.continuation, field: "items[\(i)].continuation")
-            guard it.prompt.count + it.continuation.count <= c.contextLength + 1 else {
-                throw bad("items[\(i)]", "prompt + continuation of \(it.prompt.count + it.continuation.count) tokens exceed the context length \(c.contextLength)")
+            try checkIDs(it.prompt, field: "items[\(i)].prompt.ids")
+            try checkIDs(it.continuation, field: "items[\(i)].continuation.ids")
+            guard it.prompt.count + it.continuation.count <= c.contextLength else {
+                throw EngineError.outOfRange(field: "items[\(i)]", reason: "prompt + continuation is \(it.prompt.count + it.continuation.count) tokens, beyond the context length \(c.contextLength)")
             }
         }
         return try enqueue(pinning: req.version, field: "version") { id, pinned in
@@ -367,7 +370,8 @@ public final class GenerationEngine: @unchecked Sendable {
     private func checkIDs(_ ids: [Int32], field: String) throws {
         let V = Int32(modelConfig.vocabSize)
         for (j, t) in ids.enumerated() where t < 0 || t >= V {
-            throw EngineError.invalidRequest(field: "\(field)[\(j)]", reason: "token id \(t) is outside the vocabulary [0, \(V))")
+            // A wire id of 2^31 or more arrives as a negative Int32: name it as it was sent.
+            throw EngineError.outOfRange(field: "\(field)[\(j)]", reason: "token id \(UInt32(bitPattern: t)) is outside the vocabulary [0, \(V))")
         }
     }
 
@@ -378,11 +382,14 @@ public final class GenerationEngine: @unchecked Sendable {
         guard !req.prompts.isEmpty else { throw bad("prompts", "at least one prompt is required") }
         for (i, p) in req.prompts.enumerated() {
             guard !p.isEmpty else { throw bad("prompts[\(i)]", "is empty") }
-            try checkIDs(p, field: "prompts[\(i)]")
+            try checkIDs(p, field: "prompts[\(i)].ids")
+            guard p.count < C else {
+                throw EngineError.outOfRange(field: "prompts[\(i)]", reason: "the prompt has \(p.count) tokens and leaves no room in the context of \(C)")
+            }
         }
         var params = req.params
         params.maxTokens = 1  // `maxTokens` is the request's own field
-        do { try params.validate() } catch let SamplingError.invalid(field, reason) { throw bad(field, reason) }
+        do { try params.validate() } catch let SamplingError.invalid(field, reason) { throw bad("sampling." + field, reason) }
         let maxN = min(64, config.maxN)
         guard (1...maxN).contains(req.n) else { throw bad("n", "must be in [1, \(maxN)], got \(req.n)") }
         guard (0...20).contains(req.topLogprobs) else { throw bad("top_logprobs", "must be in [0, 20], got \(req.topLogprobs)") }
@@ -394,13 +401,13 @@ public final class GenerationEngine: @unchecked Sendable {
         let longest = req.prompts.map(\.count).max()!
         let maxTokens: Int
         if let m = req.maxTokens {
-            guard m >= 1 else { throw bad("max_tokens", "must be ≥ 1, got \(m)") }
-            guard longest + m <= C else {
-                throw bad("max_tokens", "a prompt of \(longest) tokens + max_tokens \(m) exceeds the context length \(C)")
+            guard m >= 1 else { throw bad("sampling.max_tokens", "must be ≥ 1, got \(m)") }
+            if let (i, p) = req.prompts.enumerated().first(where: { $0.element.count + m > C }) {
+                throw EngineError.outOfRange(field: "sampling.max_tokens",
+                                             reason: "prompts[\(i)] has \(p.count) tokens; with max_tokens \(m) that is \(p.count + m), beyond the context length \(C)")
             }
             maxTokens = m
         } else {
-            guard longest < C else { throw bad("prompts", "a prompt of \(longest) tokens leaves no room in the context length \(C)") }
             maxTokens = min(config.defaultMaxTokens, C - longest)
         }
         let need = req.prompts.map {
@@ -408,7 +415,7 @@ public final class GenerationEngine: @unchecked Sendable {
                                       share: config.sharePromptAcrossSamples)
         }.max()!
         guard need <= kvBlocksTotal else {
-            throw EngineError.exceedsKVPool(field: "max_tokens", blocksNeeded: need, blocksTotal: kvBlocksTotal, blockSize: config.blockSize)
+            throw EngineError.exceedsKVPool(field: "sampling.max_tokens", blocksNeeded: need, blocksTotal: kvBlocksTotal, blockSize: config.blockSize)
         }
         var stops = Set(req.stopTokenIDs)
         if !req.ignoreEOS { stops.formUnion(defaultStopTokens) }

@@ -229,8 +229,10 @@ final class Scheduler {
         waiting.removeAll { groupIDs.contains(ObjectIdentifier($0)) }
         for g in r.groups {
             if g.samples.isEmpty {
-                // Never admitted: report its samples as cancelled without tokens.
+                // Never admitted: report its samples as cancelled without tokens (their prompt
+                // tokens count in `RequestDone.promptTokens`, which sums over samples).
                 let version = r.snapshot?.version ?? versions.current.version
+                r.promptTokens += g.prompt.count * r.request.n
                 for i in 0..<r.request.n {
                     emit(.sample(FinishedSample(
                         id: r.id, promptIndex: g.promptIndex, sampleIndex: i, tokens: [], text: "", logprobs: [],

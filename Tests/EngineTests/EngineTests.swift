@@ -133,7 +133,7 @@ final class EngineTests: XCTestCase {
         // 4 samples × (prompt 10 + 50 tokens) cannot fit in 24 blocks even with the prompt shared.
         XCTAssertThrowsError(try engine.submit(request(prompt(10), maxTokens: 50, n: 4))) { e in
             guard case let .exceedsKVPool(field, needed, total, _)? = e as? EngineError else { return XCTFail("\(e)") }
-            XCTAssertEqual(field, "max_tokens")
+            XCTAssertEqual(field, "sampling.max_tokens")
             XCTAssertEqual(total, 24)
             XCTAssertGreaterThan(needed, 24)
             XCTAssertTrue("\(e)".contains("max_tokens"))
@@ -192,27 +192,28 @@ final class EngineTests: XCTestCase {
         let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 40))
         let ok = request(prompt(10), maxTokens: 8)
         var cases: [(String, (inout GenerationRequest) -> Void)] = [
-            ("temperature", { $0.params.temperature = -0.5 }),
-            ("top_p", { $0.params.topP = 0 }),
-            ("top_p", { $0.params.topP = 1.5 }),
-            ("top_k", { $0.params.topK = -1 }),
-            ("min_p", { $0.params.minP = 2 }),
+            ("sampling.temperature", { $0.params.temperature = -0.5 }),
+            ("sampling.top_p", { $0.params.topP = 0 }),
+            ("sampling.top_p", { $0.params.topP = 1.5 }),
+            ("sampling.top_k", { $0.params.topK = -1 }),
+            ("sampling.min_p", { $0.params.minP = 2 }),
             ("n", { $0.n = 0 }),
             ("n", { $0.n = 65 }),
-            ("prompts[0][2]", { $0.prompts[0][2] = 97 }),
-            ("prompts[1][0]", { $0.prompts.append([-1, 5]) }),
+            ("prompts[0].ids[2]", { $0.prompts[0][2] = 97 }),
+            ("prompts[1].ids[0]", { $0.prompts.append([-1, 5]) }),
             ("prompts[0]", { $0.prompts[0] = [] }),
+            ("prompts[0]", { $0.prompts[0] = Array(repeating: 5, count: 64) }),  // fills the context
             ("prompts", { $0.prompts = [] }),
-            ("max_tokens", { $0.maxTokens = 0 }),
-            ("max_tokens", { $0.maxTokens = 60 }),           // 10 + 60 > context 64
+            ("sampling.max_tokens", { $0.maxTokens = 0 }),
+            ("sampling.max_tokens", { $0.maxTokens = 60 }),  // 10 + 60 > context 64
             ("top_logprobs", { $0.topLogprobs = 21 }),
             ("stop[1]", { $0.stop = ["x", ""] }),
             ("stop_token_ids[0]", { $0.stopTokenIDs = [500] }),
             ("require_version", { $0.requireVersion = 9 }),
             ("recompute", { $0.recompute = true; $0.requireVersion = 1 }),
-            ("max_tokens", { $0.maxTokens = 50; $0.n = 3 }), // 15 + 2 × 13 blocks exceed the 40-block pool
+            ("sampling.max_tokens", { $0.maxTokens = 50; $0.n = 3 }), // 15 + 2 × 13 blocks exceed the 40-block pool
         ]
-        cases.append(("repetition_penalty", { $0.params.repetitionPenalty = 0 }))
+        cases.append(("sampling.repetition_penalty", { $0.params.repetitionPenalty = 0 }))
         for (fieldName, mutate) in cases {
             var r = ok
             mutate(&r)

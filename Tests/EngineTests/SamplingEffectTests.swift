@@ -232,7 +232,7 @@ final class SamplingEffectTests: XCTestCase {
             XCTAssertEqual(o.done?.completionTokens, 6 * m)
         }
         XCTAssertThrowsError(try engine.submit(request(prompt(6, 1), maxTokens: 64 - 5) { _ in })) {
-            XCTAssertEqual(field(of: $0), "max_tokens")
+            XCTAssertEqual(field(of: $0), "sampling.max_tokens")
         }
     }
 

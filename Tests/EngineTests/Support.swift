@@ -134,7 +134,7 @@ extension GenerationEngine {
 /// The field an `EngineError` names.
 func field(of error: Error) -> String? {
     switch error as? EngineError {
-    case let .invalidRequest(f, _)?: return f
+    case let .invalidRequest(f, _)?, let .outOfRange(f, _)?: return f
     case let .exceedsKVPool(f, _, _, _)?: return f
     case let .versionNotAlive(f, _, _)?: return f
     default: return nil
