@@ -60,6 +60,15 @@ public final class GenerationEngine: @unchecked Sendable {
     private var outbox: [EngineEvent] = []
     private var wakeup: (@Sendable () -> Void)?
 
+    /// Numbered publications not yet installed, oldest first (guarded by `outLock`): each is
+    /// announced (`.published`) by the step that installs it or a later one — a publication
+    /// replaced before any step installed it is announced with the one that replaced it.
+    private var announcements: [Publication] = []
+
+    /// Serialises numbered publications; guards `issuer`.
+    private let publishLock = NSLock()
+    private var issuer: @Sendable (UInt64) throws -> UInt64 = { $0 + 1 }
+
     /// Creates an engine serving `model` as `version`.
     /// - Parameters:
     ///   - template: the chat template for `encode(text:chat:)` and the default stop tokens.
@@ -211,7 +220,9 @@ public final class GenerationEngine: @unchecked Sendable {
         return true
     }
 
-    /// Hands the engine a new weight set; returns at once. It becomes current at the next step —
+    /// Hands the engine a new weight set under a number of the caller's own (tests, benchmarks; a
+    /// server numbers through `publish(weights:learnerStep:metrics:)`, which calls this); returns
+    /// at once and announces nothing. It becomes current at the next step —
     /// requests admitted from then on bind to it, running samples keep their version (or
     /// re-prefill under it with `recompute`). The engine owns `weights` from now on: do not modify
     /// them. A newer publication before that step replaces this one. When more than
@@ -225,6 +236,43 @@ public final class GenerationEngine: @unchecked Sendable {
             throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
         }
         try versions.publish(weights, version: version)
+        poke()
+    }
+
+    /// Sets how `publish(weights:learnerStep:metrics:)` numbers publications: given the newest
+    /// version the engine holds, return the next one, recorded durably before returning (the
+    /// server's `VersionLedger.issue(after:)`: a number is on disk before anyone sees it), or throw
+    /// to refuse the publication. Default: one above the newest, recorded nowhere. Set it before
+    /// the first publication. Thread: any.
+    public func setVersionIssuer(_ issue: @escaping @Sendable (_ newest: UInt64) throws -> UInt64) {
+        publishLock.lock(); issuer = issue; publishLock.unlock()
+    }
+
+    /// Publishes `weights` as the next version — the one place a version number is issued: the
+    /// issuer numbers it (durably), the weights are queued for the next step, and that step
+    /// announces the version (a `.published` event, through the wake-up) once it is installed.
+    /// Publications are serialised, so numbers reach the engine in the order they are issued.
+    /// - Returns: the version.
+    /// - Throws: `.incompatibleWeights` for another architecture (nothing issued), or what the
+    ///   issuer throws (nothing published).
+    /// Thread: any but the owner's event loop (the issuer fsyncs); never waits for a running step.
+    @discardableResult
+    public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) throws -> UInt64 {
+        guard weights.config == modelConfig else {
+            throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
+        }
+        publishLock.lock(); defer { publishLock.unlock() }
+        let version = try issuer(versions.newestVersion)
+        try versions.publish(weights, version: version)
+        outLock.lock()
+        announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics))
+        outLock.unlock()
+        poke()
+        return version
+    }
+
+    /// Wakes an idle engine thread to install a publication.
+    private func poke() {
         inboxCond.lock()
         poked = true
         inboxCond.signal()
@@ -295,17 +343,26 @@ public final class GenerationEngine: @unchecked Sendable {
         lastStatus = status
         for e in events {
             switch e {
-            case .done, .score, .error: activeIDs.remove(e.requestID)
+            case let .done(d): activeIDs.remove(d.id)
+            case let .score(r): activeIDs.remove(r.id)
+            case let .error(id, _): activeIDs.remove(id)
             default: break
             }
         }
         inboxCond.unlock()
-        if !events.isEmpty {
-            outLock.lock()
+        let installed = versions.currentVersion
+        outLock.lock()
+        // Versions this step installed are announced before any result they produced.
+        let announced = announcements.prefix { $0.version <= installed }
+        announcements.removeFirst(announced.count)
+        if !announced.isEmpty || !events.isEmpty {
+            outbox.append(contentsOf: announced.map { EngineEvent.published($0) })
             outbox.append(contentsOf: events)
             let w = wakeup
             outLock.unlock()
             w?()
+        } else {
+            outLock.unlock()
         }
         return report
     }

@@ -193,9 +193,13 @@ public enum EngineEvent: Sendable {
     case done(RequestDone)
     case score(ScoringResult)
     case error(RequestID, EngineError)
+    /// A weight set `publish(weights:learnerStep:metrics:)` numbered is installed (requests
+    /// admitted from now on bind to it): the one announcement of a new version, belonging to no
+    /// request, sent before any result of that version.
+    case published(Publication)
 
-    /// The request this event belongs to.
-    public var requestID: RequestID {
+    /// The request this event belongs to (nil for `.published`).
+    public var requestID: RequestID? {
         switch self {
         case let .firstToken(id, _): return id
         case let .chunk(c): return c.id
@@ -203,7 +207,25 @@ public enum EngineEvent: Sendable {
         case let .done(d): return d.id
         case let .score(s): return s.id
         case let .error(id, _): return id
+        case .published: return nil
         }
+    }
+}
+
+/// A weight set the engine numbered (`GenerationEngine.publish(weights:learnerStep:metrics:)`).
+public struct Publication: Sendable, Equatable {
+    /// The version the weights serve as: issued by the engine's version issuer, on disk before
+    /// this event exists.
+    public var version: UInt64
+    /// The learner step the weights come from (0: not from the learner — a RefreshWeights).
+    public var learnerStep: UInt64
+    /// The learner's metrics for that step (TRL names; empty for a refresh).
+    public var metrics: [String: Double]
+
+    public init(version: UInt64, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) {
+        self.version = version
+        self.learnerStep = learnerStep
+        self.metrics = metrics
     }
 }
 

@@ -106,7 +106,7 @@ enum Edge {
     /// empty closing chunk of a cancelled sample). `last` marks the event that ends the request.
     static func reply(_ e: EngineEvent) -> (message: ServerMessage?, last: Bool) {
         switch e {
-        case .firstToken:
+        case .firstToken, .published:  // a publication is announced by `SelmServer.versionPublished`
             return (nil, false)
         case .chunk(let c):
             if c.tokens.isEmpty && c.textDelta.isEmpty { return (nil, false) }

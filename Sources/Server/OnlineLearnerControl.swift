@@ -95,7 +95,13 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
     }
 
     public func walAppended(upTo sequence: UInt64) {
-        // The learner polls the log with a short timeout; nothing to do.
+        lock.lock(); let o = online; lock.unlock()
+        o?.logAppended(upTo: sequence)
+    }
+
+    public func versionPublished(_ version: UInt64, learnerStep: UInt64) {
+        lock.lock(); let o = online; lock.unlock()
+        o?.versionPublished(version, learnerStep: Int(learnerStep))
     }
 
     public func status() -> LearnerStatus {
@@ -151,23 +157,18 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
 
     /// `RefreshWeights` published a checkpoint: the learner continues from those weights (and that
     /// checkpoint's optimizer state when it has one), so its next version builds on them.
-    public func weightsRefreshed(version: UInt64, from path: String) {
+    public func weightsRefreshed(version: UInt64, weights: ParameterSet, from path: String) {
         lock.lock(); let o = online; lock.unlock()
+        let handed = UncheckedWeights(weights)
         o?.enqueue { o in
             do {
-                let weights = try LlamaModel.load(path: path)
-                if let bad = weights.weights.firstNonFinite() {
-                    // The server checked them before publishing; the file changed since.
-                    FileHandle.standardError.write("learner: not adopting \(path): the weights hold \(bad)\n".data(using: .utf8)!)
-                    return
-                }
                 var isDir: ObjCBool = false
                 if FileManager.default.fileExists(atPath: path + "/optimizer.safetensors", isDirectory: &isDir),
                    let state = try? Checkpoint.loadState(from: path) {
                     try Checkpoint.restore(o.learner, from: path, state: state)
                     o.learner.schedule = o.options.schedule
                 }
-                o.adopt(weights: weights.weights, version: version)
+                o.adopt(weights: handed.value, version: version)
             } catch {
                 FileHandle.standardError.write("learner: cannot adopt refreshed weights from \(path): \(error)\n".data(using: .utf8)!)
             }

@@ -200,7 +200,7 @@ extension SelmServer {
     }
 
     /// Loop thread: a new version was published; every subscription hears of it.
-    func versionPublished(_ event: VersionEvent) {
+    func announce(_ event: VersionEvent) {
         if event.version > lastVersionEvent.version { lastVersionEvent = event }
         for conn in connections.values {
             for r in conn.requests.values where r.isSubscription {
@@ -290,7 +290,11 @@ extension SelmServer {
         guard let engine else { return }
         let now = Date().timeIntervalSince1970
         for e in engine.drainEvents() {
-            guard let (conn, r) = engineRequests[e.requestID] else { continue }
+            if case .published(let p) = e {
+                versionPublished(p)
+                continue
+            }
+            guard let id = e.requestID, let (conn, r) = engineRequests[id] else { continue }
             if case .firstToken = e, !r.sawFirstToken {
                 r.sawFirstToken = true
                 metrics.timeToFirstToken.observe(now - r.received)
@@ -304,7 +308,7 @@ extension SelmServer {
                 send(conn, Envelope(id: r.id, body: message))
             }
             if last {
-                engineRequests[e.requestID] = nil
+                engineRequests[id] = nil
                 var outcome = r.cancelled ? "cancelled" : "ok"
                 if case .error(let err)? = message { outcome = err.code.metricName }
                 end(conn, r, outcome: outcome)
@@ -390,14 +394,14 @@ extension SelmServer {
                 }
                 let weights = UncheckedWeights(model.weights)
                 offload(conn, { [self] in
-                    Result { () throws(ServerError) in try publishVersion(weights.value, learnerStep: 0, metrics: [:]) }
+                    Result { () throws(ServerError) in try publish(weights.value, learnerStep: 0, metrics: [:]) }
                 }) { [self] published in
                     switch published {
                     case .failure(let e):
                         serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)")
                         if alive(conn, r) { end(conn, r, error: e) }
                     case .success(let version):
-                        learner.weightsRefreshed(version: version, from: path)
+                        learner.weightsRefreshed(version: version, weights: weights.value, from: path)
                         serverLog("published \(dataDirectory.relative(path)) as version \(version)")
                         guard alive(conn, r) else { return }
                         send(conn, Envelope(id: r.id, body: .refreshWeightsReply(RefreshWeightsReply(version: version))))
@@ -438,24 +442,34 @@ extension SelmServer {
         }
     }
 
-    /// Any thread but the loop's (recording a version fsyncs): publishes `weights` as the next
-    /// version — its number on disk (`VersionLedger`) before the engine or anyone sees it — and
-    /// tells the subscribers (on the loop).
+    /// The one publish path, for the learner and RefreshWeights. Any thread but the loop's
+    /// (recording a version fsyncs): the engine numbers `weights` (its issuer is the data
+    /// directory's `VersionLedger`: the number is on disk before the engine or anyone sees it),
+    /// queues them and announces `.published`, which `drainEngine` turns into `versionPublished`.
+    /// Without an engine the ledger numbers them and the announcement is posted to the loop.
+    /// - Returns: the version.
     /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
-    func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
-        publishLock.lock(); defer { publishLock.unlock() }
-        let version: UInt64
-        do { version = try dataDirectory.versions.issue(after: engine?.currentVersion ?? 0) } catch { throw ServerError(error) }
-        if let engine {
-            do { try engine.publish(weights: weights, version: version) } catch {
-                // Only a caller bug gets here (weights of another shape are refused before).
-                serverLog("publish of version \(version) refused by the engine: \(error)")
-                throw .refused(code: .internal, field: "", reason: "the engine refused version \(version): \(error)")
-            }
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
+        guard let engine else {
+            let version: UInt64
+            do { version = try dataDirectory.versions.issue() } catch { throw ServerError(error) }
+            let p = Publication(version: version, learnerStep: learnerStep, metrics: metrics)
+            mailbox.post { [self] in versionPublished(p) }
+            return version
         }
-        let event = VersionEvent(version: version, learnerStep: learnerStep, metrics: metrics, unixTime: Date().timeIntervalSince1970)
-        mailbox.post { [self] in versionPublished(event) }
-        return version
+        do { return try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics) } catch let e as PreferenceLogError {
+            throw ServerError(e)
+        } catch {
+            // Only a caller bug gets here (weights of another shape are refused before).
+            serverLog("publish refused by the engine: \(error)")
+            throw .refused(code: .internal, field: "", reason: "the engine refused the weights: \(error)")
+        }
+    }
+
+    /// Loop thread: a version exists; subscribers hear of it, and the learner when it is its own.
+    func versionPublished(_ p: Publication) {
+        announce(VersionEvent(version: p.version, learnerStep: p.learnerStep, metrics: p.metrics, unixTime: Date().timeIntervalSince1970))
+        if p.learnerStep > 0 { learner.versionPublished(p.version, learnerStep: p.learnerStep) }
     }
 }
 
@@ -469,12 +483,14 @@ struct UncheckedWeights: @unchecked Sendable {
 final class ServerPublisher: WeightPublisher, @unchecked Sendable {
     weak var server: SelmServer?
     init(server: SelmServer) { self.server = server }
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool {
+        guard let server else { return false }
         do throws(ServerError) {
-            return try server?.publishVersion(weights, learnerStep: learnerStep, metrics: metrics) ?? 0
+            _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics)
+            return true
         } catch {
             serverLog("learner step \(learnerStep): weights not published: \(error)")
-            return 0
+            return false
         }
     }
 }

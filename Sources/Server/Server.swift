@@ -121,8 +121,6 @@ public final class SelmServer: @unchecked Sendable {
     var nextConnectionID: UInt64 = 1
     /// Requests the engine runs → their connection and request (loop thread only).
     var engineRequests: [RequestID: (connection: Connection, request: Request)] = [:]
-    /// Serializes publications (a number from the ledger, then the engine; item: one publish path).
-    let publishLock = NSLock()
     var dirty: [Connection] = []
     let metrics = ServerMetrics()
     var mailbox: LoopMailbox!
@@ -161,6 +159,8 @@ public final class SelmServer: @unchecked Sendable {
         self.dataDirectory = dataDirectory
         lastVersionEvent = VersionEvent(version: engine?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
         do { try dataDirectory.versions.record(lastVersionEvent.version) } catch { throw ServerError(error) }  // numbers after it never repeat it
+        let ledger = dataDirectory.versions
+        engine?.setVersionIssuer { newest in try ledger.issue(after: newest) }
         readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
         poolSlots = libuvThreadPoolSize()
         pathScrubber = PathScrubber(dataDirectory: dataDirectory, modelPath: bundle.path)

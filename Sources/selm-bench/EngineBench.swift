@@ -120,7 +120,7 @@ private func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params
             case let .sample(s): fig.versionsSeen.insert(s.version)
             case .done: done += 1; end = max(end, uptime())
             case let .error(_, err): throw err
-            case .score: break
+            case .score, .published: break
             }
         }
     }

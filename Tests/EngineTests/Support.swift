@@ -126,6 +126,7 @@ extension GenerationEngine {
             case let .done(d): outcomes[d.id, default: Outcome()].done = d
             case let .score(s): outcomes[s.id, default: Outcome()].score = s
             case let .error(id, err): outcomes[id, default: Outcome()].error = err
+            case .published: break
             }
         }
     }

@@ -178,7 +178,7 @@ final class PreferenceLogTests: XCTestCase {
         XCTAssertTrue(log.waitForRecords(after: 0, timeout: 10))
         XCTAssertLessThan(Date().timeIntervalSince(t0), 5)
         // The learner's view (PreferenceSource).
-        let recs = log.records(after: 0, timeout: 0)
+        let recs = log.batches(after: 0)
         XCTAssertEqual(recs.map(\.sequence), [1])
         log.close()
     }
