@@ -28,28 +28,28 @@ let package = Package(
 
         // Crash-safe file writing (temp name, fsync, rename, directory fsync) and the POSIX helpers
         // around it, shared by checkpoints/exports (Model, Learner) and the preference log.
-        .target(name: "DurableFile"),
+        .target(name: "DurableFile", exclude: ["README.md"]),
         // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
         .target(name: "Model", dependencies: ["Kernels", "DurableFile"], swiftSettings: fastSwift),
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
         .target(name: "Tokenizer", swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
-        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
-        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
-        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile"], swiftSettings: fastSwift),
+        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile"], exclude: ["README.md"], swiftSettings: fastSwift),
         // The durable preference log (records, CRC, group commit, replay), the data directory and the
         // version ledger; records are opaque bytes (Foundation and DurableFile only).
-        .target(name: "PreferenceLog", dependencies: ["DurableFile"]),
+        .target(name: "PreferenceLog", dependencies: ["DurableFile"], exclude: ["README.md"]),
 
         // Wire protocol: protobuf-c code generated from Proto/selm.proto by scripts/gen_proto.sh (committed),
         // and the Swift value types + framing built on it (the only user of the generated C code).
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
-        // The `selm serve` RPC server: libuv loop, connections, routing, preference WAL, metrics HTTP.
+        // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
         .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV"],
-                swiftSettings: fastSwift),
+                exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.
         .target(name: "SelmClient", dependencies: ["Wire"]),

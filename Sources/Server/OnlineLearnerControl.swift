@@ -48,27 +48,18 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: checkpointRoot, withIntermediateDirectories: true)
         var resumed: String? = nil
         var state: TrainerState? = nil
+        let learner: Trainer
         if let dir = Self.latestDirectory(root: checkpointRoot) {
-            let ck = try LlamaModel.load(huggingFaceDirectory: dir)
-            guard ck.config == policy.config else {
-                throw ServerError.io(path: dir, reason: "the checkpoint holds a model of another shape than --model")
+            do {
+                (learner, state) = try Checkpoint.resume(from: dir, policy: policy, reference: reference, options: options.training,
+                                                         schedule: options.schedule)
+            } catch let LearnerError.badCheckpoint(path, reason) {
+                throw ServerError.io(path: path, reason: reason + "; point \(checkpointRoot)/latest at another checkpoint")
             }
-            if let bad = ck.weights.firstNonFinite() {
-                throw ServerError.io(path: dir, reason: "cannot resume: the weights hold \(bad); point \(checkpointRoot)/latest at another checkpoint")
-            }
-            state = try Checkpoint.loadState(from: dir)
-            policy.weights.data.update(from: ck.weights.data, count: ck.weights.count)
+            learner.schedule = options.schedule  // the online run keeps its own schedule
             resumed = dir
-        }
-        let learner = try Trainer(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
-        if let state, let dir = resumed {
-            if learner.reference.kind == .initial && state.referenceGeneration == 0 {
-                // The frozen reference is the model the run started from, not the checkpoint.
-                let startModel = try LlamaModel.load(path: state.baseModel)
-                learner.reference.model.weights.data.update(from: startModel.weights.data, count: startModel.weights.count)
-            }
-            try Checkpoint.restore(learner, from: dir, state: state)
-            learner.schedule = options.schedule
+        } else {
+            learner = try Trainer(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
         }
         self.learner = learner
         resumedFrom = resumed
