@@ -56,11 +56,11 @@ private final class Signal: @unchecked Sendable {
 /// that with `secondVersionFrom` the prompts from that index on are submitted after one step and
 /// a publication, so they run on version 2 beside the others. With `publishEvery`, a second thread
 /// copies the weights and publishes them as a new version at that interval (what the learner does).
-func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: SamplingParams,
+func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: SamplerSettings,
                     publishEvery: Double? = nil, copyEachTime: Bool = true, secondVersionFrom: Int? = nil) throws -> JobFigures {
     var cfg = EngineConfig()
     cfg.kvCacheMB = 512
-    let engine = try Engine(model: bundle.model, tokenizer: bundle.tokenizer, config: cfg)
+    let engine = try GenerationEngine(model: bundle.model, tokenizer: bundle.tokenizer, config: cfg)
     let wake = Signal()
     engine.setWakeup { wake.sem.signal() }
 
@@ -120,7 +120,7 @@ func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: Sampli
             case let .sample(s): fig.versionsSeen.insert(s.version)
             case .done: done += 1; end = max(end, uptime())
             case let .error(_, err): throw err
-            case .score: break
+            case .score, .published: break
             }
         }
     }
@@ -173,9 +173,9 @@ private let threadBLASSeconds: (@convention(c) () -> Double)? = kernels_thread_b
 /// Per-step figures of steady decoding at batch `prompts.count`, driven with `step()` on this
 /// thread: wall, forward, KV store, sampling, and BLAS (measured inside the forward's BLAS calls
 /// when the Kernels module counts them, else nil).
-private func decodeBreakdown(_ bundle: Loaded, prompts: [[Int32]], params: SamplingParams, steps: Int)
+private func decodeBreakdown(_ bundle: Loaded, prompts: [[Int32]], params: SamplerSettings, steps: Int)
     throws -> (step: Double, forward: Double, kv: Double, sample: Double, blas: Double?, tokensPerSecond: Double) {
-    let engine = try Engine(model: bundle.model, tokenizer: bundle.tokenizer)
+    let engine = try GenerationEngine(model: bundle.model, tokenizer: bundle.tokenizer)
     for p in prompts {
         var r = GenerationRequest(prompt: p, params: params, maxTokens: steps + 8)
         r.ignoreEOS = true
@@ -231,7 +231,7 @@ func benchEngine(_ modelPath: String) throws {
     let bundle = try Loaded(path: modelPath)
     let model = bundle.model
     let prompts = benchPrompts(bundle.tokenizer, count: 32, length: 64)
-    var params = SamplingParams()
+    var params = SamplerSettings()
     params.temperature = 1.0
     params.topP = 0.95
     params.seed = 42

@@ -11,7 +11,7 @@ func benchJob(_ modelPath: String) throws {
     let newTokens = Int(option("--new", "128")) ?? 128
     let bundle = try Loaded(path: modelPath)
     let prompts = benchPrompts(bundle.tokenizer, count: batch, length: promptLength)
-    var params = SamplingParams()
+    var params = SamplerSettings()
     params.temperature = 1.0
     params.topP = 0.95
     params.seed = 42

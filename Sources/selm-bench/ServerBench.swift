@@ -6,6 +6,7 @@
 #if canImport(SelmProtoC)
 import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import ModelBundle
 import Server
@@ -101,7 +102,7 @@ func benchServer(_ modelPath: String) throws {
     let bundle = try ModelBundle(path: modelPath)
     let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("selm-bench-server-\(getpid())").path
     defer { try? FileManager.default.removeItem(atPath: dataDir) }
-    let data = try DataDirectory(dataDir)
+    let data = try DataDirectory.serving(dataDir)
     let log = try PreferenceLog(directory: data.realPath)
     var config = ServerConfiguration()
     config.tcp = "127.0.0.1:0"
@@ -110,7 +111,7 @@ func benchServer(_ modelPath: String) throws {
     engineConfig.kvCacheMB = 512
     let tok = try bundle.tokenizer
     let server = try SelmServer(configuration: config, bundle: bundle,
-                                engine: try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
+                                engine: try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
                                 learner: NoLearner(), log: log, dataDirectory: data)
     let port = server.tcpPort
     let loopThread = Thread { try? server.run() }
@@ -188,7 +189,7 @@ func benchServer(_ modelPath: String) throws {
         }
         return out
     }
-    let local = try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
+    let local = try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
     let wake = DispatchSemaphore(value: 0)
     local.setWakeup { wake.signal() }
     local.start()

@@ -84,7 +84,7 @@ func benchLearner(_ path: String) throws {
     let (model, _) = try loadModel(path)
     var opts = TrainingOptions()
     opts.batchSize = 4
-    let learner = try Learner(policy: model, reference: nil, options: opts,
+    let learner = try Trainer(policy: model, reference: nil, options: opts,
                               schedule: LRSchedule(kind: .constant, baseLR: 1e-6, warmupSteps: 0, totalSteps: 10))
     // 4 pairs × {chosen, rejected, reference} × 128 tokens (32 prompt + 96 response) = 1536 tokens.
     func ids(_ n: Int, _ seed: Int) -> [Int32] { (0..<n).map { Int32(100 + (($0 + 1) * (seed * 7919 + 13)) % 40000) } }
