@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-kernels bench-server bench-sharing bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -45,6 +45,12 @@ bench-engine: deps model
 bench-kernels: deps
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench kernels $(ARGS)
+
+# selm's engine vs llama.cpp (built once into ~/.cache/selm-server, ~15-20 min) on the same jobs,
+# alternately; prints the ratios. SELM_ARGS go to `selm-bench job` (e.g. --engine-precision f32).
+bench-vs-llamacpp: deps model
+	$(SWIFT) build -c release --product selm-bench
+	python3 scripts/bench_vs_llamacpp.py --model $(MODEL) --selm-args "$(SELM_ARGS)"
 
 bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench

@@ -27,24 +27,30 @@ let package = Package(
         // project's own bf16 / 8-bit products (compact*.c, include/compact.h).
         .target(name: "Kernels", dependencies: ["CBLAS"], cSettings: fastC),
 
+        // Crash-safe file writing (temp name, fsync, rename, directory fsync) and the POSIX helpers
+        // around it, shared by checkpoints/exports (Model, Learner) and the preference log.
+        .target(name: "DurableFile", exclude: ["README.md"]),
         // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
-        .target(name: "Model", dependencies: ["Kernels"], swiftSettings: fastSwift),
+        .target(name: "Model", dependencies: ["Kernels", "DurableFile"], swiftSettings: fastSwift),
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
         .target(name: "Tokenizer", swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
-        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer", "Learner"], swiftSettings: fastSwift),
+        .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
-        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], swiftSettings: fastSwift),
+        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
-        .target(name: "Learner", dependencies: ["Model", "Kernels"], swiftSettings: fastSwift),
+        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile"], exclude: ["README.md"], swiftSettings: fastSwift),
+        // The durable preference log (records, CRC, group commit, replay), the data directory and the
+        // version ledger; records are opaque bytes (Foundation and DurableFile only).
+        .target(name: "PreferenceLog", dependencies: ["DurableFile"], exclude: ["README.md"]),
 
         // Wire protocol: protobuf-c code generated from Proto/selm.proto by scripts/gen_proto.sh (committed),
         // and the Swift value types + framing built on it (the only user of the generated C code).
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
-        // The `selm serve` RPC server: libuv loop, connections, routing, preference WAL, metrics HTTP.
-        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "ModelBundle", "Model", "Tokenizer", "CUV"],
-                swiftSettings: fastSwift),
+        // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV"],
+                exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.
         .target(name: "SelmClient", dependencies: ["Wire"]),
@@ -52,18 +58,18 @@ let package = Package(
         .executableTarget(
             name: "selm",
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "Server", "SelmClient",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "PreferenceLog", "DurableFile", "Server", "SelmClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),
 
         .executableTarget(name: "selm-bench", dependencies: ["Model", "Kernels", "Learner", "Engine", "ModelBundle", "Tokenizer",
-                                                           "Server", "Wire"],
+                                                           "PreferenceLog", "Server", "Wire"],
                          swiftSettings: fastSwift),
 
         // Fuzzing (Fuzz/README.md): the properties the fuzzers assert, shared with the corpus replay
         // tests, and one libFuzzer target per decoder (`make fuzz`; a corpus replayer in plain builds).
-        .target(name: "FuzzChecks", dependencies: ["Wire", "Server", "Learner"], path: "Fuzz/Checks"),
+        .target(name: "FuzzChecks", dependencies: ["Wire", "PreferenceLog", "Server", "Learner"], path: "Fuzz/Checks"),
         .executableTarget(name: "fuzz-wire", dependencies: ["FuzzChecks"], path: "Fuzz/wire"),
         .executableTarget(name: "fuzz-log", dependencies: ["FuzzChecks"], path: "Fuzz/log"),
 
@@ -75,8 +81,9 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
-        .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm",
+        .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model", "DurableFile"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "PreferenceLogTests", dependencies: ["PreferenceLog", "DurableFile", "FuzzChecks"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm",
                                                    "FuzzChecks"]),
         .testTarget(name: "SelmClientTests", dependencies: ["SelmClient", "Wire", "selm"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Model", "Tokenizer", "Learner", "ModelBundle"],

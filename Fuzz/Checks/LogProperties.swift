@@ -2,11 +2,12 @@ import Learner
 // The checks use PreferenceLog's internal scan and record codec: debug builds (`make test`, `make
 // fuzz`) are compiled for testing; a release build compiles a stub that says so.
 #if DEBUG
+@testable import PreferenceLog
 @testable import Server
 
 
 /// The properties the preference-log fuzzer asserts on every input (Fuzz/README.md), callable from
-/// XCTest (Tests/ServerTests/LogCorpusReplayTests.swift) and from the libFuzzer target (Fuzz/log).
+/// XCTest (Tests/PreferenceLogTests/LogCorpusReplayTests.swift) and from the libFuzzer target (Fuzz/log).
 ///
 /// An input is a whole log file (`PreferenceLog`'s format). It is checked as it is and once more
 /// with a valid file header and every record's CRC recomputed, so that mutated payloads reach the
@@ -19,7 +20,7 @@ import Learner
 ///   length is where the last one ends; a tail after it has a reason, no tail has none.
 /// - Truncating the buffer at the good length and scanning again finds the same records, no tail.
 /// - A record appended after the good prefix (what the server does after recovery) is found next.
-/// - Every good record's payload decodes, or fails with `ServerError.log` and a non-empty reason;
+/// - Every good record's payload decodes (the server's `PreferenceRecord`), or fails with `ServerError.log` and a non-empty reason;
 ///   a decoded record re-encodes to a payload that decodes to the same record.
 ///
 /// Pure functions; any thread.
@@ -63,13 +64,13 @@ public enum LogProperties {
         func fail(_ s: String) { problems.append("\(label): \(s)") }
         let s: PreferenceLog.Scan
         do { s = try scan(bytes) } catch {
-            if case let .log(_, reason)? = error as? ServerError, !reason.isEmpty {
+            if case let .log(_, reason)? = error as? PreferenceLogError, !reason.isEmpty {
                 if bytes.count >= PreferenceLog.fileHeaderSize && Array(bytes[0..<8]) == PreferenceLog.magic
                     && readLE32(bytes, 8) == PreferenceLog.formatVersion {
                     fail("a log with a good header was refused: \(reason)")
                 }
             } else {
-                fail("scan threw \(error), not ServerError.log with a reason")
+                fail("scan threw \(error), not PreferenceLogError.log with a reason")
             }
             return
         }
@@ -113,7 +114,7 @@ public enum LogProperties {
         let next = s.index.isEmpty ? 1 : s.firstSequence &+ UInt64(s.index.count)
         guard next < .max else { return }  // the sequence space is exhausted: nothing can follow
         let pair = PreferencePair(prompt: [1, 2], chosen: [3], rejected: [4, 5], reference: [6], weight: 0.5)
-        let payload = PreferenceLog.encodePayload([pair], sources: ["fuzz"], sequence: next)
+        let payload = PreferenceRecord.encodePayload([pair], sources: ["fuzz"], sequence: next)
         var record: [UInt8] = []
         appendLE32(&record, UInt32(payload.count))
         appendLE32(&record, PreferenceLog.recordCRC(length: UInt32(payload.count), sequence: next, payload: payload))
@@ -132,7 +133,7 @@ public enum LogProperties {
 
     static func checkPayload(_ payload: [UInt8], sequence: UInt64, _ fail: (String) -> Void) {
         let record: PreferenceRecord
-        do { record = try PreferenceLog.decodePayload(payload, sequence: sequence, path: "<fuzz>") } catch {
+        do { record = try PreferenceRecord.decodePayload(payload, sequence: sequence, path: "<fuzz>") } catch {
             if case let .log(_, reason)? = error as? ServerError, !reason.isEmpty { return }
             fail("record \(sequence): payload decode threw \(error), not ServerError.log with a reason")
             return
@@ -140,9 +141,9 @@ public enum LogProperties {
         if record.sequence != sequence || record.sources.count != record.pairs.count {
             fail("record \(sequence): decoded as sequence \(record.sequence) with \(record.pairs.count) pairs and \(record.sources.count) sources")
         }
-        let again = PreferenceLog.encodePayload(record.pairs, sources: record.sources, sequence: sequence)
+        let again = PreferenceRecord.encodePayload(record.pairs, sources: record.sources, sequence: sequence)
         do {
-            let back = try PreferenceLog.decodePayload(again, sequence: sequence, path: "<fuzz>")
+            let back = try PreferenceRecord.decodePayload(again, sequence: sequence, path: "<fuzz>")
             if back != record { fail("record \(sequence): changed across a re-encode") }
         } catch {
             fail("record \(sequence): re-encoded payload no longer decodes: \(error)")

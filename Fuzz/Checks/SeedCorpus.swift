@@ -1,6 +1,7 @@
 import Foundation
 import Learner
 #if DEBUG
+@testable import PreferenceLog
 @testable import Server
 #endif
 import Wire

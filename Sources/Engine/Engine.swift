@@ -14,7 +14,7 @@ import Tokenizer
 /// (`uv_async_send`): drain everything each time.
 ///
 /// ```
-/// let engine = try Engine(model: model, tokenizer: tok, template: .chatml(defaultSystem: nil))
+/// let engine = try GenerationEngine(model: model, tokenizer: tok, template: .chatml(defaultSystem: nil))
 /// engine.setWakeup { uv_async_send(handle) }
 /// engine.start()
 /// let id = try engine.submit(GenerationRequest(prompt: ids))
@@ -22,7 +22,7 @@ import Tokenizer
 /// engine.publish(weights: newWeights, version: 2)   // from the learner
 /// engine.stop()
 /// ```
-public final class Engine: @unchecked Sendable {
+public final class GenerationEngine: @unchecked Sendable {
     /// Thread: immutable, any thread.
     public let config: EngineConfig
     /// Thread: immutable, any thread.
@@ -59,6 +59,15 @@ public final class Engine: @unchecked Sendable {
     private let outLock = NSLock()
     private var outbox: [EngineEvent] = []
     private var wakeup: (@Sendable () -> Void)?
+
+    /// Numbered publications not yet installed, oldest first (guarded by `outLock`): each is
+    /// announced (`.published`) by the step that installs it or a later one — a publication
+    /// replaced before any step installed it is announced with the one that replaced it.
+    private var announcements: [Publication] = []
+
+    /// Serialises numbered publications; guards `issuer`.
+    private let publishLock = NSLock()
+    private var issuer: @Sendable (UInt64) throws -> UInt64 = { $0 + 1 }
 
     /// Creates an engine serving `model` as `version`.
     /// - Parameters:
@@ -108,9 +117,10 @@ public final class Engine: @unchecked Sendable {
     /// Validates a generation request and queues it; it is admitted by a later step.
     /// - Returns: the id its events carry.
     /// - Throws: `EngineError.invalidRequest` naming the field (temperature < 0, top_p outside
-    ///   (0, 1], n outside [1, 64], token ids out of range, empty prompt, prompt + max_tokens beyond
-    ///   the context, ...), `.exceedsKVPool` when it could never fit, `.versionNotAlive` for a
-    ///   `requireVersion` no longer held, `.stopped`.
+    ///   (0, 1], n outside [1, 64], an empty prompt, ...), `.outOfRange` (a token id outside the
+    ///   vocabulary, a prompt that fills the context, prompt + max_tokens beyond it),
+    ///   `.exceedsKVPool` when it could never fit, `.versionNotAlive` for a `requireVersion` no
+    ///   longer held, `.stopped`.
     /// Thread: any; never waits for a running step.
     public func submit(_ req: GenerationRequest) throws -> RequestID {
         let (maxTokens, stopTokens) = try validate(req)
@@ -148,7 +158,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Tokenizes `texts` (through the chat template when `chat`) and submits them as one request.
     /// Thread: any.
-    public func submit(texts: [String], chat: Bool, params: SamplingParams = SamplingParams(), maxTokens: Int? = nil,
+    public func submit(texts: [String], chat: Bool, params: SamplerSettings = SamplerSettings(), maxTokens: Int? = nil,
                        n: Int = 1, stop: [String] = [], stream: Bool = false) throws -> RequestID {
         let prompts = try texts.map { try encode(text: $0, chat: chat) }
         return try submit(GenerationRequest(prompts: prompts, params: params, maxTokens: maxTokens, n: n, stop: stop, stream: stream))
@@ -166,17 +176,19 @@ public final class Engine: @unchecked Sendable {
 
     /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
     /// opening. Thread: any.
-    public func encode(messages: [ChatMessage]) throws -> [Int32] {
+    public func encode(messages: [ChatTurn]) throws -> [Int32] {
         guard let template else { throw EngineError.noChatTemplate }
         return tokenizer.encode(template.render(messages, addGenerationPrompt: true), parseSpecial: true,
                                 addBOS: tokenizer.addBOS)
     }
 
     /// Queues log-probability scoring of continuations; the result comes as a `.score` event.
-    /// - Throws: `EngineError.invalidRequest` naming the field (`items`, `items[i].prompt`,
-    ///   `items[i].continuation[j]`, `top_logprobs`), `.versionNotAlive`, `.stopped`.
+    /// - Throws: `EngineError.invalidRequest` naming the field (`items`, an empty `items[i].prompt`
+    ///   or `items[i].continuation`, `top_logprobs`), `.outOfRange` (`items[i].continuation.ids[j]`
+    ///   outside the vocabulary, `items[i]` whose prompt + continuation exceed the context),
+    ///   `.versionNotAlive`, `.stopped`.
     /// Thread: any; never waits for a running step.
-    public func score(_ req: ScoreRequest) throws -> RequestID {
+    public func score(_ req: ScoringRequest) throws -> RequestID {
         func bad(_ f: String, _ r: String) -> EngineError { .invalidRequest(field: f, reason: r) }
         let c = modelConfig
         guard !req.items.isEmpty else { throw bad("items", "at least one item is required") }
@@ -184,10 +196,10 @@ public final class Engine: @unchecked Sendable {
         for (i, it) in req.items.enumerated() {
             guard !it.prompt.isEmpty else { throw bad("items[\(i)].prompt", "is empty") }
             guard !it.continuation.isEmpty else { throw bad("items[\(i)].continuation", "is empty") }
-            try checkIDs(it.prompt, field: "items[\(i)].prompt")
-            try checkIDs(it.continuation, field: "items[\(i)].continuation")
-            guard it.prompt.count + it.continuation.count <= c.contextLength + 1 else {
-                throw bad("items[\(i)]", "prompt + continuation of \(it.prompt.count + it.continuation.count) tokens exceed the context length \(c.contextLength)")
+            try checkIDs(it.prompt, field: "items[\(i)].prompt.ids")
+            try checkIDs(it.continuation, field: "items[\(i)].continuation.ids")
+            guard it.prompt.count + it.continuation.count <= c.contextLength else {
+                throw EngineError.outOfRange(field: "items[\(i)]", reason: "prompt + continuation is \(it.prompt.count + it.continuation.count) tokens, beyond the context length \(c.contextLength)")
             }
         }
         return try enqueue(pinning: req.version, field: "version") { id, pinned in
@@ -208,7 +220,9 @@ public final class Engine: @unchecked Sendable {
         return true
     }
 
-    /// Hands the engine a new weight set; returns at once. It becomes current at the next step —
+    /// Hands the engine a new weight set under a number of the caller's own (tests, benchmarks; a
+    /// server numbers through `publish(weights:learnerStep:metrics:)`, which calls this); returns
+    /// at once and announces nothing. It becomes current at the next step —
     /// requests admitted from then on bind to it, running samples keep their version (or
     /// re-prefill under it with `recompute`). The engine owns `weights` from now on: do not modify
     /// them. A newer publication before that step replaces this one. When more than
@@ -222,6 +236,43 @@ public final class Engine: @unchecked Sendable {
             throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
         }
         try versions.publish(weights, version: version)
+        poke()
+    }
+
+    /// Sets how `publish(weights:learnerStep:metrics:)` numbers publications: given the newest
+    /// version the engine holds, return the next one, recorded durably before returning (the
+    /// server's `VersionLedger.issue(after:)`: a number is on disk before anyone sees it), or throw
+    /// to refuse the publication. Default: one above the newest, recorded nowhere. Set it before
+    /// the first publication. Thread: any.
+    public func setVersionIssuer(_ issue: @escaping @Sendable (_ newest: UInt64) throws -> UInt64) {
+        publishLock.lock(); issuer = issue; publishLock.unlock()
+    }
+
+    /// Publishes `weights` as the next version — the one place a version number is issued: the
+    /// issuer numbers it (durably), the weights are queued for the next step, and that step
+    /// announces the version (a `.published` event, through the wake-up) once it is installed.
+    /// Publications are serialised, so numbers reach the engine in the order they are issued.
+    /// - Returns: the version.
+    /// - Throws: `.incompatibleWeights` for another architecture (nothing issued), or what the
+    ///   issuer throws (nothing published).
+    /// Thread: any but the owner's event loop (the issuer fsyncs); never waits for a running step.
+    @discardableResult
+    public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) throws -> UInt64 {
+        guard weights.config == modelConfig else {
+            throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
+        }
+        publishLock.lock(); defer { publishLock.unlock() }
+        let version = try issuer(versions.newestVersion)
+        try versions.publish(weights, version: version)
+        outLock.lock()
+        announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics))
+        outLock.unlock()
+        poke()
+        return version
+    }
+
+    /// Wakes an idle engine thread to install a publication.
+    private func poke() {
         inboxCond.lock()
         poked = true
         inboxCond.signal()
@@ -292,17 +343,26 @@ public final class Engine: @unchecked Sendable {
         lastStatus = status
         for e in events {
             switch e {
-            case .done, .score, .error: activeIDs.remove(e.requestID)
+            case let .done(d): activeIDs.remove(d.id)
+            case let .score(r): activeIDs.remove(r.id)
+            case let .error(id, _): activeIDs.remove(id)
             default: break
             }
         }
         inboxCond.unlock()
-        if !events.isEmpty {
-            outLock.lock()
+        let installed = versions.currentVersion
+        outLock.lock()
+        // Versions this step installed are announced before any result they produced.
+        let announced = announcements.prefix { $0.version <= installed }
+        announcements.removeFirst(announced.count)
+        if !announced.isEmpty || !events.isEmpty {
+            outbox.append(contentsOf: announced.map { EngineEvent.published($0) })
             outbox.append(contentsOf: events)
             let w = wakeup
             outLock.unlock()
             w?()
+        } else {
+            outLock.unlock()
         }
         return report
     }
@@ -367,7 +427,8 @@ public final class Engine: @unchecked Sendable {
     private func checkIDs(_ ids: [Int32], field: String) throws {
         let V = Int32(modelConfig.vocabSize)
         for (j, t) in ids.enumerated() where t < 0 || t >= V {
-            throw EngineError.invalidRequest(field: "\(field)[\(j)]", reason: "token id \(t) is outside the vocabulary [0, \(V))")
+            // A wire id of 2^31 or more arrives as a negative Int32: name it as it was sent.
+            throw EngineError.outOfRange(field: "\(field)[\(j)]", reason: "token id \(UInt32(bitPattern: t)) is outside the vocabulary [0, \(V))")
         }
     }
 
@@ -378,11 +439,14 @@ public final class Engine: @unchecked Sendable {
         guard !req.prompts.isEmpty else { throw bad("prompts", "at least one prompt is required") }
         for (i, p) in req.prompts.enumerated() {
             guard !p.isEmpty else { throw bad("prompts[\(i)]", "is empty") }
-            try checkIDs(p, field: "prompts[\(i)]")
+            try checkIDs(p, field: "prompts[\(i)].ids")
+            guard p.count < C else {
+                throw EngineError.outOfRange(field: "prompts[\(i)]", reason: "the prompt has \(p.count) tokens and leaves no room in the context of \(C)")
+            }
         }
         var params = req.params
         params.maxTokens = 1  // `maxTokens` is the request's own field
-        do { try params.validate() } catch let SamplingError.invalid(field, reason) { throw bad(field, reason) }
+        do { try params.validate() } catch let SamplingError.invalid(field, reason) { throw bad("sampling." + field, reason) }
         let maxN = min(64, config.maxN)
         guard (1...maxN).contains(req.n) else { throw bad("n", "must be in [1, \(maxN)], got \(req.n)") }
         guard (0...20).contains(req.topLogprobs) else { throw bad("top_logprobs", "must be in [0, 20], got \(req.topLogprobs)") }
@@ -394,13 +458,13 @@ public final class Engine: @unchecked Sendable {
         let longest = req.prompts.map(\.count).max()!
         let maxTokens: Int
         if let m = req.maxTokens {
-            guard m >= 1 else { throw bad("max_tokens", "must be ≥ 1, got \(m)") }
-            guard longest + m <= C else {
-                throw bad("max_tokens", "a prompt of \(longest) tokens + max_tokens \(m) exceeds the context length \(C)")
+            guard m >= 1 else { throw bad("sampling.max_tokens", "must be ≥ 1, got \(m)") }
+            if let (i, p) = req.prompts.enumerated().first(where: { $0.element.count + m > C }) {
+                throw EngineError.outOfRange(field: "sampling.max_tokens",
+                                             reason: "prompts[\(i)] has \(p.count) tokens; with max_tokens \(m) that is \(p.count + m), beyond the context length \(C)")
             }
             maxTokens = m
         } else {
-            guard longest < C else { throw bad("prompts", "a prompt of \(longest) tokens leaves no room in the context length \(C)") }
             maxTokens = min(config.defaultMaxTokens, C - longest)
         }
         let need = req.prompts.map {
@@ -408,30 +472,10 @@ public final class Engine: @unchecked Sendable {
                                       share: config.sharePromptAcrossSamples)
         }.max()!
         guard need <= kvBlocksTotal else {
-            throw EngineError.exceedsKVPool(field: "max_tokens", blocksNeeded: need, blocksTotal: kvBlocksTotal, blockSize: config.blockSize)
+            throw EngineError.exceedsKVPool(field: "sampling.max_tokens", blocksNeeded: need, blocksTotal: kvBlocksTotal, blockSize: config.blockSize)
         }
         var stops = Set(req.stopTokenIDs)
         if !req.ignoreEOS { stops.formUnion(defaultStopTokens) }
         return (maxTokens, stops)
     }
-}
-
-// `Engine` names both this module and its main class, so `Engine.SamplingParams` written in another
-// module always means a member of the class. These aliases make that spelling reach the module's
-// types whose names other modules (Wire) reuse. (The underscored module-level names exist only
-// because a public alias cannot go through an internal one.)
-public typealias _EngineSamplingParams = SamplingParams
-public typealias _EngineFinishReason = FinishReason
-public typealias _EngineSampleResult = SampleResult
-public typealias _EngineScoreRequest = ScoreRequest
-public typealias _EngineScoreItem = ScoreItem
-public typealias _EngineScoredItem = ScoredItem
-
-extension Engine {
-    public typealias SamplingParams = _EngineSamplingParams
-    public typealias FinishReason = _EngineFinishReason
-    public typealias SampleResult = _EngineSampleResult
-    public typealias ScoreRequest = _EngineScoreRequest
-    public typealias ScoreItem = _EngineScoreItem
-    public typealias ScoredItem = _EngineScoredItem
 }

@@ -1,10 +1,15 @@
-/// Every way the engine refuses a request or a publication, or fails one it accepted. Each case
-/// names the field or value concerned so the message alone tells the caller what to fix. Field names
-/// are the wire protocol's (`temperature`, `top_p`, `n`, `prompts[0][3]`, `max_tokens`, ...).
+/// Every way the engine refuses a request or a publication, or fails one it accepted. Each case is
+/// a code (the server maps each case to a protocol error code in one switch, never by reading the
+/// text) and names the field or value concerned so the message alone tells the caller what to fix.
+/// Field names are the wire protocol's field paths (`sampling.temperature`, `n`,
+/// `prompts[0].ids[3]`, `sampling.max_tokens`, `items[1].continuation.ids[2]`, ...).
 public enum EngineError: Error, CustomStringConvertible, Equatable, Sendable {
-    /// A request field is out of range: a sampling parameter, `n`, a token id, an empty prompt,
-    /// `max_tokens` beyond the context, `top_logprobs`, an empty stop string.
+    /// A request field holds a value it may never hold: a sampling parameter out of its range, `n`,
+    /// `top_logprobs`, an empty prompt, continuation or stop string, conflicting options.
     case invalidRequest(field: String, reason: String)
+    /// A request does not fit this model: a token id outside its vocabulary, a prompt that fills the
+    /// context, a prompt + `max_tokens` (or a prompt + continuation) beyond the context length.
+    case outOfRange(field: String, reason: String)
     /// The request's worst case (prompt + `max_tokens` for every sample of one prompt) needs more KV
     /// blocks than the whole pool holds, so it could never be admitted; `field` is `max_tokens`.
     case exceedsKVPool(field: String, blocksNeeded: Int, blocksTotal: Int, blockSize: Int)
@@ -35,7 +40,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable, Sendable {
 
     public var description: String {
         switch self {
-        case let .invalidRequest(field, reason): return "\(field): \(reason)"
+        case let .invalidRequest(field, reason), let .outOfRange(field, reason): return "\(field): \(reason)"
         case let .exceedsKVPool(field, needed, total, bs):
             return "\(field): the request needs \(needed) KV blocks of \(bs) tokens but the whole pool has \(total); lower max_tokens or n, or enlarge the KV cache"
         case let .versionNotAlive(field, version, alive):

@@ -1,7 +1,7 @@
 import Model
 
 /// Why a sample stopped.
-public enum FinishReason: String, Sendable, Codable {
+public enum StopReason: String, Sendable, Codable {
     case eos, stop, length, cancelled
 }
 
@@ -20,12 +20,12 @@ public final class SingleSequenceGenerator {
         public var ids: [Int32] = []
         /// log p of each generated token under the unmodified policy (log-softmax of raw logits).
         public var logprobs: [Float] = []
-        public var finishReason: FinishReason = .length
+        public var finishReason: StopReason = .length
     }
 
     /// Prefills `prompt`, then samples until a stop token, `maxTokens`, the context end, or
     /// `onToken` returns false (finish reason `.stop`). The stop token itself is included in `ids`.
-    public func generate(prompt: [Int32], params: SamplingParams, stopTokens: Set<Int32>,
+    public func generate(prompt: [Int32], params: SamplerSettings, stopTokens: Set<Int32>,
                          onToken: (Int32, Float) -> Bool = { _, _ in true }) throws -> Output {
         try params.validate()
         let c = model.config

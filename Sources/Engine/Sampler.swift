@@ -1,7 +1,7 @@
 import Foundation
 
 /// How to pick each next token. Validated by `validate()`; every error names the field.
-public struct SamplingParams: Sendable, Equatable, Codable {
+public struct SamplerSettings: Sendable, Equatable, Codable {
     /// 0 = greedy (argmax); otherwise logits are divided by it.
     public var temperature: Float = 1.0
     /// Keep only the k most likely tokens; 0 = off.
@@ -85,12 +85,12 @@ public struct RandomSource: Sendable {
 /// Picks tokens from logits (llama2.c's Sampler): penalties, temperature, top-k, top-p, min-p.
 /// One per sample; owns its random stream.
 public struct Sampler: Sendable {
-    public let params: SamplingParams
+    public let params: SamplerSettings
     public var rng: RandomSource
     private var counts: [Int32: Int] = [:]       // generated-token counts (presence / frequency)
     private var seen: Set<Int32> = []            // prompt + generated tokens (repetition)
 
-    public init(params: SamplingParams, rng: RandomSource, prompt: [Int32] = []) {
+    public init(params: SamplerSettings, rng: RandomSource, prompt: [Int32] = []) {
         self.params = params
         self.rng = rng
         if params.repetitionPenalty != 1 { seen = Set(prompt) }

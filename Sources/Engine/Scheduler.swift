@@ -5,7 +5,7 @@ import Tokenizer
 // The scheduler: llama.cpp server's slots and `update_slots()`, over a paged KV cache and several
 // live weight versions. Tasks come in through the engine's inbox, results go out as events.
 //
-// Thread: everything here runs on whichever thread calls `Engine.step()` (the engine thread, or the
+// Thread: everything here runs on whichever thread calls `GenerationEngine.step()` (the engine thread, or the
 // owner's compute thread), one step at a time.
 
 /// Where a sample is in its life (llama.cpp's slot states).
@@ -95,9 +95,9 @@ final class Sample {
 /// A submitted score request.
 final class ScoreTask {
     let id: RequestID
-    let request: ScoreRequest
+    let request: ScoringRequest
     var snapshot: WeightSnapshot?
-    init(id: RequestID, request: ScoreRequest, snapshot: WeightSnapshot?) {
+    init(id: RequestID, request: ScoringRequest, snapshot: WeightSnapshot?) {
         self.id = id; self.request = request; self.snapshot = snapshot
     }
 }
@@ -229,10 +229,12 @@ final class Scheduler {
         waiting.removeAll { groupIDs.contains(ObjectIdentifier($0)) }
         for g in r.groups {
             if g.samples.isEmpty {
-                // Never admitted: report its samples as cancelled without tokens.
+                // Never admitted: report its samples as cancelled without tokens (their prompt
+                // tokens count in `RequestDone.promptTokens`, which sums over samples).
                 let version = r.snapshot?.version ?? versions.current.version
+                r.promptTokens += g.prompt.count * r.request.n
                 for i in 0..<r.request.n {
-                    emit(.sample(SampleResult(
+                    emit(.sample(FinishedSample(
                         id: r.id, promptIndex: g.promptIndex, sampleIndex: i, tokens: [], text: "", logprobs: [],
                         topLogprobs: [], finishReason: .cancelled, promptTokens: g.prompt.count, version: version,
                         firstVersion: version, time: 0)))
@@ -560,7 +562,7 @@ final class Scheduler {
             r.firstTokenSent = true
             emit(.firstToken(r.id, time: time))
         }
-        var reason: FinishReason?
+        var reason: StopReason?
         var delta: String
         if r.stopTokens.contains(tok) {
             reason = .eos
@@ -581,7 +583,7 @@ final class Scheduler {
 
     /// Ends a sample: frees its blocks at once, emits its result (and the request's `.done` after
     /// its last sample).
-    private func finish(_ s: Sample, _ reason: FinishReason, time: UInt64 = DispatchTime.now().uptimeNanoseconds) {
+    private func finish(_ s: Sample, _ reason: StopReason, time: UInt64 = DispatchTime.now().uptimeNanoseconds) {
         let r = s.request
         if reason == .cancelled {
             let rest = s.text.finish()
@@ -595,7 +597,7 @@ final class Scheduler {
         s.forks = []
         s.state = .finished
         r.completionTokens += s.generated.count
-        emit(.sample(SampleResult(
+        emit(.sample(FinishedSample(
             id: r.id, promptIndex: s.group.promptIndex, sampleIndex: s.index, tokens: s.generated, text: s.text.text,
             logprobs: s.logprobs, topLogprobs: s.top, finishReason: reason, promptTokens: s.group.prompt.count,
             version: s.version, firstVersion: s.firstVersion, time: time)))
@@ -642,16 +644,16 @@ final class Scheduler {
             defer { versions.release(snap) }
             do {
                 let items = try score(task.request, model: snap.model, report: &report)
-                emit(.score(ScoreResult(id: task.id, version: snap.version, items: items)))
+                emit(.score(ScoringResult(id: task.id, version: snap.version, items: items)))
             } catch {
                 emit(.error(task.id, .forwardFailed(reason: "\(error)")))
             }
         }
     }
 
-    private func score(_ req: ScoreRequest, model: LlamaModel, report: inout EngineStepReport) throws -> [ScoredItem] {
+    private func score(_ req: ScoringRequest, model: LlamaModel, report: inout EngineStepReport) throws -> [ScoredContinuation] {
         let V = modelConfig.vocabSize
-        var out: [ScoredItem] = []
+        var out: [ScoredContinuation] = []
         // Several items per forward, up to ~512 logits rows (each row is a vocabulary of floats).
         var i = 0
         while i < req.items.count {
@@ -684,7 +686,7 @@ final class Scheduler {
                         tops.append(topAlternatives(row, vocab: V, k: req.topLogprobs, lse: row[Int(t)] - lp))
                     }
                 }
-                out.append(ScoredItem(tokens: cont, logprobs: lps, totalLogprob: total, topLogprobs: tops))
+                out.append(ScoredContinuation(tokens: cont, logprobs: lps, totalLogprob: total, topLogprobs: tops))
             }
         }
         return out

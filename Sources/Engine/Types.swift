@@ -1,6 +1,6 @@
 import Foundation
 
-/// Identifies one submitted generation or score request; unique within an `Engine`.
+/// Identifies one submitted generation or score request; unique within a `GenerationEngine`.
 public struct RequestID: Hashable, Sendable, Comparable, CustomStringConvertible {
     public let raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
@@ -43,12 +43,12 @@ public struct EngineConfig: Sendable, Equatable {
 }
 
 /// One generation request: n samples for each of its prompts. The server tokenizes text and chat
-/// before submitting (see `Engine.encode(text:chat:)`); the engine sees token ids only.
+/// before submitting (see `GenerationEngine.encode(text:chat:)`); the engine sees token ids only.
 public struct GenerationRequest: Sendable {
     /// Token ids of each prompt (at least one prompt, none empty).
     public var prompts: [[Int32]]
     /// Temperature, top-k/p, min-p, penalties, seed. Its `maxTokens` is ignored: see `maxTokens`.
-    public var params: SamplingParams
+    public var params: SamplerSettings
     /// New tokens per sample at most; nil = `EngineConfig.defaultMaxTokens` capped to the context.
     /// Prompt + max tokens must fit in the context.
     public var maxTokens: Int?
@@ -71,7 +71,7 @@ public struct GenerationRequest: Sendable {
     /// version at admission.
     public var requireVersion: UInt64?
 
-    public init(prompts: [[Int32]], params: SamplingParams = SamplingParams(), maxTokens: Int? = nil, n: Int = 1,
+    public init(prompts: [[Int32]], params: SamplerSettings = SamplerSettings(), maxTokens: Int? = nil, n: Int = 1,
                 stop: [String] = [], stopTokenIDs: [Int32] = [], ignoreEOS: Bool = false, topLogprobs: Int = 0,
                 stream: Bool = false, recompute: Bool = false, requireVersion: UInt64? = nil) {
         self.prompts = prompts; self.params = params; self.maxTokens = maxTokens; self.n = n; self.stop = stop
@@ -80,26 +80,26 @@ public struct GenerationRequest: Sendable {
     }
 
     /// One prompt.
-    public init(prompt: [Int32], params: SamplingParams = SamplingParams(), maxTokens: Int? = nil, n: Int = 1) {
+    public init(prompt: [Int32], params: SamplerSettings = SamplerSettings(), maxTokens: Int? = nil, n: Int = 1) {
         self.init(prompts: [prompt], params: params, maxTokens: maxTokens, n: n)
     }
 }
 
 /// One (prompt, continuation) pair to score.
-public struct ScoreItem: Sendable, Equatable {
+public struct ScoringItem: Sendable, Equatable {
     public var prompt: [Int32]
     public var continuation: [Int32]
     public init(prompt: [Int32], continuation: [Int32]) { self.prompt = prompt; self.continuation = continuation }
 }
 
 /// Log-probabilities of given continuations under one weight version.
-public struct ScoreRequest: Sendable {
-    public var items: [ScoreItem]
+public struct ScoringRequest: Sendable {
+    public var items: [ScoringItem]
     /// A live version; nil = the current version when the engine runs it.
     public var version: UInt64?
     /// Alternatives per continuation token, 0 ... 20.
     public var topLogprobs: Int
-    public init(items: [ScoreItem], version: UInt64? = nil, topLogprobs: Int = 0) {
+    public init(items: [ScoringItem], version: UInt64? = nil, topLogprobs: Int = 0) {
         self.items = items; self.version = version; self.topLogprobs = topLogprobs
     }
 }
@@ -120,7 +120,7 @@ public struct StreamChunk: Sendable {
     public var tokens: [Int32]
     /// Text completed by these tokens: always whole UTF-8 characters; may lag behind the tokens by
     /// an unfinished character or a possible beginning of a stop string. The deltas of a sample
-    /// concatenate to its final `SampleResult.text`.
+    /// concatenate to its final `FinishedSample.text`.
     public var textDelta: String
     /// log p of each token under the unmodified policy, parallel to `tokens`.
     public var logprobs: [Float]
@@ -133,7 +133,7 @@ public struct StreamChunk: Sendable {
 }
 
 /// The outcome of one sample.
-public struct SampleResult: Sendable {
+public struct FinishedSample: Sendable {
     public var id: RequestID
     public var promptIndex: Int
     public var sampleIndex: Int
@@ -146,7 +146,7 @@ public struct SampleResult: Sendable {
     public var logprobs: [Float]
     /// Alternatives per token when requested, else empty.
     public var topLogprobs: [[TokenLogprob]]
-    public var finishReason: FinishReason
+    public var finishReason: StopReason
     public var promptTokens: Int
     public var completionTokens: Int { tokens.count }
     /// The version that produced the last token (the only one, unless the request recomputes).
@@ -166,7 +166,7 @@ public struct RequestDone: Sendable {
 }
 
 /// One scored continuation.
-public struct ScoredItem: Sendable {
+public struct ScoredContinuation: Sendable {
     public var tokens: [Int32]
     /// log p of each continuation token given everything before it.
     public var logprobs: [Float]
@@ -175,11 +175,11 @@ public struct ScoredItem: Sendable {
     public var topLogprobs: [[TokenLogprob]]
 }
 
-/// The answer to a `ScoreRequest`.
-public struct ScoreResult: Sendable {
+/// The answer to a `ScoringRequest`.
+public struct ScoringResult: Sendable {
     public var id: RequestID
     public var version: UInt64
-    public var items: [ScoredItem]
+    public var items: [ScoredContinuation]
 }
 
 /// What leaves the engine, in order per request: `.firstToken` once, chunks (streaming requests),
@@ -189,13 +189,17 @@ public enum EngineEvent: Sendable {
     /// `time` is `DispatchTime` uptime nanoseconds.
     case firstToken(RequestID, time: UInt64)
     case chunk(StreamChunk)
-    case sample(SampleResult)
+    case sample(FinishedSample)
     case done(RequestDone)
-    case score(ScoreResult)
+    case score(ScoringResult)
     case error(RequestID, EngineError)
+    /// A weight set `publish(weights:learnerStep:metrics:)` numbered is installed (requests
+    /// admitted from now on bind to it): the one announcement of a new version, belonging to no
+    /// request, sent before any result of that version.
+    case published(Publication)
 
-    /// The request this event belongs to.
-    public var requestID: RequestID {
+    /// The request this event belongs to (nil for `.published`).
+    public var requestID: RequestID? {
         switch self {
         case let .firstToken(id, _): return id
         case let .chunk(c): return c.id
@@ -203,7 +207,25 @@ public enum EngineEvent: Sendable {
         case let .done(d): return d.id
         case let .score(s): return s.id
         case let .error(id, _): return id
+        case .published: return nil
         }
+    }
+}
+
+/// A weight set the engine numbered (`GenerationEngine.publish(weights:learnerStep:metrics:)`).
+public struct Publication: Sendable, Equatable {
+    /// The version the weights serve as: issued by the engine's version issuer, on disk before
+    /// this event exists.
+    public var version: UInt64
+    /// The learner step the weights come from (0: not from the learner — a RefreshWeights).
+    public var learnerStep: UInt64
+    /// The learner's metrics for that step (TRL names; empty for a refresh).
+    public var metrics: [String: Double]
+
+    public init(version: UInt64, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) {
+        self.version = version
+        self.learnerStep = learnerStep
+        self.metrics = metrics
     }
 }
 

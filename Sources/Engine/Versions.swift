@@ -53,6 +53,8 @@ final class VersionRegistry: @unchecked Sendable {
 
     var currentVersion: UInt64 { locked { current.version } }
     var pendingVersion: UInt64? { locked { pending?.version } }
+    /// The highest version ever published (pending included).
+    var newestVersion: UInt64 { locked { newest } }
     var liveVersions: [UInt64] { locked { live.keys.sorted() } }
 
     /// Records new weights (replacing an older pending publication, which was never used).

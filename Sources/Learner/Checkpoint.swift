@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 import Model
 
@@ -70,7 +71,7 @@ public enum Checkpoint {
     /// Writes a complete checkpoint of `learner` to `directory`, replacing an older checkpoint there.
     /// - Throws: `CheckpointError.notACheckpoint` when `directory` exists and is not a checkpoint
     ///   directory (no `trainer_state.json`, or a symbolic link): a save never deletes anything else.
-    public static func save(_ learner: Learner, state: TrainerState, to directory: String, extras: Extras) throws {
+    public static func save(_ learner: Trainer, state: TrainerState, to directory: String, extras: Extras) throws {
         let fm = FileManager.default
         if pathExists(directory) && !isCheckpoint(directory) { throw CheckpointError.notACheckpoint(path: directory) }
         let tmp = directory + ".partial-\(getpid())"
@@ -100,7 +101,7 @@ public enum Checkpoint {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             try writeDurably(path: tmp + "/" + stateFile, data: try enc.encode(st))
-            try DurableFileWriter.syncDirectory(of: tmp + "/x")
+            try syncDirectory(of: tmp + "/x")
             if pathExists(directory) {
                 // A crash between the two renames leaves NAME.old-PID and no NAME: the next start
                 // renames it back (`recoverInterruptedSaves`).
@@ -112,7 +113,7 @@ public enum Checkpoint {
             } else {
                 try fm.moveItem(atPath: tmp, toPath: directory)
             }
-            try DurableFileWriter.syncDirectory(of: directory)
+            try syncDirectory(of: directory)
         } catch {
             try? fm.removeItem(atPath: tmp)
             throw error
@@ -134,7 +135,7 @@ public enum Checkpoint {
 
     /// Restores optimizer moments, counters and (when saved) the reference weights into `learner`,
     /// whose policy must already hold the checkpoint's weights.
-    public static func restore(_ learner: Learner, from directory: String, state: TrainerState) throws {
+    public static func restore(_ learner: Trainer, from directory: String, state: TrainerState) throws {
         let opt = try SafetensorsFile(path: directory + "/optimizer.safetensors")
         for e in learner.optimizer.m.layout.entries {
             for (prefix, set) in [("exp_avg.", learner.optimizer.m), ("exp_avg_sq.", learner.optimizer.v)] {
@@ -223,7 +224,7 @@ extension Checkpoint {
     /// two AdamW moments, the reference once it was refreshed, model.gguf when written, the extra
     /// files and their GGUF copy, plus 1 MiB of headers; at least `previous`'s size (the last
     /// checkpoint, when there is one).
-    public static func estimatedBytes(of learner: Learner, extras: Extras, previous: String? = nil) -> Int64 {
+    public static func estimatedBytes(of learner: Trainer, extras: Extras, previous: String? = nil) -> Int64 {
         let tensor = Int64(learner.policy.weights.count) * 4
         var n = tensor * 3
         if learner.reference.generation > 0 { n += tensor }
@@ -235,31 +236,13 @@ extension Checkpoint {
         return n
     }
 
-    /// Bytes available to this process on the filesystem holding `path` (statvfs), nil when unknown.
-    public static func freeBytes(at path: String) -> Int64? {
-        var s = statvfs()
-        guard statvfs(path, &s) == 0 else { return nil }
-        return Int64(s.f_bavail) * Int64(s.f_frsize)
-    }
-
     /// Throws `insufficientSpace` when the filesystem of `root` has less free space than a checkpoint
     /// of `learner` needs (`estimatedBytes`, at least the size of `previous`).
-    public static func checkSpace(for learner: Learner, extras: Extras, root: String, previous: String?) throws {
+    public static func checkSpace(for learner: Trainer, extras: Extras, root: String, previous: String?) throws {
         let needed = estimatedBytes(of: learner, extras: extras, previous: previous)
         if let free = freeBytes(at: root), free < needed {
             throw CheckpointError.insufficientSpace(directory: root, needed: needed, available: free)
         }
-    }
-
-    /// Bytes allocated on disk under `path` (files, recursively; links are not followed), like `du`.
-    public static func diskBytes(at path: String) -> Int64 {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return 0 }
-        var total = Int64(st.st_blocks) * 512
-        if (st.st_mode & S_IFMT) == S_IFDIR, let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
-            for name in names { total += diskBytes(at: path + "/" + name) }
-        }
-        return total
     }
 
     /// Cleans up after saves a crash interrupted (call at start, while no save can run): a
@@ -294,7 +277,7 @@ extension Checkpoint {
                 actions.append("could not remove \(name): \(error.localizedDescription)")
             }
         }
-        if !actions.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        if !actions.isEmpty { try? syncDirectory(of: root + "/x") }
         return (actions, freed)
     }
 
@@ -324,7 +307,7 @@ extension Checkpoint {
             let bytes = diskBytes(at: path)
             if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append((c.name, bytes)) }
         }
-        if !removed.isEmpty { try? DurableFileWriter.syncDirectory(of: root + "/x") }
+        if !removed.isEmpty { try? syncDirectory(of: root + "/x") }
         return removed
     }
 }

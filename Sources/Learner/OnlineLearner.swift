@@ -1,13 +1,15 @@
+import DurableFile
 import Foundation
 import Kernels
 import Model
 
 /// Where the online learner reads acknowledged preferences from: the server's write-ahead log.
-/// Records are numbered by a strictly increasing sequence and hold one accepted batch each.
+/// Records are numbered by a strictly increasing sequence and hold one accepted batch each. The
+/// source never blocks: the owner tells the learner of new records (`OnlineLearner.logAppended`).
 public protocol PreferenceSource: AnyObject, Sendable {
-    /// Records with sequence > `after`, in order, waiting up to `timeout` seconds for the first one.
-    /// Returns an empty list on timeout. Thread: the learner's.
-    func records(after: UInt64, timeout: Double) -> [(sequence: UInt64, pairs: [PreferencePair])]
+    /// The records already durable with sequence > `after`, in order (empty: none yet).
+    /// Thread: the learner's.
+    func batches(after: UInt64) -> [(sequence: UInt64, pairs: [PreferencePair])]
 }
 
 /// Options of the learner inside `selm serve`.
@@ -57,10 +59,11 @@ public struct OnlineStatus: Sendable {
 /// to the engine every `publishEvery` steps. Checkpoints record the log position consumed (record
 /// and row), so a restart resumes from checkpoint + log with every acknowledged row applied once.
 public final class OnlineLearner: @unchecked Sendable {
-    /// Hands weights to the engine; returns the version they got, or 0 when they were not published.
-    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> UInt64
+    /// Hands weights to the engine; returns whether they were handed over. The version they get is
+    /// told later, through `versionPublished(_:learnerStep:)` (the engine numbers them).
+    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> Bool
 
-    public let learner: Learner
+    public let learner: Trainer
     public let options: OnlineOptions
     private let source: PreferenceSource
     private let publish: Publish
@@ -68,7 +71,11 @@ public final class OnlineLearner: @unchecked Sendable {
     private let extras: Checkpoint.Extras
     private let baseModel: String
 
-    private let lock = NSLock()
+    /// Guards `running`, `commands`, `appended`, `statusCache`; signalled by every command, log
+    /// append and stop (the thread sleeps on it when it has nothing to do).
+    private let lock = NSCondition()
+    /// The log holds records the thread has not read yet.
+    private var appended = true
     private var thread: Thread?
     private var running = false
     private var commands: [(OnlineLearner) -> Void] = []
@@ -84,6 +91,10 @@ public final class OnlineLearner: @unchecked Sendable {
     /// `learner.step` when the weights were last published (or adopted, or resumed): a checkpoint
     /// saved at that step holds exactly version `lastVersion`.
     private var publishedStep: Int
+    /// A step whose weights were handed over and whose version has not been told yet: no step and
+    /// no periodic checkpoint runs until it is (the checkpoint must record that version).
+    private var awaitingVersion: Int?
+    private var checkpointDue = false
     private var skippedPublishes = 0
     private var stepTimes: [Date] = []
     private var statusCache: OnlineStatus
@@ -102,7 +113,7 @@ public final class OnlineLearner: @unchecked Sendable {
     ///   - startVersion: the version the engine serves `learner`'s weights as.
     ///   - publish: hands weights to the engine and returns the version they got; called on the
     ///     learner thread.
-    public init(learner: Learner, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
+    public init(learner: Trainer, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
                 extras: Checkpoint.Extras, baseModel: String, start: (sequence: UInt64, rows: Int), startVersion: UInt64,
                 publish: @escaping Publish) {
         self.learner = learner
@@ -135,7 +146,7 @@ public final class OnlineLearner: @unchecked Sendable {
 
     /// Asks the thread to finish its current step and stop; waits for it. Thread: any but the learner's.
     public func stop() {
-        lock.lock(); running = false; lock.unlock()
+        lock.lock(); running = false; lock.signal(); lock.unlock()
         while let t = thread, !t.isFinished { usleep(10_000) }
     }
 
@@ -147,7 +158,32 @@ public final class OnlineLearner: @unchecked Sendable {
 
     /// Runs `body` on the learner thread between two steps. Thread: any.
     public func enqueue(_ body: @escaping (OnlineLearner) -> Void) {
-        lock.lock(); commands.append(body); lock.unlock()
+        lock.lock(); commands.append(body); lock.signal(); lock.unlock()
+    }
+
+    /// The log made records up to `sequence` durable: wakes the thread to read them. Returns at
+    /// once. Thread: any (the log's, after each group commit).
+    public func logAppended(upTo sequence: UInt64) {
+        lock.lock(); appended = true; lock.signal(); lock.unlock()
+    }
+
+    /// The engine published the weights of `learnerStep` as `version` (told by the owner, once per
+    /// publication that `publish` handed over). Returns at once. Thread: any.
+    public func versionPublished(_ version: UInt64, learnerStep: Int) {
+        enqueue { o in o.told(version, step: learnerStep) }
+    }
+
+    /// Thread: the learner's.
+    private func told(_ version: UInt64, step: Int) {
+        if version > lastVersion, step >= publishedStep {
+            lastVersion = version
+            publishedStep = step
+        }
+        if awaitingVersion == step {
+            awaitingVersion = nil
+            if checkpointDue { checkpointDue = false; savePeriodicCheckpoint() }
+        }
+        refreshStatus()
     }
 
     /// Saves a checkpoint now (between steps) as `checkpointRoot/name` (replacing a checkpoint of
@@ -195,6 +231,8 @@ public final class OnlineLearner: @unchecked Sendable {
         learner.policy.weights.data.update(from: weights.data, count: weights.count)
         lastVersion = version
         publishedStep = learner.step
+        awaitingVersion = nil  // a version told later for an older step no longer describes these weights
+        if checkpointDue { checkpointDue = false; savePeriodicCheckpoint() }
         refreshStatus()
     }
 
@@ -203,16 +241,29 @@ public final class OnlineLearner: @unchecked Sendable {
     private func run() {
         if options.lowPriority { kernels_set_thread_priority(0) }
         let batchRows = options.training.batchSize * options.training.gradAccum
+        var idle = false
         while true {
             lock.lock()
+            if idle && running && commands.isEmpty && !appended {
+                // Nothing to do until a command, a log append or stop — or, with rows waiting, until
+                // the oldest has waited `maxWaitSeconds`.
+                if let first = pending.first, options.maxWaitSeconds > 0 {
+                    _ = lock.wait(until: first.arrived.addingTimeInterval(options.maxWaitSeconds))
+                } else {
+                    lock.wait()
+                }
+            }
             let go = running
             let cmds = commands
             commands.removeAll()
+            let read = appended
+            appended = false
             lock.unlock()
             for c in cmds { c(self) }
             if !go { break }
             // Read what the log has beyond what we hold.
-            let recs = source.records(after: fetched, timeout: pending.count >= batchRows ? 0 : 0.2)
+            let recs = read ? source.batches(after: fetched) : []
+            if recs.count >= 64 { lock.lock(); appended = true; lock.unlock() }  // a bounded read: more may wait
             for r in recs where r.sequence > fetched {
                 for (i, p) in r.pairs.enumerated() where i >= skipRows {
                     pending.append((r.sequence, i, p, Date()))
@@ -222,14 +273,18 @@ public final class OnlineLearner: @unchecked Sendable {
                 fetchedSequences.append(r.sequence)
             }
             let waited = pending.first.map { Date().timeIntervalSince($0.arrived) } ?? 0
-            let ready = pending.count >= batchRows
-                || (!pending.isEmpty && options.maxWaitSeconds > 0 && waited >= options.maxWaitSeconds)
+            let ready = awaitingVersion == nil && (pending.count >= batchRows
+                || (!pending.isEmpty && options.maxWaitSeconds > 0 && waited >= options.maxWaitSeconds))
             if ready {
                 do { try trainOneStep(rows: min(batchRows, pending.count)) } catch {
                     FileHandle.standardError.write("learner: step failed: \(error)\n".data(using: .utf8)!)
                 }
             }
-            refreshStatus()
+            idle = !ready
+            // A step whose checkpoint waits for its version is reported once that checkpoint is
+            // saved (as when the save follows the step at once): Status never shows a step whose
+            // periodic checkpoint is still to be written.
+            if !checkpointDue { refreshStatus() }
         }
         refreshStatus()
     }
@@ -261,16 +316,20 @@ public final class OnlineLearner: @unchecked Sendable {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
                 FileHandle.standardError.write(Data("learner: step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)\n".utf8))
-            } else {
-                let v = publish(learner.policy.weights.copy(), report.metrics, learner.step)
-                if v > 0 { lastVersion = v; publishedStep = learner.step }
+            } else if publish(learner.policy.weights.copy(), report.metrics, learner.step) {
+                awaitingVersion = learner.step
             }
         }
         if options.checkpointEvery > 0 && learner.step % options.checkpointEvery == 0 {
-            // A periodic save that cannot be written (no space, bad weights) is skipped, not fatal.
-            do { _ = try saveCheckpoint(name: Checkpoint.automaticName(step: learner.step)) } catch {
-                FileHandle.standardError.write(Data("learner: checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)\n".utf8))
-            }
+            // Saved once the version of these weights is told, so the checkpoint records it.
+            if awaitingVersion != nil { checkpointDue = true } else { savePeriodicCheckpoint() }
+        }
+    }
+
+    /// A periodic save that cannot be written (no space, bad weights) is skipped, not fatal.
+    private func savePeriodicCheckpoint() {
+        do { _ = try saveCheckpoint(name: Checkpoint.automaticName(step: learner.step)) } catch {
+            FileHandle.standardError.write(Data("learner: checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)\n".utf8))
         }
     }
 

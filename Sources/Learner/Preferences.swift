@@ -16,19 +16,29 @@ public struct PreferencePair: Sendable, Equatable, Codable {
         self.reference = reference; self.weight = weight
     }
 
-    /// Checks sizes against the model; `field` prefixes the names in errors (e.g. "line 3").
-    public func validate(vocabSize: Int, contextLength: Int, at place: String) throws {
+    /// Checks the pair against the model — the one place a preference row is checked, for the
+    /// server (rows of `SubmitPreferences`) and for `selm train`/`loss` (JSONL rows): token ids in
+    /// the vocabulary, no empty part, each prompt + response within the context, a finite weight ≥ 0.
+    /// - Parameters:
+    ///   - place: where the row came from, for errors ("file:line", "rows[3]").
+    ///   - idsField: the name of a part's token list in errors (the server's is "chosen.ids").
+    /// - Throws: `LearnerError.outOfRange` for a token id outside the vocabulary or a response beyond
+    ///   the context, `LearnerError.badRow` for an empty part or a bad weight; each names the field.
+    public func validate(vocabSize: Int, contextLength: Int, at place: String,
+                         idsField: (String) -> String = { $0 }) throws {
         func bad(_ f: String, _ r: String) -> LearnerError { .badRow(place: place, field: f, reason: r) }
+        for (name, ids) in [("prompt", prompt), ("chosen", chosen), ("rejected", rejected), ("reference", reference ?? [])] {
+            if let i = ids.firstIndex(where: { $0 < 0 || Int($0) >= vocabSize }) {
+                throw LearnerError.outOfRange(place: place, field: "\(idsField(name))[\(i)]",
+                                              reason: "token id \(ids[i]) is outside the vocabulary [0, \(vocabSize))")
+            }
+        }
         if prompt.isEmpty { throw bad("prompt", "is empty") }
         for (name, resp) in [("chosen", chosen), ("rejected", rejected), ("reference", reference ?? [0])] {
             if resp.isEmpty { throw bad(name, "is empty") }
             if prompt.count + resp.count > contextLength {
-                throw bad(name, "prompt + response is \(prompt.count + resp.count) tokens, beyond the context length \(contextLength)")
-            }
-        }
-        for (name, ids) in [("prompt", prompt), ("chosen", chosen), ("rejected", rejected), ("reference", reference ?? [])] {
-            if let i = ids.firstIndex(where: { $0 < 0 || Int($0) >= vocabSize }) {
-                throw bad("\(name)[\(i)]", "token id \(ids[i]) is outside the vocabulary [0, \(vocabSize))")
+                throw LearnerError.outOfRange(place: place, field: name,
+                                              reason: "prompt + response is \(prompt.count + resp.count) tokens, beyond the context length \(contextLength)")
             }
         }
         if !(weight.isFinite && weight >= 0) { throw bad("weight", "must be a finite number ≥ 0, got \(weight)") }
@@ -164,6 +174,9 @@ public enum LearnerError: Error, CustomStringConvertible, Equatable {
     case io(file: String, reason: String)
     /// A preference row is malformed (`place` is "file:line" or a request field path).
     case badRow(place: String, field: String, reason: String)
+    /// A preference row does not fit the model: a token id outside its vocabulary, a prompt +
+    /// response beyond its context (`place` and `field` as for `badRow`).
+    case outOfRange(place: String, field: String, reason: String)
     /// A training option is out of range.
     case badOption(name: String, reason: String)
     /// A checkpoint to resume from is missing parts or does not match the model.
@@ -172,7 +185,8 @@ public enum LearnerError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .io(file, reason): return "\(file): \(reason)"
-        case let .badRow(place, field, reason): return field.isEmpty ? "\(place): \(reason)" : "\(place): field '\(field)': \(reason)"
+        case let .badRow(place, field, reason), let .outOfRange(place, field, reason):
+            return field.isEmpty ? "\(place): \(reason)" : "\(place): field '\(field)': \(reason)"
         case let .badOption(name, reason): return "--\(name): \(reason)"
         case let .badCheckpoint(path, reason): return "\(path): \(reason)"
         }

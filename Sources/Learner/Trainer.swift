@@ -113,7 +113,7 @@ public struct StepReport: Sendable {
 /// Runs SELM optimizer steps on a policy: reference log-probs (cached), policy forward + backward,
 /// gradient accumulation, clipping, AdamW, reference refresh. Owns its copy of the weights; one
 /// thread at a time.
-public final class Learner {
+public final class Trainer {
     public let policy: LlamaModel
     public let reference: ReferencePolicy
     public let options: TrainingOptions

@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 
 extension LlamaConfig {
@@ -54,8 +55,10 @@ extension LlamaModel {
                              metadata: ["format": "pt"])
         let json = try JSONSerialization.data(withJSONObject: config.huggingFaceConfigJSON(bosTokenId: bosTokenId, eosTokenId: eosTokenId),
                                               options: [.prettyPrinted, .sortedKeys])
-        try writeDurably(path: directory + "/config.json", data: json)
-        for (name, data) in extraFiles { try writeDurably(path: directory + "/" + name, data: data) }
+        try modelIO {
+            try writeDurably(path: directory + "/config.json", data: json)
+            for (name, data) in extraFiles { try writeDurably(path: directory + "/" + name, data: data) }
+        }
     }
 
     /// Writes a GGUF v3 file with F32 tensors under llama.cpp's names (Q and K rows permuted back to
@@ -86,9 +89,8 @@ extension LlamaModel {
     }
 }
 
-/// Writes `data` to `path` durably (temporary name, fsync, rename, directory fsync).
-public func writeDurably(path: String, data: Data) throws {
-    let w = try DurableFileWriter(path: path)
-    try data.withUnsafeBytes { try w.write($0) }
-    try w.commit()
+/// Runs `body`, reporting a failed durable write (`DurableFileError`) as `ModelError.io` naming the
+/// file, as every writer of this module documents.
+func modelIO<T>(_ body: () throws -> T) throws -> T {
+    do { return try body() } catch let e as DurableFileError { throw ModelError.io(file: e.path, reason: e.reason) }
 }

@@ -1,3 +1,4 @@
+import DurableFile
 /// Writes GGUF v3 files with F32 tensors (durably: temp name, fsync, rename).
 public enum GGUFWriter {
     /// A tensor to write: `dims` in GGUF order (contiguous dimension first).
@@ -13,6 +14,10 @@ public enum GGUFWriter {
     public static let alignment = 32
 
     public static func write(path: String, metadata: [(String, GGUFFile.Value)], tensors: [Tensor]) throws {
+        try modelIO { try writeFile(path: path, metadata: metadata, tensors: tensors) }
+    }
+
+    private static func writeFile(path: String, metadata: [(String, GGUFFile.Value)], tensors: [Tensor]) throws {
         let w = try DurableFileWriter(path: path)
         try w.write(le: UInt32(0x4655_4747))
         try w.write(le: UInt32(3))

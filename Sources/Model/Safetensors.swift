@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 import Kernels
 #if canImport(Glibc)
@@ -437,13 +438,15 @@ public func writeSafetensors(path: String, tensors: [(name: String, shape: [Int]
     var headerBytes = Array(header.utf8)
     headerBytes += [UInt8](repeating: UInt8(ascii: " "), count: (8 - headerBytes.count % 8) % 8)
 
-    let w = try DurableFileWriter(path: path)
-    try w.write(le: UInt64(headerBytes.count))
-    try w.write(headerBytes)
-    for (t, bytes) in zip(tensors, sizes) where bytes > 0 {
-        try w.write(UnsafeRawBufferPointer(start: t.data, count: bytes))
+    try modelIO {
+        let w = try DurableFileWriter(path: path)
+        try w.write(le: UInt64(headerBytes.count))
+        try w.write(headerBytes)
+        for (t, bytes) in zip(tensors, sizes) where bytes > 0 {
+            try w.write(UnsafeRawBufferPointer(start: t.data, count: bytes))
+        }
+        try w.commit()
     }
-    try w.commit()
 }
 
 /// A JSON string literal for `s`.

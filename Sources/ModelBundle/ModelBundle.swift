@@ -1,5 +1,4 @@
 import Foundation
-import Learner
 import Model
 import Tokenizer
 
@@ -92,7 +91,7 @@ public final class ModelBundle: @unchecked Sendable {
     }
 
     /// Prompt ids for a chat: the template applied with the generation prompt, special tokens parsed.
-    public func encodeChat(_ messages: [ChatMessage]) throws -> [Int32] {
+    public func encodeChat(_ messages: [ChatTurn]) throws -> [Int32] {
         let text = try chatTemplate().render(messages, addGenerationPrompt: true)
         let tok = try tokenizer
         return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
@@ -130,13 +129,6 @@ public final class ModelBundle: @unchecked Sendable {
         }
         return out
     }
-
-    /// What a checkpoint of this model carries besides the weights.
-    public func checkpointExtras(writeGGUF: Bool = true) -> Checkpoint.Extras {
-        Checkpoint.Extras(bosTokenId: tokenizerIfAny?.bosId.map(Int.init), eosTokenId: tokenizerIfAny?.eosId.map(Int.init),
-                          ggufMetadata: ggufTokenizerMetadata, writeGGUF: writeGGUF,
-                          files: huggingFaceTokenizerFiles)
-    }
 }
 
 /// Errors of loading a model bundle.
@@ -150,22 +142,5 @@ public enum BundleError: Error, CustomStringConvertible {
         case let .noChatTemplate(r): return "chat: \(r)"
         case let .noTokenizer(p): return "\(p): no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF), so only token ids can be used with this model"
         }
-    }
-}
-
-/// Applies the chat template to text prompts and appends EOS to responses, as TRL does.
-extension ModelBundle: PreferenceTextEncoder {
-    public func encodePrompt(_ prompt: PromptInput) throws -> [Int32] {
-        switch prompt {
-        case let .text(s): return try encodeChat([.user(s)])
-        case let .messages(ms): return try encodeChat(ms.map { ChatMessage(role: $0.role, content: $0.content) })
-        }
-    }
-
-    public func encodeResponse(_ text: String) throws -> [Int32] {
-        let tok = try tokenizer
-        var ids = tok.encode(text, parseSpecial: false)
-        if let e = tok.eosId { ids.append(e) }
-        return ids
     }
 }

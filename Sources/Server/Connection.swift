@@ -1,4 +1,5 @@
 import CUV
+import Engine
 import Foundation
 import Wire
 
@@ -76,16 +77,13 @@ final class Request: @unchecked Sendable {
     let isSubscription: Bool
     /// Whether `Cancel` applies (generate, score, subscribe_versions).
     let cancellable: Bool
-    /// The engine job, once submitted.
-    var jobID: UInt64?
-    /// Cancel was received (or the connection closed) before the request reached the engine.
+    /// The engine's id of this request, once submitted (the key of `SelmServer.engineRequests`).
+    var engineID: RequestID?
+    /// Cancel was received (or the connection closed); a request still being prepared is submitted
+    /// and cancelled at once (the engine answers it as any cancelled request).
     var cancelled = false
     /// Set once the first token was seen (time to first token is measured once per request).
     var sawFirstToken = false
-    /// Samples this generation will report (prompts × n) and the prompt length of each prompt, for
-    /// answering a generation cancelled before it reached the engine.
-    var promptLengths: [Int] = []
-    var samplesPerPrompt = 1
 
     init(id: UInt64, type: String, isSubscription: Bool = false, cancellable: Bool = false) {
         self.id = id

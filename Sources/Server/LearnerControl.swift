@@ -1,4 +1,5 @@
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 
@@ -38,15 +39,16 @@ public struct SavedCheckpoint: Sendable, Equatable {
     }
 }
 
-/// How a learner hands new weights to the generation engine: the server implements it (it numbers
-/// versions, publishes to the engine and pushes a `VersionEvent` to every subscriber).
+/// How a learner hands new weights to the generation engine: the server implements it (the engine
+/// numbers the version; the server announces it to every subscriber and tells the learner through
+/// `LearnerControl.versionPublished(_:learnerStep:)`).
 public protocol WeightPublisher: Sendable {
-    /// Publishes `weights` as the next version and returns its number, or 0 when it could not be
-    /// published (the version could not be recorded; logged). They must be a finished
-    /// snapshot the caller never mutates again (the engine reads them until their last sequence
-    /// ends; `OnlineLearner` hands over `weights.copy()`). `learnerStep` and `metrics` go into the
-    /// `VersionEvent`. Any thread; returns at once (the swap happens between two engine steps).
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64
+    /// Hands `weights` over as the next version; false when they could not be published (the
+    /// version could not be recorded; logged). They must be a finished snapshot the caller never
+    /// mutates again (the engine reads them until their last sequence ends; `OnlineLearner` hands
+    /// over `weights.copy()`). `learnerStep` and `metrics` go into the `VersionEvent`. Any thread
+    /// but the loop's (recording the number fsyncs); the swap happens between two engine steps.
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool
 }
 
 /// Everything a learner needs from the server, handed over by `LearnerControl.start`.
@@ -73,8 +75,9 @@ public struct LearnerContext: Sendable {
 ///
 /// The server's calls, in order: `status()` before serving (its `consumedSequence` — from the
 /// checkpoint the learner resumed from — keeps the log's sequence numbers ahead of it), then
-/// `start(_:)` once; while serving `walAppended(upTo:)`, `status()`, `saveCheckpoint(to:completion:)`
-/// and `weightsRefreshed(version:from:)`; at shutdown `stop()`, after which the log is closed.
+/// `start(_:)` once; while serving `walAppended(upTo:)`, `versionPublished(_:learnerStep:)`,
+/// `status()`, `saveCheckpoint(to:completion:)` and `weightsRefreshed(version:weights:from:)`; at
+/// shutdown `stop()`, after which the log is closed.
 ///
 /// The learner runs on its own thread: it reads the log in order from `consumedSequence + 1`
 /// (this is the replay after a restart — nothing at or below the checkpoint's sequence is read
@@ -100,10 +103,15 @@ public protocol LearnerControl: AnyObject, Sendable {
     /// loop thread; must return at once (save on the learner thread, between steps).
     func saveCheckpoint(to directory: String, completion: @escaping @Sendable (Result<SavedCheckpoint, ServerError>) -> Void)
 
-    /// `RefreshWeights` published the checkpoint at `path` as `version`; a learner may reset its
-    /// own weights to it (the default ignores it: the learner keeps training its own copy). Loop
-    /// thread; must return at once.
-    func weightsRefreshed(version: UInt64, from path: String)
+    /// The engine published the weights the learner handed over at `learnerStep` as `version`
+    /// (the learner is told its versions; it never numbers them). Loop thread; must return at once.
+    func versionPublished(_ version: UInt64, learnerStep: UInt64)
+
+    /// `RefreshWeights` published `weights`, loaded from the checkpoint at `path`, as `version`; a
+    /// learner may reset its own weights to them (copying: the engine owns `weights`), and take
+    /// that checkpoint's optimizer state (the default ignores it: the learner keeps training its
+    /// own copy). Loop thread; must return at once.
+    func weightsRefreshed(version: UInt64, weights: ParameterSet, from path: String)
 
     /// Stops the learner thread (finishing or abandoning the current step) and returns once it has
     /// stopped. Called once, on the main thread, during shutdown.
@@ -112,7 +120,8 @@ public protocol LearnerControl: AnyObject, Sendable {
 
 extension LearnerControl {
     public func walAppended(upTo sequence: UInt64) {}
-    public func weightsRefreshed(version: UInt64, from path: String) {}
+    public func versionPublished(_ version: UInt64, learnerStep: UInt64) {}
+    public func weightsRefreshed(version: UInt64, weights: ParameterSet, from path: String) {}
 }
 
 /// No learner (`selm serve --no-learner`): preferences are logged durably and left unconsumed for a

@@ -1,4 +1,5 @@
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 
@@ -16,7 +17,7 @@ import Model
 ///
 /// Thread-safe: the seam's methods return at once; the work runs on the learner thread.
 public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
-    public let learner: Learner
+    public let learner: Trainer
     public let options: OnlineOptions
     /// The version the resumed checkpoint's weights were published as (nil: a fresh start, or
     /// weights never published).
@@ -47,27 +48,18 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: checkpointRoot, withIntermediateDirectories: true)
         var resumed: String? = nil
         var state: TrainerState? = nil
+        let learner: Trainer
         if let dir = Self.latestDirectory(root: checkpointRoot) {
-            let ck = try LlamaModel.load(huggingFaceDirectory: dir)
-            guard ck.config == policy.config else {
-                throw ServerError.io(path: dir, reason: "the checkpoint holds a model of another shape than --model")
+            do {
+                (learner, state) = try Checkpoint.resume(from: dir, policy: policy, reference: reference, options: options.training,
+                                                         schedule: options.schedule)
+            } catch let LearnerError.badCheckpoint(path, reason) {
+                throw ServerError.io(path: path, reason: reason + "; point \(checkpointRoot)/latest at another checkpoint")
             }
-            if let bad = ck.weights.firstNonFinite() {
-                throw ServerError.io(path: dir, reason: "cannot resume: the weights hold \(bad); point \(checkpointRoot)/latest at another checkpoint")
-            }
-            state = try Checkpoint.loadState(from: dir)
-            policy.weights.data.update(from: ck.weights.data, count: ck.weights.count)
+            learner.schedule = options.schedule  // the online run keeps its own schedule
             resumed = dir
-        }
-        let learner = try Learner(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
-        if let state, let dir = resumed {
-            if learner.reference.kind == .initial && state.referenceGeneration == 0 {
-                // The frozen reference is the model the run started from, not the checkpoint.
-                let startModel = try LlamaModel.load(path: state.baseModel)
-                learner.reference.model.weights.data.update(from: startModel.weights.data, count: startModel.weights.count)
-            }
-            try Checkpoint.restore(learner, from: dir, state: state)
-            learner.schedule = options.schedule
+        } else {
+            learner = try Trainer(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
         }
         self.learner = learner
         resumedFrom = resumed
@@ -94,7 +86,13 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
     }
 
     public func walAppended(upTo sequence: UInt64) {
-        // The learner polls the log with a short timeout; nothing to do.
+        lock.lock(); let o = online; lock.unlock()
+        o?.logAppended(upTo: sequence)
+    }
+
+    public func versionPublished(_ version: UInt64, learnerStep: UInt64) {
+        lock.lock(); let o = online; lock.unlock()
+        o?.versionPublished(version, learnerStep: Int(learnerStep))
     }
 
     public func status() -> LearnerStatus {
@@ -150,23 +148,18 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
 
     /// `RefreshWeights` published a checkpoint: the learner continues from those weights (and that
     /// checkpoint's optimizer state when it has one), so its next version builds on them.
-    public func weightsRefreshed(version: UInt64, from path: String) {
+    public func weightsRefreshed(version: UInt64, weights: ParameterSet, from path: String) {
         lock.lock(); let o = online; lock.unlock()
+        let handed = UncheckedWeights(weights)
         o?.enqueue { o in
             do {
-                let weights = try LlamaModel.load(path: path)
-                if let bad = weights.weights.firstNonFinite() {
-                    // The server checked them before publishing; the file changed since.
-                    FileHandle.standardError.write("learner: not adopting \(path): the weights hold \(bad)\n".data(using: .utf8)!)
-                    return
-                }
                 var isDir: ObjCBool = false
                 if FileManager.default.fileExists(atPath: path + "/optimizer.safetensors", isDirectory: &isDir),
                    let state = try? Checkpoint.loadState(from: path) {
                     try Checkpoint.restore(o.learner, from: path, state: state)
                     o.learner.schedule = o.options.schedule
                 }
-                o.adopt(weights: weights.weights, version: version)
+                o.adopt(weights: handed.value, version: version)
             } catch {
                 FileHandle.standardError.write("learner: cannot adopt refreshed weights from \(path): \(error)\n".data(using: .utf8)!)
             }

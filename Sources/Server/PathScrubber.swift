@@ -1,4 +1,5 @@
 import Foundation
+import PreferenceLog
 
 /// Rewrites the server's own paths in text meant for a client: a path inside the data directory
 /// becomes relative to it (the directory itself "."), the served model's path its file or directory

@@ -1,18 +1,18 @@
-import Learner
 import ModelBundle
 import Synchronization
 import Tokenizer
 import Wire
 
-/// Turns the wire's prompts, responses and preference rows into token ids and checks them against
-/// the model; every error is a `ServerError.refused` naming the proto field path.
+/// Turns the wire's prompts and responses into token ids (the requests around them are built by
+/// `Edge`); every error is a `ServerError.refused` naming the proto field path.
 ///
 /// - Text prompt: `chat` → the chat template as one user turn (with the generation prompt);
 ///   otherwise plain text, special-token text parsed, BOS when the tokenizer adds one (as
 ///   `selm generate`).
 /// - Messages: always the chat template (with the generation prompt).
-/// - Ids: as they are (no template, no BOS); each must be < the model's vocabulary size
-///   (`ERROR_CODE_OUT_OF_RANGE`).
+/// - Ids: as they are (no template, no BOS), bit for bit; the engine (or the learner's pair check)
+///   checks them against the vocabulary. Only `DetokenizeRequest`'s ids are checked here (they
+///   reach no other part).
 /// - Responses: text is tokenized on its own; preference responses get EOS appended (as TRL and
 ///   `PreferenceData` do), score continuations do not; ids as they are.
 /// - Length: before any text of a request is tokenized, every text field (a conversation's roles and
@@ -54,15 +54,15 @@ struct PromptEncoder: Sendable {
     func prompt(_ p: Prompt, chat: Bool, field: String) throws(ServerError) -> [Int32] {
         switch p {
         case .ids(let ids):
-            return try checked(ids, field: field + ".ids")
+            return Edge.ids(ids)
         case .text(let text):
             let tok = try tokenizer(field + ".text")
-            if chat { return try templated([TemplateMessage(role: "user", content: text)], field: "chat") }
+            if chat { return try templated([ChatTurn(role: "user", content: text)], field: "chat") }
             meter.add(text.utf8.count)
             return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
         case .messages(let messages):
             _ = try tokenizer(field + ".messages")
-            return try templated(messages.map { TemplateMessage(role: $0.role, content: $0.content) }, field: field + ".messages")
+            return try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: field + ".messages")
         }
     }
 
@@ -70,7 +70,7 @@ struct PromptEncoder: Sendable {
     func response(_ r: Response, appendEOS: Bool, field: String) throws(ServerError) -> [Int32] {
         switch r {
         case .ids(let ids):
-            return try checked(ids, field: field + ".ids")
+            return Edge.ids(ids)
         case .text(let text):
             let tok = try tokenizer(field + ".text")
             meter.add(text.utf8.count)
@@ -118,30 +118,6 @@ struct PromptEncoder: Sendable {
         messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count }
     }
 
-    /// A preference row as a checked `PreferencePair` (`field` is "rows[i]").
-    func preferencePair(_ row: PreferenceRow, chat: Bool, field: String) throws(ServerError) -> PreferencePair {
-        let prompt = try self.prompt(row.prompt, chat: chat, field: field + ".prompt")
-        let chosen = try response(row.chosen, appendEOS: true, field: field + ".chosen")
-        let rejected = try response(row.rejected, appendEOS: true, field: field + ".rejected")
-        let reference = try row.reference.map { r throws(ServerError) in try response(r, appendEOS: true, field: field + ".reference") }
-        if prompt.isEmpty { throw .invalid(field + ".prompt", "tokenizes to no tokens") }
-        for (name, ids) in [("chosen", chosen), ("rejected", rejected), ("reference", reference ?? [0])] {
-            if prompt.count + ids.count > contextLength {
-                throw .refused(code: .outOfRange, field: "\(field).\(name)",
-                               reason: "prompt + response is \(prompt.count + ids.count) tokens, beyond the context length \(contextLength)")
-            }
-        }
-        let pair = PreferencePair(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference, weight: row.weight)
-        do {
-            try pair.validate(vocabSize: vocabSize, contextLength: contextLength, at: field)
-        } catch let LearnerError.badRow(_, f, reason) {
-            throw .invalid(f.isEmpty ? field : "\(field).\(f)", reason)
-        } catch {
-            throw .invalid(field, "\(error)")
-        }
-        return pair
-    }
-
     /// A `TokenizeRequest`: text (chat → templated as one user turn; otherwise `add_special` parses
     /// special-token text and adds BOS when the tokenizer does) or a conversation (templated).
     func tokenize(_ t: TokenizeRequest) throws(ServerError) -> [UInt32] {
@@ -151,7 +127,7 @@ struct PromptEncoder: Sendable {
             try checkLength(text.utf8.count, field: "text", limit: maxTokenizeBytes)
             let tok = try tokenizer("text")
             if t.chat {
-                ids = try templated([TemplateMessage(role: "user", content: text)], field: "chat")
+                ids = try templated([ChatTurn(role: "user", content: text)], field: "chat")
             } else {
                 meter.add(text.utf8.count)
                 ids = tok.encode(text, parseSpecial: t.addSpecial, addBOS: t.addSpecial && tok.addBOS)
@@ -159,7 +135,7 @@ struct PromptEncoder: Sendable {
         case .messages(let messages):
             try checkLength(Self.bytes(of: messages), field: "messages", limit: maxTokenizeBytes)
             _ = try tokenizer("messages")
-            ids = try templated(messages.map { TemplateMessage(role: $0.role, content: $0.content) }, field: "messages")
+            ids = try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: "messages")
         }
         return ids.map { UInt32(bitPattern: $0) }
     }
@@ -170,70 +146,6 @@ struct PromptEncoder: Sendable {
         return try tokenizer("ids").decode(checkedIDs)
     }
 
-    /// A `GenerateRequest` as an engine job: prompts tokenized, ids and lengths checked.
-    /// `OUT_OF_RANGE` for a prompt that fills the context (field `prompts[i]`) or a `max_tokens`
-    /// that does not fit after it (field `sampling.max_tokens`).
-    func generationJob(_ g: GenerateRequest, id: UInt64) throws(ServerError) -> GenerationJob {
-        for (i, p) in g.prompts.enumerated() { try checkLength(p, field: "prompts[\(i)]") }
-        var prompts: [[Int32]] = []
-        for (i, p) in g.prompts.enumerated() {
-            let field = "prompts[\(i)]"
-            let ids = try prompt(p, chat: g.chat, field: field)
-            if ids.isEmpty { throw .invalid(field, "tokenizes to no tokens") }
-            if ids.count >= contextLength {
-                throw .refused(code: .outOfRange, field: field,
-                               reason: "the prompt has \(ids.count) tokens and leaves no room in the context of \(contextLength)")
-            }
-            if let m = g.sampling.maxTokens, ids.count + Int(m) > contextLength {
-                throw .refused(code: .outOfRange, field: "sampling.max_tokens",
-                               reason: "\(field) has \(ids.count) tokens; with max_tokens \(m) that is \(ids.count + Int(m)), beyond the context length \(contextLength)")
-            }
-            prompts.append(ids)
-        }
-        let stops = try checked(g.stopTokenIDs, field: "stop_token_ids")
-        return GenerationJob(id: id, prompts: prompts, n: Int(g.n), sampling: g.sampling, stop: g.stop, stopTokenIDs: stops,
-                             ignoreEOS: g.ignoreEOS, stream: g.stream, topLogprobs: Int(g.topLogprobs),
-                             requireVersion: g.requireVersion, recompute: g.recompute)
-    }
-
-    /// A `ScoreRequest` as an engine job (continuations given as text get no EOS).
-    func scoreJob(_ s: ScoreRequest, id: UInt64) throws(ServerError) -> ScoreJob {
-        for (i, item) in s.items.enumerated() {
-            try checkLength(item.prompt, field: "items[\(i)].prompt")
-            try checkLength(item.continuation, field: "items[\(i)].continuation")
-        }
-        var items: [(prompt: [Int32], continuation: [Int32])] = []
-        for (i, item) in s.items.enumerated() {
-            let field = "items[\(i)]"
-            let p = try prompt(item.prompt, chat: s.chat, field: field + ".prompt")
-            let c = try response(item.continuation, appendEOS: false, field: field + ".continuation")
-            if p.isEmpty { throw .invalid(field + ".prompt", "tokenizes to no tokens") }
-            if c.isEmpty { throw .invalid(field + ".continuation", "tokenizes to no tokens") }
-            if p.count + c.count > contextLength {
-                throw .refused(code: .outOfRange, field: field,
-                               reason: "prompt + continuation is \(p.count + c.count) tokens, beyond the context length \(contextLength)")
-            }
-            items.append((p, c))
-        }
-        return ScoreJob(id: id, items: items, version: s.version, topLogprobs: Int(s.topLogprobs))
-    }
-
-    /// The rows of a `SubmitPreferences` as checked pairs, and their sources.
-    func preferenceBatch(_ p: SubmitPreferences) throws(ServerError) -> ([PreferencePair], [String]) {
-        for (i, row) in p.rows.enumerated() {
-            try checkLength(row.prompt, field: "rows[\(i)].prompt")
-            try checkLength(row.chosen, field: "rows[\(i)].chosen")
-            try checkLength(row.rejected, field: "rows[\(i)].rejected")
-            if let r = row.reference { try checkLength(r, field: "rows[\(i)].reference") }
-        }
-        var pairs: [PreferencePair] = []
-        pairs.reserveCapacity(p.rows.count)
-        for (i, row) in p.rows.enumerated() {
-            pairs.append(try preferencePair(row, chat: p.chat, field: "rows[\(i)]"))
-        }
-        return (pairs, p.rows.map(\.source))
-    }
-
     private func tokenizer(_ field: String) throws(ServerError) -> Tokenizer {
         guard let t = bundle.tokenizerIfAny else {
             throw .invalid(field, "the served model has no tokenizer: send token ids")
@@ -241,7 +153,7 @@ struct PromptEncoder: Sendable {
         return t
     }
 
-    private func templated(_ messages: [TemplateMessage], field: String) throws(ServerError) -> [Int32] {
+    private func templated(_ messages: [ChatTurn], field: String) throws(ServerError) -> [Int32] {
         meter.add(messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count })
         do { return try bundle.encodeChat(messages) } catch {
             throw .invalid(field, "\(error)")

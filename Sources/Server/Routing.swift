@@ -1,4 +1,6 @@
+import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 import ModelBundle
@@ -16,8 +18,9 @@ import Wire
 /// - A request id still running on the connection cannot be reused: `INVALID_ARGUMENT` (field "id").
 ///   More than `maxRequestsInFlight` running requests: `RESOURCE_EXHAUSTED`.
 /// - `Cancel` applies to generations, scores and subscriptions (`found` false for anything else).
-///   A generation cancelled before reaching the engine still ends with its SampleResults
-///   (FINISH_REASON_CANCELLED, no tokens) and GenerateDone; a cancelled score ends with `CANCELLED`.
+///   A request cancelled while it is being prepared is submitted and cancelled at once, so the
+///   engine answers it as any cancelled request: a generation with its SampleResults
+///   (FINISH_REASON_CANCELLED, no tokens) and GenerateDone, a score with `CANCELLED`.
 /// - While shutting down, new work is refused with `UNAVAILABLE`.
 extension SelmServer {
     func route(_ conn: Connection, _ envelope: Envelope<ClientMessage>) {
@@ -134,7 +137,7 @@ extension SelmServer {
         metrics.countRequest("hello", outcome: "ok")
     }
 
-    var currentPolicyVersion: UInt64 { backend?.currentVersion ?? lastVersionEvent.version }
+    var currentPolicyVersion: UInt64 { engine?.currentVersion ?? lastVersionEvent.version }
 
     /// The live figures from the engine, the learner and the log (their thread-safe snapshots).
     func liveFigures() -> LiveFigures {
@@ -146,14 +149,14 @@ extension SelmServer {
         f.walLastSequence = log.lastSequence
         f.walPendingBatches = log.pendingBatches
         f.policyVersion = lastVersionEvent.version
-        if let b = backend?.status() {
-            f.policyVersion = b.policyVersion
-            f.waitingRequests = b.waitingRequests
-            f.runningSequences = b.runningSequences
-            f.kvBlocksUsed = b.kvBlocksUsed
-            f.kvBlocksTotal = b.kvBlocksTotal
-            f.tokensPerSecond = b.tokensPerSecond
-            f.liveVersions = b.liveVersions
+        if let s = engine?.status() {
+            f.policyVersion = s.currentVersion
+            f.waitingRequests = s.waitingRequests
+            f.runningSequences = s.runningSequences
+            f.kvBlocksUsed = s.kvBlocksUsed
+            f.kvBlocksTotal = s.kvBlocksTotal
+            f.tokensPerSecond = s.tokensPerSecond
+            f.liveVersions = s.liveVersions.count
         } else {
             f.liveVersions = 1
         }
@@ -183,9 +186,9 @@ extension SelmServer {
             r.cancelled = true
             if r.isSubscription {
                 end(conn, r, outcome: "cancelled")
-            } else if let job = r.jobID {
-                backend?.cancel(job)  // the engine ends it with cancelled samples / an error
-            }  // else: still being prepared; answered when preparation ends
+            } else if let id = r.engineID {
+                engine?.cancel(id)  // the engine ends it with cancelled samples / an error
+            }  // else: still being prepared; submitted and cancelled when preparation ends
         }
         send(conn, Envelope(id: id, body: .cancelReply(CancelReply(found: found))))
         metrics.countRequest("cancel", outcome: "ok")
@@ -197,7 +200,7 @@ extension SelmServer {
     }
 
     /// Loop thread: a new version was published; every subscription hears of it.
-    func versionPublished(_ event: VersionEvent) {
+    func announce(_ event: VersionEvent) {
         if event.version > lastVersionEvent.version { lastVersionEvent = event }
         for conn in connections.values {
             for r in conn.requests.values where r.isSubscription {
@@ -239,98 +242,75 @@ extension SelmServer {
     // MARK: Generation and scoring
 
     private func generate(_ conn: Connection, id: UInt64, _ g: GenerateRequest) {
-        guard let backend else {
-            fail(conn, id: id, type: "generate", .refused(code: .unavailable, field: "", reason: "no generation engine runs in this server"))
-            return
-        }
-        guard let r = begin(conn, id: id, type: "generate", cancellable: true) else { return }
-        let jobID = nextJobID
-        nextJobID += 1
-        let enc = encoder
-        offload(conn, { Result { () throws(ServerError) in try enc.generationJob(g, id: jobID) } }) { [self] result in
-            guard alive(conn, r) else { return }
-            switch result {
-            case .failure(let e):
-                end(conn, r, error: e)
-            case .success(let job):
-                r.promptLengths = job.prompts.map(\.count)
-                r.samplesPerPrompt = job.n
-                if r.cancelled { return answerCancelledBeforeStart(conn, r) }
-                guard state == .running else {
-                    return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
-                }
-                do throws(ServerError) { try backend.submit(job) } catch { return end(conn, r, error: error) }
-                r.jobID = job.id
-                jobs[job.id] = (conn, r)
-            }
-        }
-    }
-
-    /// A generation cancelled while it was being prepared: its samples, all cancelled, and Done.
-    private func answerCancelledBeforeStart(_ conn: Connection, _ r: Request) {
-        let v = currentPolicyVersion
-        var total: UInt64 = 0
-        for (p, len) in r.promptLengths.enumerated() {
-            for s in 0..<r.samplesPerPrompt {
-                send(conn, Envelope(id: r.id, body: .sampleResult(SampleResult(
-                    promptIndex: UInt32(p), sampleIndex: UInt32(s), finishReason: .cancelled, version: v, firstVersion: v,
-                    promptTokens: UInt32(len), completionTokens: 0))))
-                total += UInt64(len)
-            }
-        }
-        send(conn, Envelope(id: r.id, body: .generateDone(GenerateDone(samples: UInt32(r.promptLengths.count * r.samplesPerPrompt),
-                                                                       promptTokens: total, completionTokens: 0))))
-        end(conn, r, outcome: "cancelled")
+        runOnEngine(conn, id: id, type: "generate", { encoder throws(ServerError) in try Edge.generationRequest(g, encoder: encoder) },
+                    submit: { engine, request in try engine.submit(request) })
     }
 
     private func score(_ conn: Connection, id: UInt64, _ s: ScoreRequest) {
-        guard let backend else {
-            fail(conn, id: id, type: "score", .refused(code: .unavailable, field: "", reason: "no generation engine runs in this server"))
+        runOnEngine(conn, id: id, type: "score", { encoder throws(ServerError) in try Edge.scoringRequest(s, encoder: encoder) },
+                    submit: { engine, request in try engine.score(request) })
+    }
+
+    /// Generate and Score: the request is built (tokenized) on the thread pool, then submitted to the
+    /// engine on the loop thread; its events come back through `drainEngine`, keyed by the engine's
+    /// request id. A request cancelled meanwhile is submitted and cancelled at once.
+    private func runOnEngine<R: Sendable>(_ conn: Connection, id: UInt64, type: String,
+                                          _ build: @escaping @Sendable (PromptEncoder) throws(ServerError) -> R,
+                                          submit: @escaping (GenerationEngine, R) throws -> RequestID) {
+        guard let engine else {
+            fail(conn, id: id, type: type, .refused(code: .unavailable, field: "", reason: "no generation engine runs in this server"))
             return
         }
-        guard let r = begin(conn, id: id, type: "score", cancellable: true) else { return }
-        let jobID = nextJobID
-        nextJobID += 1
+        guard let r = begin(conn, id: id, type: type, cancellable: true) else { return }
         let enc = encoder
-        offload(conn, { Result { () throws(ServerError) in try enc.scoreJob(s, id: jobID) } }) { [self] result in
+        offload(conn, { Result { () throws(ServerError) in try build(enc) } }) { [self] result in
             guard alive(conn, r) else { return }
+            let request: R
             switch result {
-            case .failure(let e):
-                end(conn, r, error: e)
-            case .success(let job):
-                if r.cancelled {
-                    return end(conn, r, error: .refused(code: .cancelled, field: "", reason: "cancelled before scoring started"))
-                }
-                guard state == .running else {
-                    return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
-                }
-                do throws(ServerError) { try backend.score(job) } catch { return end(conn, r, error: error) }
-                r.jobID = job.id
-                jobs[job.id] = (conn, r)
+            case .failure(let e): return end(conn, r, error: e)
+            case .success(let built): request = built
             }
+            guard state == .running else {
+                return end(conn, r, error: .refused(code: .unavailable, field: "", reason: "the server is shutting down"))
+            }
+            let engineID: RequestID
+            do { engineID = try submit(engine, request) } catch let e as EngineError {
+                return end(conn, r, error: Edge.refusal(e))
+            } catch {
+                return end(conn, r, error: .refused(code: .internal, field: "", reason: "\(error)"))
+            }
+            r.engineID = engineID
+            engineRequests[engineID] = (conn, r)
+            if r.cancelled { engine.cancel(engineID) }
         }
     }
 
-    /// Loop thread (engine wake-up): routes everything the engine produced.
+    /// Loop thread (engine wake-up): routes everything the engine produced, mapped by `Edge`.
     func drainEngine() {
-        guard let backend else { return }
+        guard let engine else { return }
         let now = Date().timeIntervalSince1970
-        for e in backend.drainEvents() {
-            guard let (conn, r) = jobs[e.jobID] else { continue }
-            if e.firstToken && !r.sawFirstToken {
+        for e in engine.drainEvents() {
+            if case .published(let p) = e {
+                versionPublished(p)
+                continue
+            }
+            guard let id = e.requestID, let (conn, r) = engineRequests[id] else { continue }
+            if case .firstToken = e, !r.sawFirstToken {
                 r.sawFirstToken = true
                 metrics.timeToFirstToken.observe(now - r.received)
             }
-            guard let message = e.message else { continue }
-            if case .sampleResult(let s) = message {
-                metrics.generatedTokens += UInt64(s.completionTokens)
-                metrics.promptTokens += UInt64(s.promptTokens)
+            let (message, last) = Edge.reply(e)
+            if let message {
+                if case .sampleResult(let s) = message {
+                    metrics.generatedTokens += UInt64(s.completionTokens)
+                    metrics.promptTokens += UInt64(s.promptTokens)
+                }
+                send(conn, Envelope(id: r.id, body: message))
             }
-            send(conn, Envelope(id: r.id, body: message))
-            if e.last {
-                jobs[e.jobID] = nil
+            if last {
+                engineRequests[id] = nil
                 var outcome = r.cancelled ? "cancelled" : "ok"
-                if case .error(let err) = message { outcome = err.code.metricName }
+                if case .error(let err)? = message { outcome = err.code.metricName }
                 end(conn, r, outcome: outcome)
             }
         }
@@ -346,7 +326,7 @@ extension SelmServer {
         let ticket = conn.nextPreferenceTicket
         conn.nextPreferenceTicket += 1
         let enc = encoder
-        offload(conn, { Result { () throws(ServerError) in try enc.preferenceBatch(p) } }) { [self] result in
+        offload(conn, { Result { () throws(ServerError) in try Edge.preferenceBatch(p, encoder: enc) } }) { [self] result in
             // A batch whose connection closed meanwhile is not logged: its client saw no ack.
             guard alive(conn, r) else { return }
             switch result {
@@ -399,7 +379,8 @@ extension SelmServer {
         let expected = bundle.model.config
         offload(conn, { () -> Result<(LlamaModel, String), ServerError> in
             Result { () throws(ServerError) in
-                let path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint")
+                let path: String
+                do throws(PreferenceLogError) { path = try dir.resolveExisting(rw.checkpoint, field: "checkpoint") } catch { throw ServerError(error) }
                 return (try loadCheckpointWeights(path, expected: expected, shownAs: rw.checkpoint), path)
             }
         }) { [self] result in
@@ -413,14 +394,14 @@ extension SelmServer {
                 }
                 let weights = UncheckedWeights(model.weights)
                 offload(conn, { [self] in
-                    Result { () throws(ServerError) in try publishVersion(weights.value, learnerStep: 0, metrics: [:]) }
+                    Result { () throws(ServerError) in try publish(weights.value, learnerStep: 0, metrics: [:]) }
                 }) { [self] published in
                     switch published {
                     case .failure(let e):
                         serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)")
                         if alive(conn, r) { end(conn, r, error: e) }
                     case .success(let version):
-                        learner.weightsRefreshed(version: version, from: path)
+                        learner.weightsRefreshed(version: version, weights: weights.value, from: path)
                         serverLog("published \(dataDirectory.relative(path)) as version \(version)")
                         guard alive(conn, r) else { return }
                         send(conn, Envelope(id: r.id, body: .refreshWeightsReply(RefreshWeightsReply(version: version))))
@@ -461,16 +442,34 @@ extension SelmServer {
         }
     }
 
-    /// Any thread but the loop's (recording a version fsyncs): publishes `weights` as the next
-    /// version — its number on disk (`VersionLedger`) before the engine or anyone sees it — and
-    /// tells the subscribers (on the loop).
+    /// The one publish path, for the learner and RefreshWeights. Any thread but the loop's
+    /// (recording a version fsyncs): the engine numbers `weights` (its issuer is the data
+    /// directory's `VersionLedger`: the number is on disk before the engine or anyone sees it),
+    /// queues them and announces `.published`, which `drainEngine` turns into `versionPublished`.
+    /// Without an engine the ledger numbers them and the announcement is posted to the loop.
+    /// - Returns: the version.
     /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
-    func publishVersion(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
-        let version: UInt64
-        if let backend { version = try backend.publish(weights) } else { version = try dataDirectory.versions.issue() }
-        let event = VersionEvent(version: version, learnerStep: learnerStep, metrics: metrics, unixTime: Date().timeIntervalSince1970)
-        mailbox.post { [self] in versionPublished(event) }
-        return version
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
+        guard let engine else {
+            let version: UInt64
+            do { version = try dataDirectory.versions.issue() } catch { throw ServerError(error) }
+            let p = Publication(version: version, learnerStep: learnerStep, metrics: metrics)
+            mailbox.post { [self] in versionPublished(p) }
+            return version
+        }
+        do { return try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics) } catch let e as PreferenceLogError {
+            throw ServerError(e)
+        } catch {
+            // Only a caller bug gets here (weights of another shape are refused before).
+            serverLog("publish refused by the engine: \(error)")
+            throw .refused(code: .internal, field: "", reason: "the engine refused the weights: \(error)")
+        }
+    }
+
+    /// Loop thread: a version exists; subscribers hear of it, and the learner when it is its own.
+    func versionPublished(_ p: Publication) {
+        announce(VersionEvent(version: p.version, learnerStep: p.learnerStep, metrics: p.metrics, unixTime: Date().timeIntervalSince1970))
+        if p.learnerStep > 0 { learner.versionPublished(p.version, learnerStep: p.learnerStep) }
     }
 }
 
@@ -484,12 +483,14 @@ struct UncheckedWeights: @unchecked Sendable {
 final class ServerPublisher: WeightPublisher, @unchecked Sendable {
     weak var server: SelmServer?
     init(server: SelmServer) { self.server = server }
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> UInt64 {
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool {
+        guard let server else { return false }
         do throws(ServerError) {
-            return try server?.publishVersion(weights, learnerStep: learnerStep, metrics: metrics) ?? 0
+            _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics)
+            return true
         } catch {
             serverLog("learner step \(learnerStep): weights not published: \(error)")
-            return 0
+            return false
         }
     }
 }

@@ -1,6 +1,7 @@
 import CUV
 import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import Model
 import ModelBundle
@@ -82,7 +83,9 @@ public final class SelmServer: @unchecked Sendable {
     let config: ServerConfiguration
     let bundle: ModelBundle
     let encoder: PromptEncoder
-    let backend: GenerationBackend?
+    /// The generation engine (nil: a model without a tokenizer; Generate and Score answer
+    /// UNAVAILABLE). Its `RequestID` is the one id a running generation or score has in the server.
+    let engine: GenerationEngine?
     let learner: LearnerControl
     let log: PreferenceLog
     let dataDirectory: DataDirectory
@@ -116,9 +119,8 @@ public final class SelmServer: @unchecked Sendable {
     var loopClosed = false
     var httpConnections: [UInt64: HTTPConnection] = [:]
     var nextConnectionID: UInt64 = 1
-    var nextJobID: UInt64 = 1
-    /// Running engine jobs → their connection and request.
-    var jobs: [UInt64: (connection: Connection, request: Request)] = [:]
+    /// Requests the engine runs → their connection and request (loop thread only).
+    var engineRequests: [RequestID: (connection: Connection, request: Request)] = [:]
     var dirty: [Connection] = []
     let metrics = ServerMetrics()
     var mailbox: LoopMailbox!
@@ -135,20 +137,30 @@ public final class SelmServer: @unchecked Sendable {
 
     enum State { case created, running, draining, closing, stopped }
 
-    /// Builds the server and binds every listening socket (nothing is accepted before `run()`).
-    /// `backend` nil serves everything but Generate and Score (answered UNAVAILABLE).
+    /// Builds the server and binds every listening socket on the calling thread (nothing is accepted
+    /// before `run()`, which also starts `engine`'s thread and the learner).
+    /// - Parameters:
+    ///   - engine: the generation engine (not started; the server starts and stops it), or nil for a
+    ///     server without generation (Generate and Score answer UNAVAILABLE; a model without a
+    ///     tokenizer has no engine). Its current version is the first policy version (number it with
+    ///     `dataDirectory.versions.begin(resumedVersion:)`); later ones are numbered by the server
+    ///     through the same ledger, one up per publication (RefreshWeights or the learner).
+    ///   - learner: the online learner (`NoLearner()` for none); started by `run()`.
+    ///   - log: the open preference log (its torn tail already truncated); started by `run()`.
     /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
-    init(configuration: ServerConfiguration, bundle: ModelBundle, backend: GenerationBackend?,
-         learner: LearnerControl, log: PreferenceLog, dataDirectory: DataDirectory) throws {
+    public init(configuration: ServerConfiguration, bundle: ModelBundle, engine: GenerationEngine?, learner: LearnerControl,
+                log: PreferenceLog, dataDirectory: DataDirectory) throws {
         config = configuration
         self.bundle = bundle
         encoder = PromptEncoder(bundle: bundle)
-        self.backend = backend
+        self.engine = engine
         self.learner = learner
         self.log = log
         self.dataDirectory = dataDirectory
-        lastVersionEvent = VersionEvent(version: backend?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
-        try dataDirectory.versions.record(lastVersionEvent.version)  // numbers after it never repeat it
+        lastVersionEvent = VersionEvent(version: engine?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
+        do { try dataDirectory.versions.record(lastVersionEvent.version) } catch { throw ServerError(error) }  // numbers after it never repeat it
+        let ledger = dataDirectory.versions
+        engine?.setVersionIssuer { newest in try ledger.issue(after: newest) }
         readBuffer = UnsafeMutableRawPointer.allocate(byteCount: Self.readBufferSize, alignment: 16)
         poolSlots = libuvThreadPoolSize()
         pathScrubber = PathScrubber(dataDirectory: dataDirectory, modelPath: bundle.path)
@@ -163,24 +175,6 @@ public final class SelmServer: @unchecked Sendable {
             closeLoop()
             throw error
         }
-    }
-
-    /// Builds the server and binds every listening socket on the calling thread (nothing is accepted
-    /// before `run()`, which also starts `engine`'s thread and the learner).
-    /// - Parameters:
-    ///   - engine: the generation engine (not started; the server starts and stops it), or nil for a
-    ///     server without generation (Generate and Score answer UNAVAILABLE; a model without a
-    ///     tokenizer has no engine). Its current version is the first policy version (number it with
-    ///     `dataDirectory.versions.begin(resumedVersion:)`); later ones are numbered by the server
-    ///     through the same ledger, one up per publication (RefreshWeights or the learner).
-    ///   - learner: the online learner (`NoLearner()` for none); started by `run()`.
-    ///   - log: the open preference log (its torn tail already truncated); started by `run()`.
-    /// - Throws: `ServerError.listen` / `.configuration` when an address cannot be used.
-    public convenience init(configuration: ServerConfiguration, bundle: ModelBundle, engine: Engine?, learner: LearnerControl,
-                            log: PreferenceLog, dataDirectory: DataDirectory) throws {
-        try self.init(configuration: configuration, bundle: bundle,
-                      backend: engine.map { EngineBackend(engine: $0, versions: dataDirectory.versions) },
-                      learner: learner, log: log, dataDirectory: dataDirectory)
     }
 
     deinit {
@@ -203,10 +197,10 @@ public final class SelmServer: @unchecked Sendable {
     private func setUpHandles() throws {
         mailbox = LoopMailbox(loop: loop)
         shutdownSignal = LoopSignal(loop: loop) { [unowned self] in self.beginShutdown(reason: "shutdown requested") }
-        if let backend {
+        if let engine {
             let wake = LoopSignal(loop: loop) { [unowned self] in self.drainEngine() }
             engineWake = wake
-            backend.setWakeup { wake.signal() }
+            engine.setWakeup { wake.signal() }
         }
         prepare = uvAllocate(uv_prepare_t.self)
         uv_prepare_init(loop, prepare)
@@ -340,17 +334,17 @@ public final class SelmServer: @unchecked Sendable {
         } catch {
             closeLoop()
             log.close()
-            backend?.stop()
+            engine?.stop()
             state = .stopped
             throw error
         }
-        backend?.start()
+        engine?.start()
         state = .running
         for a in addresses { serverLog("listening on \(a)") }
         uv_run(loop, UV_RUN_DEFAULT)
         learner.stop()
         log.close()
-        backend?.stop()
+        engine?.stop()
         // The signal handles stayed open (unreferenced) until now, so a second SIGTERM while the
         // learner and the log were stopping was caught, not fatal.
         for h in signalHandles { uvCloseAndFree(uvHandle(h)) }
@@ -606,9 +600,9 @@ public final class SelmServer: @unchecked Sendable {
         stopReading(conn)
         for (_, request) in conn.requests {
             request.cancelled = true
-            if let job = request.jobID {
-                backend?.cancel(job)
-                jobs[job] = nil
+            if let id = request.engineID {
+                engine?.cancel(id)
+                engineRequests[id] = nil
             }
             metrics.countRequest(request.type, outcome: "disconnected")
         }
@@ -674,7 +668,7 @@ public final class SelmServer: @unchecked Sendable {
         for (_, conn) in connections {
             stopReading(conn)
             conn.pausedForWork = true  // never resume
-            for (_, r) in conn.requests where r.jobID != nil { backend?.cancel(r.jobID!) }
+            for (_, r) in conn.requests { if let id = r.engineID { engine?.cancel(id) } }
         }
         uv_ref(uvHandle(sweepTimer))
         uv_timer_start(sweepTimer, { t in server(of: uvHandle(t!)).sweep() }, 50, 50)

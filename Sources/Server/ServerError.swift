@@ -1,3 +1,4 @@
+import PreferenceLog
 import Wire
 
 /// Everything that can go wrong in the server: refusing one request (`refused`, sent back as an
@@ -20,6 +21,22 @@ public enum ServerError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Shorthand for `.refused` with `ErrorCode.invalidArgument`.
     static func invalid(_ field: String, _ reason: String) -> ServerError {
         .refused(code: .invalidArgument, field: field, reason: reason)
+    }
+
+    /// The server's view of the preference log's (and data directory's) errors: a refused client
+    /// path keeps its field (`INVALID_ARGUMENT`, `NOT_FOUND`, `PERMISSION_DENIED`).
+    public init(_ e: PreferenceLogError) {
+        switch e {
+        case let .log(path, reason): self = .log(path: path, reason: reason)
+        case let .io(path, reason): self = .io(path: path, reason: reason)
+        case let .path(refusal, field, reason):
+            let code: ErrorCode = switch refusal {
+            case .invalid: .invalidArgument
+            case .notFound: .notFound
+            case .outside: .permissionDenied
+            }
+            self = .refused(code: code, field: field, reason: reason)
+        }
     }
 
     /// The `Error` message for the client. Operational failures become `ERROR_CODE_INTERNAL`

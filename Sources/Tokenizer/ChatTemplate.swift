@@ -1,5 +1,5 @@
 /// One message of a conversation.
-public struct ChatMessage: Sendable, Equatable, Hashable {
+public struct ChatTurn: Sendable, Equatable, Hashable {
     /// `system`, `user`, `assistant` (ChatML and Llama-3 accept any role name).
     public var role: String
     /// The message text, inserted verbatim (special tokens in it are not escaped).
@@ -12,11 +12,11 @@ public struct ChatMessage: Sendable, Equatable, Hashable {
     }
 
     /// A system message.
-    public static func system(_ content: String) -> ChatMessage { ChatMessage(role: "system", content: content) }
+    public static func system(_ content: String) -> ChatTurn { ChatTurn(role: "system", content: content) }
     /// A user message.
-    public static func user(_ content: String) -> ChatMessage { ChatMessage(role: "user", content: content) }
+    public static func user(_ content: String) -> ChatTurn { ChatTurn(role: "user", content: content) }
     /// An assistant message.
-    public static func assistant(_ content: String) -> ChatMessage { ChatMessage(role: "assistant", content: content) }
+    public static func assistant(_ content: String) -> ChatTurn { ChatTurn(role: "assistant", content: content) }
 }
 
 /// The chat formats this project renders natively, byte for byte as the models' own Jinja templates
@@ -86,7 +86,7 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
 
     /// The prompt text for `messages`, ending with the opening of an assistant turn when
     /// `addGenerationPrompt`. Special tokens appear as text; encode it with `parseSpecial: true`.
-    public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool) -> String {
+    public func render(_ messages: [ChatTurn], addGenerationPrompt: Bool) -> String {
         var out = ""
         switch self {
         case let .chatml(defaultSystem):

@@ -10,7 +10,7 @@ import ModelBundle
 import Tokenizer
 
 /// p-th percentile (0 ... 100) of `xs`, nearest rank.
-private func percentile(_ xs: [Double], _ p: Double) -> Double {
+func percentile(_ xs: [Double], _ p: Double) -> Double {
     guard !xs.isEmpty else { return .nan }
     let s = xs.sorted()
     return s[min(s.count - 1, max(0, Int((p / 100 * Double(s.count)).rounded(.up)) - 1))]
@@ -19,7 +19,7 @@ private func percentile(_ xs: [Double], _ p: Double) -> Double {
 private func uptime() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
 /// What the engine runs: weights and tokenizer (GGUF file or Hugging Face directory).
-private struct Loaded {
+struct Loaded {
     var model: LlamaModel
     var tokenizer: Tokenizer
 
@@ -32,7 +32,7 @@ private struct Loaded {
 }
 
 /// Figures of one 32 × 128 job.
-private struct JobFigures {
+struct JobFigures {
     var seconds = 0.0
     var tokens = 0
     var ttft: [Double] = []   // seconds, per request
@@ -56,11 +56,11 @@ private final class Signal: @unchecked Sendable {
 /// that with `secondVersionFrom` the prompts from that index on are submitted after one step and
 /// a publication, so they run on version 2 beside the others. With `publishEvery`, a second thread
 /// copies the weights and publishes them as a new version at that interval (what the learner does).
-private func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: SamplingParams,
+func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: SamplerSettings,
                     publishEvery: Double? = nil, copyEachTime: Bool = true, secondVersionFrom: Int? = nil) throws -> JobFigures {
     var cfg = EngineConfig()
     cfg.kvCacheMB = 512
-    let engine = try Engine(model: bundle.model, tokenizer: bundle.tokenizer, config: cfg)
+    let engine = try GenerationEngine(model: bundle.model, tokenizer: bundle.tokenizer, config: cfg)
     let wake = Signal()
     engine.setWakeup { wake.sem.signal() }
 
@@ -120,7 +120,7 @@ private func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params
             case let .sample(s): fig.versionsSeen.insert(s.version)
             case .done: done += 1; end = max(end, uptime())
             case let .error(_, err): throw err
-            case .score: break
+            case .score, .published: break
             }
         }
     }
@@ -173,9 +173,9 @@ private let threadBLASSeconds: (@convention(c) () -> Double)? = kernels_thread_b
 /// Per-step figures of steady decoding at batch `prompts.count`, driven with `step()` on this
 /// thread: wall, forward, KV store, sampling, and BLAS (measured inside the forward's BLAS calls
 /// when the Kernels module counts them, else nil).
-private func decodeBreakdown(_ bundle: Loaded, prompts: [[Int32]], params: SamplingParams, steps: Int)
+private func decodeBreakdown(_ bundle: Loaded, prompts: [[Int32]], params: SamplerSettings, steps: Int)
     throws -> (step: Double, forward: Double, kv: Double, sample: Double, blas: Double?, tokensPerSecond: Double) {
-    let engine = try Engine(model: bundle.model, tokenizer: bundle.tokenizer)
+    let engine = try GenerationEngine(model: bundle.model, tokenizer: bundle.tokenizer)
     for p in prompts {
         var r = GenerationRequest(prompt: p, params: params, maxTokens: steps + 8)
         r.ignoreEOS = true
@@ -201,12 +201,9 @@ private func decodeBreakdown(_ bundle: Loaded, prompts: [[Int32]], params: Sampl
             Double(steps * prompts.count) / wall)
 }
 
-func benchEngine(_ modelPath: String) throws {
-    header("bench-engine")
-    let gflops = sgemmGFLOPS()
-    let bundle = try Loaded(path: modelPath)
-    let model = bundle.model
-    // 32 distinct 64-token prompts of English text (sentences from a small list, rotated).
+/// `count` distinct prompts of `length` tokens of English text (sentences from a small list, rotated):
+/// the prompts of bench-engine and bench-vs-llamacpp.
+func benchPrompts(_ tokenizer: Tokenizer, count: Int, length: Int) -> [[Int32]] {
     let sentences = [
         "The old lighthouse keeper climbed the spiral stairs every evening to light the lamp.",
         "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
@@ -217,16 +214,24 @@ func benchEngine(_ modelPath: String) throws {
         "Explain why the sky looks blue during the day and red at sunset.",
         "Our team meets on Mondays to plan the week and on Fridays to review it.",
     ]
-    let prompts: [[Int32]] = (0..<32).map { i in
+    return (0..<count).map { i in
         var ids: [Int32] = []
         var j = i
-        while ids.count < 64 {
-            ids += bundle.tokenizer.encode("\(i + 1). " + sentences[j % sentences.count] + " ")
+        while ids.count < length {
+            ids += tokenizer.encode("\(i + 1). " + sentences[j % sentences.count] + " ")
             j += 3
         }
-        return Array(ids.prefix(64))
+        return Array(ids.prefix(length))
     }
-    var params = SamplingParams()
+}
+
+func benchEngine(_ modelPath: String) throws {
+    header("bench-engine")
+    let gflops = sgemmGFLOPS()
+    let bundle = try Loaded(path: modelPath)
+    let model = bundle.model
+    let prompts = benchPrompts(bundle.tokenizer, count: 32, length: 64)
+    var params = SamplerSettings()
     params.temperature = 1.0
     params.topP = 0.95
     params.seed = 42

@@ -6,6 +6,7 @@
 #if canImport(SelmProtoC)
 import Engine
 import Foundation
+import PreferenceLog
 import Learner
 import ModelBundle
 import Server
@@ -71,11 +72,6 @@ private struct BenchError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-private func percentile(_ xs: [Double], _ q: Double) -> Double {
-    let s = xs.sorted()
-    return s.isEmpty ? .nan : s[min(s.count - 1, Int(Double(s.count - 1) * q + 0.5))]
-}
-
 private func ms(_ s: Double) -> String { String(format: "%.3f ms", s * 1000) }
 
 /// Runs `body` on `n` threads at once and waits for all of them.
@@ -106,7 +102,7 @@ func benchServer(_ modelPath: String) throws {
     let bundle = try ModelBundle(path: modelPath)
     let dataDir = FileManager.default.temporaryDirectory.appendingPathComponent("selm-bench-server-\(getpid())").path
     defer { try? FileManager.default.removeItem(atPath: dataDir) }
-    let data = try DataDirectory(dataDir)
+    let data = try DataDirectory.serving(dataDir)
     let log = try PreferenceLog(directory: data.realPath)
     var config = ServerConfiguration()
     config.tcp = "127.0.0.1:0"
@@ -115,7 +111,7 @@ func benchServer(_ modelPath: String) throws {
     engineConfig.kvCacheMB = 512
     let tok = try bundle.tokenizer
     let server = try SelmServer(configuration: config, bundle: bundle,
-                                engine: try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
+                                engine: try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig),
                                 learner: NoLearner(), log: log, dataDirectory: data)
     let port = server.tcpPort
     let loopThread = Thread { try? server.run() }
@@ -149,7 +145,7 @@ func benchServer(_ modelPath: String) throws {
         let wall = now() - t0
         print(String(format: "tokenize, %2d connection%@: %6.0f round trips/s, latency p50 %@ p99 %@ (%d requests%@)",
                      connections, connections == 1 ? " " : "s", Double(samples.values.count) / wall,
-                     ms(percentile(samples.values, 0.5)), ms(percentile(samples.values, 0.99)), samples.values.count,
+                     ms(quantile(samples.values, 0.5)), ms(quantile(samples.values, 0.99)), samples.values.count,
                      samples.failures > 0 ? ", \(samples.failures) connections failed" : ""))
     }
 
@@ -176,7 +172,7 @@ func benchServer(_ modelPath: String) throws {
         let wall = now() - t0
         print(String(format: "preference ack (fsync), %2d writer%@: %6.0f acks/s, latency p50 %@ p99 %@",
                      writers, writers == 1 ? " " : "s", Double(samples.values.count) / wall,
-                     ms(percentile(samples.values, 0.5)), ms(percentile(samples.values, 0.99))))
+                     ms(quantile(samples.values, 0.5)), ms(quantile(samples.values, 0.99))))
     }
     print(String(format: "ceiling: appending 600 bytes + fdatasync in the same directory takes %@ (p50)", ms(measureFsync(dataDir))))
 
@@ -193,7 +189,7 @@ func benchServer(_ modelPath: String) throws {
         }
         return out
     }
-    let local = try Engine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
+    let local = try GenerationEngine(model: bundle.model, tokenizer: tok, template: bundle.template, config: engineConfig)
     let wake = DispatchSemaphore(value: 0)
     local.setWakeup { wake.signal() }
     local.start()
@@ -246,7 +242,7 @@ func benchServer(_ modelPath: String) throws {
         let t0 = now()
         for _ in 0..<sequences { start.signal() }
         finished.wait()
-        return (counts.values.reduce(0, +) / (now() - t0), percentile(ttft.values, 0.5))
+        return (counts.values.reduce(0, +) / (now() - t0), quantile(ttft.values, 0.5))
     }
     // Warm-up: both engines, short jobs.
     _ = try inProcess(1000, tokens: 8)
@@ -265,7 +261,7 @@ func benchServer(_ modelPath: String) throws {
         print(String(format: "  round %d: in-process engine %6.1f tokens/s | server %6.1f | server, streamed %6.1f, first chunk p50 %@",
                      k + 1, r.0, r.1, r.2, ms(r.3)))
     }
-    let e = percentile(rows.map(\.0), 0.5), sv = percentile(rows.map(\.1), 0.5), st = percentile(rows.map(\.2), 0.5)
+    let e = quantile(rows.map(\.0), 0.5), sv = quantile(rows.map(\.1), 0.5), st = quantile(rows.map(\.2), 0.5)
     print(String(format: "  median: in-process %.1f, server %.1f (%+.1f%%), streamed %.1f (%+.1f%%) tokens/s (target: server within 5%% of in-process)",
                  e, sv, 100 * (sv - e) / e, st, 100 * (st - e) / e))
 }
@@ -284,6 +280,6 @@ private func measureFsync(_ dir: String) -> Double {
         fdatasync(fd)
         times.append(now() - t)
     }
-    return percentile(times, 0.5)
+    return quantile(times, 0.5)
 }
 #endif

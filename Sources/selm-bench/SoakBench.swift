@@ -4,6 +4,7 @@
 // exactly once, and the learner must have resumed from its checkpoints without going back and
 // consumed everything.
 import Foundation
+import PreferenceLog
 import Server
 import Wire
 

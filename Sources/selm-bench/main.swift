@@ -84,7 +84,7 @@ func benchLearner(_ path: String) throws {
     let (model, _) = try loadModel(path)
     var opts = TrainingOptions()
     opts.batchSize = 4
-    let learner = try Learner(policy: model, reference: nil, options: opts,
+    let learner = try Trainer(policy: model, reference: nil, options: opts,
                               schedule: LRSchedule(kind: .constant, baseLR: 1e-6, warmupSteps: 0, totalSteps: 10))
     // 4 pairs × {chosen, rejected, reference} × 128 tokens (32 prompt + 96 response) = 1536 tokens.
     func ids(_ n: Int, _ seed: Int) -> [Int32] { (0..<n).map { Int32(100 + (($0 + 1) * (seed * 7919 + 13)) % 40000) } }
@@ -113,7 +113,7 @@ func benchLearner(_ path: String) throws {
 
 let args = CommandLine.arguments
 guard args.count >= 2 else {
-    print("usage: selm-bench model|learner|engine|server|load|soak|kernels --model PATH [options]"); exit(2)
+    print("usage: selm-bench model|learner|engine|job|server|load|soak|kernels --model PATH [options]"); exit(2)
 }
 var modelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if let i = args.firstIndex(of: "--model"), i + 1 < args.count { modelPath = args[i + 1] }
@@ -126,6 +126,7 @@ do {
     case "load": try benchLoad(modelPath)
     case "soak": try soakRestarts(modelPath)
     case "kernels": try benchKernels(Array(args.dropFirst(2)))
+    case "job": try benchJob(modelPath)
     default: print("unknown benchmark \(args[1])"); exit(2)
     }
 } catch {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DurableFile
 import Engine
 import Foundation
 import Kernels
@@ -132,8 +133,8 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
 
     /// The sampling flags as engine parameters.
-    var sampling: SamplingParams {
-        var p = SamplingParams()
+    var sampling: SamplerSettings {
+        var p = SamplerSettings()
         p.temperature = temperature; p.topK = topK; p.topP = topP; p.minP = minP
         p.seed = seed; p.maxTokens = maxTokens
         return p
@@ -151,7 +152,7 @@ struct Generate: ParsableCommand {
         let ids: [Int32]
         let tok = try b.tokenizer
         if chat {
-            var msgs: [ChatMessage] = []
+            var msgs: [ChatTurn] = []
             if let s = system { msgs.append(.system(s)) }
             msgs.append(.user(prompt))
             ids = try b.encodeChat(msgs)

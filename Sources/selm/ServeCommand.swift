@@ -1,6 +1,7 @@
 import ArgumentParser
 import Engine
 import Foundation
+import PreferenceLog
 import Kernels
 import Learner
 import Model
@@ -63,8 +64,6 @@ struct Serve: ParsableCommand {
     var maxWaitSeconds: Double = 20
     @Option(help: "How engine and learner share the two cores' BLAS: adaptive (one BLAS thread each while both compute, all threads for a lone one), split (always one each), priority (one BLAS lock, rollouts first) or fifo (one lock, first come first served).")
     var computeSharing: String = "adaptive"
-    @Flag(help: .hidden)
-    var journalLearner = false
     @Flag(help: "Log every connection.")
     var verbose = false
     @OptionGroup var lossOptions: LossOptions
@@ -104,7 +103,7 @@ struct Serve: ParsableCommand {
         let bundle = try model.load()
         try requireFinite(bundle.model, option: "--model", path: bundle.path)
         note("selm serve: \(bundle.name) (\(bundle.path)), loaded in \(String(format: "%.2f", bundle.loadSeconds)) s; OpenBLAS \(blasDescription())")
-        let dataDirectory = try DataDirectory(dataDir)
+        let dataDirectory = try DataDirectory.serving(dataDir)
         let log = try PreferenceLog(directory: dataDirectory.realPath)
         for line in dataDirectory.recoverInterruptedSaves() { note("selm serve: \(line)") }  // the log's lock is held
         // Two compute threads (engine, learner) share OpenBLAS: see --compute-sharing.
@@ -119,9 +118,7 @@ struct Serve: ParsableCommand {
         let learner: LearnerControl
         var engineModel = bundle.model
         var resumedVersion: UInt64? = nil
-        if journalLearner {
-            learner = try JournalLearner(dataDirectory: dataDirectory)
-        } else if noLearner {
+        if noLearner {
             learner = NoLearner()
         } else {
             var online = OnlineOptions()
@@ -148,7 +145,7 @@ struct Serve: ParsableCommand {
             resumedVersion = control.resumedVersion
             learner = control
         }
-        var engine: Engine? = nil
+        var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
             ec.kvCacheMB = Double(kvCacheMb)
@@ -157,7 +154,7 @@ struct Serve: ParsableCommand {
             // later version was issued (DATA/version), else the next number.
             let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)
             do {
-                engine = try Engine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
+                engine = try GenerationEngine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw CLIError.failed("cannot start the engine", error) }
         } else {
             note("selm serve: \(bundle.path) has no tokenizer: generation and scoring are unavailable")

@@ -112,29 +112,21 @@ struct Train: ParsableCommand {
         }
         var schedule = LRSchedule(kind: options.schedule, baseLR: options.learningRate, warmupRatio: options.warmupRatio, totalSteps: total)
         var epoch = 0, nextMicro = 0
-        if let r = resume {
-            // The policy restarts from the checkpoint's weights.
-            let ck: LlamaModel
-            do { ck = try LlamaModel.load(huggingFaceDirectory: r) } catch { throw CLIError.failed("cannot load --resume", error) }
-            guard ck.config == c else { throw CLIError.file(path: r, reason: "--resume holds a model of another shape than --model") }
-            bundle.model.weights.data.update(from: ck.weights.data, count: ck.weights.count)
-        }
-        let learner = try Learner(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
+        let learner: Trainer
         if let r = resume {
             let state: TrainerState
-            do { state = try Checkpoint.loadState(from: r) } catch { throw CLIError.failed("cannot load --resume", error) }
+            do {
+                (learner, state) = try Checkpoint.resume(from: r, policy: bundle.model, reference: refModel, options: options,
+                                                         schedule: schedule)
+            } catch { throw CLIError.failed("cannot load --resume", error) }
             guard state.options == options else {
                 throw CLIError.file(path: r, reason: "the --resume checkpoint was trained with other options (\(state.options)); pass the same options to resume exactly")
             }
-            if learner.reference.kind == .initial && state.referenceGeneration == 0 {
-                // The frozen reference is the starting model, not the checkpoint's weights.
-                let start = try LlamaModel.load(path: state.baseModel)
-                learner.reference.model.weights.data.update(from: start.weights.data, count: start.weights.count)
-            }
-            try Checkpoint.restore(learner, from: r, state: state)
             schedule = state.schedule
             epoch = state.epoch; nextMicro = state.nextMicroBatch
             note("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
+        } else {
+            learner = try Trainer(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
         }
         do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
             throw CLIError.failed("cannot create --out \(out)", error)
@@ -226,7 +218,7 @@ struct Loss: ParsableCommand {
         let refModel: LlamaModel? = try ref.map { p in
             do { return try LlamaModel.load(path: p) } catch { throw CLIError.failed("cannot load --ref", error) }
         }
-        let learner = try Learner(policy: bundle.model, reference: refModel, options: options,
+        let learner = try Trainer(policy: bundle.model, reference: refModel, options: options,
                                   schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         learner.grads.zero()
         let (r, _) = try learner.microBatch(pairs, keys: pairs.indices.map { UInt64($0) }, accumulateScale: gradsOut == nil ? 0 : 1)

@@ -22,8 +22,8 @@ final class EngineTests: XCTestCase {
         return c
     }
 
-    var greedy: SamplingParams {
-        var p = SamplingParams()
+    var greedy: SamplerSettings {
+        var p = SamplerSettings()
         p.temperature = 0
         return p
     }
@@ -50,8 +50,8 @@ final class EngineTests: XCTestCase {
     /// probabilities.
     func testSamplingRuleOnAKnownDistribution() {
         let logits: [Float] = [log(4), log(2), 0, 0]
-        func draws(_ f: (inout SamplingParams) -> Void) -> [Int] {
-            var p = SamplingParams()
+        func draws(_ f: (inout SamplerSettings) -> Void) -> [Int] {
+            var p = SamplerSettings()
             f(&p)
             var s = Sampler(params: p, rng: RandomSource(seed: 9))
             var counts = [0, 0, 0, 0]
@@ -75,7 +75,7 @@ final class EngineTests: XCTestCase {
     /// the same tokens and log-probs as one contiguous cache, for many concurrent requests.
     func testPagedChunkedBatchingMatchesSingleSequence() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxTokensPerStep = 8 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxTokensPerStep = 8 })
         var expected: [RequestID: SingleSequenceGenerator.Output] = [:]
         for i in 0..<10 {
             let p = prompt(5 + 3 * i, i)
@@ -98,7 +98,7 @@ final class EngineTests: XCTestCase {
     func testPoolExhaustionQueuesAndLaterCompletes() throws {
         let model = try Fixtures.tiny()
         // Each request: 10 + 20 - 1 positions = 8 blocks of 4; the pool holds 3 such requests.
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 24))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 24))
         XCTAssertEqual(engine.kvBlocksTotal, 24)
         var ids: [RequestID] = []
         var expected: [[Int32]] = []
@@ -133,7 +133,7 @@ final class EngineTests: XCTestCase {
         // 4 samples × (prompt 10 + 50 tokens) cannot fit in 24 blocks even with the prompt shared.
         XCTAssertThrowsError(try engine.submit(request(prompt(10), maxTokens: 50, n: 4))) { e in
             guard case let .exceedsKVPool(field, needed, total, _)? = e as? EngineError else { return XCTFail("\(e)") }
-            XCTAssertEqual(field, "max_tokens")
+            XCTAssertEqual(field, "sampling.max_tokens")
             XCTAssertEqual(total, 24)
             XCTAssertGreaterThan(needed, 24)
             XCTAssertTrue("\(e)".contains("max_tokens"))
@@ -144,7 +144,7 @@ final class EngineTests: XCTestCase {
     /// every sample with `cancelled`, emits `done`, and leaves no block in use.
     func testCancelEverythingEmptiesThePool() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 40) { $0.maxTokensPerStep = 12 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 40) { $0.maxTokensPerStep = 12 })
         var ids: [RequestID] = []
         for i in 0..<6 {
             ids.append(try engine.submit(request(prompt(9 + 4 * i, i), maxTokens: 30, n: 1 + i % 3) { $0.stream = i % 2 == 0 }))
@@ -157,7 +157,7 @@ final class EngineTests: XCTestCase {
         XCTAssertGreaterThan(s.waitingRequests, 0, "some requests still wait for blocks")
         let late = try engine.submit(request(prompt(7), maxTokens: 5))  // still in the inbox
         ids.append(late)
-        let scoring = try engine.score(ScoreRequest(items: [ScoreItem(prompt: prompt(5), continuation: [4, 5])]))
+        let scoring = try engine.score(ScoringRequest(items: [ScoringItem(prompt: prompt(5), continuation: [4, 5])]))
         for id in ids + [scoring] { XCTAssertTrue(engine.cancel(id)) }
         engine.step()
         engine.collect(into: &outcomes)
@@ -189,30 +189,31 @@ final class EngineTests: XCTestCase {
     /// Invalid parameters are refused at submission with errors that name the field.
     func testInvalidParametersAreRefusedNamingTheField() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 40))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 40))
         let ok = request(prompt(10), maxTokens: 8)
         var cases: [(String, (inout GenerationRequest) -> Void)] = [
-            ("temperature", { $0.params.temperature = -0.5 }),
-            ("top_p", { $0.params.topP = 0 }),
-            ("top_p", { $0.params.topP = 1.5 }),
-            ("top_k", { $0.params.topK = -1 }),
-            ("min_p", { $0.params.minP = 2 }),
+            ("sampling.temperature", { $0.params.temperature = -0.5 }),
+            ("sampling.top_p", { $0.params.topP = 0 }),
+            ("sampling.top_p", { $0.params.topP = 1.5 }),
+            ("sampling.top_k", { $0.params.topK = -1 }),
+            ("sampling.min_p", { $0.params.minP = 2 }),
             ("n", { $0.n = 0 }),
             ("n", { $0.n = 65 }),
-            ("prompts[0][2]", { $0.prompts[0][2] = 97 }),
-            ("prompts[1][0]", { $0.prompts.append([-1, 5]) }),
+            ("prompts[0].ids[2]", { $0.prompts[0][2] = 97 }),
+            ("prompts[1].ids[0]", { $0.prompts.append([-1, 5]) }),
             ("prompts[0]", { $0.prompts[0] = [] }),
+            ("prompts[0]", { $0.prompts[0] = Array(repeating: 5, count: 64) }),  // fills the context
             ("prompts", { $0.prompts = [] }),
-            ("max_tokens", { $0.maxTokens = 0 }),
-            ("max_tokens", { $0.maxTokens = 60 }),           // 10 + 60 > context 64
+            ("sampling.max_tokens", { $0.maxTokens = 0 }),
+            ("sampling.max_tokens", { $0.maxTokens = 60 }),  // 10 + 60 > context 64
             ("top_logprobs", { $0.topLogprobs = 21 }),
             ("stop[1]", { $0.stop = ["x", ""] }),
             ("stop_token_ids[0]", { $0.stopTokenIDs = [500] }),
             ("require_version", { $0.requireVersion = 9 }),
             ("recompute", { $0.recompute = true; $0.requireVersion = 1 }),
-            ("max_tokens", { $0.maxTokens = 50; $0.n = 3 }), // 15 + 2 × 13 blocks exceed the 40-block pool
+            ("sampling.max_tokens", { $0.maxTokens = 50; $0.n = 3 }), // 15 + 2 × 13 blocks exceed the 40-block pool
         ]
-        cases.append(("repetition_penalty", { $0.params.repetitionPenalty = 0 }))
+        cases.append(("sampling.repetition_penalty", { $0.params.repetitionPenalty = 0 }))
         for (fieldName, mutate) in cases {
             var r = ok
             mutate(&r)
@@ -222,10 +223,10 @@ final class EngineTests: XCTestCase {
             }
         }
         XCTAssertNoThrow(try engine.submit(ok))
-        XCTAssertThrowsError(try engine.score(ScoreRequest(items: [ScoreItem(prompt: [5], continuation: [])]))) {
+        XCTAssertThrowsError(try engine.score(ScoringRequest(items: [ScoringItem(prompt: [5], continuation: [])]))) {
             XCTAssertEqual(field(of: $0), "items[0].continuation")
         }
-        XCTAssertThrowsError(try engine.score(ScoreRequest(items: [ScoreItem(prompt: [5], continuation: [7])], version: 4))) {
+        XCTAssertThrowsError(try engine.score(ScoringRequest(items: [ScoringItem(prompt: [5], continuation: [7])], version: 4))) {
             XCTAssertEqual(field(of: $0), "version")
         }
         XCTAssertThrowsError(try engine.publish(weights: model.weights.copy(), version: 1)) {
@@ -239,7 +240,7 @@ final class EngineTests: XCTestCase {
         XCTAssertThrowsError(try engine.encode(text: "hi", chat: true)) { XCTAssertEqual($0 as? EngineError, .noChatTemplate) }
         var bad = EngineConfig()
         bad.kvCacheMB = 0.000001
-        XCTAssertThrowsError(try Engine(model: model, tokenizer: tok, config: bad)) {
+        XCTAssertThrowsError(try GenerationEngine(model: model, tokenizer: tok, config: bad)) {
             guard case .invalidConfig(field: "kv_cache_mb", _)? = $0 as? EngineError else { return XCTFail("\($0)") }
         }
     }
@@ -251,7 +252,7 @@ final class EngineTests: XCTestCase {
     func testRecomputeMovesToTheNewVersionAndReportsBoth() throws {
         let model = try Fixtures.tiny()
         let v2 = LlamaModel(weights: Fixtures.perturbed(model, eps: 0.5))
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         let p = prompt(8, 3)
         let moving = try engine.submit(request(p, maxTokens: 20, n: 2) { $0.recompute = true; $0.stream = true })
         let staying = try engine.submit(request(p, maxTokens: 20))
@@ -286,9 +287,9 @@ final class EngineTests: XCTestCase {
     func testPrefixCacheIsKeyedByVersion() throws {
         let model = try Fixtures.tiny()
         let v2 = Fixtures.perturbed(model, eps: 0.5)
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         let p = prompt(23, 5)
-        let r = request(p, maxTokens: 10, n: 3) { $0.params = SamplingParams(); $0.params.seed = 17 }
+        let r = request(p, maxTokens: 10, n: 3) { $0.params = SamplerSettings(); $0.params.seed = 17 }
         let a = try engine.submit(r)
         let first = engine.runUntilIdle()[a]!.ordered
         let b = try engine.submit(r)
@@ -300,7 +301,7 @@ final class EngineTests: XCTestCase {
         let c = try engine.submit(r)
         let third = engine.runUntilIdle()[c]!.ordered
         XCTAssertEqual(engine.status().prefixCacheHitTokens, 20, "no hit across versions")
-        let fresh = try Engine(model: LlamaModel(weights: v2), version: 2, tokenizer: tok, config: config(model))
+        let fresh = try GenerationEngine(model: LlamaModel(weights: v2), version: 2, tokenizer: tok, config: config(model))
         let d = try fresh.submit(r)
         let expected = fresh.runUntilIdle()[d]!.ordered
         XCTAssertEqual(third.map(\.tokens), expected.map(\.tokens))
@@ -311,7 +312,7 @@ final class EngineTests: XCTestCase {
     /// Evicting least-recently-used cache blocks when the pool runs short.
     func testPrefixCacheEvictsWhenBlocksAreShort() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 16))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 16))
         for i in 0..<6 {
             let id = try engine.submit(request(prompt(17, i), maxTokens: 8))
             let o = engine.runUntilIdle()[id]!
@@ -337,7 +338,7 @@ final class EngineTests: XCTestCase {
     /// installed yet.
     func testLiveVersionLimitRetiresTheCheapestVersion() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
         let a = try engine.submit(request(prompt(8), maxTokens: 30))
         for _ in 0..<10 { engine.step() }
         try engine.publish(weights: Fixtures.perturbed(model, seed: 2), version: 2)
@@ -371,7 +372,7 @@ final class EngineTests: XCTestCase {
     /// pinned to the old version ends with `versionRetired` (nothing deadlocks, nothing waits).
     func testOneLiveVersionMovesEverythingAndEndsPinnedRequests() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
         let a = try engine.submit(request(prompt(8), maxTokens: 6))
         engine.step()
         try engine.publish(weights: Fixtures.perturbed(model), version: 2)
@@ -393,7 +394,7 @@ final class EngineTests: XCTestCase {
     /// policy's log-softmax).
     func testPenaltiesChangeTheDrawNotTheLogprobs() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         let p = prompt(6, 2)
         let plain = try engine.submit(request(p, maxTokens: 24))
         let penalised = try engine.submit(request(p, maxTokens: 24) { $0.params.presencePenalty = 50 })
@@ -414,8 +415,8 @@ final class EngineTests: XCTestCase {
         let model = try Fixtures.tiny()
         var outs: [[[Int32]]] = []
         for threads in [1, 3] {
-            let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.samplingThreads = threads })
-            let id = try engine.submit(request(prompt(12), maxTokens: 16, n: 7) { $0.params = SamplingParams(); $0.params.seed = 5 })
+            let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.samplingThreads = threads })
+            let id = try engine.submit(request(prompt(12), maxTokens: 16, n: 7) { $0.params = SamplerSettings(); $0.params.seed = 5 })
             outs.append(engine.runUntilIdle()[id]!.ordered.map(\.tokens))
         }
         XCTAssertEqual(outs[0], outs[1])
@@ -426,13 +427,13 @@ final class EngineTests: XCTestCase {
     func testRequireVersionAndScoringUnderANamedVersion() throws {
         let model = try Fixtures.tiny()
         let v2 = Fixtures.perturbed(model, eps: 0.5)
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         let p = prompt(9)
         let ref = try reference(model, p, 6)
         try engine.publish(weights: v2, version: 2)
         let pinned = try engine.submit(request(p, maxTokens: 6) { $0.requireVersion = 1 })
-        let score1 = try engine.score(ScoreRequest(items: [ScoreItem(prompt: p, continuation: ref.ids)], version: 1))
-        let score2 = try engine.score(ScoreRequest(items: [ScoreItem(prompt: p, continuation: ref.ids)]))
+        let score1 = try engine.score(ScoringRequest(items: [ScoringItem(prompt: p, continuation: ref.ids)], version: 1))
+        let score2 = try engine.score(ScoringRequest(items: [ScoringItem(prompt: p, continuation: ref.ids)]))
         let out = engine.runUntilIdle()
         XCTAssertEqual(out[pinned]!.samples[0].tokens, ref.ids)
         XCTAssertEqual(out[pinned]!.samples[0].version, 1)
@@ -450,7 +451,7 @@ final class EngineTests: XCTestCase {
     /// finishing in-flight work, and submissions after stop refused.
     func testEngineThreadWakeupsAndStop() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 64))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 64))
         let wakeups = WakeCounter()
         let gate = WakeGate()
         engine.setWakeup { wakeups.hit(); gate.pass() }
@@ -508,7 +509,7 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(engine.status().kvBlocksUsed, 0)
 
         // Stop that finishes in-flight work.
-        let second = try Engine(model: model, tokenizer: tok, config: config(model, blocks: 64))
+        let second = try GenerationEngine(model: model, tokenizer: tok, config: config(model, blocks: 64))
         second.start()
         let r = try second.submit(request(prompt(8), maxTokens: 20))
         second.stop(finishInFlight: true)
@@ -521,7 +522,7 @@ final class EngineTests: XCTestCase {
     /// stop ids stop too, even with `ignoreEOS`.
     func testStopTokensAndIgnoreEOS() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         XCTAssertEqual(engine.defaultStopTokens, [2])
         // A prompt whose greedy continuation emits EOS (id 2) after a few tokens.
         var found: ([Int32], [Int32], Int)?
@@ -591,8 +592,8 @@ final class WakeGate: @unchecked Sendable {
 
 /// Hands the engine to another test thread.
 struct UncheckedEngine: @unchecked Sendable {
-    let engine: Engine
-    init(_ engine: Engine) { self.engine = engine }
+    let engine: GenerationEngine
+    init(_ engine: GenerationEngine) { self.engine = engine }
 }
 
 final class Locked<T>: @unchecked Sendable {

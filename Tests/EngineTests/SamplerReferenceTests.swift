@@ -25,8 +25,8 @@ final class SamplerReferenceTests: XCTestCase {
         var presence_penalty: Float
         var frequency_penalty: Float
 
-        var sampling: SamplingParams {
-            var p = SamplingParams()
+        var sampling: SamplerSettings {
+            var p = SamplerSettings()
             p.temperature = temperature
             p.topK = top_k
             p.topP = top_p

@@ -14,22 +14,22 @@ import Tokenizer
 final class SamplingEffectTests: XCTestCase {
     let tok = Fixtures.tinyTokenizer
 
-    func engine(_ model: LlamaModel) throws -> Engine {
+    func engine(_ model: LlamaModel) throws -> GenerationEngine {
         var c = EngineConfig()
         c.blockSize = 4
         c.kvCacheMB = 4
-        return try Engine(model: model, tokenizer: tok, config: c)
+        return try GenerationEngine(model: model, tokenizer: tok, config: c)
     }
 
     func prompt(_ n: Int, _ salt: Int) -> [Int32] { (0..<n).map { Int32(3 + ($0 * 7 + salt * 13) % 94) } }
 
-    func run(_ engine: Engine, _ r: GenerationRequest) throws -> Outcome {
+    func run(_ engine: GenerationEngine, _ r: GenerationRequest) throws -> Outcome {
         let id = try engine.submit(r)
         return engine.runUntilIdle()[id]!
     }
 
-    func request(_ p: [Int32], maxTokens: Int, n: Int = 1, _ f: (inout SamplingParams) -> Void) -> GenerationRequest {
-        var params = SamplingParams()
+    func request(_ p: [Int32], maxTokens: Int, n: Int = 1, _ f: (inout SamplerSettings) -> Void) -> GenerationRequest {
+        var params = SamplerSettings()
         f(&params)
         var r = GenerationRequest(prompt: p, params: params, maxTokens: maxTokens, n: n)
         r.ignoreEOS = true
@@ -78,7 +78,7 @@ final class SamplingEffectTests: XCTestCase {
 
     /// For each penalty setting: a prompt where the penalised greedy path differs from the plain one
     /// (and no step is a near tie), and the engine's greedy output with that penalty equals it.
-    func checkPenalty(_ name: String, _ set: (inout SamplingParams) -> Void,
+    func checkPenalty(_ name: String, _ set: (inout SamplerSettings) -> Void,
                       _ adjust: @escaping (inout [Float], [Int32], [Int32]) -> Void) throws {
         let model = try Fixtures.tiny()
         let engine = try engine(model)
@@ -124,9 +124,9 @@ final class SamplingEffectTests: XCTestCase {
         let engine = try engine(model)
         let p = prompt(7, 3)
         let greedyTokens = try run(engine, request(p, maxTokens: 12) { $0.temperature = 0 }).samples[0].tokens
-        for (name, f) in [("top_k 1", { (s: inout SamplingParams) in s.topK = 1 }),
-                          ("top_p 1e-6", { (s: inout SamplingParams) in s.topP = 1e-6 }),
-                          ("min_p 1", { (s: inout SamplingParams) in s.minP = 1 })] as [(String, (inout SamplingParams) -> Void)] {
+        for (name, f) in [("top_k 1", { (s: inout SamplerSettings) in s.topK = 1 }),
+                          ("top_p 1e-6", { (s: inout SamplerSettings) in s.topP = 1e-6 }),
+                          ("min_p 1", { (s: inout SamplerSettings) in s.minP = 1 })] as [(String, (inout SamplerSettings) -> Void)] {
             for seed in [1, 2, 3] as [UInt64] {
                 let o = try run(engine, request(p, maxTokens: 12, n: 3) { $0.temperature = 1.5; $0.seed = seed; f(&$0) })
                 for s in o.samples { XCTAssertEqual(s.tokens, greedyTokens, "\(name), seed \(seed)") }
@@ -156,10 +156,10 @@ final class SamplingEffectTests: XCTestCase {
         let topK: Bound = { x, t in x.filter { $0 > x[Int(t)] }.count < 5 }
         let minP: Bound = { x, t in let q = probs(x); return q[Int(t)] >= 0.2 * q.max()! - 1e-6 }
         let topP: Bound = { x, t in let q = probs(x); return q.filter { $0 > q[Int(t)] }.reduce(0, +) < 0.5 + 1e-6 }
-        for (name, f, inBounds) in [("top_k 5", { (s: inout SamplingParams) in s.topK = 5 }, topK),
-                                    ("min_p 0.2", { (s: inout SamplingParams) in s.minP = 0.2 }, minP),
-                                    ("top_p 0.5", { (s: inout SamplingParams) in s.topP = 0.5 }, topP)]
-            as [(String, (inout SamplingParams) -> Void, Bound)] {
+        for (name, f, inBounds) in [("top_k 5", { (s: inout SamplerSettings) in s.topK = 5 }, topK),
+                                    ("min_p 0.2", { (s: inout SamplerSettings) in s.minP = 0.2 }, minP),
+                                    ("top_p 0.5", { (s: inout SamplerSettings) in s.topP = 0.5 }, topP)]
+            as [(String, (inout SamplerSettings) -> Void, Bound)] {
             var outside = [0, 0], draws = 0, firstTokens = Set<Int32>()
             for (k, filtered) in [true, false].enumerated() {
                 let o = try run(engine, request(p, maxTokens: 6, n: 16) { $0.temperature = T; $0.seed = 11; if filtered { f(&$0) } })
@@ -232,7 +232,7 @@ final class SamplingEffectTests: XCTestCase {
             XCTAssertEqual(o.done?.completionTokens, 6 * m)
         }
         XCTAssertThrowsError(try engine.submit(request(prompt(6, 1), maxTokens: 64 - 5) { _ in })) {
-            XCTAssertEqual(field(of: $0), "max_tokens")
+            XCTAssertEqual(field(of: $0), "sampling.max_tokens")
         }
     }
 
@@ -241,7 +241,7 @@ final class SamplingEffectTests: XCTestCase {
     func testSeedsReproduceSamples() throws {
         let model = try Fixtures.tiny()
         let p = prompt(8, 5)
-        func samples(_ e: Engine, seed: UInt64) throws -> [[Int32]] {
+        func samples(_ e: GenerationEngine, seed: UInt64) throws -> [[Int32]] {
             try run(e, request(p, maxTokens: 10, n: 4) { $0.temperature = 1.2; $0.topP = 0.95; $0.seed = seed }).ordered.map(\.tokens)
         }
         let a = try engine(model), b = try engine(model)

@@ -16,21 +16,21 @@ final class SmolLM2EngineTests: XCTestCase {
         return c
     }
 
-    var greedy: SamplingParams {
-        var p = SamplingParams()
+    var greedy: SamplerSettings {
+        var p = SamplerSettings()
         p.temperature = 0
         return p
     }
 
-    func seeded(_ seed: UInt64, temperature: Float = 0.9, topP: Float = 0.95) -> SamplingParams {
-        var p = SamplingParams()
+    func seeded(_ seed: UInt64, temperature: Float = 0.9, topP: Float = 0.95) -> SamplerSettings {
+        var p = SamplerSettings()
         p.temperature = temperature
         p.topP = topP
         p.seed = seed
         return p
     }
 
-    func assertSame(_ a: SampleResult?, _ b: SampleResult?, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+    func assertSame(_ a: FinishedSample?, _ b: FinishedSample?, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
         guard let a, let b else { return XCTFail("\(what): missing result", file: file, line: line) }
         XCTAssertEqual(a.tokens, b.tokens, what, file: file, line: line)
         XCTAssertEqual(a.text, b.text, what, file: file, line: line)
@@ -49,7 +49,7 @@ final class SmolLM2EngineTests: XCTestCase {
         let expectedPrompt = (fixture[0]["prompt_ids"] as! [NSNumber]).map { $0.int32Value }
         let transformersOutput = (fixture[0]["output_ids"] as! [NSNumber]).map { $0.int32Value }
 
-        let engine = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let engine = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let prompt = try engine.encode(text: fixture[0]["prompt"] as! String, chat: true)
         XCTAssertEqual(prompt, expectedPrompt, "chat prompt differs from transformers' apply_chat_template")
         let maxTokens = 12
@@ -67,7 +67,7 @@ final class SmolLM2EngineTests: XCTestCase {
         XCTAssertEqual(o1[alone]?.samples.first?.text, "The capital of France is Paris.")
 
         // Among 32, on a fresh engine (no prefix cache from the run above), admitted mid-flight.
-        let busy = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template,
+        let busy = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template,
                               config: config { $0.maxTokensPerStep = 256 })
         var ids: [RequestID] = []
         var outcomes: [RequestID: Outcome] = [:]
@@ -100,7 +100,7 @@ final class SmolLM2EngineTests: XCTestCase {
     /// equals the only sample of n = 1.
     func testSeededSamplingSameAloneAndBatched() throws {
         let smol = try Fixtures.smol()
-        let engine = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let engine = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let prompt = try engine.encode(text: "Write a haiku about the sea.", chat: true)
         let req = GenerationRequest(prompt: prompt, params: seeded(1234), maxTokens: 10, n: 3)
         let alone = try engine.submit(req)
@@ -111,7 +111,7 @@ final class SmolLM2EngineTests: XCTestCase {
         XCTAssertGreaterThan(Set(a.map(\.tokens)).count, 1, "samples of one request must differ")
         assertSame(first[single]!.samples.first, a[0], "n = 1 vs sample 0 of n = 3")
 
-        let busy = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template,
+        let busy = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template,
                               config: config { $0.prefixCache = false })
         var outcomes: [RequestID: Outcome] = [:]
         for i in 0..<5 {
@@ -131,7 +131,7 @@ final class SmolLM2EngineTests: XCTestCase {
     /// `score` within 1e-4 per token; top alternatives are sorted and consistent.
     func testLogprobsMatchFullSequenceLogitsAndLearnerScorer() throws {
         let smol = try Fixtures.smol()
-        let engine = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let engine = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let prompt = try engine.encode(text: "Give me three facts about owls.", chat: true)
         var req = GenerationRequest(prompt: prompt, params: seeded(5, temperature: 0.6, topP: 1), maxTokens: 14, n: 2)
         req.topLogprobs = 5
@@ -164,7 +164,7 @@ final class SmolLM2EngineTests: XCTestCase {
             XCTAssertTrue(temperedDiffers, "the test must tell raw from tempered log-probs")
         }
         // The engine's scoring path agrees too.
-        let sid = try engine.score(ScoreRequest(items: out.map { ScoreItem(prompt: prompt, continuation: $0.tokens) }, topLogprobs: 2))
+        let sid = try engine.score(ScoringRequest(items: out.map { ScoringItem(prompt: prompt, continuation: $0.tokens) }, topLogprobs: 2))
         let scored = engine.runUntilIdle()[sid]!.score!
         XCTAssertEqual(scored.version, 1)
         for (i, s) in out.enumerated() {
@@ -179,8 +179,8 @@ final class SmolLM2EngineTests: XCTestCase {
     /// nothing.
     func testSharedPrefixAndUnsharedRunsGiveIdenticalSamples() throws {
         let smol = try Fixtures.smol()
-        let shared = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
-        let unshared = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config {
+        let shared = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let unshared = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config {
             $0.prefixCache = false
             $0.sharePromptAcrossSamples = false
         })
@@ -212,15 +212,15 @@ final class SmolLM2EngineTests: XCTestCase {
     /// (scorable) until its last sequence finishes.
     func testPublishDuringGenerationKeepsInFlightSamples() throws {
         let smol = try Fixtures.smol()
-        let prompt = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template).encode(text: "Tell me a short story about a cat.", chat: true)
+        let prompt = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template).encode(text: "Tell me a short story about a cat.", chat: true)
         let req = GenerationRequest(prompt: prompt, params: seeded(7), maxTokens: 12, n: 2)
 
-        let quiet = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let quiet = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let q = try quiet.submit(req)
         let reference = quiet.runUntilIdle()[q]!.ordered
 
         let v2 = Fixtures.perturbedNorms(smol.model)
-        let engine = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let engine = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         var outcomes: [RequestID: Outcome] = [:]
         let inFlight = try engine.submit(req)
         for _ in 0..<4 { engine.step() }
@@ -230,7 +230,7 @@ final class SmolLM2EngineTests: XCTestCase {
         XCTAssertEqual(engine.currentVersion, 2)
         XCTAssertEqual(engine.status().liveVersions, [1, 2])
         let after = try engine.submit(req)
-        let scoreOld = try engine.score(ScoreRequest(items: [ScoreItem(prompt: prompt, continuation: reference[0].tokens)], version: 1))
+        let scoreOld = try engine.score(ScoringRequest(items: [ScoringItem(prompt: prompt, continuation: reference[0].tokens)], version: 1))
         engine.runUntilIdle(into: &outcomes)
         XCTAssertEqual(engine.status().liveVersions, [2], "version 1 is freed with its last sequence")
 
@@ -243,7 +243,7 @@ final class SmolLM2EngineTests: XCTestCase {
         for (a, b) in zip(outcomes[scoreOld]!.score!.items[0].logprobs, reference[0].logprobs) { XCTAssertEqual(a, b, accuracy: 1e-4) }
 
         // The later request ran entirely on version 2: it equals a fresh engine serving version 2.
-        let fresh = try Engine(model: LlamaModel(weights: v2), version: 2, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let fresh = try GenerationEngine(model: LlamaModel(weights: v2), version: 2, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let f = try fresh.submit(req)
         let expected = fresh.runUntilIdle()[f]!.ordered
         let newer = outcomes[after]!.ordered
@@ -263,7 +263,7 @@ final class SmolLM2EngineTests: XCTestCase {
     /// `stop`.
     func testStopStringsCutAcrossTokenBoundaries() throws {
         let smol = try Fixtures.smol()
-        let engine = try Engine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
+        let engine = try GenerationEngine(model: smol.model, tokenizer: smol.tokenizer, template: smol.template, config: config())
         let prompt = try engine.encode(text: "What is the capital of France?", chat: true)
         // Greedy: "The capital of France is Paris." — "ance is P" spans " France", " is", " Paris".
         func run(_ stop: [String]) throws -> Outcome {

@@ -85,19 +85,19 @@ extension Fixtures {
 /// Everything one request produced.
 struct Outcome {
     var firstToken: UInt64?
-    var samples: [SampleResult] = []
+    var samples: [FinishedSample] = []
     var chunks: [StreamChunk] = []
     var done: RequestDone?
-    var score: ScoreResult?
+    var score: ScoringResult?
     var error: EngineError?
 
     /// Samples ordered by (prompt, sample).
-    var ordered: [SampleResult] {
+    var ordered: [FinishedSample] {
         samples.sorted { ($0.promptIndex, $0.sampleIndex) < ($1.promptIndex, $1.sampleIndex) }
     }
 }
 
-extension Engine {
+extension GenerationEngine {
     /// Steps until idle (at most `maxSteps`), collecting events per request.
     @discardableResult
     func runUntilIdle(maxSteps: Int = 100_000, into outcomes: inout [RequestID: Outcome]) -> Int {
@@ -126,6 +126,7 @@ extension Engine {
             case let .done(d): outcomes[d.id, default: Outcome()].done = d
             case let .score(s): outcomes[s.id, default: Outcome()].score = s
             case let .error(id, err): outcomes[id, default: Outcome()].error = err
+            case .published: break
             }
         }
     }
@@ -134,7 +135,7 @@ extension Engine {
 /// The field an `EngineError` names.
 func field(of error: Error) -> String? {
     switch error as? EngineError {
-    case let .invalidRequest(f, _)?: return f
+    case let .invalidRequest(f, _)?, let .outOfRange(f, _)?: return f
     case let .exceedsKVPool(f, _, _, _)?: return f
     case let .versionNotAlive(f, _, _)?: return f
     default: return nil

@@ -23,7 +23,7 @@ final class VersionRetirementTests: XCTestCase {
     func prompt(_ n: Int, _ salt: Int = 0) -> [Int32] { (0..<n).map { Int32(3 + ($0 * 7 + salt * 13) % 94) } }
 
     func request(_ prompt: [Int32], maxTokens: Int, _ f: (inout GenerationRequest) -> Void = { _ in }) -> GenerationRequest {
-        var p = SamplingParams()
+        var p = SamplerSettings()
         p.temperature = 0
         var r = GenerationRequest(prompt: prompt, params: p, maxTokens: maxTokens)
         r.ignoreEOS = true
@@ -34,7 +34,7 @@ final class VersionRetirementTests: XCTestCase {
 
     /// Greedy continuation of `prompt` under `model`, without the engine.
     func reference(_ model: LlamaModel, _ prompt: [Int32], _ maxTokens: Int) throws -> [Int32] {
-        var p = SamplingParams()
+        var p = SamplerSettings()
         p.temperature = 0
         p.maxTokens = maxTokens
         return try SingleSequenceGenerator(model: model).generate(prompt: prompt, params: p, stopTokens: []).ids
@@ -42,7 +42,7 @@ final class VersionRetirementTests: XCTestCase {
 
     /// One step, then the invariants that hold after every step: a publication never stays
     /// pending, and no more than `limit` versions are live.
-    func step(_ engine: Engine, limit: Int, into outcomes: inout [RequestID: Outcome],
+    func step(_ engine: GenerationEngine, limit: Int, into outcomes: inout [RequestID: Outcome],
               file: StaticString = #filePath, line: UInt = #line) {
         engine.step()
         engine.collect(into: &outcomes)
@@ -57,7 +57,7 @@ final class VersionRetirementTests: XCTestCase {
     /// are still generating (before: it waited for them to end). Default configuration.
     func testShortRequestFinishesWhileLongOnesRunOnTwoOlderVersions() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model))
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model))
         let limit = engine.config.maxLiveVersions
         var out: [RequestID: Outcome] = [:]
         let long1 = try engine.submit(request(prompt(8, 1), maxTokens: 50))
@@ -100,7 +100,7 @@ final class VersionRetirementTests: XCTestCase {
         let model = try Fixtures.tiny()
         let v2 = LlamaModel(weights: Fixtures.perturbed(model, eps: 0.5, seed: 2))
         let v3 = LlamaModel(weights: Fixtures.perturbed(model, eps: 0.5, seed: 3))
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
         var out: [RequestID: Outcome] = [:]
         let p1 = prompt(8, 1), p2 = prompt(30, 2)
         let old = try engine.submit(request(p1, maxTokens: 40))
@@ -146,7 +146,7 @@ final class VersionRetirementTests: XCTestCase {
     /// pinned any more (`versionNotAlive`, as before).
     func testPinnedRequestOnARetiredVersionEndsWithVersionRetired() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
         var out: [RequestID: Outcome] = [:]
         let unpinned = try engine.submit(request(prompt(8, 1), maxTokens: 30))
         let pinned = try engine.submit(request(prompt(8, 2), maxTokens: 30) { $0.requireVersion = 1; $0.n = 2 })
@@ -154,7 +154,7 @@ final class VersionRetirementTests: XCTestCase {
         XCTAssertEqual(out[pinned]?.chunks.count, 6, "both pinned samples run on version 1")
         XCTAssertTrue(out[pinned]!.chunks.allSatisfy { $0.version == 1 })
         let p = prompt(6, 4)
-        let score = try engine.score(ScoreRequest(items: [ScoreItem(prompt: p, continuation: [5, 6, 7])], version: 1))
+        let score = try engine.score(ScoringRequest(items: [ScoringItem(prompt: p, continuation: [5, 6, 7])], version: 1))
         try engine.publish(weights: Fixtures.perturbed(model, seed: 2), version: 2)
         step(engine, limit: 1, into: &out)
         XCTAssertEqual(engine.status().liveVersions, [2])
@@ -167,7 +167,7 @@ final class VersionRetirementTests: XCTestCase {
             XCTAssertEqual(f, "require_version")
             XCTAssertEqual(alive, [2])
         }
-        XCTAssertThrowsError(try engine.score(ScoreRequest(items: [ScoreItem(prompt: p, continuation: [5])], version: 1)))
+        XCTAssertThrowsError(try engine.score(ScoringRequest(items: [ScoringItem(prompt: p, continuation: [5])], version: 1)))
         while engine.step().hasWork {}
         engine.collect(into: &out)
         XCTAssertEqual(out[unpinned]?.samples.first?.version, 2)
@@ -184,7 +184,7 @@ final class VersionRetirementTests: XCTestCase {
     /// handed to the scheduler. It must end with `versionRetired`, not run on the retired weights.
     func testRequestPinnedJustBeforeTheRetirementEndsWithVersionRetired() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 1 })
         let held = try XCTUnwrap(engine.scheduler.versions.retain(version: 1))
         try engine.publish(weights: Fixtures.perturbed(model, seed: 2), version: 2)
         engine.step()
@@ -208,7 +208,7 @@ final class VersionRetirementTests: XCTestCase {
     /// retires version 1 after all (its generation moves), sparing the pinned one.
     func testRetirementSparesPinnedRequestsThenLongGenerations() throws {
         let model = try Fixtures.tiny()
-        let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
+        let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = 2 })
         var out: [RequestID: Outcome] = [:]
         let long = try engine.submit(request(prompt(8, 1), maxTokens: 50))
         for _ in 0..<10 { step(engine, limit: 2, into: &out) }
@@ -241,7 +241,7 @@ final class VersionRetirementTests: XCTestCase {
         let model = try Fixtures.tiny()
         let weights = (2...12).map { Fixtures.perturbedNorms(model, seed: UInt64($0)) }
         for limit in 1...3 {
-            let engine = try Engine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = limit })
+            let engine = try GenerationEngine(model: model, tokenizer: tok, config: config(model) { $0.maxLiveVersions = limit })
             var out: [RequestID: Outcome] = [:]
             var newestAtSubmit: [RequestID: UInt64] = [:]
             var pinned: Set<RequestID> = []

@@ -1,3 +1,4 @@
+import DurableFile
 import Foundation
 import XCTest
 @testable import Learner
@@ -64,7 +65,7 @@ final class CheckpointDiskTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root + "/notes", withIntermediateDirectories: true)
         try Data("mine".utf8).write(to: URL(fileURLWithPath: root + "/notes/todo.txt"))
         let model = try LlamaModel.load(huggingFaceDirectory: LearnerTests.modelFixtures.appendingPathComponent("tiny-untied").path)
-        let learner = try Learner(policy: model, reference: nil, options: TrainingOptions(), schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
+        let learner = try Trainer(policy: model, reference: nil, options: TrainingOptions(), schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         let state = TrainerState(step: 0, optimizerSteps: 0, skippedSteps: 0, options: learner.options, schedule: learner.schedule,
                                  referenceKind: learner.reference.kind, referenceGeneration: 0, baseModel: "x", referenceModel: nil)
         XCTAssertThrowsError(try Checkpoint.save(learner, state: state, to: root + "/notes", extras: .init(writeGGUF: false))) {
@@ -75,7 +76,7 @@ final class CheckpointDiskTests: XCTestCase {
         try Checkpoint.save(learner, state: state, to: root + "/ck", extras: .init(writeGGUF: true))
         try Checkpoint.save(learner, state: state, to: root + "/ck", extras: .init(writeGGUF: true))
         XCTAssertEqual(try names(root), ["ck", "notes"])
-        let written = Checkpoint.diskBytes(at: root + "/ck")
+        let written = diskBytes(at: root + "/ck")
         let estimate = Checkpoint.estimatedBytes(of: learner, extras: .init(writeGGUF: true))
         XCTAssertGreaterThanOrEqual(estimate, written, "the estimate covers the checkpoint")
         XCTAssertLessThan(estimate, written + (2 << 20), "and is close to it")

@@ -42,7 +42,7 @@ final class LearnerTests: XCTestCase {
         let ref = try loadTiny(c["ref"] as! String)
         var opts = TrainingOptions()
         opts.loss = LossConfig(type: LossType(rawValue: c["loss_type"] as! String)!, beta: c["beta"] as! Double, alpha: c["alpha"] as! Double)
-        let learner = try Learner(policy: policy, reference: ref, options: opts,
+        let learner = try Trainer(policy: policy, reference: ref, options: opts,
                                   schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         let ps = pairs(c["pairs"]!)
         learner.grads.zero()
@@ -76,7 +76,7 @@ final class LearnerTests: XCTestCase {
         let ref = try loadTiny(c["ref"] as! String)
         var opts = TrainingOptions()
         opts.loss = LossConfig(type: .ipo, beta: 0.5, alpha: 0.1)
-        let learner = try Learner(policy: policy, reference: ref, options: opts,
+        let learner = try Trainer(policy: policy, reference: ref, options: opts,
                                   schedule: LRSchedule(kind: .constant, baseLR: 0, warmupSteps: 0, totalSteps: 1))
         let ps = pairs(c["pairs"]!)
         let keys = ps.indices.map { UInt64($0) }
@@ -139,7 +139,7 @@ final class LearnerTests: XCTestCase {
         opts.gradAccum = 2
         let sched = LRSchedule(kind: .cosine, baseLR: c["lr"] as! Double, warmupSteps: c["warmup_steps"] as! Int,
                                totalSteps: c["total_steps"] as! Int)
-        let learner = try Learner(policy: policy, reference: ref, options: opts, schedule: sched)
+        let learner = try Trainer(policy: policy, reference: ref, options: opts, schedule: sched)
         let ps = pairs(c["pairs"]!)
         let log = c["log"] as! [[String: Double]]
         for s in 0..<3 {
@@ -162,7 +162,7 @@ final class LearnerTests: XCTestCase {
     func testNonFiniteStepIsSkipped() throws {
         let policy = try loadTiny("Tests/ModelTests/Fixtures/tiny-tied")
         let before = Array(UnsafeBufferPointer(start: policy.weights.data, count: policy.weights.count))
-        let learner = try Learner(policy: policy, reference: nil, options: TrainingOptions(),
+        let learner = try Trainer(policy: policy, reference: nil, options: TrainingOptions(),
                                   schedule: LRSchedule(kind: .constant, baseLR: 1e-2, warmupSteps: 0, totalSteps: 1))
         let bad = PreferencePair(prompt: [5, 6], chosen: [7], rejected: [8], reference: nil, weight: .nan)
         let r = try learner.step([([bad], [0])])
@@ -181,7 +181,7 @@ final class LearnerTests: XCTestCase {
         let policy = try loadTiny("Tests/ModelTests/Fixtures/tiny-untied")
         var opts = TrainingOptions()
         opts.loss = LossConfig(type: .sigmoid, beta: 0.1, alpha: 0.001)
-        let learner = try Learner(policy: policy, reference: nil, options: opts,
+        let learner = try Trainer(policy: policy, reference: nil, options: opts,
                                   schedule: LRSchedule(kind: .constant, baseLR: 3e-3, warmupSteps: 0, totalSteps: 30))
         // Chosen responses repeat token 10, rejected ones token 20: a preference the model can learn.
         var ps: [PreferencePair] = []
@@ -204,7 +204,7 @@ final class LearnerTests: XCTestCase {
         let policy = try loadTiny("Tests/ModelTests/Fixtures/tiny-tied")
         var opts = TrainingOptions()
         opts.refRefreshSteps = 2
-        let learner = try Learner(policy: policy, reference: nil, options: opts,
+        let learner = try Trainer(policy: policy, reference: nil, options: opts,
                                   schedule: LRSchedule(kind: .constant, baseLR: 1e-2, warmupSteps: 0, totalSteps: 4))
         let p = [PreferencePair(prompt: [3, 4, 5], chosen: [6, 7], rejected: [8, 9], reference: [10])]
         _ = try learner.step([(p, [7])])

@@ -1,4 +1,5 @@
 import Foundation
+@testable import PreferenceLog
 @testable import Server
 import Wire
 import XCTest

@@ -1,4 +1,5 @@
 import Foundation
+@testable import PreferenceLog
 import Learner
 @testable import Server
 import XCTest
@@ -128,7 +129,7 @@ final class PreferenceLogTests: XCTestCase {
             case "garbage": bad.append(contentsOf: (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 31) })
             case "sequence gap":
                 // A well-formed record with sequence 9 (CRC right, number wrong).
-                let payload = PreferenceLog.encodePayload(pair(9), sources: [""], sequence: 9)
+                let payload = PreferenceRecord.encodePayload(pair(9), sources: [""], sequence: 9)
                 var rec: [UInt8] = []
                 appendLE32(&rec, UInt32(payload.count))
                 appendLE32(&rec, PreferenceLog.recordCRC(length: UInt32(payload.count), sequence: 9, payload: payload))
@@ -177,32 +178,9 @@ final class PreferenceLogTests: XCTestCase {
         XCTAssertTrue(log.waitForRecords(after: 0, timeout: 10))
         XCTAssertLessThan(Date().timeIntervalSince(t0), 5)
         // The learner's view (PreferenceSource).
-        let recs = log.records(after: 0, timeout: 0)
+        let recs = log.batches(after: 0)
         XCTAssertEqual(recs.map(\.sequence), [1])
         log.close()
-    }
-
-    func testConfinement() throws {
-        let root = try temporaryDirectory()
-        let outside = try temporaryDirectory()
-        try FileManager.default.createDirectory(atPath: root + "/data/ck", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: root + "/data/out", withDestinationPath: outside)
-        try FileManager.default.createSymbolicLink(atPath: root + "/data/in", withDestinationPath: root + "/data/ck")
-        let d = try DataDirectory(root + "/data")
-        func code(_ f: () throws -> String) -> String {
-            do { _ = try f(); return "ok" } catch let ServerError.refused(code, _, _) { return "\(code)" } catch { return "\(error)" }
-        }
-        XCTAssertEqual(code { try d.resolveExisting("ck", field: "checkpoint") }, "ok")
-        XCTAssertEqual(code { try d.resolveExisting("in", field: "checkpoint") }, "ok", "a link that stays inside is fine")
-        XCTAssertEqual(code { try d.resolveExisting("out", field: "checkpoint") }, "permissionDenied")
-        XCTAssertEqual(code { try d.resolveExisting("nope", field: "checkpoint") }, "notFound")
-        XCTAssertEqual(code { try d.resolveExisting("../data/ck", field: "checkpoint") }, "invalidArgument")
-        XCTAssertEqual(code { try d.resolveExisting("/etc", field: "checkpoint") }, "invalidArgument")
-        XCTAssertEqual(code { try d.resolveNew("new/deeper", field: "name") }, "ok")
-        XCTAssertEqual(code { try d.resolveNew("out/x", field: "name") }, "permissionDenied")
-        XCTAssertEqual(code { try d.resolveNew("out", field: "name") }, "permissionDenied")
-        XCTAssertEqual(code { try d.resolveNew("in/x", field: "name") }, "ok")
-        XCTAssertEqual(try d.resolveNew("in/x", field: "name"), d.realPath + "/ck/x")
     }
 }
 

@@ -284,7 +284,7 @@ final class ProtocolTests: XCTestCase {
         try fm.createDirectory(atPath: data + "/checkpoints", withIntermediateDirectories: true)
         try fm.createSymbolicLink(atPath: data + "/checkpoints/escape", withDestinationPath: outside)
         try fm.copyItem(atPath: ServerProcess.tinyTied, toPath: data + "/other-shape")
-        let server = try ServerProcess(model: ServerProcess.tinyChat, dataDir: data, args: ["--journal-learner"])
+        let server = try ServerProcess(model: ServerProcess.tinyChat, dataDir: data)
         let c = try server.client()
         let start = try c.hello().policyVersion
         let watcher = try server.client()
@@ -321,7 +321,7 @@ final class ProtocolTests: XCTestCase {
                                  "the refreshed version does not score with the checkpoint's weights")
         guard case .saveCheckpointReply(let s) = try c.call(8, .saveCheckpoint(SaveCheckpoint(name: "one"))) else { return XCTFail() }
         XCTAssertEqual(s.path, "checkpoints/one")
-        XCTAssertTrue(fm.fileExists(atPath: data + "/checkpoints/one/journal_state.json"))
+        XCTAssertTrue(fm.fileExists(atPath: data + "/checkpoints/one/trainer_state.json"))
         guard case .saveCheckpointReply(let auto) = try c.call(9, .saveCheckpoint(SaveCheckpoint())) else { return XCTFail() }
         XCTAssertEqual(auto.path, "checkpoints/step-0")
 

@@ -227,7 +227,7 @@ final class TransportHardeningTests: XCTestCase {
         let dir = try temporaryDirectory()
         let token = try writeToken(dir)
         let data = dir + "/data"
-        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--auth-token-file", dir + "/token", "--journal-learner"])
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--auth-token-file", dir + "/token"])
         let c = try server.client()
         let r = try c.call(0, .hello(Hello(authToken: token + "\0junk")))
         guard let e = errorOf(r) else { return }
@@ -256,7 +256,7 @@ final class TransportHardeningTests: XCTestCase {
     func testRepliesCarryNoAbsoluteServerPaths() throws {
         let dir = try temporaryDirectory()
         let data = dir + "/data"
-        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data, args: ["--journal-learner"])
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: data)
         let c = try server.client()
         let h = try c.hello()
         XCTAssertEqual(h.modelPath, "tiny-untied")

@@ -36,7 +36,7 @@ final class ChatTemplateTests: XCTestCase {
             }
             XCTAssertEqual(t.renders.count, 6)
             for r in t.renders {
-                let messages = r.messages.map { ChatMessage(role: $0.role, content: $0.content) }
+                let messages = r.messages.map { ChatTurn(role: $0.role, content: $0.content) }
                 let rendered = template.render(messages, addGenerationPrompt: r.add_generation_prompt)
                 XCTAssertBytesEqual(rendered, r.rendered, "\(t.name), generation prompt \(r.add_generation_prompt)")
             }

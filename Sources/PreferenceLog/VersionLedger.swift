@@ -1,5 +1,5 @@
+import DurableFile
 import Foundation
-import Model
 
 /// The highest weight version ever issued on a data directory, kept in `DATA/version` (one decimal
 /// number) so that version numbers never go back or repeat across restarts — a number always means
@@ -19,14 +19,14 @@ public final class VersionLedger: @unchecked Sendable {
     private var recorded: UInt64
 
     /// Reads `directory/version` (missing: nothing issued yet).
-    /// - Throws: `ServerError.io` when it exists but does not hold a number.
-    init(directory: String) throws(ServerError) {
+    /// - Throws: `PreferenceLogError.io` when it exists but does not hold a number.
+    init(directory: String) throws(PreferenceLogError) {
         path = directory + "/" + Self.fileName
         recorded = 0
         guard let data = FileManager.default.contents(atPath: path) else { return }
         let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard let v = UInt64(text) else {
-            throw ServerError.io(path: path, reason: "does not hold a version number (\"\(text.prefix(40))\"); it records the highest weight version issued")
+            throw PreferenceLogError.io(path: path, reason: "does not hold a version number (\"\(text.prefix(40))\"); it records the highest weight version issued")
         }
         recorded = v
     }
@@ -39,7 +39,7 @@ public final class VersionLedger: @unchecked Sendable {
     /// weights keep their number), else one above the highest ever issued. Recorded before it returns.
     /// - Parameter resumedVersion: the version the resumed checkpoint's weights were published as
     ///   (nil or 0: not a resumed, published set of weights).
-    public func begin(resumedVersion: UInt64?) throws(ServerError) -> UInt64 {
+    public func begin(resumedVersion: UInt64?) throws(PreferenceLogError) -> UInt64 {
         lock.lock(); defer { lock.unlock() }
         if let r = resumedVersion, r > 0, r >= recorded {
             if r > recorded { try write(r) }  // a data directory from before this file existed
@@ -51,8 +51,8 @@ public final class VersionLedger: @unchecked Sendable {
     }
 
     /// Issues the next version: one above every version issued so far and above `after`.
-    /// - Throws: `ServerError.io` when it cannot be recorded (then it is not issued).
-    public func issue(after: UInt64 = 0) throws(ServerError) -> UInt64 {
+    /// - Throws: `PreferenceLogError.io` when it cannot be recorded (then it is not issued).
+    public func issue(after: UInt64 = 0) throws(PreferenceLogError) -> UInt64 {
         lock.lock(); defer { lock.unlock() }
         let v = max(recorded, after) + 1
         try write(v)
@@ -61,19 +61,19 @@ public final class VersionLedger: @unchecked Sendable {
 
     /// Records `version` as issued when it is above the highest (a server handed an engine that
     /// already serves it).
-    public func record(_ version: UInt64) throws(ServerError) {
+    public func record(_ version: UInt64) throws(PreferenceLogError) {
         lock.lock(); defer { lock.unlock() }
         if version > recorded { try write(version) }
     }
 
     /// Guarded by `lock`.
-    private func write(_ v: UInt64) throws(ServerError) {
+    private func write(_ v: UInt64) throws(PreferenceLogError) {
         do {
             let w = try DurableFileWriter(path: path)
             try w.write("\(v)\n")
             try w.commit()
         } catch {
-            throw ServerError.io(path: path, reason: "cannot record version \(v): \(error)")
+            throw PreferenceLogError.io(path: path, reason: "cannot record version \(v): \(error)")
         }
         recorded = v
     }

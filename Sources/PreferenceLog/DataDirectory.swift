@@ -1,5 +1,5 @@
+import DurableFile
 import Foundation
-import Learner
 
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +12,8 @@ import Glibc
 /// `DATA/checkpoints/NAME` (`checkpointDirectory`). Path logic plus `realpath`/`lstat`; any thread.
 ///
 /// Layout: `preferences.wal` (the log), `version` (`VersionLedger`), `checkpoints/` (one directory
-/// per checkpoint, `latest` naming the one a restart resumes from).
+/// per checkpoint, `latest` naming the one a restart resumes from). What makes a directory of
+/// `checkpoints/` a checkpoint is the learner's knowledge (`isCheckpoint`, given by the server).
 ///
 /// A symlink swapped in between the check and the use (a race with someone who can already write
 /// to the data directory) is not defended against.
@@ -31,42 +32,48 @@ public struct DataDirectory: Sendable {
     /// `DATA/checkpoints`.
     public var checkpointsPath: String { realPath + "/" + Self.checkpointsFolder }
 
+    /// Whether a path in `checkpoints/` is a checkpoint (counted in `usage`, replaceable by a save).
+    public let isCheckpoint: @Sendable (String) -> Bool
+
     /// Uses `path`, creating it (mode 0700) when missing; reads its version ledger.
-    /// - Throws: `ServerError.io` when it cannot be created or is not a directory, or `version` is
-    ///   unreadable.
-    public init(_ path: String) throws {
+    /// - Parameter isCheckpoint: what makes an entry of `checkpoints/` a checkpoint (default: being a
+    ///   real directory).
+    /// - Throws: `PreferenceLogError.io` when it cannot be created or is not a directory, or
+    ///   `version` is unreadable.
+    public init(_ path: String, isCheckpoint: @escaping @Sendable (String) -> Bool = DataDirectory.isRealDirectory) throws(PreferenceLogError) {
         var isDir: ObjCBool = false
         if !FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
             do {
                 try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
                                                         attributes: [.posixPermissions: 0o700])
             } catch {
-                throw ServerError.io(path: path, reason: "cannot create the data directory: \(error.localizedDescription)")
+                throw PreferenceLogError.io(path: path, reason: "cannot create the data directory: \(error.localizedDescription)")
             }
         } else if !isDir.boolValue {
-            throw ServerError.io(path: path, reason: "not a directory")
+            throw PreferenceLogError.io(path: path, reason: "not a directory")
         }
         self.path = path
-        guard let real = Self.realpath(path) else { throw ServerError.io(path: path, reason: "cannot resolve: \(errnoText())") }
+        guard let real = Self.realpath(path) else { throw PreferenceLogError.io(path: path, reason: "cannot resolve: \(errnoText())") }
         realPath = real
+        self.isCheckpoint = isCheckpoint
         versions = try VersionLedger(directory: real)
-        usage = DiskUsage(root: real)
+        usage = DiskUsage(root: real, isCheckpoint: isCheckpoint)
     }
 
     /// The real path of `relative`, which must exist inside the directory.
-    /// - Throws: `ServerError.refused` — `INVALID_ARGUMENT` for an empty, absolute or `..` path,
-    ///   `NOT_FOUND` when it does not exist, `PERMISSION_DENIED` when it resolves outside.
-    public func resolveExisting(_ relative: String, field: String) throws(ServerError) -> String {
+    /// - Throws: `PreferenceLogError.path` — `.invalid` for an empty, absolute or `..` path,
+    ///   `.notFound` when it does not exist, `.outside` when it resolves outside.
+    public func resolveExisting(_ relative: String, field: String) throws(PreferenceLogError) -> String {
         try checkSyntax(relative, field: field)
         let joined = path + "/" + relative
         guard let real = Self.realpath(joined) else {
             if errno == ENOENT || errno == ENOTDIR {
-                throw ServerError.refused(code: .notFound, field: field, reason: "\"\(relative)\" does not exist in the data directory")
+                throw PreferenceLogError.path(.notFound, field: field, reason: "\"\(relative)\" does not exist in the data directory")
             }
-            throw ServerError.refused(code: .notFound, field: field, reason: "\"\(relative)\" cannot be resolved: \(errnoText())")
+            throw PreferenceLogError.path(.notFound, field: field, reason: "\"\(relative)\" cannot be resolved: \(errnoText())")
         }
         guard isInside(real) else {
-            throw ServerError.refused(code: .permissionDenied, field: field, reason: "\"\(relative)\" resolves outside the data directory")
+            throw PreferenceLogError.path(.outside, field: field, reason: "\"\(relative)\" resolves outside the data directory")
         }
         return real
     }
@@ -74,12 +81,12 @@ public struct DataDirectory: Sendable {
     /// Where `relative` would be created: its deepest existing ancestor (and itself, when it exists,
     /// e.g. a checkpoint to replace) must resolve inside the directory. Returns the absolute path
     /// (real ancestor + the components still to create).
-    /// - Throws: `ServerError.refused` — `INVALID_ARGUMENT` for an empty, absolute or `..` path,
-    ///   `PERMISSION_DENIED` when it (or an ancestor) resolves outside.
-    public func resolveNew(_ relative: String, field: String) throws(ServerError) -> String {
+    /// - Throws: `PreferenceLogError.path` — `.invalid` for an empty, absolute or `..` path,
+    ///   `.outside` when it (or an ancestor) resolves outside.
+    public func resolveNew(_ relative: String, field: String) throws(PreferenceLogError) -> String {
         try checkSyntax(relative, field: field)
         let parts = relative.split(separator: "/").map(String.init).filter { $0 != "." && !$0.isEmpty }
-        guard !parts.isEmpty else { throw ServerError.invalid(field, "names the data directory itself") }
+        guard !parts.isEmpty else { throw PreferenceLogError.path(.invalid, field: field, reason: "names the data directory itself") }
         // Walk down while components exist, resolving each (a symlink anywhere is followed).
         var resolved = realPath
         var i = 0
@@ -89,11 +96,11 @@ public struct DataDirectory: Sendable {
             if lstat(candidate, &st) != 0 { break }
             guard let real = Self.realpath(candidate) else {
                 // A dangling symlink: where it points cannot be checked, so refuse it.
-                throw ServerError.refused(code: .permissionDenied, field: field,
+                throw PreferenceLogError.path(.outside, field: field,
                                           reason: "\"\(parts[0...i].joined(separator: "/"))\" is a link that cannot be resolved")
             }
             guard isInside(real) else {
-                throw ServerError.refused(code: .permissionDenied, field: field, reason: "\"\(relative)\" resolves outside the data directory")
+                throw PreferenceLogError.path(.outside, field: field, reason: "\"\(relative)\" resolves outside the data directory")
             }
             resolved = real
             i += 1
@@ -101,80 +108,31 @@ public struct DataDirectory: Sendable {
         return ([resolved] + parts[i...]).joined(separator: "/")
     }
 
-    /// Where `SaveCheckpoint{name}` writes: `DATA/checkpoints/NAME` (absolute), a fresh name or an
-    /// existing checkpoint to replace. `name` is one path component of 1–100 characters from
-    /// `A-Z a-z 0-9 . _ -`, starting with a letter or digit; a leading `checkpoints/` (the path a
-    /// save replied) is dropped. `latest` and names with the temporary suffixes of a save
-    /// (`.partial-`, `.old-`, `.tmp-`) are reserved. So no name reaches the log, the version file,
-    /// the `latest` pointer or anything outside the folder.
-    /// - Throws: `ServerError.refused` (field `field`) — `INVALID_ARGUMENT` for a bad or reserved
-    ///   name, or when `checkpoints/NAME` exists and is not a checkpoint directory (a real directory
-    ///   holding `trainer_state.json`, or the journal learner's `journal_state.json`): nothing a save
-    ///   did not create is ever replaced; `PERMISSION_DENIED` when `checkpoints` leads outside.
-    public func checkpointDirectory(named raw: String, field: String) throws(ServerError) -> String {
-        let prefix = Self.checkpointsFolder + "/"
-        let name = raw.hasPrefix(prefix) ? String(raw.dropFirst(prefix.count)) : raw
-        let bytes = Array(name.utf8)
-        func isAlnum(_ b: UInt8) -> Bool { (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) }
-        if bytes.isEmpty { throw ServerError.invalid(field, "names no checkpoint after \"\(prefix)\"") }
-        if bytes.count > 100 { throw ServerError.invalid(field, "is longer than 100 characters") }
-        if bytes.contains(UInt8(ascii: "/")) {
-            throw ServerError.invalid(field, "must be a single name, not a path (checkpoints are saved as \(prefix)NAME)")
-        }
-        guard isAlnum(bytes[0]), bytes.allSatisfy({ isAlnum($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }) else {
-            throw ServerError.invalid(field, "must start with a letter or digit and hold only A-Z a-z 0-9 . _ - (got \(String(reflecting: name)))")
-        }
-        if name == "latest" || (Checkpoint.temporarySuffixes + [".tmp-"]).contains(where: { name.contains($0) }) {
-            throw ServerError.invalid(field, "\"\(name)\" is reserved (the resume pointer, or a temporary name of a save)")
-        }
-        _ = try resolveNew(prefix + name, field: field)  // the folder (a link?) stays inside
-        let dir = checkpointsPath + "/" + name
-        var st = stat()
-        if lstat(dir, &st) == 0 && !Self.isCheckpointDirectory(dir) {
-            throw ServerError.invalid(field, "\(prefix)\(name) exists and is not a checkpoint; choose another name")
-        }
-        return dir
-    }
-
-    /// Files whose presence makes a directory a checkpoint: the online learner's state and the
-    /// journal learner's.
-    static let checkpointMarkers = [Checkpoint.stateFile, "journal_state.json"]
-
-    /// A real directory (not a link) holding a checkpoint marker file.
-    static func isCheckpointDirectory(_ dir: String) -> Bool {
-        var st = stat()
-        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
-        return checkpointMarkers.contains { lstat(dir + "/" + $0, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG }
-    }
-
-    /// Cleans `checkpoints/` after saves a crash interrupted (`Checkpoint.recoverInterruptedSaves`).
-    /// Call at start, after the preference log is open (its lock proves no other server uses the
-    /// directory). Returns lines for the log.
-    public func recoverInterruptedSaves() -> [String] {
-        let r = Checkpoint.recoverInterruptedSaves(in: checkpointsPath)
-        guard !r.actions.isEmpty else { return [] }
-        usage.refresh()
-        return r.actions.map { "\(Self.checkpointsFolder)/: \($0)" }
-            + (r.freedBytes > 0 ? ["\(Self.checkpointsFolder)/: \(byteText(r.freedBytes)) freed"] : [])
-    }
-
     /// The path of `absolute` relative to the directory (for replies), or `absolute` itself.
     public func relative(_ absolute: String) -> String {
         absolute.hasPrefix(realPath + "/") ? String(absolute.dropFirst(realPath.count + 1)) : absolute
     }
 
-    private func checkSyntax(_ relative: String, field: String) throws(ServerError) {
-        if relative.isEmpty { throw ServerError.invalid(field, "must not be empty") }
-        if relative.hasPrefix("/") { throw ServerError.invalid(field, "must be relative to the data directory") }
-        if relative.split(separator: "/").contains("..") { throw ServerError.invalid(field, "must not contain \"..\"") }
-        if relative.utf8.count > 4096 { throw ServerError.invalid(field, "is longer than 4096 bytes") }
+    private func checkSyntax(_ relative: String, field: String) throws(PreferenceLogError) {
+        func invalid(_ r: String) -> PreferenceLogError { .path(.invalid, field: field, reason: r) }
+        if relative.isEmpty { throw invalid("must not be empty") }
+        if relative.hasPrefix("/") { throw invalid("must be relative to the data directory") }
+        if relative.split(separator: "/").contains("..") { throw invalid("must not contain \"..\"") }
+        if relative.utf8.count > 4096 { throw invalid("is longer than 4096 bytes") }
     }
 
     private func isInside(_ real: String) -> Bool {
         real.hasPrefix(realPath == "/" ? "/" : realPath + "/") && real != realPath
     }
 
-    static func realpath(_ p: String) -> String? {
+    /// A real directory (not a link): the default checkpoint test.
+    public static func isRealDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// `path` with every link resolved, nil when it cannot be (errno set).
+    public static func realpath(_ p: String) -> String? {
         guard let r = Glibc.realpath(p, nil) else { return nil }
         defer { free(r) }
         return String(cString: r)
@@ -208,8 +166,11 @@ public final class DiskUsage: @unchecked Sendable {
 
     /// Measures nothing yet: call `refresh()` once the directory is set up (`selm serve` does right
     /// before serving), or the first read of `figures` measures in the background.
-    init(root: String) {
+    private let isCheckpoint: @Sendable (String) -> Bool
+
+    init(root: String, isCheckpoint: @escaping @Sendable (String) -> Bool) {
         self.root = root
+        self.isCheckpoint = isCheckpoint
     }
 
     /// The last figures (any thread, returns at once); refreshes them in the background when stale.
@@ -224,11 +185,11 @@ public final class DiskUsage: @unchecked Sendable {
     /// Measures now, on the calling thread (never the loop thread).
     public func refresh() {
         var f = DiskFigures()
-        f.dataDirBytes = UInt64(max(0, Checkpoint.diskBytes(at: root)))
-        f.freeBytes = UInt64(max(0, Checkpoint.freeBytes(at: root) ?? 0))
+        f.dataDirBytes = UInt64(max(0, diskBytes(at: root)))
+        f.freeBytes = UInt64(max(0, freeBytes(at: root) ?? 0))
         let folder = root + "/" + DataDirectory.checkpointsFolder
         let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-        f.checkpoints = names.filter { DataDirectory.isCheckpointDirectory(folder + "/" + $0) }.count
+        f.checkpoints = names.filter { isCheckpoint(folder + "/" + $0) }.count
         f.measured = Date()
         lock.lock(); cached = f; lock.unlock()
     }

@@ -1,27 +1,23 @@
+// PreferenceLog: the durable preference log (records framed with a length, a CRC-32C and a sequence
+// number; group commit; recovery scan; replay), the data directory it lives in (`DataDirectory`:
+// client paths confined to it, the checkpoint folder, disk usage) and the version ledger
+// (`DATA/version`). Owns its error type, `PreferenceLogError`. Records are opaque bytes here: what a
+// record holds (a batch of preference rows as a protobuf message) is the server's business, so this
+// module never sees a wire or learner type. May import: Foundation, DurableFile.
+import DurableFile
 import Foundation
-import Learner
-import Wire
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One durable record of the preference log: the rows of one accepted `SubmitPreferences` batch,
-/// in token ids.
-public struct PreferenceRecord: Sendable, Equatable {
-    /// The record's sequence number (consecutive, the first record of a fresh log is 1).
+/// One durable record read back from the log.
+public struct LogEntry: Sendable, Equatable {
+    /// The record's sequence number (consecutive; the first record of a fresh log is 1).
     public var sequence: UInt64
-    /// The rows, in the order they were submitted.
-    public var pairs: [PreferencePair]
-    /// Each row's free-form provenance (`PreferenceRow.source`), parallel to `pairs`.
-    public var sources: [String]
-
-    /// A record; `sources` defaults to empty strings.
-    public init(sequence: UInt64, pairs: [PreferencePair], sources: [String]? = nil) {
-        self.sequence = sequence
-        self.pairs = pairs
-        self.sources = sources ?? Array(repeating: "", count: pairs.count)
-    }
+    /// What the appender stored.
+    public var payload: [UInt8]
+    public init(sequence: UInt64, payload: [UInt8]) { self.sequence = sequence; self.payload = payload }
 }
 
 /// The write-ahead log of accepted preference batches: `DATA/preferences.wal`.
@@ -34,10 +30,10 @@ public struct PreferenceRecord: Sendable, Equatable {
 /// ```
 ///
 /// The CRC-32C covers the length, the sequence and the payload (in that order, as stored). The
-/// payload is a serialized `selm.v1.Envelope` (Proto/selm.proto) whose `id` is the sequence number
-/// and whose body is a `SubmitPreferences` holding the batch's rows with every prompt and response
-/// as token ids (text rows were tokenized when accepted) — so any protobuf runtime can read a log.
-/// A row's weight 0 is not representable (proto3 reads it as 1); the server never stores 0.
+/// payload is whatever the appender made of the record's sequence number (`append`); the server
+/// stores a serialized `selm.v1.Envelope` (Proto/selm.proto) whose `id` is the sequence number and
+/// whose body is a `SubmitPreferences` holding the batch's rows as token ids (Server's
+/// `PreferenceRecord`) — so any protobuf runtime can read a log.
 ///
 /// Sequence numbers are consecutive, in 1…2^64−2. Opening a log scans it: the first record with a
 /// bad length, a bad CRC or a sequence out of order (or out of that range) marks a torn tail (a crash in the middle of an append);
@@ -49,7 +45,7 @@ public struct PreferenceRecord: Sendable, Equatable {
 /// `append` (any thread) queues a batch for the log's own thread, which writes every queued batch
 /// as one record each, fsyncs once (group commit), and only then calls each batch's completion
 /// with its sequence number (on the log thread) and the observers with the new last sequence. A
-/// failed write or fsync fails the waiting batches and every later one (`ServerError.log`): after a
+/// failed write or fsync fails the waiting batches and every later one (`PreferenceLogError.log`): after a
 /// failed fsync what reached the disk is unknown, so the server stops accepting preferences rather
 /// than acknowledging a batch it cannot vouch for.
 ///
@@ -87,10 +83,12 @@ public final class PreferenceLog: @unchecked Sendable {
     /// What the scan at open found (and truncated).
     public let recovery: Recovery
 
-    private typealias Completion = @Sendable (Result<UInt64, ServerError>) -> Void
+    /// Called once the record is durable, with its sequence, or with the failure.
+    public typealias Completion = @Sendable (Result<UInt64, PreferenceLogError>) -> Void
+    /// Makes a record's payload from its sequence number (called on the log thread).
+    public typealias Payload = @Sendable (_ sequence: UInt64) -> [UInt8]
     private struct Pending {
-        var pairs: [PreferencePair]
-        var sources: [String]
+        var payload: Payload
         var completion: Completion
     }
 
@@ -103,7 +101,7 @@ public final class PreferenceLog: @unchecked Sendable {
     private var firstSequence: UInt64
     /// The next sequence an append gets.
     private var nextSequence: UInt64
-    private var failure: ServerError?
+    private var failure: PreferenceLogError?
     private var closing = false
     private var stopped = false
     private var started = false
@@ -116,22 +114,22 @@ public final class PreferenceLog: @unchecked Sendable {
     /// Opens (creating if needed) `directory/preferences.wal`, scans it and truncates a torn tail.
     /// The log thread starts with `start()`; until then `append` only queues. Any thread (the
     /// server opens it on the main thread before serving).
-    /// - Throws: `ServerError.log` when the file is not a preference log, is locked by another
+    /// - Throws: `PreferenceLogError.log` when the file is not a preference log, is locked by another
     ///   process, or cannot be read, truncated or synced.
     public init(directory: String) throws {
         path = directory + "/" + Self.fileName
         let existed = FileManager.default.fileExists(atPath: path)
         let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ServerError.log(path: path, reason: "cannot open: \(errnoText())") }
+        guard fd >= 0 else { throw PreferenceLogError.log(path: path, reason: "cannot open: \(errnoText())") }
         var ok = false
         defer { if !ok { Glibc.close(fd) } }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            throw ServerError.log(path: path, reason: "locked by another process (is another `selm serve` using this data directory?)")
+            throw PreferenceLogError.log(path: path, reason: "locked by another process (is another `selm serve` using this data directory?)")
         }
         let size = Int64(lseek(fd, 0, SEEK_END))
-        guard size >= 0 else { throw ServerError.log(path: path, reason: "cannot seek: \(errnoText())") }
+        guard size >= 0 else { throw PreferenceLogError.log(path: path, reason: "cannot seek: \(errnoText())") }
         let p = path
-        func fail(_ r: String) -> ServerError { .log(path: p, reason: r) }
+        func fail(_ r: String) -> PreferenceLogError { .log(path: p, reason: r) }
 
         if size < Int64(Self.fileHeaderSize) {
             // New file, or a crash while the header was written (no record can exist yet).
@@ -234,17 +232,17 @@ public final class PreferenceLog: @unchecked Sendable {
 
     /// The recovery scan of a whole log file held in memory (file header included), as `init` scans
     /// the file on disk, without touching any file: for the fuzzer and offline checks. Any thread.
-    /// - Throws: `ServerError.log` for a file `init` refuses (bad magic or format version); a file
+    /// - Throws: `PreferenceLogError.log` for a file `init` refuses (bad magic or format version); a file
     ///   shorter than its header scans as empty (`init` rewrites such a header).
     static func scan(fileBytes bytes: UnsafeRawBufferPointer, path: String = "<memory>") throws -> Scan {
         guard bytes.count >= Self.fileHeaderSize else {
             return Scan(index: [], firstSequence: 0, goodLength: 0, truncationReason: bytes.isEmpty ? nil : "incomplete file header")
         }
         let header = Array(bytes[0..<Self.fileHeaderSize])
-        guard Array(header[0..<8]) == Self.magic else { throw ServerError.log(path: path, reason: "not a selm preference log (bad magic)") }
+        guard Array(header[0..<8]) == Self.magic else { throw PreferenceLogError.log(path: path, reason: "not a selm preference log (bad magic)") }
         let version = readLE32(header, 8)
         guard version == Self.formatVersion else {
-            throw ServerError.log(path: path, reason: "format version \(version) is not supported (expected \(Self.formatVersion))")
+            throw PreferenceLogError.log(path: path, reason: "format version \(version) is not supported (expected \(Self.formatVersion))")
         }
         return scanRecords(size: Int64(bytes.count)) { buffer, at in
             let n = buffer.count
@@ -286,13 +284,13 @@ public final class PreferenceLog: @unchecked Sendable {
         cond.lock(); observers.append(observer); cond.unlock()
     }
 
-    /// Queues one batch as one record. `completion` runs on the log thread once the record is on
+    /// Queues one record; `payload` makes its bytes from the sequence number the record gets (on
+    /// the log thread, in append order). `completion` runs on the log thread once the record is on
     /// disk (fsynced), with its sequence number, or with the failure. Any thread; never blocks on I/O.
-    public func append(_ pairs: [PreferencePair], sources: [String]? = nil,
-                       completion: @escaping @Sendable (Result<UInt64, ServerError>) -> Void) {
-        let item = Pending(pairs: pairs, sources: sources ?? Array(repeating: "", count: pairs.count), completion: completion)
+    public func append(_ payload: @escaping Payload, completion: @escaping Completion) {
+        let item = Pending(payload: payload, completion: completion)
         cond.lock()
-        if let f = failure ?? (closing ? ServerError.log(path: path, reason: "closed") : nil) {
+        if let f = failure ?? (closing ? PreferenceLogError.log(path: path, reason: "closed") : nil) {
             cond.unlock()
             completion(.failure(f))
             return
@@ -322,8 +320,8 @@ public final class PreferenceLog: @unchecked Sendable {
 
     /// The durable records with a sequence greater than `sequence`, in order, at most `limit`.
     /// Any thread (the learner's); reads the file, concurrently with appends.
-    /// - Throws: `ServerError.log` when a record cannot be read back or decoded.
-    public func records(after sequence: UInt64, limit: Int = .max) throws -> [PreferenceRecord] {
+    /// - Throws: `PreferenceLogError.log` when a record cannot be read back (or changed on disk).
+    public func entries(after sequence: UInt64, limit: Int = .max) throws(PreferenceLogError) -> [LogEntry] {
         cond.lock()
         let first = firstSequence
         let available = index.count
@@ -332,23 +330,23 @@ public final class PreferenceLog: @unchecked Sendable {
         let slice = Array(index[start..<end])
         let fileDescriptor = fd
         cond.unlock()
-        var out: [PreferenceRecord] = []
+        var out: [LogEntry] = []
         out.reserveCapacity(slice.count)
         var rh = [UInt8](repeating: 0, count: Self.recordHeaderSize)
         for (i, entry) in slice.enumerated() {
             let seq = first + UInt64(start + i)
             guard preadAll(fileDescriptor, &rh, at: entry.offset) else {
-                throw ServerError.log(path: path, reason: "cannot read record \(seq): \(errnoText())")
+                throw PreferenceLogError.log(path: path, reason: "cannot read record \(seq): \(errnoText())")
             }
             var payload = [UInt8](repeating: 0, count: Int(entry.length))
             guard preadAll(fileDescriptor, &payload, at: entry.offset + Int64(Self.recordHeaderSize)) else {
-                throw ServerError.log(path: path, reason: "cannot read record \(seq): \(errnoText())")
+                throw PreferenceLogError.log(path: path, reason: "cannot read record \(seq): \(errnoText())")
             }
             guard readLE32(rh, 0) == entry.length, readLE64(rh, 8) == seq,
                   Self.recordCRC(length: entry.length, sequence: seq, payload: payload) == readLE32(rh, 4) else {
-                throw ServerError.log(path: path, reason: "record \(seq) changed on disk (CRC mismatch)")
+                throw PreferenceLogError.log(path: path, reason: "record \(seq) changed on disk (CRC mismatch)")
             }
-            out.append(try Self.decodePayload(payload, sequence: seq, path: path))
+            out.append(LogEntry(sequence: seq, payload: payload))
         }
         return out
     }
@@ -425,7 +423,7 @@ public final class PreferenceLog: @unchecked Sendable {
         var entries: [(offset: Int64, length: UInt32)] = []
         for (i, item) in batch.enumerated() {
             let seq = firstSeq + UInt64(i)
-            let payload = Self.encodePayload(item.pairs, sources: item.sources, sequence: seq)
+            let payload = item.payload(seq)
             let length = UInt32(payload.count)
             entries.append((endOffset + Int64(buffer.count), length))
             appendLE32(&buffer, length)
@@ -437,7 +435,7 @@ public final class PreferenceLog: @unchecked Sendable {
         if !wrote {
             let reason = "write or fsync failed: \(errnoText())"
             _ = ftruncate(fd, off_t(endOffset))
-            let err = ServerError.log(path: path, reason: reason)
+            let err = PreferenceLogError.log(path: path, reason: reason)
             cond.lock()
             failure = err
             nextSequence = firstSeq
@@ -467,77 +465,9 @@ public final class PreferenceLog: @unchecked Sendable {
         payload.withUnsafeBytes { c = CRC32C.update(c, $0) }
         return c
     }
-
-    /// The payload of a record: an `Envelope{id: sequence, submit_preferences: rows as ids}`.
-    static func encodePayload(_ pairs: [PreferencePair], sources: [String], sequence: UInt64) -> [UInt8] {
-        func ids(_ a: [Int32]) -> [UInt32] { a.map { UInt32(bitPattern: $0) } }
-        let rows = pairs.enumerated().map { i, p in
-            PreferenceRow(prompt: .ids(ids(p.prompt)), chosen: .ids(ids(p.chosen)), rejected: .ids(ids(p.rejected)),
-                          reference: p.reference.map { .ids(ids($0)) }, weight: p.weight,
-                          source: i < sources.count ? sources[i] : "")
-        }
-        return Frame.encodeBody(Envelope(id: sequence, body: .submitPreferences(SubmitPreferences(rows: rows))))
-    }
-
-    /// Decodes a record's payload.
-    static func decodePayload(_ payload: [UInt8], sequence: UInt64, path: String) throws -> PreferenceRecord {
-        func bad(_ r: String) -> ServerError { .log(path: path, reason: "record \(sequence): \(r)") }
-        let env: Envelope<ClientMessage>
-        do { env = try Frame.decodeClient(payload) } catch { throw bad("undecodable payload (\(error))") }
-        guard env.id == sequence, case let .submitPreferences(sp) = env.body else { throw bad("payload is not this record's batch") }
-        var pairs: [PreferencePair] = []
-        var sources: [String] = []
-        func ids(_ r: Response) throws -> [Int32] {
-            guard case let .ids(a) = r else { throw bad("a response is not stored as token ids") }
-            return a.map { Int32(bitPattern: $0) }
-        }
-        for row in sp.rows {
-            guard case let .ids(prompt) = row.prompt else { throw bad("a prompt is not stored as token ids") }
-            pairs.append(PreferencePair(prompt: prompt.map { Int32(bitPattern: $0) }, chosen: try ids(row.chosen),
-                                        rejected: try ids(row.rejected), reference: try row.reference.map(ids),
-                                        weight: row.weight))
-            sources.append(row.source)
-        }
-        return PreferenceRecord(sequence: sequence, pairs: pairs, sources: sources)
-    }
 }
 
 // MARK: - Small file helpers
-
-func errnoText() -> String { String(cString: strerror(errno)) }
-
-func pwriteAll(_ fd: Int32, _ bytes: [UInt8], at offset: Int64) -> Bool {
-    bytes.withUnsafeBytes { buf in
-        var done = 0
-        while done < buf.count {
-            let n = pwrite(fd, buf.baseAddress! + done, buf.count - done, off_t(offset + Int64(done)))
-            if n < 0 { if errno == EINTR { continue }; return false }
-            done += n
-        }
-        return true
-    }
-}
-
-func preadAll(_ fd: Int32, _ bytes: inout [UInt8], at offset: Int64) -> Bool {
-    let count = bytes.count
-    return bytes.withUnsafeMutableBytes { buf in
-        var done = 0
-        while done < count {
-            let n = pread(fd, buf.baseAddress! + done, count - done, off_t(offset + Int64(done)))
-            if n < 0 { if errno == EINTR { continue }; return false }
-            if n == 0 { errno = EIO; return false }
-            done += n
-        }
-        return true
-    }
-}
-
-func syncDirectory(_ dir: String) throws {
-    let dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    guard dfd >= 0 else { throw ServerError.io(path: dir, reason: "cannot open directory: \(errnoText())") }
-    defer { Glibc.close(dfd) }
-    guard fsync(dfd) == 0 else { throw ServerError.io(path: dir, reason: "fsync failed: \(errnoText())") }
-}
 
 func readLE32(_ b: [UInt8], _ at: Int) -> UInt32 {
     UInt32(b[at]) | UInt32(b[at + 1]) << 8 | UInt32(b[at + 2]) << 16 | UInt32(b[at + 3]) << 24
