@@ -70,7 +70,7 @@ let package = Package(
 
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "SelmProtoC", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
         .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Wire", "Learner", "ModelBundle", "Model", "Tokenizer", "SelmClient", "selm",

@@ -90,7 +90,7 @@ SWIFT_DEFAULTS = {
     "HelloReply.protocol_version": "Hello.currentProtocolVersion",
     "HelloReply.max_frame_bytes": "UInt64(Frame.defaultMaxFrameBytes)",
 }
-# Swift constant → (enum, value name, Swift type, doc)
+# (type, Swift constant) → (proto enum, value name, Swift type)
 CONSTANTS = {
     ("Hello", "currentProtocolVersion"): ("ProtocolVersion", "PROTOCOL_VERSION_CURRENT", "UInt32"),
 }
@@ -373,7 +373,7 @@ class Schema:
         self.c_const_prefix = "__".join(p.upper() for p in package.split(".")) + "__"
         self.messages = {m.full: m for m in messages}
         self.enums = {e.full: e for e in enums}
-        self.order = [m for m in messages]
+        self.order = list(messages)  # declaration order, nested types after their parent
         self.envelope = self.messages.get(f".{package}.{ENVELOPE}")
         if self.envelope is None:
             raise SystemExit(f"gen_wire: no message {ENVELOPE}")
@@ -388,9 +388,6 @@ class Schema:
         self.enum_messages = {m.full for m in messages
                               if m.fields and len(m.oneofs) == 1 and all(f.oneof == 0 for f in m.fields)
                               and m is not self.envelope and not any(f.proto3_optional for f in m.fields)}
-        self.structs = [m for m in messages
-                        if m is not self.envelope and not m.map_entry and m.full not in self.wrappers
-                        and m.full not in self.enum_messages]
         used_enums = {f.type_name for m in messages for f in m.fields if f.type == T_ENUM}
         self.swift_enums = [e for e in enums if e.full in used_enums]
         self.constant_enums = {e.name: e for e in enums if e.full not in used_enums}
@@ -462,9 +459,6 @@ class Schema:
             return False
         o = m.oneofs[f.oneof]
         return f.proto3_optional or (len(o.fields) == 1 and o.name == "optional_" + f.name)
-
-    def real_oneofs(self, m):
-        return [o for o in m.oneofs if not (len(o.fields) == 1 and self.optional_oneof(m, o.fields[0]))]
 
     def key(self, m, f):
         return f"{m.name}.{f.name}"
@@ -544,8 +538,6 @@ class Schema:
         name = v.name[len(prefix):] if v.name.startswith(prefix) else v.name
         return camel(name)
 
-    def is_client(self, full):
-        return full in self.client_types
 
 
 # ─── Messages.swift ───────────────────────────────────────────────────────────────────────────────

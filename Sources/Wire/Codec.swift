@@ -1,7 +1,15 @@
-// The hand-written runtime under the generated codec (Sources/Wire/Generated, scripts/gen_wire.py):
-// the arena the encoders build protobuf-c structs in, the decoders' entry points and conversions of
-// protobuf-c values, and a scanner of damaged envelopes. Framing is Frame.swift; request checks are
-// Validation.swift.
+// Module Wire: the selm.v1 protocol (Proto/selm.proto) in Swift — value types, frames, the request
+// checks that need no model. It owns the only use of the protobuf-c code (SelmProtoC) and imports
+// nothing else (SelmProtoC, CProtobufC; both `internal import`, so no C type leaks into its API).
+//
+//   Generated/          value types + encode/decode, written by scripts/gen_wire.py (`make proto`)
+//   Codec.swift         this file: the hand-written runtime under the generated code — the arena
+//                       the encoders build protobuf-c structs in, the decoders' entry points and
+//                       conversions of protobuf-c values, a scanner of damaged envelopes
+//   Frame.swift         framing (length prefix, FrameDecoder) and the public encode/decode calls
+//   WireError.swift     errors
+//   Validation.swift    the request checks, each rule once
+//   Conveniences.swift  the few helpers the generator cannot derive
 
 internal import SelmProtoC
 internal import CProtobufC
