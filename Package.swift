@@ -50,8 +50,10 @@ let package = Package(
 
         .executableTarget(
             name: "selm",
+            // Wire is named although SelmClient re-exports it: `selm client` builds Wire's types, and only
+            // a direct dependency makes an incremental build recompile selm after `make proto` changes them.
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "Server", "SelmClient",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "Server", "SelmClient", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),
