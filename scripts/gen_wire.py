@@ -6,7 +6,7 @@
 DESCRIPTOR_SET is `protoc --include_source_info --descriptor_set_out=...` of selm.proto (a
 FileDescriptorSet, read here with a small reader of the protobuf wire format; descriptor.proto's
 field numbers are stable); scripts/gen_proto.sh makes it and calls this script, so `make proto`
-regenerates everything and `make proto-check` fails when a committed file differs. Python 3.11
+regenerates everything and `make proto-check` fails when a committed file differs. Python 3.10+
 standard library only.
 
 It writes three files:
