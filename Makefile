@@ -97,7 +97,8 @@ bench-sharing: deps model build
 clean:
 	rm -rf .build .build-fuzz
 
-# Regenerate the protobuf-c (Sources/SelmProtoC) and Python (clients/python) code from Proto/selm.proto.
+# Regenerate the protobuf-c (Sources/SelmProtoC), Python (clients/python) and Swift (Sources/Wire/Generated)
+# code from Proto/selm.proto; proto-check fails when a committed file differs from what the .proto gives.
 proto:
 	@scripts/gen_proto.sh
 

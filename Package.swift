@@ -57,8 +57,10 @@ let package = Package(
 
         .executableTarget(
             name: "selm",
+            // Wire is named although SelmClient re-exports it: `selm client` builds Wire's types, and only
+            // a direct dependency makes an incremental build recompile selm after `make proto` changes them.
             dependencies: [
-                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "PreferenceLog", "DurableFile", "Server", "SelmClient",
+                "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "PreferenceLog", "DurableFile", "Server", "SelmClient", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: fastSwift),
@@ -79,7 +81,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Tokenizer", "Kernels"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "WireTests", dependencies: ["Wire", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "SelmProtoC", "CProtobufC", "FuzzChecks"], resources: [.copy("Fixtures")]),
         .testTarget(name: "CLITests", dependencies: ["Model", "Kernels", "selm"]),
         .testTarget(name: "LearnerTests", dependencies: ["Learner", "Model", "DurableFile"], resources: [.copy("Fixtures")]),
         .testTarget(name: "PreferenceLogTests", dependencies: ["PreferenceLog", "DurableFile", "FuzzChecks"]),

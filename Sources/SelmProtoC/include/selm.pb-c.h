@@ -1247,7 +1247,8 @@ struct  Selm__V1__RefreshWeights
 {
   ProtobufCMessage base;
   /*
-   * path relative to the server's data directory; not empty, no "..", not absolute;
+   * Path relative to the server's data directory; not empty, no "..", not absolute; weights with
+   * NaN/Inf are refused (INVALID_ARGUMENT naming the tensor).
    */
   ProtobufCBinaryData checkpoint;
 };
