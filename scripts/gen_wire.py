@@ -683,6 +683,14 @@ def gen_enum(s, e):
     for v in e.values:
         out.append(f"        case .{ident(s.case_name(e, v))}: {v.number}")
     out += ["        case .unrecognized(let v): v", "        }", "    }", "",
+            "    /// The value's name in the .proto without the enum's prefix (\"INVALID_ARGUMENT\");",
+            "    /// `.unrecognized(v)` is \"<ENUM>_<v>\" (e.g. \"ERROR_CODE_42\").",
+            "    public var protoName: String {", "        switch self {"]
+    for v in e.values:
+        prefix = c_snake(e.name).upper() + "_"
+        bare = v.name[len(prefix):] if v.name.startswith(prefix) else v.name
+        out.append(f"        case .{ident(s.case_name(e, v))}: \"{bare}\"")
+    out += [f"        case .unrecognized(let v): \"{c_snake(e.name).upper()}_\\(v)\"", "        }", "    }", "",
             "    /// Maps any wire value; unknown ones become `.unrecognized`.",
             "    public init(rawValue: Int32) {", "        switch rawValue {"]
     for v in e.values:

@@ -45,23 +45,8 @@ public enum SelmClientError: Error, Sendable, Equatable, CustomStringConvertible
 
     /// The proto name of an error code without its prefix: "INVALID_ARGUMENT", "NOT_FOUND".
     public static func name(of code: ErrorCode) -> String {
-        switch code {
-        case .unspecified: "UNSPECIFIED"
-        case .invalidArgument: "INVALID_ARGUMENT"
-        case .unauthenticated: "UNAUTHENTICATED"
-        case .notFound: "NOT_FOUND"
-        case .resourceExhausted: "RESOURCE_EXHAUSTED"
-        case .frameTooLarge: "FRAME_TOO_LARGE"
-        case .malformed: "MALFORMED"
-        case .unknownBody: "UNKNOWN_BODY"
-        case .unsupportedVersion: "UNSUPPORTED_VERSION"
-        case .permissionDenied: "PERMISSION_DENIED"
-        case .cancelled: "CANCELLED"
-        case .internal: "INTERNAL"
-        case .unavailable: "UNAVAILABLE"
-        case .outOfRange: "OUT_OF_RANGE"
-        case .unrecognized(let v): "CODE_\(v)"
-        }
+        if case .unrecognized(let v) = code { return "CODE_\(v)" }  // as the Python client says it
+        return code.protoName
     }
 
     /// One line with the code, the message and the field (unless the message names it already):

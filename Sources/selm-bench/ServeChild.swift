@@ -16,25 +16,7 @@ struct LoadFailure: Error, CustomStringConvertible {
 
     static func server(_ e: ErrorReply) -> LoadFailure { LoadFailure(code: codeName(e.code), detail: e.message) }
 
-    static func codeName(_ c: ErrorCode) -> String {
-        switch c {
-        case .unspecified: "UNSPECIFIED"
-        case .invalidArgument: "INVALID_ARGUMENT"
-        case .unauthenticated: "UNAUTHENTICATED"
-        case .notFound: "NOT_FOUND"
-        case .resourceExhausted: "RESOURCE_EXHAUSTED"
-        case .frameTooLarge: "FRAME_TOO_LARGE"
-        case .malformed: "MALFORMED"
-        case .unknownBody: "UNKNOWN_BODY"
-        case .unsupportedVersion: "UNSUPPORTED_VERSION"
-        case .permissionDenied: "PERMISSION_DENIED"
-        case .cancelled: "CANCELLED"
-        case .internal: "INTERNAL"
-        case .unavailable: "UNAVAILABLE"
-        case .outOfRange: "OUT_OF_RANGE"
-        case .unrecognized(let v): "CODE_\(v)"
-        }
-    }
+    static func codeName(_ c: ErrorCode) -> String { c.protoName }
 }
 
 /// `selm serve --listen 127.0.0.1:0 --data-dir DATA ARGS`, its stderr in DATA.log.

@@ -149,4 +149,21 @@ final class GeneratedMirrorTests: XCTestCase {
             }
         }
     }
+
+    /// Every `ErrorCode` value's generated `protoName` is the .proto's name without the enum prefix,
+    /// read from protobuf-c's enum descriptor (reached through `Envelope.error.code`).
+    func testEnumProtoNamesAreTheProtoNames() throws {
+        let env = envelopeDescriptor()
+        let errorField = try XCTUnwrap(fields(env).first { String(cString: $0.name) == "error" })
+        let errorMessage = errorField.descriptor.assumingMemoryBound(to: ProtobufCMessageDescriptor.self)
+        let codeField = try XCTUnwrap(fields(errorMessage).first { String(cString: $0.name) == "code" })
+        let e = codeField.descriptor.assumingMemoryBound(to: ProtobufCEnumDescriptor.self)
+        XCTAssertGreaterThan(e.pointee.n_values, 10)
+        for i in 0..<Int(e.pointee.n_values) {
+            let v = e.pointee.values[i]
+            let name = String(cString: v.name)
+            XCTAssertEqual(ErrorCode(rawValue: v.value).protoName, String(name.dropFirst("ERROR_CODE_".count)), name)
+        }
+        XCTAssertEqual(ErrorCode(rawValue: 999).protoName, "ERROR_CODE_999")
+    }
 }

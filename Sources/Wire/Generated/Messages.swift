@@ -842,6 +842,19 @@ public enum FinishReason: Sendable, Equatable, Hashable {
         }
     }
 
+    /// The value's name in the .proto without the enum's prefix ("INVALID_ARGUMENT");
+    /// `.unrecognized(v)` is "<ENUM>_<v>" (e.g. "ERROR_CODE_42").
+    public var protoName: String {
+        switch self {
+        case .unspecified: "UNSPECIFIED"
+        case .eos: "EOS"
+        case .stop: "STOP"
+        case .length: "LENGTH"
+        case .cancelled: "CANCELLED"
+        case .unrecognized(let v): "FINISH_REASON_\(v)"
+        }
+    }
+
     /// Maps any wire value; unknown ones become `.unrecognized`.
     public init(rawValue: Int32) {
         switch rawValue {
@@ -907,6 +920,28 @@ public enum ErrorCode: Sendable, Equatable, Hashable {
         case .unavailable: 12
         case .outOfRange: 13
         case .unrecognized(let v): v
+        }
+    }
+
+    /// The value's name in the .proto without the enum's prefix ("INVALID_ARGUMENT");
+    /// `.unrecognized(v)` is "<ENUM>_<v>" (e.g. "ERROR_CODE_42").
+    public var protoName: String {
+        switch self {
+        case .unspecified: "UNSPECIFIED"
+        case .invalidArgument: "INVALID_ARGUMENT"
+        case .unauthenticated: "UNAUTHENTICATED"
+        case .notFound: "NOT_FOUND"
+        case .resourceExhausted: "RESOURCE_EXHAUSTED"
+        case .frameTooLarge: "FRAME_TOO_LARGE"
+        case .malformed: "MALFORMED"
+        case .unknownBody: "UNKNOWN_BODY"
+        case .unsupportedVersion: "UNSUPPORTED_VERSION"
+        case .permissionDenied: "PERMISSION_DENIED"
+        case .cancelled: "CANCELLED"
+        case .`internal`: "INTERNAL"
+        case .unavailable: "UNAVAILABLE"
+        case .outOfRange: "OUT_OF_RANGE"
+        case .unrecognized(let v): "ERROR_CODE_\(v)"
         }
     }
 
