@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "Model", dependencies: ["Kernels", "DurableFile"], swiftSettings: fastSwift),
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates; the one text → ids rule for
         // prompts and responses (PromptResponseEncoder) and the one TRL preference-row parser (TRLRow).
-        .target(name: "Tokenizer", swiftSettings: fastSwift),
+        .target(name: "Tokenizer", exclude: ["README.md"], swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
         .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.

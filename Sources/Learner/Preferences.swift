@@ -48,8 +48,8 @@ public struct PreferencePair: Sendable, Equatable, Codable {
 
 extension PreferencePair {
     /// The pair of a row encoded by `PromptResponseEncoder` (or given in ids).
-    public init(_ row: EncodedRow) {
-        self.init(prompt: row.prompt, chosen: row.chosen, rejected: row.rejected, reference: row.reference, weight: row.weight)
+    public init(_ row: EncodedRow, weight: Float) {
+        self.init(prompt: row.prompt, chosen: row.chosen, rejected: row.rejected, reference: row.reference, weight: weight)
     }
 }
 
@@ -77,11 +77,11 @@ public enum PreferenceData {
         for (row, line) in rows {
             let place = "\(path):\(line)"
             let pair: PreferencePair
-            if let ids = EncodedRow(idsOnly: row) {
-                pair = PreferencePair(ids)
+            if let ids = row.idsOnly {
+                pair = PreferencePair(ids, weight: row.weight)
             } else {
                 guard let encoder else { throw LearnerError.badRow(place: place, field: "prompt", reason: "text rows need a tokenizer") }
-                do { pair = PreferencePair(try encoder.encode(row, textPromptsAsChat: true)) } catch {
+                do { pair = PreferencePair(try encoder.encode(row, textPromptsAsChat: true), weight: row.weight) } catch {
                     throw LearnerError.badRow(place: place, field: "prompt", reason: "\(error)")
                 }
             }

@@ -66,7 +66,7 @@ enum Edge {
         pairs.reserveCapacity(p.rows.count)
         for (i, row) in p.rows.enumerated() {
             let field = "rows[\(i)]"
-            let pair = PreferencePair(try encoder.preferenceRow(row, chat: p.chat, field: field))
+            let pair = PreferencePair(try encoder.preferenceRow(row, chat: p.chat, field: field), weight: row.weight)
             do {
                 try pair.validate(vocabSize: encoder.vocabSize, contextLength: encoder.contextLength, at: field, idsField: { $0 + ".ids" })
             } catch {

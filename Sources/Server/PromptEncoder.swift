@@ -106,7 +106,7 @@ struct PromptEncoder: Sendable {
         }
         let trl = TRLRow(prompt: prompt, chosen: response(row.chosen), rejected: response(row.rejected),
                          reference: row.reference.map(response), weight: row.weight, source: row.source)
-        if let encoded = EncodedRow(idsOnly: trl) { return encoded }   // no tokenizer needed
+        if let encoded = trl.idsOnly { return encoded }   // no tokenizer needed
         let enc = try encoder(firstText ?? field)
         let templateField = prompt.isConversation ? field + ".prompt.messages" : "chat"
         return try templated(templateField) { () throws(TokenizerError) in try enc.encode(trl, textPromptsAsChat: chat) }

@@ -89,7 +89,7 @@ public struct PromptResponseEncoder: Sendable {
                 for ((i, _), r) in zip(turns, responses) { out[i] = r }
             }
         }
-        return EncodedRow(prompt: prompt, chosen: out[0]!, rejected: out[1]!, reference: out[2], weight: row.weight)
+        return (prompt, out[0]!, out[1]!, out[2])
     }
 
     private func chatTemplate() throws(TokenizerError) -> ChatTemplate {
@@ -103,26 +103,19 @@ public struct PromptResponseEncoder: Sendable {
     }
 }
 
-/// A preference row in token ids (`PromptResponseEncoder.encode`).
-public struct EncodedRow: Sendable, Equatable {
-    public var prompt: [Int32]
-    public var chosen: [Int32]
-    public var rejected: [Int32]
-    public var reference: [Int32]?
-    public var weight: Float
+/// A preference row in token ids (`PromptResponseEncoder.encode`, `TRLRow.idsOnly`); the learner
+/// makes its `PreferencePair` of it.
+public typealias EncodedRow = (prompt: [Int32], chosen: [Int32], rejected: [Int32], reference: [Int32]?)
 
-    public init(prompt: [Int32], chosen: [Int32], rejected: [Int32], reference: [Int32]? = nil, weight: Float = 1) {
-        self.prompt = prompt; self.chosen = chosen; self.rejected = rejected; self.reference = reference; self.weight = weight
-    }
-
-    /// A row given wholly in token ids, as it is (no tokenizer needed); nil when any part is text.
-    public init?(idsOnly row: TRLRow) {
-        func ids(_ r: TRLRow.Response?) -> [Int32]? {
+extension TRLRow {
+    /// The row as it is when given wholly in token ids (no tokenizer needed); nil when any part is text.
+    public var idsOnly: EncodedRow? {
+        func ids(_ r: Response?) -> [Int32]? {
             if case .ids(let i)? = r { return i }
             return nil
         }
-        guard case .ids(let p) = row.prompt, let c = ids(row.chosen), let r = ids(row.rejected),
-              row.reference == nil || ids(row.reference) != nil else { return nil }
-        self.init(prompt: p, chosen: c, rejected: r, reference: ids(row.reference), weight: row.weight)
+        guard case .ids(let p) = prompt, let c = ids(chosen), let r = ids(rejected),
+              reference == nil || ids(reference) != nil else { return nil }
+        return (p, c, r, ids(reference))
     }
 }

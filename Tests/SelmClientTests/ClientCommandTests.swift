@@ -111,7 +111,7 @@ final class ClientCommandTests: XCTestCase {
         let file = s.directory + "/prefs.jsonl"
         let rows = """
         {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "reference_response": "four"}
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "Go away."}]}
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello!", "rejected": "Go away."}
 
         {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6], "reference_ids": [7], "weight": 0.5, "score": 3}
         """

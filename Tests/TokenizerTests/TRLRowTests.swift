@@ -95,9 +95,10 @@ final class TRLRowTests: XCTestCase {
         ], place: "x")
         XCTAssertEqual(row, TRLRow(prompt: .ids([1, 2]), chosen: .text("c"), rejected: .ids([3]), reference: .text("r"),
                                    weight: 0.5, source: "pairrm"))
-        XCTAssertEqual(EncodedRow(idsOnly: row), nil, "a text part needs the tokenizer")
-        let ids = try TRLRow.parse(["prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]], place: "x")
-        XCTAssertEqual(EncodedRow(idsOnly: ids), EncodedRow(prompt: [1], chosen: [2], rejected: [3]))
+        XCTAssertNil(row.idsOnly, "a text part needs the tokenizer")
+        let ids = try XCTUnwrap(try TRLRow.parse(["prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3]], place: "x").idsOnly)
+        XCTAssertEqual([ids.prompt, ids.chosen, ids.rejected], [[1], [2], [3]])
+        XCTAssertNil(ids.reference)
     }
 
     /// Each bad row names its line and field.
