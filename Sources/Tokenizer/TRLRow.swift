@@ -99,8 +99,13 @@ public struct TRLRow: Sendable, Equatable {
         } else {
             throw bad("prompt", "is missing (expected prompt/chosen/rejected or prompt_ids/chosen_ids/rejected_ids)")
         }
-        guard let chosen = try response("chosen", idsKey: "chosen_ids") else { throw bad("chosen", "is missing (or chosen_ids)") }
-        guard let rejected = try response("rejected", idsKey: "rejected_ids") else { throw bad("rejected", "is missing (or rejected_ids)") }
+        // A missing part is named in the form the row uses (an ids row: `chosen_ids`).
+        func missing(_ key: String) -> TRLRowError {
+            if case .ids = prompt { return bad(key + "_ids", "is missing") }
+            return bad(key, "is missing")
+        }
+        guard let chosen = try response("chosen", idsKey: "chosen_ids") else { throw missing("chosen") }
+        guard let rejected = try response("rejected", idsKey: "rejected_ids") else { throw missing("rejected") }
         let reference = try response("reference_response", idsKey: "reference_ids")
         for (key, r) in [("chosen", chosen), ("rejected", rejected), ("reference_response", reference)] {
             if case .messages = r, !prompt.isConversation {
