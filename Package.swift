@@ -32,14 +32,15 @@ let package = Package(
         .target(name: "DurableFile", exclude: ["README.md"]),
         // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
         .target(name: "Model", dependencies: ["Kernels", "DurableFile"], swiftSettings: fastSwift),
-        // Byte-level BPE tokenizer, streaming detokenizer, chat templates.
-        .target(name: "Tokenizer", swiftSettings: fastSwift),
+        // Byte-level BPE tokenizer, streaming detokenizer, chat templates; the one text → ids rule for
+        // prompts and responses (PromptResponseEncoder) and the one TRL preference-row parser (TRLRow).
+        .target(name: "Tokenizer", exclude: ["README.md"], swiftSettings: fastSwift),
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
         .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
         .target(name: "Engine", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
-        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile"], exclude: ["README.md"], swiftSettings: fastSwift),
+        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // The durable preference log (records, CRC, group commit, replay), the data directory and the
         // version ledger; records are opaque bytes (Foundation and DurableFile only).
         .target(name: "PreferenceLog", dependencies: ["DurableFile"], exclude: ["README.md"]),

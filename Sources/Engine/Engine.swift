@@ -165,22 +165,22 @@ public final class GenerationEngine: @unchecked Sendable {
     }
 
     /// Token ids of a prompt: with `chat`, `text` as one user message through the chat template
-    /// (ending with the assistant turn's opening); otherwise the text itself. Special tokens written
-    /// in the text are parsed; BOS is added when the tokenizer asks for it.
+    /// (ending with the assistant turn's opening); otherwise the text itself (the rules of
+    /// `PromptResponseEncoder`, which this calls).
     /// - Throws: `EngineError.noChatTemplate` for `chat` without a template.
     /// Thread: any.
     public func encode(text: String, chat: Bool) throws -> [Int32] {
-        if chat { return try encode(messages: [.user(text)]) }
-        return tokenizer.encode(text, parseSpecial: true, addBOS: tokenizer.addBOS)
+        do { return try encoder.prompt(text: text, chat: chat) } catch { throw EngineError.noChatTemplate }
     }
 
     /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
     /// opening. Thread: any.
     public func encode(messages: [ChatTurn]) throws -> [Int32] {
-        guard let template else { throw EngineError.noChatTemplate }
-        return tokenizer.encode(template.render(messages, addGenerationPrompt: true), parseSpecial: true,
-                                addBOS: tokenizer.addBOS)
+        do { return try encoder.chat(messages) } catch { throw EngineError.noChatTemplate }
     }
+
+    /// The text → token ids rules shared with the server and the learner.
+    private var encoder: PromptResponseEncoder { PromptResponseEncoder(tokenizer: tokenizer, template: template) }
 
     /// Queues log-probability scoring of continuations; the result comes as a `.score` event.
     /// - Throws: `EngineError.invalidRequest` naming the field (`items`, an empty `items[i].prompt`

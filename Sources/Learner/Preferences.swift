@@ -1,5 +1,6 @@
 import Foundation
 import Model
+import Tokenizer
 
 /// One preference pair in token ids: the prompt (conditioning, not scored), the preferred and the
 /// dispreferred response, and optionally y_ref — the reference policy's own (greedy) response, which
@@ -45,126 +46,50 @@ public struct PreferencePair: Sendable, Equatable, Codable {
     }
 }
 
-/// A prompt as TRL datasets carry it: plain text or a list of chat messages.
-public enum PromptInput: Sendable, Equatable {
-    case text(String)
-    case messages([(role: String, content: String)])
-
-    public static func == (a: PromptInput, b: PromptInput) -> Bool {
-        switch (a, b) {
-        case let (.text(x), .text(y)): return x == y
-        case let (.messages(x), .messages(y)):
-            return x.count == y.count && zip(x, y).allSatisfy { $0.role == $1.role && $0.content == $1.content }
-        default: return false
-        }
+extension PreferencePair {
+    /// The pair of a row encoded by `PromptResponseEncoder` (or given in ids).
+    public init(_ row: EncodedRow, weight: Float) {
+        self.init(prompt: row.prompt, chosen: row.chosen, rejected: row.rejected, reference: row.reference, weight: weight)
     }
 }
 
-/// Turns text rows into token ids the way TRL does: the chat template (with the generation prompt)
-/// is applied to the prompt; each response is tokenized on its own and EOS is appended.
-public protocol PreferenceTextEncoder {
-    func encodePrompt(_ prompt: PromptInput) throws -> [Int32]
-    func encodeResponse(_ text: String) throws -> [Int32]
-}
-
-/// Reads preference rows from JSONL: either text rows
-/// `{"prompt", "chosen", "rejected", "reference_response"?, "weight"?}` (prompt a string or a list of
-/// `{"role","content"}` messages; responses strings, or TRL's conversational form — a list whose last
-/// message is the assistant's) or token-id rows `{"prompt_ids", "chosen_ids", "rejected_ids",
-/// "reference_ids"?, "weight"?}` taken as they are. The whole file is parsed and checked before
-/// anything is returned: a malformed row is an error naming its line.
+/// Reads preference rows from JSONL for `selm train` / `selm loss`: the rows TRL datasets carry
+/// (`TRLRow`, the shared parser: prompt/chosen/rejected/reference_response as text or
+/// conversations, or their `_ids` forms; weight) encoded by the shared `PromptResponseEncoder` with
+/// the chat template applied to text prompts (conversational responses as TRL encodes them). The
+/// whole file is parsed and checked before anything is returned: a malformed row is an error
+/// naming its line and field.
 public enum PreferenceData {
-    public static func load(path: String, encoder: PreferenceTextEncoder?, vocabSize: Int, contextLength: Int) throws -> [PreferencePair] {
+    /// - Parameter encoder: the model's text encoder; nil for a model without a tokenizer (rows
+    ///   must then be token ids).
+    /// - Throws: `LearnerError.io` (unreadable file), `.badRow` / `.outOfRange` naming "path:line"
+    ///   and the field.
+    public static func load(path: String, encoder: PromptResponseEncoder?, vocabSize: Int, contextLength: Int) throws -> [PreferencePair] {
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw LearnerError.io(file: path, reason: "cannot read: \(error.localizedDescription)")
         }
+        let rows: [(row: TRLRow, line: Int)]
+        do { rows = try TRLRow.read(jsonl: data, name: path) } catch {
+            throw LearnerError.badRow(place: error.place, field: error.field, reason: error.reason)
+        }
         var pairs: [PreferencePair] = []
-        var lineNo = 0
-        for raw in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
-            lineNo += 1
-            let line = raw.last == UInt8(ascii: "\r") ? raw.dropLast() : raw[...]
-            if line.allSatisfy({ $0 == 32 || $0 == 9 }) { continue }
-            let place = "\(path):\(lineNo)"
-            guard let obj = (try? JSONSerialization.jsonObject(with: Data(line))) as? [String: Any] else {
-                throw LearnerError.badRow(place: place, field: "", reason: "not a JSON object")
+        for (row, line) in rows {
+            let place = "\(path):\(line)"
+            let pair: PreferencePair
+            if let ids = row.idsOnly {
+                pair = PreferencePair(ids, weight: row.weight)
+            } else {
+                guard let encoder else { throw LearnerError.badRow(place: place, field: "prompt", reason: "text rows need a tokenizer") }
+                do { pair = PreferencePair(try encoder.encode(row, textPromptsAsChat: true), weight: row.weight) } catch {
+                    throw LearnerError.badRow(place: place, field: "prompt", reason: "\(error)")
+                }
             }
-            let pair = try parse(obj, place: place, encoder: encoder)
             try pair.validate(vocabSize: vocabSize, contextLength: contextLength, at: place)
             pairs.append(pair)
         }
         if pairs.isEmpty { throw LearnerError.badRow(place: path, field: "", reason: "no preference rows") }
         return pairs
-    }
-
-    /// Parses one row object (text or ids).
-    public static func parse(_ obj: [String: Any], place: String, encoder: PreferenceTextEncoder?) throws -> PreferencePair {
-        func bad(_ f: String, _ r: String) -> LearnerError { .badRow(place: place, field: f, reason: r) }
-        var weight: Float = 1
-        if let w = obj["weight"], !(w is NSNull) {
-            guard let n = w as? NSNumber, !isJSONBoolean(w) else { throw bad("weight", "must be a number") }
-            weight = n.floatValue
-        }
-        if obj["prompt_ids"] != nil || obj["chosen_ids"] != nil {
-            func ids(_ k: String, required: Bool = true) throws -> [Int32]? {
-                guard let v = obj[k], !(v is NSNull) else {
-                    if required { throw bad(k, "is missing") }
-                    return nil
-                }
-                guard let a = v as? [Any] else { throw bad(k, "must be an array of token ids") }
-                return try a.enumerated().map { i, x in
-                    guard let n = jsonInteger(x), abs(n) < 1 << 31 else { throw bad("\(k)[\(i)]", "must be an integer token id") }
-                    return Int32(n)
-                }
-            }
-            return PreferencePair(prompt: try ids("prompt_ids")!, chosen: try ids("chosen_ids")!,
-                                  rejected: try ids("rejected_ids")!, reference: try ids("reference_ids", required: false),
-                                  weight: weight)
-        }
-        guard let encoder else { throw bad("prompt", "text rows need a tokenizer") }
-        guard let p = obj["prompt"] else { throw bad("prompt", "is missing (expected prompt/chosen/rejected or prompt_ids/chosen_ids/rejected_ids)") }
-        let prompt: PromptInput
-        if let s = p as? String {
-            prompt = .text(s)
-        } else if let list = p as? [Any] {
-            prompt = .messages(try messages(list, field: "prompt", bad: bad))
-        } else { throw bad("prompt", "must be a string or a list of messages") }
-        func response(_ k: String, required: Bool = true) throws -> String? {
-            guard let v = obj[k], !(v is NSNull) else {
-                if required { throw bad(k, "is missing") }
-                return nil
-            }
-            if let s = v as? String {
-                if s.isEmpty { throw bad(k, "is empty") }
-                return s
-            }
-            if let list = v as? [Any] {
-                let ms = try messages(list, field: k, bad: bad)
-                guard let last = ms.last, last.role == "assistant", !last.content.isEmpty else {
-                    throw bad(k, "conversational responses must end with a non-empty assistant message")
-                }
-                return last.content
-            }
-            throw bad(k, "must be a string")
-        }
-        let chosen = try response("chosen")!, rejected = try response("rejected")!
-        let reference = try response("reference_response", required: false)
-        do {
-            return PreferencePair(prompt: try encoder.encodePrompt(prompt), chosen: try encoder.encodeResponse(chosen),
-                                  rejected: try encoder.encodeResponse(rejected),
-                                  reference: try reference.map { try encoder.encodeResponse($0) }, weight: weight)
-        } catch let e as LearnerError { throw e } catch {
-            throw bad("prompt", "\(error)")
-        }
-    }
-
-    static func messages(_ list: [Any], field: String, bad: (String, String) -> LearnerError) throws -> [(role: String, content: String)] {
-        try list.enumerated().map { i, m in
-            guard let d = m as? [String: Any], let role = d["role"] as? String, let content = d["content"] as? String else {
-                throw bad("\(field)[\(i)]", "must be an object with string 'role' and 'content'")
-            }
-            return (role, content)
-        }
     }
 }
 

@@ -90,17 +90,11 @@ public final class ModelBundle: @unchecked Sendable {
         return s
     }
 
-    /// Prompt ids for a chat: the template applied with the generation prompt, special tokens parsed.
-    public func encodeChat(_ messages: [ChatTurn]) throws -> [Int32] {
-        let text = try chatTemplate().render(messages, addGenerationPrompt: true)
-        let tok = try tokenizer
-        return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
-    }
-
-    /// Prompt ids for plain text (BOS added when the tokenizer says so).
-    public func encodePlain(_ text: String) throws -> [Int32] {
-        let tok = try tokenizer
-        return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
+    /// The model's prompt/response encoder (its tokenizer and chat template), the one way text
+    /// becomes token ids. - Throws: `BundleError.noTokenizer`.
+    public func textEncoder() throws -> PromptResponseEncoder {
+        PromptResponseEncoder(tokenizer: try tokenizer, template: template,
+                              templateProblem: templateProblem ?? "the model has no chat template")
     }
 
     /// The source's `tokenizer.*` GGUF metadata, carried into GGUF checkpoints so they load with

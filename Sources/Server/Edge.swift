@@ -66,12 +66,7 @@ enum Edge {
         pairs.reserveCapacity(p.rows.count)
         for (i, row) in p.rows.enumerated() {
             let field = "rows[\(i)]"
-            let pair = PreferencePair(
-                prompt: try encoder.prompt(row.prompt, chat: p.chat, field: field + ".prompt"),
-                chosen: try encoder.response(row.chosen, appendEOS: true, field: field + ".chosen"),
-                rejected: try encoder.response(row.rejected, appendEOS: true, field: field + ".rejected"),
-                reference: try row.reference.map { r throws(ServerError) in try encoder.response(r, appendEOS: true, field: field + ".reference") },
-                weight: row.weight)
+            let pair = PreferencePair(try encoder.preferenceRow(row, chat: p.chat, field: field), weight: row.weight)
             do {
                 try pair.validate(vocabSize: encoder.vocabSize, contextLength: encoder.contextLength, at: field, idsField: { $0 + ".ids" })
             } catch {

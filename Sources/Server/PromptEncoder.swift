@@ -3,18 +3,20 @@ import Synchronization
 import Tokenizer
 import Wire
 
-/// Turns the wire's prompts and responses into token ids (the requests around them are built by
-/// `Edge`); every error is a `ServerError.refused` naming the proto field path.
+/// Turns the wire's prompts and responses into token ids by the rules of the shared
+/// `PromptResponseEncoder` (Tokenizer) — the same as `selm generate`, `selm train` and the engine
+/// use (the requests around them are built by `Edge`); every error is a `ServerError.refused`
+/// naming the proto field path.
 ///
 /// - Text prompt: `chat` → the chat template as one user turn (with the generation prompt);
-///   otherwise plain text, special-token text parsed, BOS when the tokenizer adds one (as
-///   `selm generate`).
+///   otherwise plain text, special-token text parsed, BOS when the tokenizer adds one.
 /// - Messages: always the chat template (with the generation prompt).
 /// - Ids: as they are (no template, no BOS), bit for bit; the engine (or the learner's pair check)
 ///   checks them against the vocabulary. Only `DetokenizeRequest`'s ids are checked here (they
 ///   reach no other part).
-/// - Responses: text is tokenized on its own; preference responses get EOS appended (as TRL and
-///   `PreferenceData` do), score continuations do not; ids as they are.
+/// - Responses: text is tokenized on its own; preference responses get EOS appended
+///   (`PromptResponseEncoder.encode`, the rule of `selm train`), score continuations do not; ids
+///   as they are.
 /// - Length: before any text of a request is tokenized, every text field (a conversation's roles and
 ///   contents together) is checked against `maxTextBytes` — more bytes than the context can hold
 ///   as tokens — and refused with `ERROR_CODE_OUT_OF_RANGE` naming the field; a `TokenizeRequest`
@@ -36,9 +38,12 @@ struct PromptEncoder: Sendable {
     let maxTokenizeBytes: Int
     /// Bytes of text handed to the tokenizer (the `selm_tokenizer_input_bytes_total` metric).
     let meter = TokenizerMeter()
+    /// The shared text → ids rules; nil when the model has no tokenizer.
+    let text: PromptResponseEncoder?
 
     init(bundle: ModelBundle) {
         self.bundle = bundle
+        text = try? bundle.textEncoder()
         vocabSize = bundle.model.config.vocabSize
         contextLength = bundle.model.config.contextLength
         if let tok = bundle.tokenizerIfAny {
@@ -55,14 +60,14 @@ struct PromptEncoder: Sendable {
         switch p {
         case .ids(let ids):
             return Edge.ids(ids)
-        case .text(let text):
-            let tok = try tokenizer(field + ".text")
-            if chat { return try templated([ChatTurn(role: "user", content: text)], field: "chat") }
-            meter.add(text.utf8.count)
-            return tok.encode(text, parseSpecial: true, addBOS: tok.addBOS)
+        case .text(let t):
+            let enc = try encoder(field + ".text")
+            meter.add(Self.bytes(of: t, chat: chat))
+            return try templated(chat ? "chat" : field + ".text") { () throws(TokenizerError) in try enc.prompt(text: t, chat: chat) }
         case .messages(let messages):
-            _ = try tokenizer(field + ".messages")
-            return try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: field + ".messages")
+            let enc = try encoder(field + ".messages")
+            meter.add(Self.bytes(of: messages))
+            return try templated(field + ".messages") { () throws(TokenizerError) in try enc.chat(messages.map(Self.turn)) }
         }
     }
 
@@ -71,14 +76,43 @@ struct PromptEncoder: Sendable {
         switch r {
         case .ids(let ids):
             return Edge.ids(ids)
-        case .text(let text):
-            let tok = try tokenizer(field + ".text")
-            meter.add(text.utf8.count)
-            var ids = tok.encode(text, parseSpecial: false)
-            if appendEOS, let e = tok.eosId { ids.append(e) }
-            return ids
+        case .text(let t):
+            let enc = try encoder(field + ".text")
+            meter.add(t.utf8.count)
+            return enc.response(text: t, appendEOS: appendEOS)
         }
     }
+
+    /// A preference row in token ids, by the row rule `selm train` uses
+    /// (`PromptResponseEncoder.encode`; `chat` applies the template to a text prompt).
+    func preferenceRow(_ row: PreferenceRow, chat: Bool, field: String) throws(ServerError) -> EncodedRow {
+        func response(_ r: Response) -> TRLRow.Response {
+            switch r {
+            case .text(let t): return .text(t)
+            case .ids(let ids): return .ids(Edge.ids(ids))
+            }
+        }
+        let prompt: TRLRow.Prompt
+        var firstText: String? = nil   // the first text part's field, named when there is no tokenizer
+        switch row.prompt {
+        case .text(let t): prompt = .text(t); firstText = field + ".prompt.text"; meter.add(Self.bytes(of: t, chat: chat))
+        case .messages(let m): prompt = .messages(m.map(Self.turn)); firstText = field + ".prompt.messages"; meter.add(Self.bytes(of: m))
+        case .ids(let ids): prompt = .ids(Edge.ids(ids))
+        }
+        for (name, r) in [("chosen", row.chosen), ("rejected", row.rejected), ("reference", row.reference)] {
+            guard case .text(let t)? = r else { continue }
+            firstText = firstText ?? field + ".\(name).text"
+            meter.add(t.utf8.count)
+        }
+        let trl = TRLRow(prompt: prompt, chosen: response(row.chosen), rejected: response(row.rejected),
+                         reference: row.reference.map(response), weight: row.weight, source: row.source)
+        if let encoded = trl.idsOnly { return encoded }   // no tokenizer needed
+        let enc = try encoder(firstText ?? field)
+        let templateField = prompt.isConversation ? field + ".prompt.messages" : "chat"
+        return try templated(templateField) { () throws(TokenizerError) in try enc.encode(trl, textPromptsAsChat: chat) }
+    }
+
+    static func turn(_ m: Wire.ChatMessage) -> ChatTurn { ChatTurn(role: m.role, content: m.content) }
 
     /// `ids` as Int32 after checking each is in the vocabulary.
     func checked(_ ids: [UInt32], field: String) throws(ServerError) -> [Int32] {
@@ -113,6 +147,11 @@ struct PromptEncoder: Sendable {
         throw .refused(code: .outOfRange, field: field, reason: "\(bytes) bytes of text is \(why); refused before tokenizing")
     }
 
+    /// UTF-8 bytes handed to the tokenizer for a text prompt (with `chat`, as the user turn's role and content).
+    static func bytes(of text: String, chat: Bool) -> Int {
+        text.utf8.count + (chat ? "user".utf8.count : 0)
+    }
+
     /// UTF-8 bytes of a conversation's roles and contents.
     static func bytes(of messages: [Wire.ChatMessage]) -> Int {
         messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count }
@@ -125,17 +164,18 @@ struct PromptEncoder: Sendable {
         switch t.input {
         case .text(let text):
             try checkLength(text.utf8.count, field: "text", limit: maxTokenizeBytes)
-            let tok = try tokenizer("text")
+            let enc = try encoder("text")
+            meter.add(Self.bytes(of: text, chat: t.chat))
             if t.chat {
-                ids = try templated([ChatTurn(role: "user", content: text)], field: "chat")
+                ids = try templated("chat") { () throws(TokenizerError) in try enc.prompt(text: text, chat: true) }
             } else {
-                meter.add(text.utf8.count)
-                ids = tok.encode(text, parseSpecial: t.addSpecial, addBOS: t.addSpecial && tok.addBOS)
+                ids = enc.tokenizer.encode(text, parseSpecial: t.addSpecial, addBOS: t.addSpecial && enc.tokenizer.addBOS)
             }
         case .messages(let messages):
             try checkLength(Self.bytes(of: messages), field: "messages", limit: maxTokenizeBytes)
-            _ = try tokenizer("messages")
-            ids = try templated(messages.map { ChatTurn(role: $0.role, content: $0.content) }, field: "messages")
+            let enc = try encoder("messages")
+            meter.add(Self.bytes(of: messages))
+            ids = try templated("messages") { () throws(TokenizerError) in try enc.chat(messages.map(Self.turn)) }
         }
         return ids.map { UInt32(bitPattern: $0) }
     }
@@ -143,21 +183,22 @@ struct PromptEncoder: Sendable {
     /// The text of token ids (each checked against the vocabulary).
     func detokenize(_ ids: [UInt32]) throws(ServerError) -> String {
         let checkedIDs = try checked(ids, field: "ids")
-        return try tokenizer("ids").decode(checkedIDs)
+        return try encoder("ids").tokenizer.decode(checkedIDs)
     }
 
-    private func tokenizer(_ field: String) throws(ServerError) -> Tokenizer {
-        guard let t = bundle.tokenizerIfAny else {
-            throw .invalid(field, "the served model has no tokenizer: send token ids")
-        }
-        return t
+    private func encoder(_ field: String) throws(ServerError) -> PromptResponseEncoder {
+        guard let text else { throw .invalid(field, "the served model has no tokenizer: send token ids") }
+        return text
     }
 
-    private func templated(_ messages: [ChatTurn], field: String) throws(ServerError) -> [Int32] {
-        meter.add(messages.reduce(0) { $0 + $1.role.utf8.count + $1.content.utf8.count })
-        do { return try bundle.encodeChat(messages) } catch {
-            throw .invalid(field, "\(error)")
-        }
+    /// Runs a templating encode, refusing a missing template as `field` (as before: "chat" for a
+    /// text prompt with `chat`, the messages' path for a conversation).
+    private func templated(_ field: String, _ body: () throws(TokenizerError) -> [Int32]) throws(ServerError) -> [Int32] {
+        do { return try body() } catch { throw .invalid(field, "\(error)") }
+    }
+
+    private func templated(_ field: String, _ body: () throws(TokenizerError) -> EncodedRow) throws(ServerError) -> EncodedRow {
+        do { return try body() } catch { throw .invalid(field, "\(error)") }
     }
 }
 

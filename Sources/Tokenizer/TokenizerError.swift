@@ -18,6 +18,9 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
     /// A model's chat template text is none of the families this module renders (ChatML, Zephyr,
     /// Llama-3); `excerpt` is its beginning.
     case unrecognizedChatTemplate(excerpt: String)
+    /// A chat was requested (a conversation, a text prompt with `chat`) but there is no usable
+    /// template; `reason` says why (`PromptResponseEncoder.templateProblem`).
+    case noChatTemplate(reason: String)
 
     /// A message naming what is wrong and where.
     public var description: String {
@@ -36,6 +39,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
             return "unknown chat template '\(name)' (known: chatml, zephyr, llama3)"
         case let .unrecognizedChatTemplate(excerpt):
             return "the model's chat template is not ChatML, Zephyr or Llama-3 (it begins: \(excerpt)); choose one with --template"
+        case let .noChatTemplate(reason):
+            return "chat: \(reason)"
         }
     }
 }

@@ -2,6 +2,7 @@
 // mixing every kind of request, then the admission latency of a small generation while long ones
 // run on older weight versions. Each figure is printed beside its goal or the same request's
 // latency on the idle server, measured in the same run.
+import Engine
 import Foundation
 import Wire
 
@@ -59,7 +60,7 @@ private let loadPrompts = [
 ]
 
 /// One request of kind `k` on `c`; throws a `LoadFailure` on an error reply or a broken connection.
-private func runRequest(_ k: LoadKind, _ c: FrameClient, _ pool: LoadPool, _ rng: inout BenchRNG) throws {
+private func runRequest(_ k: LoadKind, _ c: FrameClient, _ pool: LoadPool, _ rng: inout SplitMix64) throws {
     let prompt = pool.prompts[Int.random(in: 0..<pool.prompts.count, using: &rng)]
     switch k {
     case .generate:
@@ -115,7 +116,7 @@ private func runLoad(port: Int, pool: LoadPool, clients: Int, seconds: Double, s
         group.enter()
         let t = Thread {
             defer { group.leave() }
-            var rng = BenchRNG(seed: seed &+ UInt64(i) &* 7919)
+            var rng = SplitMix64(seed: seed &+ UInt64(i) &* 7919)
             var client: FrameClient? = nil
             while Date() < deadline {
                 let k = kinds[Int.random(in: 0..<kinds.count, using: &rng)]
@@ -176,7 +177,7 @@ func benchLoad(_ modelPath: String) throws {
 
     // The same requests one at a time on the idle server: the figure each loaded latency is set against.
     var alone: [LoadKind: Double] = [:]
-    var rng = BenchRNG(seed: 1)
+    var rng = SplitMix64(seed: 1)
     for k in LoadKind.allCases {
         var xs: [Double] = []
         for _ in 0..<5 {
@@ -308,7 +309,7 @@ private func admission(server: ServeChild, pool: LoadPool) throws {
     let feeding = RunFlag()
     let feeder = Thread {
         guard let c = try? FrameClient(port: port) else { return }
-        var rng = BenchRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         while feeding.isSet {
             _ = try? runRequest(.preferences, c, pool, &rng)
             usleep(500_000)

@@ -200,16 +200,3 @@ func option(_ name: String, _ fallback: String) -> String {
     if let i = a.firstIndex(of: name), i + 1 < a.count { return a[i + 1] }
     return fallback
 }
-
-/// SplitMix64, seeded: reproducible choices per client thread.
-struct BenchRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

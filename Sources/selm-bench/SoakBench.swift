@@ -3,6 +3,7 @@
 // batches and record every acknowledgement. At the end every acknowledged row must be in the log
 // exactly once, and the learner must have resumed from its checkpoints without going back and
 // consumed everything.
+import Engine
 import Foundation
 import PreferenceLog
 import Server
@@ -64,7 +65,7 @@ func soakRestarts(_ modelPath: String) throws {
     var killedMidSave = 0, savesFinishedFirst = 0, tornTails = 0, leftoverDirs = 0, rowsSent = 0
     var leftoverBytes: Int64 = 0
     let started = Date()
-    var rng = BenchRNG(seed: UInt64(option("--seed", "2024")) ?? 2024)
+    var rng = SplitMix64(seed: UInt64(option("--seed", "2024")) ?? 2024)
 
     func consumed(in log: String) -> UInt64? {
         guard let r = log.range(of: "learner consumed ", options: .backwards) else { return nil }
@@ -96,7 +97,7 @@ func soakRestarts(_ modelPath: String) throws {
             let seed = rng.next()
             Thread {
                 defer { group.leave() }
-                var r = BenchRNG(seed: seed)
+                var r = SplitMix64(seed: seed)
                 guard let c = try? FrameClient(port: port, timeout: 600) else { return }
                 let vocab = max(UInt32(c.hello.vocabSize), 3)
                 var n = 0

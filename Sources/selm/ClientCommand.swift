@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import SelmClient
+import Tokenizer
 
 /// `selm client <call>`: talk to a running `selm serve` from the shell.
 struct Client: ParsableCommand {
@@ -305,10 +306,12 @@ extension Client {
         static let configuration = CommandConfiguration(
             abstract: "Submit preference rows from a JSONL file, in batches; prints each batch's WAL acknowledgement.",
             discussion: """
-            One JSON object per line, as TRL writes them: "prompt", "chosen", "rejected" and optionally \
-            "reference_response" as text (a prompt may also be a list of {"role", "content"} messages, a \
-            response a list of assistant turns), or token ids: "prompt_ids", "chosen_ids", "rejected_ids", \
-            "reference_ids". Optional "weight" (0 = 1.0) and "source". Other keys are ignored.
+            One JSON object per line, as TRL writes them (read as `selm train` reads them): "prompt", \
+            "chosen", "rejected" and optionally "reference_response" as text (a prompt may also be a list \
+            of {"role", "content"} messages), or token ids: "prompt_ids", "chosen_ids", "rejected_ids", \
+            "reference_ids". Optional "weight" (0 = 1.0) and "source". Other keys are ignored. \
+            Conversational responses (lists of messages) are refused: the protocol carries a response as \
+            text or ids; `selm train` encodes them as TRL does.
             """)
         @OptionGroup var connection: ClientConnectionOptions
         @Option(help: "The JSONL file (- for stdin).") var data: String
@@ -446,7 +449,8 @@ extension Client {
     }
 }
 
-/// Preference rows read from JSONL (TRL's text columns or token-id columns).
+/// Preference rows read from JSONL by the shared TRL row parser (`TRLRow`, as `selm train` reads
+/// them) and turned into wire rows; the server encodes their text by the same rule as `selm train`.
 enum PreferenceRows {
     struct Entry {
         var row: PreferenceRow
@@ -460,70 +464,37 @@ enum PreferenceRows {
         return Int(field[field.index(field.startIndex, offsetBy: 5)..<close])
     }
 
+    /// - Throws: `TRLRowError` naming "path:line" and the field; `CLIError.line` for a
+    ///   conversational response, which the protocol's `Response` (text or ids) cannot carry.
     static func read(_ path: String, defaultSource: String) throws -> [Entry] {
         let data: Data
         if path == "-" { data = FileHandle.standardInput.readDataToEndOfFile() } else {
             guard let d = FileManager.default.contents(atPath: path) else { throw CLIError.file(path: path, reason: "cannot read --data") }
             data = d
         }
-        var out: [Entry] = []
-        for (i, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
-            if text.isEmpty { continue }
-            guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)), let dict = object as? [String: Any] else {
-                throw CLIError.line(path: path, line: i + 1, reason: "not a JSON object")
-            }
-            out.append(Entry(row: try row(dict, path: path, line: i + 1, defaultSource: defaultSource), line: i + 1))
+        return try TRLRow.read(jsonl: data, name: path).map { row, line in
+            Entry(row: try wireRow(row, path: path, line: line, defaultSource: defaultSource), line: line)
         }
-        return out
     }
 
-    /// The row of line `line` of `path`; a bad row throws `CLIError.line` naming the key.
-    static func row(_ d: [String: Any], path: String, line: Int, defaultSource: String) throws -> PreferenceRow {
-        func bad(_ reason: String) -> CLIError { .line(path: path, line: line, reason: reason) }
-        func ids(_ key: String) throws -> [UInt32]? {
-            guard let v = d[key], !(v is NSNull) else { return nil }
-            guard let a = v as? [Any] else { throw bad("\"\(key)\" must be a list of token ids") }
-            return try a.map { x in
-                guard let n = x as? NSNumber, let u = UInt32(exactly: n.doubleValue) else {
-                    throw bad("\"\(key)\" must be a list of token ids")
-                }
-                return u
+    static func wireRow(_ r: TRLRow, path: String, line: Int, defaultSource: String) throws -> PreferenceRow {
+        func ids(_ i: [Int32]) -> [UInt32] { i.map { UInt32(bitPattern: $0) } }
+        func response(_ x: TRLRow.Response, key: String) throws -> Response {
+            switch x {
+            case .text(let t): return .text(t)
+            case .ids(let i): return .ids(ids(i))
+            case .messages:
+                throw CLIError.line(path: path, line: line, reason: "field '\(key)': a conversational response cannot be sent to the server (the protocol's Response is text or token ids); give it as text or ids, or train on the file with `selm train`, which encodes it as TRL does")
             }
-        }
-        func messages(_ v: Any, key: String) throws -> [ChatMessage]? {
-            guard let a = v as? [Any] else { return nil }
-            return try a.map { m in
-                guard let m = m as? [String: Any], let role = m["role"] as? String else {
-                    throw bad("\"\(key)\" must be text or a list of {\"role\", \"content\"} messages")
-                }
-                return ChatMessage(role: role, content: m["content"] as? String ?? "")
-            }
-        }
-        func response(_ textKey: String, _ idsKey: String) throws -> Response? {
-            if let i = try ids(idsKey) { return .ids(i) }
-            guard let v = d[textKey], !(v is NSNull) else { return nil }
-            if let s = v as? String { return .text(s) }
-            if let m = try messages(v, key: textKey) { return .text(m.map(\.content).joined()) }  // TRL conversational: assistant turns
-            throw bad("\"\(textKey)\" must be text")
         }
         let prompt: Prompt
-        if let i = try ids("prompt_ids") { prompt = .ids(i) } else if let v = d["prompt"], !(v is NSNull) {
-            if let s = v as? String { prompt = .text(s) } else if let m = try messages(v, key: "prompt") { prompt = .messages(m) } else {
-                throw bad("\"prompt\" must be text or a list of messages")
-            }
-        } else { throw bad("missing \"prompt\" (or \"prompt_ids\")") }
-        guard let chosen = try response("chosen", "chosen_ids") else { throw bad("missing \"chosen\" (or \"chosen_ids\")") }
-        guard let rejected = try response("rejected", "rejected_ids") else {
-            throw bad("missing \"rejected\" (or \"rejected_ids\")")
+        switch r.prompt {
+        case .text(let t): prompt = .text(t)
+        case .messages(let m): prompt = .messages(m.map { ChatMessage(role: $0.role, content: $0.content) })
+        case .ids(let i): prompt = .ids(ids(i))
         }
-        let reference = try response("reference_response", "reference_ids")
-        var weight: Float = 1
-        if let w = d["weight"], !(w is NSNull) {
-            guard let n = w as? NSNumber else { throw bad("\"weight\" must be a number") }
-            weight = n.floatValue
-        }
-        return PreferenceRow(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference, weight: weight,
-                             source: d["source"] as? String ?? defaultSource)
+        return PreferenceRow(prompt: prompt, chosen: try response(r.chosen, key: "chosen"), rejected: try response(r.rejected, key: "rejected"),
+                             reference: try r.reference.map { try response($0, key: "reference_response") }, weight: r.weight,
+                             source: r.source ?? defaultSource)
     }
 }

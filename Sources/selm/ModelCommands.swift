@@ -155,9 +155,9 @@ struct Generate: ParsableCommand {
             var msgs: [ChatTurn] = []
             if let s = system { msgs.append(.system(s)) }
             msgs.append(.user(prompt))
-            ids = try b.encodeChat(msgs)
+            ids = try b.textEncoder().chat(msgs)
         } else {
-            ids = try b.encodePlain(prompt)
+            ids = try b.textEncoder().prompt(text: prompt, chat: false)
         }
         let p = sampling
         let gen = SingleSequenceGenerator(model: b.model)

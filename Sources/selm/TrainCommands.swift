@@ -1,4 +1,5 @@
 import ArgumentParser
+import Engine
 import Foundation
 import Learner
 import Model
@@ -52,24 +53,12 @@ func formatDuration(_ s: Double) -> String {
 /// The pairs of `data` in training order for `epoch`: a seeded shuffle, the same on every run.
 func epochOrder(count: Int, seed: UInt64, epoch: Int) -> [Int] {
     var idx = Array(0..<count)
-    var rng = SplitMix(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
+    var rng = SplitMix64(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9_7F4A_7C15)
     for i in stride(from: count - 1, to: 0, by: -1) {
         let j = Int(rng.next() % UInt64(i + 1))
         idx.swapAt(i, j)
     }
     return idx
-}
-
-struct SplitMix {
-    var s: UInt64
-    init(seed: UInt64) { s = seed }
-    mutating func next() -> UInt64 {
-        s &+= 0x9E37_79B9_7F4A_7C15
-        var z = s
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 struct Train: ParsableCommand {
@@ -102,7 +91,7 @@ struct Train: ParsableCommand {
         let bundle = try model.load()
         let c = bundle.model.config
         let pairs: [PreferencePair]
-        do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
+        do { pairs = try PreferenceData.load(path: data, encoder: try? bundle.textEncoder(), vocabSize: c.vocabSize, contextLength: c.contextLength) }
         catch { throw CLIError.failed("cannot read --data", error) }
         let microPerEpoch = (pairs.count + options.batchSize - 1) / options.batchSize
         let stepsPerEpoch = (microPerEpoch + options.gradAccum - 1) / options.gradAccum
@@ -213,7 +202,7 @@ struct Loss: ParsableCommand {
         let bundle = try model.load()
         let c = bundle.model.config
         let pairs: [PreferencePair]
-        do { pairs = try PreferenceData.load(path: data, encoder: bundle, vocabSize: c.vocabSize, contextLength: c.contextLength) }
+        do { pairs = try PreferenceData.load(path: data, encoder: try? bundle.textEncoder(), vocabSize: c.vocabSize, contextLength: c.contextLength) }
         catch { throw CLIError.failed("cannot read --data", error) }
         let refModel: LlamaModel? = try ref.map { p in
             do { return try LlamaModel.load(path: p) } catch { throw CLIError.failed("cannot load --ref", error) }

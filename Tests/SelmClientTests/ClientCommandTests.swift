@@ -111,7 +111,7 @@ final class ClientCommandTests: XCTestCase {
         let file = s.directory + "/prefs.jsonl"
         let rows = """
         {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "reference_response": "four"}
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "Go away."}]}
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello!", "rejected": "Go away."}
 
         {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6], "reference_ids": [7], "weight": 0.5, "score": 3}
         """
@@ -128,11 +128,11 @@ final class ClientCommandTests: XCTestCase {
         XCTAssertEqual(plain.status, 0, plain.stderr)
         XCTAssertTrue(plain.stdout.contains("submitted 1 rows"), plain.stdout)
         // A row the server refuses names the file line and the field.
-        try "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"\", \"rejected\": \"c\"}\n"
+        try "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\", \"weight\": -1}\n"
             .write(toFile: file, atomically: true, encoding: .utf8)
         let bad = try s.runClient("submit", ["--data", file])
         XCTAssertEqual(bad.status, 1)
-        XCTAssertTrue(bad.stderr.contains("prefs.jsonl:2") && bad.stderr.contains("rows[1].chosen"), bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("prefs.jsonl:2") && bad.stderr.contains("rows[1].weight"), bad.stderr)
         // A row the client cannot read.
         try "{\"prompt\": \"a\", \"chosen\": \"b\"}\n".write(toFile: file, atomically: true, encoding: .utf8)
         let missing = try s.runClient("submit", ["--data", file])

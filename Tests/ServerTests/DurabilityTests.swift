@@ -54,15 +54,16 @@ final class DurabilityTests: XCTestCase {
         defer { log.close() }
         let recs = try log.records(after: 0)
         XCTAssertEqual(recs.map(\.sequence), [1, 2])
-        let expected0 = PreferencePair(prompt: try bundle.encodePrompt(.text("What is 2+2?")), chosen: try bundle.encodeResponse("4."),
-                                       rejected: try bundle.encodeResponse("5."), reference: try bundle.encodeResponse("Four."), weight: 2)
+        let enc = try bundle.textEncoder()
+        let expected0 = PreferencePair(prompt: try enc.prompt(text: "What is 2+2?", chat: true), chosen: enc.response(text: "4.", appendEOS: true),
+                                       rejected: enc.response(text: "5.", appendEOS: true), reference: enc.response(text: "Four.", appendEOS: true), weight: 2)
         XCTAssertEqual(recs[0].pairs[0], expected0)
         XCTAssertEqual(recs[0].pairs[0].chosen.last, tok.eosId, "EOS appended to text responses")
-        let expected1 = PreferencePair(prompt: try bundle.encodePrompt(.messages([("system", "Be terse."), ("user", "Hi")])),
-                                       chosen: try bundle.encodeResponse("Hello."), rejected: [100, 200], weight: 1)
+        let expected1 = PreferencePair(prompt: try enc.chat([.system("Be terse."), .user("Hi")]),
+                                       chosen: enc.response(text: "Hello.", appendEOS: true), rejected: [100, 200], weight: 1)
         XCTAssertEqual(recs[0].pairs[1], expected1)
         XCTAssertEqual(recs[0].sources, ["pairrm", ""])
-        XCTAssertEqual(recs[1].pairs[0].prompt, try bundle.encodePlain("plain"), "chat false: the text prompt is not templated")
+        XCTAssertEqual(recs[1].pairs[0].prompt, try enc.prompt(text: "plain", chat: false), "chat false: the text prompt is not templated")
     }
 
     /// `kill -9` right after acknowledgements from many concurrent clients, then a power loss (the

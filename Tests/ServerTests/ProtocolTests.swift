@@ -32,7 +32,7 @@ final class ProtocolTests: XCTestCase {
             XCTAssertNotEqual(plain.ids, special.ids, "<|im_end|> is one token only when parsed as special")
             guard case .tokenizeReply(let chat) = try client.call(3, .tokenize(TokenizeRequest(
                 input: .messages([ChatMessage(role: "system", content: "Be brief."), ChatMessage(role: "user", content: "Hi")])))) else { return XCTFail() }
-            XCTAssertEqual(chat.ids, try bundle.encodeChat([.system("Be brief."), .user("Hi")]).map { UInt32($0) })
+            XCTAssertEqual(chat.ids, try bundle.textEncoder().chat([.system("Be brief."), .user("Hi")]).map { UInt32($0) })
             guard case .detokenizeReply(let d) = try client.call(4, .detokenize(DetokenizeRequest(ids: plain.ids))) else { return XCTFail() }
             XCTAssertEqual(d.text, text)
             guard case .statusReply(let st) = try client.call(5, .status(StatusRequest())) else { return XCTFail() }

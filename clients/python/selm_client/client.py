@@ -91,8 +91,10 @@ def _fill_response(target: "pb.Response", response: Any, field: str) -> None:
     elif _is_ids(response):
         _fill_ids(target.ids, response, field + ".ids")
     elif _is_messages(response):
-        # TRL's conversational rows: the response is a list of assistant turns.
-        target.text = "".join(str(m.get("content", "")) for m in response)
+        # TRL encodes a conversational response through the chat template (the rendered turns after
+        # the prompt); the protocol's Response carries text or ids only, so it cannot be sent as is.
+        raise InvalidArgument("a conversational response (a list of messages) cannot be sent: the protocol carries a "
+                              "response as text or token ids; `selm train` encodes such rows as TRL does", field=field)
     elif isinstance(response, (list, tuple)) and len(response) == 0:
         target.ids.SetInParent()  # sent as empty ids: the server refuses it and names the field
     else:
@@ -559,7 +561,8 @@ class Client:
 
         A row is a dict as TRL writes them — ``prompt``, ``chosen``, ``rejected`` and optionally
         ``reference_response`` (the reference policy's own answer, SELM's optimism term) as text
-        (a prompt may also be a conversation, a response a list of assistant turns) — or with token
+        (a prompt may also be a conversation; a conversational response is refused, the protocol
+        carries text or ids) — or with token
         ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``reference_ids``. Optional
         ``weight`` (≥ 0; 0 = 1.0) and ``source`` (provenance). Other keys are ignored.
 

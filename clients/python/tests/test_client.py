@@ -266,8 +266,8 @@ def test_score_errors(client: Client) -> None:
 def test_submit_preferences_is_acknowledged_in_order(client: Client) -> None:
     rows = [
         {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5", "reference_response": "four", "weight": 2.0},
-        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello!"}],
-         "rejected": [{"role": "assistant", "content": "Go away."}], "extra": "ignored"},
+        {"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello!",
+         "rejected": "Go away.", "extra": "ignored"},
         {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6], "reference_ids": [7], "source": "test"},
     ]
     ack = client.submit_preferences(rows, chat=True, source="pytest")
@@ -284,6 +284,9 @@ def test_submit_preferences_is_acknowledged_in_order(client: Client) -> None:
     ({"chosen": "c", "rejected": "r"}, "rows[0].prompt"),
     ({"prompt": "p", "chosen": "c", "rejected": "r", "weight": -1.0}, "rows[0].weight"),
     ({"prompt_ids": [], "chosen_ids": [1], "rejected_ids": [2]}, "rows[0].prompt"),
+    # Conversational responses cannot be carried by the protocol's Response (text or ids).
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": "r"},
+     "rows[0].chosen"),
 ])
 def test_submit_bad_rows_name_the_field(client: Client, row, field) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidArgument) as e:
