@@ -146,7 +146,9 @@ public final class SelmClient: @unchecked Sendable {
         return r.text
     }
 
-    /// Appends preference rows to the server's write-ahead log; returns once they are durable.
+    /// Appends preference rows to the server's write-ahead log; returns once they are durable. A
+    /// row's responses may be messages (`Response.messages`) when its prompt is a conversation: the
+    /// server encodes them as TRL does (`selm client submit` sends TRL's conversational rows so).
     public func submitPreferences(_ rows: [PreferenceRow], chat: Bool = false) throws(SelmClientError) -> PreferenceAck {
         guard case .preferenceAck(let r) = try call(.submitPreferences(SubmitPreferences(rows: rows, chat: chat)),
                                                     expect: "preference_ack") else { fatalError() }

@@ -2195,7 +2195,7 @@ const ProtobufCMessageDescriptor selm__v1__prompt__descriptor =
   (ProtobufCMessageInit) selm__v1__prompt__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__response__field_descriptors[2] =
+static const ProtobufCFieldDescriptor selm__v1__response__field_descriptors[3] =
 {
   {
     "text",
@@ -2221,15 +2221,28 @@ static const ProtobufCFieldDescriptor selm__v1__response__field_descriptors[2] =
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "messages",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__Response, kind_case),
+    offsetof(Selm__V1__Response, messages),
+    &selm__v1__messages__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__response__field_indices_by_name[] = {
   1,   /* field[1] = ids */
+  2,   /* field[2] = messages */
   0,   /* field[0] = text */
 };
 static const ProtobufCIntRange selm__v1__response__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor selm__v1__response__descriptor =
 {
@@ -2239,7 +2252,7 @@ const ProtobufCMessageDescriptor selm__v1__response__descriptor =
   "Selm__V1__Response",
   "selm.v1",
   sizeof(Selm__V1__Response),
-  2,
+  3,
   selm__v1__response__field_descriptors,
   selm__v1__response__field_indices_by_name,
   1,  selm__v1__response__number_ranges,

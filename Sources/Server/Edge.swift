@@ -47,7 +47,7 @@ enum Edge {
         items.reserveCapacity(s.items.count)
         for (i, item) in s.items.enumerated() {
             items.append(ScoringItem(prompt: try encoder.prompt(item.prompt, chat: s.chat, field: "items[\(i)].prompt"),
-                                     continuation: try encoder.response(item.continuation, appendEOS: false, field: "items[\(i)].continuation")))
+                                     continuation: try encoder.continuation(item.continuation, field: "items[\(i)].continuation")))
         }
         return ScoringRequest(items: items, version: s.version, topLogprobs: Int(s.topLogprobs))
     }

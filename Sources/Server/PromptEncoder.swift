@@ -16,7 +16,10 @@ import Wire
 ///   reach no other part).
 /// - Responses: text is tokenized on its own; preference responses get EOS appended
 ///   (`PromptResponseEncoder.encode`, the rule of `selm train`), score continuations do not; ids
-///   as they are.
+///   as they are. Messages (a conversational response) only in a preference row whose prompt is
+///   a conversation and ending with the assistant's turn (`TRLRow.conversationalResponseProblem`),
+///   encoded as TRL does (`PromptResponseEncoder.encode`); a score continuation given as messages
+///   is refused (`ERROR_CODE_INVALID_ARGUMENT`, `items[i].continuation.messages`).
 /// - Length: before any text of a request is tokenized, every text field (a conversation's roles and
 ///   contents together) is checked against `maxTextBytes` — more bytes than the context can hold
 ///   as tokens — and refused with `ERROR_CODE_OUT_OF_RANGE` naming the field; a `TokenizeRequest`
@@ -71,15 +74,20 @@ struct PromptEncoder: Sendable {
         }
     }
 
-    /// Token ids of a response; `appendEOS` for preference responses given as text.
-    func response(_ r: Response, appendEOS: Bool, field: String) throws(ServerError) -> [Int32] {
+    /// Token ids of a score continuation (text tokenized on its own, no EOS; ids as they are).
+    /// - Throws: `ServerError.refused` for messages: a conversational response is encoded with its
+    ///   prompt (TRL's rule cuts the prompt to what the responses share), which a preference row
+    ///   does and a score item, whose prompt is scored as given, does not.
+    func continuation(_ r: Response, field: String) throws(ServerError) -> [Int32] {
         switch r {
         case .ids(let ids):
             return Edge.ids(ids)
         case .text(let t):
             let enc = try encoder(field + ".text")
             meter.add(t.utf8.count)
-            return enc.response(text: t, appendEOS: appendEOS)
+            return enc.response(text: t, appendEOS: false)
+        case .messages:
+            throw .invalid(field + ".messages", "conversational continuations are accepted in preference rows only; give the continuation as text or token ids")
         }
     }
 
@@ -90,6 +98,7 @@ struct PromptEncoder: Sendable {
             switch r {
             case .text(let t): return .text(t)
             case .ids(let ids): return .ids(Edge.ids(ids))
+            case .messages(let m): return .messages(m.map(Self.turn))
             }
         }
         let prompt: TRLRow.Prompt
@@ -100,12 +109,17 @@ struct PromptEncoder: Sendable {
         case .ids(let ids): prompt = .ids(Edge.ids(ids))
         }
         for (name, r) in [("chosen", row.chosen), ("rejected", row.rejected), ("reference", row.reference)] {
-            guard case .text(let t)? = r else { continue }
-            firstText = firstText ?? field + ".\(name).text"
-            meter.add(t.utf8.count)
+            switch r {
+            case .text(let t)?: firstText = firstText ?? field + ".\(name).text"; meter.add(t.utf8.count)
+            case .messages(let m)?: firstText = firstText ?? field + ".\(name).messages"; meter.add(Self.bytes(of: m))
+            case .ids?, nil: break
+            }
         }
         let trl = TRLRow(prompt: prompt, chosen: response(row.chosen), rejected: response(row.rejected),
                          reference: row.reference.map(response), weight: row.weight, source: row.source)
+        if let (part, reason) = trl.conversationalResponseProblem {
+            throw .invalid("\(field).\(part.rawValue).messages", reason)
+        }
         if let encoded = trl.idsOnly { return encoded }   // no tokenizer needed
         let enc = try encoder(firstText ?? field)
         let templateField = prompt.isConversation ? field + ".prompt.messages" : "chat"
@@ -134,9 +148,13 @@ struct PromptEncoder: Sendable {
         }
     }
 
-    /// Refuses a response whose text cannot fit in the context.
+    /// Refuses a response whose text (a conversation's roles and contents together) cannot fit in the context.
     func checkLength(_ r: Response, field: String) throws(ServerError) {
-        if case .text(let text) = r { try checkLength(text.utf8.count, field: field + ".text", limit: maxTextBytes) }
+        switch r {
+        case .ids: return
+        case .text(let text): try checkLength(text.utf8.count, field: field + ".text", limit: maxTextBytes)
+        case .messages(let messages): try checkLength(Self.bytes(of: messages), field: field + ".messages", limit: maxTextBytes)
+        }
     }
 
     private func checkLength(_ bytes: Int, field: String, limit: Int) throws(ServerError) {

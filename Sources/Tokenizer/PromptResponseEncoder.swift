@@ -60,6 +60,8 @@ public struct PromptResponseEncoder: Sendable {
     /// `textPromptsAsChat` (`selm train`; the server's `SubmitPreferences.chat`); ids are taken as
     /// they are. With a conversational prompt, conversational responses follow TRL's rule
     /// (`conversation`) and text responses are tokenized on their own with EOS.
+    /// - Precondition: `row.conversationalResponseProblem` is nil (`TRLRow.parse` and the server's
+    ///   `SubmitPreferences` check it first).
     /// - Throws: `TokenizerError.noChatTemplate`.
     public func encode(_ row: TRLRow, textPromptsAsChat: Bool) throws(TokenizerError) -> EncodedRow {
         var prompt: [Int32]

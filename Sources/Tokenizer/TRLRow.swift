@@ -83,9 +83,6 @@ public struct TRLRow: Sendable, Equatable {
                 return .text(s)
             }
             guard let turns = try messages(key, v) else { throw bad(key, "must be a string or a list of messages") }
-            guard turns.last?.role == "assistant" else {
-                throw bad(key, "a conversational response must end with the assistant's message")
-            }
             return .messages(turns)
         }
 
@@ -107,11 +104,6 @@ public struct TRLRow: Sendable, Equatable {
         guard let chosen = try response("chosen", idsKey: "chosen_ids") else { throw missing("chosen") }
         guard let rejected = try response("rejected", idsKey: "rejected_ids") else { throw missing("rejected") }
         let reference = try response("reference_response", idsKey: "reference_ids")
-        for (key, r) in [("chosen", chosen), ("rejected", rejected), ("reference_response", reference)] {
-            if case .messages = r, !prompt.isConversation {
-                throw bad(key, "a conversational response needs a conversational prompt (a list of messages), as in TRL")
-            }
-        }
         var weight: Float = 1
         if let w = present("weight") {
             guard let n = w as? NSNumber, !isBoolean(n) else { throw bad("weight", "must be a number") }
@@ -122,7 +114,11 @@ public struct TRLRow: Sendable, Equatable {
             guard let text = s as? String else { throw bad("source", "must be a string") }
             source = text
         }
-        return TRLRow(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference, weight: weight, source: source)
+        let row = TRLRow(prompt: prompt, chosen: chosen, rejected: rejected, reference: reference, weight: weight, source: source)
+        if let (part, reason) = row.conversationalResponseProblem {
+            throw bad(part == .reference ? "reference_response" : part.rawValue, reason)
+        }
+        return row
     }
 
     /// The rows of JSONL `data` with their 1-based line numbers; blank lines are skipped. `name`
@@ -142,6 +138,32 @@ public struct TRLRow: Sendable, Equatable {
             out.append((try parse(object, place: place), lineNo))
         }
         return out
+    }
+}
+
+extension TRLRow {
+    /// A response of a row: `chosen`, `rejected` or `reference` (the JSONL key `reference_response`,
+    /// the wire's `PreferenceRow.reference`).
+    public enum Part: String, Sendable, CaseIterable {
+        case chosen, rejected, reference
+    }
+
+    /// TRL's rules for conversational responses — the one statement of them, for the JSONL parser
+    /// and the server's `SubmitPreferences`: a response given as messages needs a conversational
+    /// prompt (TRL renders prompt + response through the chat template) and must end with the
+    /// assistant's message. The first part that breaks them (chosen, rejected, reference) and why;
+    /// nil when none does. Pure; any thread.
+    public var conversationalResponseProblem: (part: Part, reason: String)? {
+        for (part, r) in [(Part.chosen, chosen), (.rejected, rejected), (.reference, reference)] {
+            guard case .messages(let turns)? = r else { continue }
+            guard prompt.isConversation else {
+                return (part, "a conversational response needs a conversational prompt (a list of messages), as in TRL")
+            }
+            guard turns.last?.role == "assistant" else {
+                return (part, "a conversational response must end with the assistant's message")
+            }
+        }
+        return nil
     }
 }
 

@@ -88,6 +88,9 @@ extension Response {
         switch self {
         case .text(let t): if t.isEmpty { throw FieldError(fieldPath(path, "text"), "must not be empty") }
         case .ids(let ids): if ids.isEmpty { throw FieldError(fieldPath(path, "ids"), "must not be empty") }
+        // Where a conversational response may stand (a preference row with a conversational
+        // prompt, ending with the assistant's turn) is the server's check (TRLRow's rules).
+        case .messages(let list): try checkConversation(list, at: fieldPath(path, "messages"))
         }
     }
 }

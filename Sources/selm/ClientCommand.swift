@@ -310,8 +310,9 @@ extension Client {
             "chosen", "rejected" and optionally "reference_response" as text (a prompt may also be a list \
             of {"role", "content"} messages), or token ids: "prompt_ids", "chosen_ids", "rejected_ids", \
             "reference_ids". Optional "weight" (0 = 1.0) and "source". Other keys are ignored. \
-            Conversational responses (lists of messages) are refused: the protocol carries a response as \
-            text or ids; `selm train` encodes them as TRL does.
+            With a conversational prompt, responses may be lists of messages too (ending with the \
+            assistant's); they are sent as messages and the server encodes them as TRL (and `selm \
+            train`) does.
             """)
         @OptionGroup var connection: ClientConnectionOptions
         @Option(help: "The JSONL file (- for stdin).") var data: String
@@ -464,8 +465,8 @@ enum PreferenceRows {
         return Int(field[field.index(field.startIndex, offsetBy: 5)..<close])
     }
 
-    /// - Throws: `TRLRowError` naming "path:line" and the field; `CLIError.line` for a
-    ///   conversational response, which the protocol's `Response` (text or ids) cannot carry.
+    /// - Throws: `TRLRowError` naming "path:line" and the field (the parser's rules: a
+    ///   conversational response needs a conversational prompt and ends with the assistant's turn).
     static func read(_ path: String, defaultSource: String) throws -> [Entry] {
         let data: Data
         if path == "-" { data = FileHandle.standardInput.readDataToEndOfFile() } else {
@@ -473,28 +474,28 @@ enum PreferenceRows {
             data = d
         }
         return try TRLRow.read(jsonl: data, name: path).map { row, line in
-            Entry(row: try wireRow(row, path: path, line: line, defaultSource: defaultSource), line: line)
+            Entry(row: wireRow(row, defaultSource: defaultSource), line: line)
         }
     }
 
-    static func wireRow(_ r: TRLRow, path: String, line: Int, defaultSource: String) throws -> PreferenceRow {
+    static func wireRow(_ r: TRLRow, defaultSource: String) -> PreferenceRow {
         func ids(_ i: [Int32]) -> [UInt32] { i.map { UInt32(bitPattern: $0) } }
-        func response(_ x: TRLRow.Response, key: String) throws -> Response {
+        func messages(_ m: [ChatTurn]) -> [ChatMessage] { m.map { ChatMessage(role: $0.role, content: $0.content) } }
+        // A conversational response travels as messages; the server encodes it as TRL does.
+        func response(_ x: TRLRow.Response) -> Response {
             switch x {
             case .text(let t): return .text(t)
             case .ids(let i): return .ids(ids(i))
-            case .messages:
-                throw CLIError.line(path: path, line: line, reason: "field '\(key)': a conversational response cannot be sent to the server (the protocol's Response is text or token ids); give it as text or ids, or train on the file with `selm train`, which encodes it as TRL does")
+            case .messages(let m): return .messages(messages(m))
             }
         }
         let prompt: Prompt
         switch r.prompt {
         case .text(let t): prompt = .text(t)
-        case .messages(let m): prompt = .messages(m.map { ChatMessage(role: $0.role, content: $0.content) })
+        case .messages(let m): prompt = .messages(messages(m))
         case .ids(let i): prompt = .ids(ids(i))
         }
-        return PreferenceRow(prompt: prompt, chosen: try response(r.chosen, key: "chosen"), rejected: try response(r.rejected, key: "rejected"),
-                             reference: try r.reference.map { try response($0, key: "reference_response") }, weight: r.weight,
-                             source: r.source ?? defaultSource)
+        return PreferenceRow(prompt: prompt, chosen: response(r.chosen), rejected: response(r.rejected),
+                             reference: r.reference.map(response), weight: r.weight, source: r.source ?? defaultSource)
     }
 }

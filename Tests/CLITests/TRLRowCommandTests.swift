@@ -40,19 +40,32 @@ extension CLITests {
 }
 
 extension CLIErrorTests {
-    /// `selm client submit` reads rows with the same parser; a conversational response, which the
-    /// protocol cannot carry (Response is text or ids), is refused naming the line and field before
-    /// connecting, instead of being sent as its messages' contents joined.
-    func testClientSubmitRefusesConversationalResponses() throws {
+    /// `selm client submit` reads rows with the same parser and sends conversational responses as
+    /// messages: a file of TRL's conversational rows is acknowledged by a real server (the ids the
+    /// server stores are TRL's: `ServerTests.ConversationalPreferenceTests`). A conversational
+    /// response beside a text prompt breaks TRL's rules and is refused naming the line and field
+    /// before connecting; so is any bad row.
+    func testClientSubmitSendsConversationalResponses() throws {
         let dir = try tempDir()
         let file = URL(fileURLWithPath: dir + "/conv.jsonl")
         func write(_ rows: [[String: Any]]) throws {
             let lines = try rows.map { String(decoding: try JSONSerialization.data(withJSONObject: $0), as: UTF8.self) }
             try (lines.joined(separator: "\n") + "\n").write(to: file, atomically: true, encoding: .utf8)
         }
-        try write([["prompt": "a", "chosen": "b", "rejected": "c"], try CLITests.trlConversationalRows()[0].row])
+        let conversational = try CLITests.trlConversationalRows().map(\.row)
+        try write([["prompt": "a", "chosen": "b", "rejected": "c"]] + conversational)
+        let server = try ServeForErrors(args: ["--model", CLITests.smol, "--data-dir", dir + "/data", "--no-learner"], log: dir + "/serve.log")
+        defer { server.stop() }
+        let ok = try run(["client", "submit", "--data", file.path, "--address", "127.0.0.1:\(server.port)"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("acknowledged \(conversational.count + 1) rows"), ok.stdout)
+        XCTAssertTrue(ok.stdout.contains("submitted \(conversational.count + 1) rows"), ok.stdout)
+
+        var mismatched = conversational[0]
+        mismatched["prompt"] = "What color is the sky?"
+        try write([["prompt": "a", "chosen": "b", "rejected": "c"], mismatched])
         let r = try run(["client", "submit", "--data", file.path, "--address", "127.0.0.1:\(closedPort())"])
-        assertRuntimeFailure(r, mentions: ["conv.jsonl:2", "'chosen'", "conversational response"])
+        assertRuntimeFailure(r, mentions: ["conv.jsonl:2", "'chosen'", "conversational prompt"])
         // A bad row names its line and field, as `selm train` does.
         try write([["prompt": "a", "chosen": "b", "rejected": "c"], ["prompt": "a", "chosen": "b", "rejected_ids": [1, -1]]])
         let bad = try run(["client", "submit", "--data", file.path, "--address", "127.0.0.1:\(closedPort())"])

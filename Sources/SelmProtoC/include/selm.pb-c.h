@@ -411,7 +411,8 @@ struct  Selm__V1__Prompt
 typedef enum {
   SELM__V1__RESPONSE__KIND__NOT_SET = 0,
   SELM__V1__RESPONSE__KIND_TEXT = 1,
-  SELM__V1__RESPONSE__KIND_IDS = 2
+  SELM__V1__RESPONSE__KIND_IDS = 2,
+  SELM__V1__RESPONSE__KIND_MESSAGES = 3
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SELM__V1__RESPONSE__KIND__CASE)
 } Selm__V1__Response__KindCase;
 
@@ -431,6 +432,13 @@ struct  Selm__V1__Response
      * token ids appended as is; not empty
      */
     Selm__V1__TokenIds *ids;
+    /*
+     * The turns of a conversational response (one assistant message, or several turns ending with
+     * the assistant's): accepted in preference rows whose prompt is a conversation (`messages`);
+     * rendered as TRL's DPOTrainer does (prompt + response through the chat template, the response
+     * is the tokens after the shared prefix; no EOS appended). Refused in a ScoreItem.
+     */
+    Selm__V1__Messages *messages;
   };
 };
 #define SELM__V1__RESPONSE__INIT \

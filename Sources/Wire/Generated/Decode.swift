@@ -131,8 +131,14 @@ extension Unpacked {
             } else {
                 v = .ids([])
             }
+        case SELM__V1__RESPONSE__KIND_MESSAGES:
+            if let q = m.messages {
+                v = .messages(try decodeMessages(q.pointee, at: fieldPath(path, "messages")))
+            } else {
+                v = .messages([])
+            }
         default:
-            throw FieldError(path, "one of text, ids is required")
+            throw FieldError(path, "one of text, ids, messages is required")
         }
         try v.validate(at: path)
         return v

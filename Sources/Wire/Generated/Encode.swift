@@ -151,6 +151,9 @@ extension Arena {
         case .ids(let x):
             p.pointee.kind_case = SELM__V1__RESPONSE__KIND_IDS
             p.pointee.ids = encodeTokenIds(x)
+        case .messages(let x):
+            p.pointee.kind_case = SELM__V1__RESPONSE__KIND_MESSAGES
+            p.pointee.messages = encodeMessages(x)
         }
         return p
     }

@@ -151,6 +151,11 @@ public enum Response: Sendable, Equatable {
     case text(String)
     /// token ids appended as is; not empty
     case ids([UInt32])
+    /// The turns of a conversational response (one assistant message, or several turns ending with
+    /// the assistant's): accepted in preference rows whose prompt is a conversation (`messages`);
+    /// rendered as TRL's DPOTrainer does (prompt + response through the chat template, the response
+    /// is the tokens after the shared prefix; no EOS appended). Refused in a ScoreItem.
+    case messages([ChatMessage])
 }
 
 /// The most likely alternatives at one position, most likely first.

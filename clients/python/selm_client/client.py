@@ -35,8 +35,9 @@ CLIENT_NAME = "selm-python/0.1"
 Message = Mapping[str, str]
 #: A prompt: text, a list of token ids, or a conversation (a list of ``{"role", "content"}`` dicts).
 PromptLike = Union[str, Sequence[int], Sequence[Message]]
-#: A response / continuation: text or a list of token ids.
-ResponseLike = Union[str, Sequence[int]]
+#: A response / continuation: text, a list of token ids, or (a preference row's response whose prompt
+#: is a conversation) a list of ``{"role", "content"}`` turns ending with the assistant's.
+ResponseLike = Union[str, Sequence[int], Sequence[Message]]
 
 _CLOSED = object()  # queue sentinel: the request's stream was closed by its owner
 
@@ -91,15 +92,15 @@ def _fill_response(target: "pb.Response", response: Any, field: str) -> None:
     elif _is_ids(response):
         _fill_ids(target.ids, response, field + ".ids")
     elif _is_messages(response):
-        # TRL encodes a conversational response through the chat template (the rendered turns after
-        # the prompt); the protocol's Response carries text or ids only, so it cannot be sent as is.
-        raise InvalidArgument("a conversational response (a list of messages) cannot be sent: the protocol carries a "
-                              "response as text or token ids; `selm train` encodes such rows as TRL does", field=field)
+        # A conversational response travels as its turns; the server encodes it as TRL does (and
+        # refuses it, naming the field, without a conversational prompt or in a score item).
+        target.messages.SetInParent()
+        _fill_messages(target.messages, response, field + ".messages.messages")
     elif isinstance(response, (list, tuple)) and len(response) == 0:
         target.ids.SetInParent()  # sent as empty ids: the server refuses it and names the field
     else:
-        raise InvalidArgument("a response is text or a list of token ids; got %s" % type(response).__name__,
-                              field=field)
+        raise InvalidArgument("a response is text, a list of token ids or a list of {'role', 'content'} messages; "
+                              "got %s" % type(response).__name__, field=field)
 
 
 def _normalize_prompts(prompts: Any) -> List[Any]:
@@ -504,7 +505,8 @@ class Client:
 
         Args:
             items: ``(prompt, continuation)`` pairs, or dicts with ``prompt`` and ``continuation``;
-                a prompt as in :meth:`generate`, a continuation is text or token ids.
+                a prompt as in :meth:`generate`, a continuation is text or token ids (the server
+                refuses a conversational continuation: those are for preference rows only).
             chat: apply the chat template to text prompts.
             version: score under this weight version (must be alive); ``None`` = current.
             top_logprobs: alternatives reported per continuation token (0…20).
@@ -560,9 +562,10 @@ class Client:
         """Appends preference rows to the server's write-ahead log; returns once they are durable.
 
         A row is a dict as TRL writes them — ``prompt``, ``chosen``, ``rejected`` and optionally
-        ``reference_response`` (the reference policy's own answer, SELM's optimism term) as text
-        (a prompt may also be a conversation; a conversational response is refused, the protocol
-        carries text or ids) — or with token
+        ``reference_response`` (the reference policy's own answer, SELM's optimism term) as text,
+        or conversational: the prompt a list of ``{"role", "content"}`` messages and each response
+        text or a list of messages ending with the assistant's (the server encodes those as TRL's
+        ``DPOTrainer`` does: the rendered turns after the prompt, no EOS added) — or with token
         ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``reference_ids``. Optional
         ``weight`` (≥ 0; 0 = 1.0) and ``source`` (provenance). Other keys are ignored.
 
@@ -575,7 +578,9 @@ class Client:
             The WAL sequence numbers the rows were written under.
 
         Raises:
-            InvalidArgument: a row lacks a part or has an empty one (``field`` like ``"rows[0].chosen"``).
+            InvalidArgument: a row lacks a part or has an empty one (``field`` like ``"rows[0].chosen"``),
+                or has a conversational response without a conversational prompt or not ending with
+                the assistant's turn (``"rows[0].chosen.messages"``).
         """
         req = pb.SubmitPreferences(chat=bool(chat))
         for i, row in enumerate(rows):

@@ -284,9 +284,6 @@ def test_submit_preferences_is_acknowledged_in_order(client: Client) -> None:
     ({"chosen": "c", "rejected": "r"}, "rows[0].prompt"),
     ({"prompt": "p", "chosen": "c", "rejected": "r", "weight": -1.0}, "rows[0].weight"),
     ({"prompt_ids": [], "chosen_ids": [1], "rejected_ids": [2]}, "rows[0].prompt"),
-    # Conversational responses cannot be carried by the protocol's Response (text or ids).
-    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}], "rejected": "r"},
-     "rows[0].chosen"),
 ])
 def test_submit_bad_rows_name_the_field(client: Client, row, field) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidArgument) as e:
