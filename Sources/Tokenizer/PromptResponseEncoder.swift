@@ -60,10 +60,11 @@ public struct PromptResponseEncoder: Sendable {
     /// `textPromptsAsChat` (`selm train`; the server's `SubmitPreferences.chat`); ids are taken as
     /// they are. With a conversational prompt, conversational responses follow TRL's rule
     /// (`conversation`) and text responses are tokenized on their own with EOS.
-    /// - Precondition: `row.conversationalResponseProblem` is nil (`TRLRow.parse` and the server's
-    ///   `SubmitPreferences` check it first).
-    /// - Throws: `TokenizerError.noChatTemplate`.
+    /// - Throws: `TokenizerError.noChatTemplate`; `.invalidRow` when the row breaks TRL's rules for
+    ///   conversational responses (`TRLRow.parse` and the server's `SubmitPreferences` refuse such
+    ///   rows first, naming the line or the wire field).
     public func encode(_ row: TRLRow, textPromptsAsChat: Bool) throws(TokenizerError) -> EncodedRow {
+        if let (part, reason) = row.conversationalResponseProblem { throw .invalidRow(field: part.rawValue, reason: reason) }
         var prompt: [Int32]
         switch row.prompt {
         case .text(let t): prompt = try self.prompt(text: t, chat: textPromptsAsChat)

@@ -21,6 +21,9 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
     /// A chat was requested (a conversation, a text prompt with `chat`) but there is no usable
     /// template; `reason` says why (`PromptResponseEncoder.templateProblem`).
     case noChatTemplate(reason: String)
+    /// A preference row breaks TRL's rules for conversational responses (`field` is "chosen",
+    /// "rejected" or "reference"; `TRLRow.conversationalResponseProblem`).
+    case invalidRow(field: String, reason: String)
 
     /// A message naming what is wrong and where.
     public var description: String {
@@ -41,6 +44,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
             return "the model's chat template is not ChatML, Zephyr or Llama-3 (it begins: \(excerpt)); choose one with --template"
         case let .noChatTemplate(reason):
             return "chat: \(reason)"
+        case let .invalidRow(field, reason):
+            return "\(field): \(reason)"
         }
     }
 }

@@ -86,6 +86,25 @@ final class TRLRowTests: XCTestCase {
         XCTAssertEqual(ids.chosen, enc.tokenizer.encode("Hello.<|im_end|>\n", parseSpecial: true))
     }
 
+    /// A row built in code (not parsed) that breaks TRL's conversational rules is refused by the
+    /// encoder with the part named, never encoded (or trapped on).
+    func testEncoderRefusesARowThatBreaksTheConversationalRules() throws {
+        let enc = try Self.encoder("tiny-chat")
+        let textPrompt = TRLRow(prompt: .text("Hi"), chosen: .messages([ChatTurn(role: "assistant", content: "Hello.")]),
+                                rejected: .text("Go away."))
+        XCTAssertThrowsError(try enc.encode(textPrompt, textPromptsAsChat: true)) { e in
+            guard case let .invalidRow(field, reason)? = e as? TokenizerError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "chosen")
+            XCTAssertTrue(reason.contains("conversational prompt"), reason)
+        }
+        let userLast = TRLRow(prompt: .messages([.user("Hi")]), chosen: .text("Hello."),
+                              rejected: .messages([ChatTurn(role: "user", content: "Hm?")]))
+        XCTAssertThrowsError(try enc.encode(userLast, textPromptsAsChat: true)) { e in
+            guard case let .invalidRow(field, _)? = e as? TokenizerError else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "rejected")
+        }
+    }
+
     // MARK: Parsing
 
     func testParsesEveryAcceptedField() throws {
