@@ -65,6 +65,8 @@ class Server:
             token_file.chmod(0o600)
             args += ["--auth-token-file", str(token_file)]
         args += extra_args or []
+        if "--engine-precision" not in args:
+            args += ["--engine-precision", "f32"]  # parity checks compare with the f32 forward
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.address = self._wait_listening(timeout=120)
