@@ -42,16 +42,16 @@ enum PerturbedCheckpoint {
     }
 }
 
-/// `selm generate --model M --prompt P --chat --max-tokens N --json` (greedy): ids (with the stop
-/// token, if any) and their log-probs.
+/// `selm generate --model M --prompt P --chat --max-tokens N --json --engine-precision P` (greedy;
+/// f32 unless told): ids (with the stop token, if any) and their log-probs.
 struct OfflineGreedy {
     var ids: [UInt32]
     var logprobs: [Float]
     var finishReason: String
 
-    init(model: String, chatPrompt: String, maxTokens: Int) throws {
+    init(model: String, chatPrompt: String, maxTokens: Int, precision: String = "f32") throws {
         let r = try runSelmCLI(["generate", "--model", model, "--prompt", chatPrompt, "--chat", "--max-tokens", "\(maxTokens)", "--json",
-                               "--engine-precision", "f32"])
+                               "--engine-precision", precision])
         guard r.status == 0 else { throw TestError("selm generate exited \(r.status): \(r.stderr)") }
         guard let j = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
               let ids = j["ids"] as? [Int], let lps = j["logprobs"] as? [Double], let finish = j["finish_reason"] as? String
