@@ -108,8 +108,9 @@ extension ForwardTensors {
 
 /// The memory of a compact model: the packed linear weights (7 per layer, then the output head —
 /// a packed copy of the embedding table when it is tied) and one f32 slab holding the embedding
-/// table and the norms. Freed with the model.
-final class CompactStore: @unchecked Sendable {
+/// table and the norms.
+final class CompactMemory: @unchecked Sendable {
+    let config: LlamaConfig
     let precision: EnginePrecision
     /// 7 × layers + 1 packed matrices.
     let mats: UnsafeMutablePointer<ck_weights>
@@ -118,11 +119,10 @@ final class CompactStore: @unchecked Sendable {
     let slab: UnsafeMutablePointer<Float>
     let slabCount: Int
 
-    /// Allocates the packed matrices (zeroed) and the f32 slab.
-    init(config c: LlamaConfig, precision: EnginePrecision) throws {
-        guard let format = precision.compactFormat else { preconditionFailure("CompactStore needs a compact precision") }
+    init(config c: LlamaConfig, precision: EnginePrecision, format: Int32) throws {
+        self.config = c
         self.precision = precision
-        let shapes = Self.shapes(c)
+        let shapes = CompactStore.shapes(c)
         matCount = shapes.count
         mats = .allocate(capacity: matCount)
         var made = 0
@@ -143,6 +143,49 @@ final class CompactStore: @unchecked Sendable {
         mats.deallocate()
         slab.deallocate()
     }
+}
+
+/// The memory of the last compact model released, kept for the next one of the same shape and
+/// precision: publishing every second would otherwise map, fault in and zero ~250 MB each time
+/// (about as long as the packing itself). Holds at most one. Thread: any (one lock).
+enum CompactMemoryPool {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var spare: CompactMemory?
+
+    static func take(_ c: LlamaConfig, _ p: EnginePrecision) -> CompactMemory? {
+        lock.lock(); defer { lock.unlock() }
+        guard let m = spare, m.config == c, m.precision == p else { return nil }
+        spare = nil
+        return m
+    }
+
+    static func recycle(_ m: CompactMemory) {
+        lock.lock()
+        let old = spare
+        spare = m
+        lock.unlock()
+        _ = old  // freed here, outside the lock
+    }
+}
+
+/// A compact model's storage: its memory (reused from the pool when one of the same shape was
+/// released) and the forward pass's view of it. Returns the memory to the pool when freed.
+final class CompactStore: @unchecked Sendable {
+    let precision: EnginePrecision
+    private let mem: CompactMemory
+    var mats: UnsafeMutablePointer<ck_weights> { mem.mats }
+    var matCount: Int { mem.matCount }
+    var slab: UnsafeMutablePointer<Float> { mem.slab }
+    var slabCount: Int { mem.slabCount }
+
+    /// Storage for a model of `c` in `precision` (contents undefined until `fill`).
+    init(config c: LlamaConfig, precision: EnginePrecision) throws {
+        guard let format = precision.compactFormat else { preconditionFailure("CompactStore needs a compact precision") }
+        self.precision = precision
+        mem = try CompactMemoryPool.take(c, precision) ?? CompactMemory(config: c, precision: precision, format: format)
+    }
+
+    deinit { CompactMemoryPool.recycle(mem) }
 
     /// (N, K) of every packed matrix, in storage order: per layer q, k, v, o, gate, up, down; then the head.
     static func shapes(_ c: LlamaConfig) -> [(n: Int, k: Int)] {
@@ -216,11 +259,16 @@ extension LlamaModel {
     /// copy of them (products bit-for-bit the learner's forward), for bf16/q8 the packed linear
     /// weights plus f32 copies of the embedding table and the norms — no f32 linear weights are kept.
     /// Reads `weights` during the call only (the caller may go on changing them afterwards).
-    /// `packSeconds` of the result is the time this took.
+    /// `packSeconds` of the result is the time this took. Counts as compute for the cores' sharing
+    /// (`kernels_compute_enter`).
     /// - Throws: `ModelError.badInput` when the compact storage cannot be allocated, or when q8
     ///   blocks hold a NaN/Inf or a value beyond float16 scales (`field: "weights"`).
     public static func inference(from weights: ParameterSet, precision: EnginePrecision) throws -> LlamaModel {
         let t0 = DispatchTime.now().uptimeNanoseconds
+        // Packing is compute on this thread (the publisher's: the learner's core): under adaptive
+        // sharing the engine's products run on one thread meanwhile, as while the learner computes.
+        kernels_compute_enter()
+        defer { kernels_compute_exit() }
         guard precision != .f32 else {
             let m = LlamaModel(weights: weights.copy())
             m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

@@ -5,12 +5,15 @@
 import Dispatch
 import Engine
 import Foundation
+import Kernels
 import Model
 
 func benchPublish(_ modelPath: String) throws {
     let every = Double(option("--every", "1")) ?? 1
     let name = option("--engine-precision", EnginePrecision.servingDefault.rawValue)
     guard let precision = EnginePrecision(rawValue: name) else { print("error: --engine-precision: expected f32, bf16 or q8"); exit(2) }
+    // As selm serve's default --compute-sharing: the publishing thread's packing counts as compute.
+    kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
     let loaded = try Loaded(path: modelPath)
     let live = loaded.model.weights                 // the learner's weights
     let prompts = benchPrompts(loaded.tokenizer, count: 32, length: 64)
@@ -78,7 +81,7 @@ func benchPublish(_ modelPath: String) throws {
     let quiet = try job(publishing: false)
     let busy = try job(publishing: true)
     func line(_ label: String, _ f: Figures) {
-        print(String(format: "%-22@ %6.2f s  %6.1f tok/s  inter-token p50 %6.1f ms  p99 %7.1f ms  publications %d",
+        print(String(format: "%@ %6.2f s  %6.1f tok/s  inter-token p50 %6.1f ms  p99 %7.1f ms  publications %d",
                      label as NSString, f.seconds, Double(f.tokens) / f.seconds, 1000 * percentile(f.itl, 50), 1000 * percentile(f.itl, 99), f.publishes))
     }
     line("no publications", quiet)

@@ -150,7 +150,11 @@ struct Serve: ParsableCommand {
             resumedVersion = control.resumedVersion
             learner = control
         }
-        if noLearner { engineModel = try precisionOptions.inferenceModel(bundle.model) }
+        if noLearner {
+            // Nothing trains: the engine's copy is the only one kept (the f32 weights are freed).
+            engineModel = try precisionOptions.inferenceModel(bundle.model)
+            bundle.replaceModel(engineModel)
+        }
         note("selm serve: engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), "
              + String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
              + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : ""))
