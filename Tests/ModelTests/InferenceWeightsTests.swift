@@ -154,3 +154,40 @@ final class CompactSharingTests: XCTestCase {
         kernels_compute_exit()
     }
 }
+
+/// A model file's Q8_0 tensors survive the load (dequantised to f32) and the q8 packing exactly:
+/// packing the loaded f32 gives the same bytes as packing the file's blocks directly
+/// (`ck_pack_q8_0`). llama.cpp's quantiser (d = amax/127 stored as float16, q = round(x/d)) gives
+/// every block's largest value |q| = 127, so the scale found again from d·q is the file's d.
+final class Q8FromGGUFTests: XCTestCase {
+    func testPackingTheLoadedQ8_0IsExact() throws {
+        let N = 48, K = 96, blocks = K / 32
+        var raw = [UInt8](repeating: 0, count: N * blocks * 34)
+        var f32 = [Float](repeating: 0, count: N * K)
+        var s: UInt64 = 11
+        func next() -> Float { s = s &* 6364136223846793005 &+ 1442695040888963407; return Float(Int64(bitPattern: s) >> 11) / Float(1 << 52) }
+        for r in 0..<N {
+            for b in 0..<blocks {
+                let scale = Float(1 << (r % 7)) * 0.01
+                let x = (0..<32).map { _ in next() * scale }
+                let amax = x.map(abs).max()!
+                let d = amax / 127, id: Float = d != 0 ? 1 / d : 0
+                let dh = Float16(d)
+                let o = (r * blocks + b) * 34
+                withUnsafeBytes(of: dh.bitPattern.littleEndian) { raw[o] = $0[0]; raw[o + 1] = $0[1] }
+                for j in 0..<32 {
+                    let q = Int8(max(-127, min(127, (x[j] * id).rounded())))   // llama.cpp: roundf
+                    raw[o + 2 + j] = UInt8(bitPattern: q)
+                    f32[r * K + b * 32 + j] = Float(dh) * Float(q)            // what the loader dequantises
+                }
+            }
+        }
+        var a = ck_weights(), b = ck_weights()
+        XCTAssertEqual(ck_weights_alloc(&a, Int32(CK_Q8), Int32(N), Int32(K)), 0)
+        XCTAssertEqual(ck_weights_alloc(&b, Int32(CK_Q8), Int32(N), Int32(K)), 0)
+        defer { ck_weights_free(&a); ck_weights_free(&b) }
+        XCTAssertEqual(ck_pack_f32(&a, f32, K, 0, Int32(N)), 0)
+        XCTAssertEqual(ck_pack_q8_0(&b, raw, blocks * 34, 0, Int32(N)), 0)
+        XCTAssertEqual(memcmp(a.data, b.data, ck_weights_bytes(Int32(CK_Q8), Int32(N), Int32(K))), 0, "the same packed bytes")
+    }
+}
