@@ -91,4 +91,35 @@ final class PrecisionContractTests: XCTestCase {
         for (a, b) in zip(logprobs, offline.logprobs) { XCTAssertEqual(a, b, accuracy: 1e-5) }
         engine.stop()
     }
+
+    /// `publish` reads the weights during the call only, in every precision: the learner hands over
+    /// its live weights (no f32 copy of its own) and trains on; the version serves what they were.
+    func testPublishReadsTheWeightsOnlyDuringTheCall() throws {
+        let base = try Fixtures.tiny()
+        for precision in [EnginePrecision.f32, .q8] {
+            var config = EngineConfig()
+            config.kvCacheMB = 1
+            let engine = try GenerationEngine(model: LlamaModel.inference(from: base.weights, precision: precision),
+                                              tokenizer: Fixtures.tinyTokenizer, config: config)
+            let live = Fixtures.perturbed(base, seed: 5)
+            let kept = live.copy()
+            try engine.publish(weights: live, version: 2)
+            for i in 0..<live.count { live.data[i] *= -0.5 }   // the learner's next step
+            var p = SamplerSettings()
+            p.temperature = 0
+            var r = GenerationRequest(prompt: [9, 10, 11], params: p, maxTokens: 10)
+            r.ignoreEOS = true
+            let id = try engine.submit(r)
+            var ids: [Int32] = []
+            for _ in 0..<100 where ids.isEmpty {
+                engine.step()
+                for e in engine.drainEvents() { if case .sample(let s) = e, s.id == id { ids = s.tokens } }
+            }
+            p.maxTokens = 10
+            let want = try SingleSequenceGenerator(model: LlamaModel.inference(from: kept, precision: precision))
+                .generate(prompt: [9, 10, 11], params: p, stopTokens: []).ids
+            XCTAssertEqual(ids, want, "\(precision): the published version serves the weights as they were at publish")
+            engine.stop()
+        }
+    }
 }
