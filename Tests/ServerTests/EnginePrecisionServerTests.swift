@@ -50,4 +50,21 @@ final class EnginePrecisionServerTests: XCTestCase {
         XCTAssertEqual(metricValue(m2, "selm_publish_packs_total"), 1, m2)
         XCTAssertGreaterThan(metricValue(m2, "selm_publish_pack_seconds") ?? 0, 0)
     }
+
+    /// Without a learner the engine's bf16 copy is the only one kept (the f32 weights are freed) and
+    /// still answers as the offline tool in bf16.
+    func testBF16ServerWithoutLearnerMatchesTheOfflineTool() throws {
+        try requireSmol()
+        let dir = try temporaryDirectory()
+        let text = "Name three colours."
+        let offline = try OfflineGreedy(model: ServerProcess.smol, chatPrompt: text, maxTokens: 8, precision: "bf16")
+        let server = try ServerProcess(model: ServerProcess.smol, dataDir: dir + "/data", metrics: true,
+                                       args: ["--engine-precision", "bf16", "--no-learner"])
+        XCTAssertTrue(try server.scrapeMetrics().contains("selm_engine_info{precision=\"bf16\""))
+        let c = try server.client()
+        _ = try c.hello()
+        let s = try greedy(c, id: 1, text)
+        XCTAssertEqual(s.tokenIDs, offline.ids)
+        XCTAssertLessThanOrEqual(maxAbsDifference(s.logprobs, offline.logprobs), 1e-4)
+    }
 }
