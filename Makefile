@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -38,6 +38,20 @@ bench-learner: deps model
 bench-engine: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench engine --model $(MODEL)
+
+# The precision contract: each compact engine precision (bf16, q8) against the f32 engine — mean and
+# max |Δ log-prob| per token over Tests/ModelTests/Fixtures/precision_text.txt (1000 tokens), greedy
+# agreement on 16 chat prompts × 64 tokens — with snapshot size, snapshot-making time, decode speed.
+bench-precision: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench precision --model $(MODEL)
+
+# What publishing every second costs the engine in PRECISION (default q8): the 32 × (64 + 128) job
+# without and with a publication of the live f32 weights every second (packed on the publishing thread).
+PRECISION ?= q8
+bench-publish: deps model
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench publish --model $(MODEL) --engine-precision $(PRECISION)
 
 # The project's own bf16 / 8-bit products on SmolLM2's shapes beside the ceilings measured in the
 # same run (bf16/VNNI peaks, streaming read, sgemm); OpenBLAS kernel cores compared. ARGS=--quick

@@ -36,6 +36,15 @@ public final class GenerationEngine: @unchecked Sendable {
     public let defaultStopTokens: [Int32]
     /// Blocks in the KV pool. Thread: immutable, any thread.
     public let kvBlocksTotal: Int
+    /// The precision the engine computes in: the initial model's (`LlamaModel.precision`); every
+    /// publication is converted to it by `publish` on the publishing thread. Thread: immutable, any thread.
+    public let precision: EnginePrecision
+    /// Bytes of weights one snapshot holds (`LlamaModel.weightBytes`). Thread: immutable, any thread.
+    public let snapshotBytes: Int
+
+    /// Publication preparation times (guarded by `packLock`).
+    private let packLock = NSLock()
+    private var packs: (count: UInt64, last: Double, total: Double) = (0, 0, 0)
 
     private let versions: VersionRegistry
     /// Guarded by `stepLock` (internal for tests).
@@ -103,6 +112,8 @@ public final class GenerationEngine: @unchecked Sendable {
         }
         defaultStopTokens = stops.filter { $0 >= 0 && Int($0) < c.vocabSize }
         kvBlocksTotal = blocks
+        precision = model.precision
+        snapshotBytes = model.weightBytes
         versions = VersionRegistry(model: model, version: version, maxLive: config.maxLiveVersions)
         scheduler = Scheduler(config: config, modelConfig: c, tokenizer: tokenizer, versions: versions, blockCount: blocks)
         lastStatus = EngineStatus(
@@ -224,19 +235,38 @@ public final class GenerationEngine: @unchecked Sendable {
     /// server numbers through `publish(weights:learnerStep:metrics:)`, which calls this); returns
     /// at once and announces nothing. It becomes current at the next step —
     /// requests admitted from then on bind to it, running samples keep their version (or
-    /// re-prefill under it with `recompute`). The engine owns `weights` from now on: do not modify
-    /// them. A newer publication before that step replaces this one. When more than
+    /// re-prefill under it with `recompute`). `weights` are read during the call only: the engine
+    /// makes its snapshot from them here, on the calling thread — packed into its compact precision
+    /// (bf16/q8: the f32 linear weights are not kept), or copied for f32 — so the caller may go on
+    /// training them afterwards. A newer publication before that step replaces this one. When more than
     /// `maxLiveVersions` versions would then be live, others are retired (see
     /// `EngineConfig.maxLiveVersions`): admission never waits for a version.
     /// - Throws: `.staleVersion` unless `version` is newer than every earlier one,
     ///   `.incompatibleWeights` for another architecture.
     /// Thread: any; never waits for a running step.
     public func publish(weights: ParameterSet, version: UInt64) throws {
+        let model = try prepare(weights)
+        try versions.publish(model, version: version)
+        poke()
+    }
+
+    /// The snapshot model of `weights` in the engine's precision, made on the calling thread (the
+    /// publisher's, never the engine's): packed for bf16/q8, copied for f32. Reads `weights` during
+    /// the call only. Times it (`EngineStatus.lastPublishPackSeconds`).
+    private func prepare(_ weights: ParameterSet) throws -> LlamaModel {
         guard weights.config == modelConfig else {
             throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
         }
-        try versions.publish(weights, version: version)
-        poke()
+        let model: LlamaModel
+        do { model = try LlamaModel.inference(from: weights, precision: precision) } catch {
+            throw EngineError.incompatibleWeights(reason: "cannot be served in \(precision): \(error)")
+        }
+        packLock.lock()
+        packs.count += 1
+        packs.last = model.packSeconds
+        packs.total += model.packSeconds
+        packLock.unlock()
+        return model
     }
 
     /// Sets how `publish(weights:learnerStep:metrics:)` numbers publications: given the newest
@@ -248,9 +278,11 @@ public final class GenerationEngine: @unchecked Sendable {
         publishLock.lock(); issuer = issue; publishLock.unlock()
     }
 
-    /// Publishes `weights` as the next version — the one place a version number is issued: the
-    /// issuer numbers it (durably), the weights are queued for the next step, and that step
-    /// announces the version (a `.published` event, through the wake-up) once it is installed.
+    /// Publishes `weights` as the next version — the one place a version number is issued: a
+    /// snapshot is made from `weights` on the calling thread (packed into the engine's precision, or
+    /// copied for f32; they are read during the call only, so a learner hands over its live weights
+    /// between two steps), the issuer numbers it (durably), it is queued for the next step, and that
+    /// step announces the version (a `.published` event, through the wake-up) once it is installed.
     /// Publications are serialised, so numbers reach the engine in the order they are issued.
     /// - Returns: the version.
     /// - Throws: `.incompatibleWeights` for another architecture (nothing issued), or what the
@@ -258,12 +290,10 @@ public final class GenerationEngine: @unchecked Sendable {
     /// Thread: any but the owner's event loop (the issuer fsyncs); never waits for a running step.
     @discardableResult
     public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) throws -> UInt64 {
-        guard weights.config == modelConfig else {
-            throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
-        }
+        let model = try prepare(weights)
         publishLock.lock(); defer { publishLock.unlock() }
         let version = try issuer(versions.newestVersion)
-        try versions.publish(weights, version: version)
+        try versions.publish(model, version: version)
         outLock.lock()
         announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics))
         outLock.unlock()
@@ -292,6 +322,11 @@ public final class GenerationEngine: @unchecked Sendable {
         s.currentVersion = versions.currentVersion
         s.pendingVersion = versions.pendingVersion
         s.liveVersions = versions.liveVersions
+        s.precision = precision
+        s.snapshotBytes = snapshotBytes
+        packLock.lock()
+        (s.publishPacks, s.lastPublishPackSeconds, s.publishPackSecondsTotal) = (packs.count, packs.last, packs.total)
+        packLock.unlock()
         return s
     }
 

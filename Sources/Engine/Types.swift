@@ -1,3 +1,4 @@
+import Model
 import Foundation
 
 /// Identifies one submitted generation or score request; unique within a `GenerationEngine`.
@@ -268,6 +269,15 @@ public struct EngineStatus: Sendable {
     public var forwardSeconds: Double
     public var kvSeconds: Double
     public var sampleSeconds: Double
+    /// The precision the engine serves in (every log-prob and score it returns is computed in it).
+    public var precision: EnginePrecision = .f32
+    /// Bytes of weights one snapshot (version) holds in that precision.
+    public var snapshotBytes: Int = 0
+    /// Publications prepared (packed, or copied for f32) by `publish`, on the publishing thread;
+    /// the seconds the last one took and all of them together.
+    public var publishPacks: UInt64 = 0
+    public var lastPublishPackSeconds: Double = 0
+    public var publishPackSecondsTotal: Double = 0
 }
 
 /// What one `step()` did.

@@ -57,9 +57,9 @@ final class VersionRegistry: @unchecked Sendable {
     var newestVersion: UInt64 { locked { newest } }
     var liveVersions: [UInt64] { locked { live.keys.sorted() } }
 
-    /// Records new weights (replacing an older pending publication, which was never used).
-    func publish(_ weights: ParameterSet, version: UInt64) throws {
-        let model = LlamaModel(weights: weights)
+    /// Records a new snapshot's model, already in the engine's precision (replacing an older
+    /// pending publication, which was never used).
+    func publish(_ model: LlamaModel, version: UInt64) throws {
         let dropped: WeightSnapshot? = try locked {
             guard version > newest else { throw EngineError.staleVersion(version: version, newest: newest) }
             newest = version

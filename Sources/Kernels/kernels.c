@@ -1,5 +1,6 @@
 // Kernels: see include/kernels.h for shapes and conventions.
 #include "kernels.h"
+#include "compact.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -235,6 +236,31 @@ void matmul_forward(float *out, const float *inp, const float *weight, int T, in
         sgemm_shared(CblasNoTrans, CblasTrans, n, OC, C, 1.0f, inp + (size_t)t * C, C, weight, C,
                      accumulate ? 1.0f : 0.0f, out + (size_t)t * OC, OC);
     }
+}
+
+// The same product over a compact weight (compact.h): shared like the BLAS. ADAPTIVE caps the
+// calling thread's kernel threads to 1 while two compute threads are inside a pass (as it gives each
+// BLAS call one OpenBLAS thread), PRIORITY/FIFO run it under the BLAS lock with all threads, NONE
+// leaves it alone (split sets the kernel pool to 1 thread, as it does OpenBLAS's).
+static __thread int compact_last_threads = 0;
+int kernels_compact_last_threads(void) { return compact_last_threads; }
+
+void compact_linear_forward(float *out, const float *inp, const ck_weights *w, int T, int accumulate) {
+    if (T == 0) return;
+    int taken = 0;
+    if (share_mode == KERNELS_SHARING_ADAPTIVE) {
+        int both = __atomic_load_n(&active_compute, __ATOMIC_RELAXED) >= 2;
+        ck_set_thread_max(both ? 1 : 0);
+        compact_last_threads = both ? 1 : ck_threads();
+    } else {
+        taken = blas_acquire();
+        compact_last_threads = ck_threads();
+    }
+    double t0 = mono_now();
+    ck_linear(out, (size_t)w->N, inp, (size_t)w->K, T, w, accumulate);
+    thread_blas += mono_now() - t0;
+    if (share_mode == KERNELS_SHARING_ADAPTIVE) ck_set_thread_max(0);
+    blas_release(taken);
 }
 
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,

@@ -60,7 +60,9 @@ public struct OnlineStatus: Sendable {
 /// and row), so a restart resumes from checkpoint + log with every acknowledged row applied once.
 public final class OnlineLearner: @unchecked Sendable {
     /// Hands weights to the engine; returns whether they were handed over. The version they get is
-    /// told later, through `versionPublished(_:learnerStep:)` (the engine numbers them).
+    /// told later, through `versionPublished(_:learnerStep:)` (the engine numbers them). The
+    /// weights are the learner's live policy, read during the call only (the engine packs or copies
+    /// them on this thread, `GenerationEngine.publish`); the learner changes them only after it returns.
     public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> Bool
 
     public let learner: Trainer
@@ -316,7 +318,7 @@ public final class OnlineLearner: @unchecked Sendable {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
                 FileHandle.standardError.write(Data("learner: step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)\n".utf8))
-            } else if publish(learner.policy.weights.copy(), report.metrics, learner.step) {
+            } else if publish(learner.policy.weights, report.metrics, learner.step) {
                 awaitingVersion = learner.step
             }
         }

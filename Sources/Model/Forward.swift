@@ -1,17 +1,50 @@
 import Kernels
 
-/// A Llama model in memory: its blueprint and one slab of f32 weights.
+/// A Llama model in memory: its blueprint and its weights — one slab of f32 weights (what the
+/// learner trains and every f32 forward reads), or, for the engine's compact precisions, packed
+/// bf16/q8 linear weights with f32 embedding table and norms (`inference(from:precision:)`).
 public final class LlamaModel: @unchecked Sendable {
     public let config: LlamaConfig
-    public let weights: ParameterSet
+    /// The precision of the linear layers' products.
+    public let precision: EnginePrecision
+    /// The f32 weights; nil for a compact model, which keeps none.
+    public let f32Weights: ParameterSet?
+    /// The compact model's storage (nil for f32).
+    private let store: CompactStore?
+    /// What `forward` reads.
+    let tensors: ForwardTensors
+    /// Seconds `inference(from:precision:)` took to make this model (0 otherwise).
+    public internal(set) var packSeconds: Double = 0
 
     public init(weights: ParameterSet) {
         self.config = weights.config
-        self.weights = weights
+        self.precision = .f32
+        self.f32Weights = weights
+        self.store = nil
+        self.tensors = ForwardTensors(f32: weights)
+    }
+
+    init(compact store: CompactStore, config: LlamaConfig) {
+        self.config = config
+        self.precision = store.precision
+        self.f32Weights = nil
+        self.store = store
+        self.tensors = store.tensors(config)
+    }
+
+    /// The f32 weights of an f32 model (every model the loaders, the learner and the checkpoints
+    /// handle). A compact model has none: reading this is a programming error (it traps).
+    public var weights: ParameterSet {
+        guard let w = f32Weights else { preconditionFailure("a \(precision) inference model keeps no f32 weights") }
+        return w
     }
 
     /// Total number of parameters (the tied output head counted once).
-    public var parameterCount: Int { weights.count }
+    public var parameterCount: Int { f32Weights?.count ?? ParameterLayout(config: config).totalCount }
+
+    /// Bytes of weights this model holds: the f32 slab, or the packed matrices plus the f32
+    /// embedding table and norms.
+    public var weightBytes: Int { store?.bytes ?? parameterCount * MemoryLayout<Float>.size }
 }
 
 /// One sequence's share of a `ForwardBatch`: `count` consecutive tokens of the batch starting at
@@ -219,9 +252,9 @@ extension LlamaModel {
         kernels_compute_enter()
         defer { kernels_compute_exit() }
         acts.prepare(batch)
-        let w = weights
-        let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim), hidden = Int32(c.hiddenDim)
-        let hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
+        let w = tensors
+        let dim = Int32(c.dim), hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
+        let qDim = Int32(c.qDim), kvDim = Int32(c.kvDim)
 
         var positions = [Int32](repeating: 0, count: T)
         for s in batch.sequences { for i in 0..<s.count { positions[s.tokenStart + i] = Int32(s.startPos + i) } }
@@ -229,12 +262,12 @@ extension LlamaModel {
         embedding_forward(acts.layers[0].x, batch.tokens, w.tokenEmbedding, T32, dim)
 
         for l in 0..<c.nLayers {
-            let a = acts.layers[l], p = w.layers[l]
+            let a = acts.layers[l], p = w.linears[l]
             let xNext = l + 1 < c.nLayers ? acts.layers[l + 1].x : acts.xOut!
-            rmsnorm_forward(a.xn, a.rstd1, a.x, p.attnNorm, T32, dim, c.rmsEps)
-            matmul_forward(a.q, a.xn, p.wq, T32, dim, qDim, 0)
-            matmul_forward(a.k, a.xn, p.wk, T32, dim, kvDim, 0)
-            matmul_forward(a.v, a.xn, p.wv, T32, dim, kvDim, 0)
+            rmsnorm_forward(a.xn, a.rstd1, a.x, w.attnNorms[l], T32, dim, c.rmsEps)
+            p.wq.apply(a.q, a.xn, rows: T, accumulate: false)
+            p.wk.apply(a.k, a.xn, rows: T, accumulate: false)
+            p.wv.apply(a.v, a.xn, rows: T, accumulate: false)
             rope_forward(a.q, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_forward(a.k, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
             for (i, s) in batch.sequences.enumerated() {
@@ -251,18 +284,18 @@ extension LlamaModel {
                                   acts.scratch)
             }
             if a.xmid != a.x { a.xmid.update(from: a.x, count: T * c.dim) }
-            matmul_forward(a.xmid, a.att, p.wo, T32, qDim, dim, 1)
-            rmsnorm_forward(a.xn2, a.rstd2, a.xmid, p.mlpNorm, T32, dim, c.rmsEps)
-            matmul_forward(a.gate, a.xn2, p.wGate, T32, dim, hidden, 0)
-            matmul_forward(a.up, a.xn2, p.wUp, T32, dim, hidden, 0)
+            p.wo.apply(a.xmid, a.att, rows: T, accumulate: true)
+            rmsnorm_forward(a.xn2, a.rstd2, a.xmid, w.mlpNorms[l], T32, dim, c.rmsEps)
+            p.wGate.apply(a.gate, a.xn2, rows: T, accumulate: false)
+            p.wUp.apply(a.up, a.xn2, rows: T, accumulate: false)
             swiglu_forward(a.h, a.gate, a.up, T * c.hiddenDim)
             if xNext != a.xmid { xNext.update(from: a.xmid, count: T * c.dim) }
-            matmul_forward(xNext, a.h, p.wDown, T32, hidden, dim, 1)
+            p.wDown.apply(xNext, a.h, rows: T, accumulate: true)
         }
 
         gather_rows(acts.xf, acts.xOut, batch.logitRows, Int32(R), dim)
         rmsnorm_forward(acts.xnF, acts.rstdF, acts.xf, w.finalNorm, Int32(R), dim, c.rmsEps)
-        matmul_forward(acts.logits, acts.xnF, w.lmHead, Int32(R), dim, Int32(c.vocabSize), 0)
+        w.lmHead.apply(acts.logits, acts.xnF, rows: R, accumulate: false)
         return acts.logits
     }
 

@@ -9,7 +9,8 @@ public final class ModelBundle: @unchecked Sendable {
 
     public let path: String
     public let format: Format
-    public let model: LlamaModel
+    /// The loaded f32 model; after `replaceModel`, the model given there.
+    public private(set) var model: LlamaModel
     /// Nil only for a Hugging Face directory without tokenizer files (token-id work still runs).
     public let tokenizerIfAny: Tokenizer?
     /// The template the user named, else the one recognised from the model's metadata.
@@ -19,6 +20,14 @@ public final class ModelBundle: @unchecked Sendable {
     /// The GGUF file when loaded from one (its tokenizer metadata is carried into checkpoints).
     public let gguf: GGUFFile?
     public let loadSeconds: Double
+
+    /// Replaces the model by `m` (same config), e.g. by the engine's compact copy when nothing else
+    /// needs the f32 weights (`selm serve --no-learner`), so they can be freed. Thread: before the
+    /// bundle is shared with other threads.
+    public func replaceModel(_ m: LlamaModel) {
+        precondition(m.config == model.config, "replaceModel: another architecture")
+        model = m
+    }
 
     /// Loads `path`. `templateName` (`chatml`, `zephyr`, `llama3`) overrides the model's template.
     public init(path: String, templateName: String? = nil) throws {

@@ -44,10 +44,11 @@ public struct SavedCheckpoint: Sendable, Equatable {
 /// `LearnerControl.versionPublished(_:learnerStep:)`).
 public protocol WeightPublisher: Sendable {
     /// Hands `weights` over as the next version; false when they could not be published (the
-    /// version could not be recorded; logged). They must be a finished snapshot the caller never
-    /// mutates again (the engine reads them until their last sequence ends; `OnlineLearner` hands
-    /// over `weights.copy()`). `learnerStep` and `metrics` go into the `VersionEvent`. Any thread
-    /// but the loop's (recording the number fsyncs); the swap happens between two engine steps.
+    /// version could not be recorded; logged). They are read during the call only — the engine makes
+    /// its snapshot from them on the calling thread (packed into its precision, or copied for f32)
+    /// — so `OnlineLearner` hands over its live weights and changes them only after the call returns.
+    /// `learnerStep` and `metrics` go into the `VersionEvent`. Any thread but the loop's (recording
+    /// the number fsyncs; packing takes ~0.1 s); the swap happens between two engine steps.
     func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool
 }
 

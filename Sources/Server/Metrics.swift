@@ -60,6 +60,13 @@ struct LiveFigures {
     var connectionObjects: Int = 0
     var tokenizerInputBytes: UInt64 = 0
     var uptime: Double = 0
+    /// The engine's precision ("" without an engine), bytes of one weight snapshot, and its
+    /// publication preparation (packing) figures.
+    var enginePrecision = ""
+    var snapshotBytes = 0
+    var publishPacks: UInt64 = 0
+    var lastPublishPackSeconds: Double = 0
+    var publishPackSecondsTotal: Double = 0
 }
 
 /// Why the server closed a client connection (the `reason` label of
@@ -159,6 +166,13 @@ final class ServerMetrics {
         counter("selm_received_bytes_total", "Bytes received from clients.", bytesIn)
         counter("selm_sent_bytes_total", "Bytes sent to clients.", bytesOut)
         gauge("selm_uptime_seconds", "Seconds since the server started.", live.uptime)
+        if !live.enginePrecision.isEmpty {
+            o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16 or q8), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"
+            o += "selm_engine_info{precision=\"\(live.enginePrecision)\",snapshot_bytes=\"\(live.snapshotBytes)\"} 1\n"
+            gauge("selm_publish_pack_seconds", "Seconds the last publication took to convert the weights to the engine's precision (on the publishing thread).", live.lastPublishPackSeconds)
+            counter("selm_publish_packs_total", "Publications converted to the engine's precision.", live.publishPacks)
+            o += "# HELP selm_publish_pack_seconds_total Seconds spent converting publications to the engine's precision.\n# TYPE selm_publish_pack_seconds_total counter\nselm_publish_pack_seconds_total \(promNumber(live.publishPackSecondsTotal))\n"
+        }
         return o
     }
 }

@@ -157,6 +157,11 @@ extension SelmServer {
             f.kvBlocksTotal = s.kvBlocksTotal
             f.tokensPerSecond = s.tokensPerSecond
             f.liveVersions = s.liveVersions.count
+            f.enginePrecision = s.precision.rawValue
+            f.snapshotBytes = s.snapshotBytes
+            f.publishPacks = s.publishPacks
+            f.lastPublishPackSeconds = s.lastPublishPackSeconds
+            f.publishPackSecondsTotal = s.publishPackSecondsTotal
         } else {
             f.liveVersions = 1
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Kernels
+import Model
 import ModelBundle
 import Tokenizer
 
@@ -22,6 +23,28 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> ModelBundle {
         do { return try ModelBundle(path: model, templateName: template) } catch {
             throw CLIError.failed("cannot load --model", error)
+        }
+    }
+}
+
+/// `--engine-precision`: the precision `selm serve`'s engine computes in, and the same option of
+/// the offline tools (`selm generate`, `selm logits`) so they reproduce exactly what the server
+/// computes. Same default everywhere.
+struct PrecisionOptions: ParsableArguments {
+    @Option(name: .long, help: "Precision of the linear layers' products: f32 (the learner's own weights and forward, bit for bit), bf16 or q8 (8-bit blocks, Q8_0-like). Embeddings and norms stay f32. README \"Precision contract\".")
+    var enginePrecision: String = EnginePrecision.servingDefault.rawValue
+
+    func validate() throws {
+        if EnginePrecision(rawValue: enginePrecision) == nil { throw ValidationError("--engine-precision: expected f32, bf16 or q8") }
+    }
+
+    var precision: EnginePrecision { EnginePrecision(rawValue: enginePrecision) ?? EnginePrecision.servingDefault }
+
+    /// `model` in this precision: itself for f32, else a packed copy (the f32 one stays with the caller).
+    func inferenceModel(_ model: LlamaModel) throws -> LlamaModel {
+        guard precision != .f32 else { return model }
+        do { return try LlamaModel.inference(from: model.weights, precision: precision) } catch {
+            throw CLIError.failed("cannot convert the model to --engine-precision \(precision)", error)
         }
     }
 }

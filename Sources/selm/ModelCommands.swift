@@ -92,8 +92,10 @@ struct Detokenize: ParsableCommand {
 
 struct Logits: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write the logits of every position as little-endian float32, row-major [tokens × vocab].")
+        abstract: "Write the logits of every position as little-endian float32, row-major [tokens × vocab].",
+        discussion: "Computed in --engine-precision (default the server's), so they match what `selm serve` computes; --engine-precision f32 gives the learner's own forward.")
     @OptionGroup var options: ModelOptions
+    @OptionGroup var precisionOptions: PrecisionOptions
     @Option(help: "Comma-separated token ids.") var tokens: String
     @Option(help: "Output file.") var out: String
 
@@ -106,9 +108,10 @@ struct Logits: ParsableCommand {
         let ids = try parseTokenList(tokens, field: "--tokens")
         var batch = ForwardBatch()
         batch.append(ids, startPos: 0, slot: 0, logits: .all)
-        let acts = Activations(config: b.model.config)
+        let model = try precisionOptions.inferenceModel(b.model)
+        let acts = Activations(config: model.config)
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try b.model.forward(batch, kv: nil, acts: acts) } catch { throw CLIError.failed("forward pass", error) }
+        do { logits = try model.forward(batch, kv: nil, acts: acts) } catch { throw CLIError.failed("forward pass", error) }
         let n = ids.count * b.model.config.vocabSize
         let data = Data(bytes: logits, count: n * 4)  // x86-64 and arm64 are little-endian
         try writeDurably(path: out, data: data)
@@ -121,6 +124,7 @@ struct Generate: ParsableCommand {
         abstract: "Continue a prompt. Stops at EOS or the template's end-of-turn token.",
         discussion: "Temperature 0 (the default) is greedy decoding. The text streams to stdout as it is generated; with --json one object {ids, text, finish_reason, logprobs} is printed at the end (ids include the stop token; text does not).")
     @OptionGroup var options: ModelOptions
+    @OptionGroup var precisionOptions: PrecisionOptions
     @Option(help: "The prompt text.") var prompt: String
     @Flag(help: "Apply the model's chat template (the prompt is the user's message).") var chat = false
     @Option(help: "System message for --chat (default: the template's own, if any).") var system: String?
@@ -160,7 +164,7 @@ struct Generate: ParsableCommand {
             ids = try b.textEncoder().prompt(text: prompt, chat: false)
         }
         let p = sampling
-        let gen = SingleSequenceGenerator(model: b.model)
+        let gen = SingleSequenceGenerator(model: try precisionOptions.inferenceModel(b.model))
         let stops = b.stopTokenIds
         var stream = tok.makeStreamDecoder()
         let out = FileHandle.standardOutput

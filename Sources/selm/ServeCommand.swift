@@ -22,6 +22,7 @@ struct Serve: ParsableCommand {
         """)
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var precisionOptions: PrecisionOptions
     @Option(help: "TCP address host:port (port 0 = any free port; \"none\" = no TCP). Binds 127.0.0.1 unless told otherwise.")
     var listen: String = "127.0.0.1:7070"
     @Option(help: "Also listen on this Unix socket path (created mode 0600).")
@@ -115,6 +116,7 @@ struct Serve: ParsableCommand {
         case "fifo": kernels_set_sharing(Int32(KERNELS_SHARING_FIFO), 1e9)
         default: kernels_set_sharing(Int32(KERNELS_SHARING_PRIORITY), 1e9)
         }
+        if computeSharing == "split" { ck_set_threads(1) }  // compact products too: one core each
         let learner: LearnerControl
         var engineModel = bundle.model
         var resumedVersion: UInt64? = nil
@@ -140,11 +142,22 @@ struct Serve: ParsableCommand {
                 note("selm serve: learner resumed from \(r) at step \(control.learner.step)"
                      + (control.resumedVersion.map { ", which holds version \($0)" } ?? ""))
             }
-            // The learner trains its own copy in place; the engine reads a snapshot per version.
-            engineModel = LlamaModel(weights: bundle.model.weights.copy())
+            // The learner trains its own copy in place; the engine reads a snapshot per version,
+            // in its precision (packed from the f32 weights, or an f32 copy).
+            do { engineModel = try LlamaModel.inference(from: bundle.model.weights, precision: precisionOptions.precision) } catch {
+                throw CLIError.failed("cannot convert the model to --engine-precision \(precisionOptions.precision)", error)
+            }
             resumedVersion = control.resumedVersion
             learner = control
         }
+        if noLearner {
+            // Nothing trains: the engine's copy is the only one kept (the f32 weights are freed).
+            engineModel = try precisionOptions.inferenceModel(bundle.model)
+            bundle.replaceModel(engineModel)
+        }
+        note("selm serve: engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), "
+             + String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
+             + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : ""))
         var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
@@ -163,6 +176,15 @@ struct Serve: ParsableCommand {
                                     dataDirectory: dataDirectory)
         dataDirectory.usage.refresh()  // Status reports it from the start (measured off the loop later)
         try server.run()
+    }
+
+    /// The implementation that runs the products of `p` (OpenBLAS's core for f32).
+    private func kernelPath(_ p: EnginePrecision) -> String {
+        switch p {
+        case .f32: return "OpenBLAS"
+        case .bf16: return String(cString: ck_path_name(Int32(CK_BF16)))
+        case .q8: return String(cString: ck_path_name(Int32(CK_Q8)))
+        }
     }
 
     /// Refuses to serve weights holding a NaN or ±Inf (every output would be garbage).

@@ -79,7 +79,8 @@ final class CLITests: XCTestCase {
         let best = String(cString: kernels_best_core_for_cpu())
         for core in [nil, "Prescott", best] as [String?] {
             let out = dir.appendingPathComponent("logits-\(core ?? "auto").f32").path
-            let r = try run(["logits", "--model", Self.smol, "--tokens", ids.map(String.init).joined(separator: ","), "--out", out],
+            let r = try run(["logits", "--model", Self.smol, "--tokens", ids.map(String.init).joined(separator: ","), "--out", out,
+                             "--engine-precision", "f32"],
                             env: ["OPENBLAS_CORETYPE": core])
             XCTAssertEqual(r.status, 0, r.stderr)
             let data = try Data(contentsOf: URL(fileURLWithPath: out))
@@ -99,7 +100,8 @@ final class CLITests: XCTestCase {
         let gens = try JSONSerialization.jsonObject(with: Data(contentsOf: Self.modelFixtures.appendingPathComponent("smollm2.greedy.json"))) as! [[String: Any]]
         for g in gens {
             let prompt = g["prompt"] as! String
-            let r = try run(["generate", "--model", Self.smol, "--chat", "--prompt", prompt, "--max-tokens", "40", "--json"])
+            let r = try run(["generate", "--model", Self.smol, "--chat", "--prompt", prompt, "--max-tokens", "40", "--json",
+                             "--engine-precision", "f32"])
             XCTAssertEqual(r.status, 0, r.stderr)
             let out = try json(r.stdout)
             XCTAssertEqual(out["prompt_tokens"] as? Int, (g["prompt_ids"] as! [Int]).count, prompt)

@@ -16,7 +16,8 @@ struct OfflineGreedy {
     var logprobs: [Float]
 
     init(model: String, chatPrompt: String, maxTokens: Int) throws {
-        let r = try ServeProcess.run(["generate", "--model", model, "--prompt", chatPrompt, "--chat", "--max-tokens", "\(maxTokens)", "--json"])
+        let r = try ServeProcess.run(["generate", "--model", model, "--prompt", chatPrompt, "--chat", "--max-tokens", "\(maxTokens)", "--json",
+                                      "--engine-precision", "f32"])
         guard r.status == 0 else { throw TestFailure("selm generate --model \(model) exited \(r.status): \(r.stderr)") }
         guard let j = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
               let ids = j["ids"] as? [Int], let lps = j["logprobs"] as? [Double]

@@ -40,7 +40,8 @@ final class ServeProcess: @unchecked Sendable {
         logPath = directory + "/serve.log"
         unixPath = directory + "/selm.sock"
         self.token = token
-        var a = ["serve", "--model", Self.model, "--listen", "127.0.0.1:0", "--unix", unixPath, "--data-dir", dataDir]
+        var a = ["serve", "--model", Self.model, "--listen", "127.0.0.1:0", "--unix", unixPath, "--data-dir", dataDir,
+                 "--engine-precision", "f32"]  // parity with the f32 forward
         if let token {
             let tokenFile = directory + "/token"
             _ = FileManager.default.createFile(atPath: tokenFile, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])

@@ -42,15 +42,16 @@ enum PerturbedCheckpoint {
     }
 }
 
-/// `selm generate --model M --prompt P --chat --max-tokens N --json` (greedy): ids (with the stop
-/// token, if any) and their log-probs.
+/// `selm generate --model M --prompt P --chat --max-tokens N --json --engine-precision P` (greedy;
+/// f32 unless told): ids (with the stop token, if any) and their log-probs.
 struct OfflineGreedy {
     var ids: [UInt32]
     var logprobs: [Float]
     var finishReason: String
 
-    init(model: String, chatPrompt: String, maxTokens: Int) throws {
-        let r = try runSelmCLI(["generate", "--model", model, "--prompt", chatPrompt, "--chat", "--max-tokens", "\(maxTokens)", "--json"])
+    init(model: String, chatPrompt: String, maxTokens: Int, precision: String = "f32") throws {
+        let r = try runSelmCLI(["generate", "--model", model, "--prompt", chatPrompt, "--chat", "--max-tokens", "\(maxTokens)", "--json",
+                               "--engine-precision", precision])
         guard r.status == 0 else { throw TestError("selm generate exited \(r.status): \(r.stderr)") }
         guard let j = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any],
               let ids = j["ids"] as? [Int], let lps = j["logprobs"] as? [Double], let finish = j["finish_reason"] as? String
@@ -66,7 +67,8 @@ struct OfflineGreedy {
 func offlineLogprobs(model: String, tokens: [UInt32], from: Int) throws -> [Double] {
     let out = FileManager.default.temporaryDirectory.appendingPathComponent("selm-logits-\(UUID().uuidString.prefix(8)).f32").path
     defer { try? FileManager.default.removeItem(atPath: out) }
-    let r = try runSelmCLI(["logits", "--model", model, "--tokens", tokens.map(String.init).joined(separator: ","), "--out", out])
+    let r = try runSelmCLI(["logits", "--model", model, "--tokens", tokens.map(String.init).joined(separator: ","), "--out", out,
+                           "--engine-precision", "f32"])
     guard r.status == 0 else { throw TestError("selm logits exited \(r.status): \(r.stderr)") }
     let data = try Data(contentsOf: URL(fileURLWithPath: out))
     let logits: [Float] = data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }

@@ -44,6 +44,8 @@ final class ServerProcess {
         var a = ["serve", "--model", model, "--listen", "127.0.0.1:0", "--data-dir", dataDir]
         if let unix { a += ["--unix", unix] }
         if metrics { a += ["--metrics", "127.0.0.1:0"] }
+        // Parity tests compare with the f32 forward: pin it unless the test names a precision.
+        if !args.contains("--engine-precision") { a += ["--engine-precision", "f32"] }
         process.arguments = a + args
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let log = FileHandle(forWritingAtPath: logPath)!

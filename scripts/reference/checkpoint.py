@@ -58,7 +58,7 @@ def selm(*args):
 
 
 def selm_logits(model, ids, out):
-    selm("logits", "--model", model, "--tokens", ",".join(map(str, ids)), "--out", out)
+    selm("logits", "--model", model, "--tokens", ",".join(map(str, ids)), "--out", out, "--engine-precision", "f32")
     return np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
 
 

@@ -8,6 +8,7 @@
 #define SELM_KERNELS_H
 #include <stddef.h>
 #include <stdint.h>
+#include "compact.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -60,6 +61,15 @@ double kernels_thread_blas_seconds(void);
 // accumulate != 0 adds into out instead of overwriting.  Every product goes through OpenBLAS: sgemm, or
 // sgemv when T == 1 (a matrix-vector product; sgemm would pack the whole weight matrix first).
 void matmul_forward(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate);
+// The same product with a compact weight (compact.h: CK_BF16 or CK_Q8, OC = w->N rows of C = w->K):
+// ck_linear, sharing the cores with the other compute thread as the BLAS does (kernels_set_sharing):
+// ADAPTIVE runs it on one kernel thread while two compute threads are inside a pass and on all of
+// them otherwise; PRIORITY and FIFO run it under the BLAS lock; NONE as it is (split: the kernel pool
+// is set to one thread with ck_set_threads(1), as OpenBLAS is). Counted in
+// kernels_thread_blas_seconds. Thread: any.
+void compact_linear_forward(float *out, const float *inp, const ck_weights *w, int T, int accumulate);
+/// Threads the calling thread's last compact_linear_forward was allowed (for tests and benchmarks).
+int kernels_compact_last_threads(void);
 // dinp (T, C) += dout (T, OC) · weight (OC, C);   dweight (OC, C) += dout^T · inp.   Either may be NULL.
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC);

@@ -65,6 +65,8 @@ class Server:
             token_file.chmod(0o600)
             args += ["--auth-token-file", str(token_file)]
         args += extra_args or []
+        if "--engine-precision" not in args:
+            args += ["--engine-precision", "f32"]  # parity checks compare with the f32 forward
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.address = self._wait_listening(timeout=120)
@@ -137,10 +139,12 @@ def learner_server() -> Iterator[Server]:
 
 
 def offline_greedy(model: str, prompt: str, max_tokens: int) -> dict:
-    """``selm generate --model MODEL --prompt PROMPT --chat --max-tokens N --json`` (greedy) in a process of
-    its own: ``{ids, logprobs, text, finish_reason, prompt_tokens}``, ids with the stop token if any."""
+    """``selm generate --model MODEL --prompt PROMPT --chat --max-tokens N --json --engine-precision f32``
+    (greedy; f32 as the test servers) in a process of its own: ``{ids, logprobs, text, finish_reason,
+    prompt_tokens}``, ids with the stop token if any."""
     r = subprocess.run([str(selm_binary()), "generate", "--model", model, "--prompt", prompt, "--chat",
-                        "--max-tokens", str(max_tokens), "--json"], capture_output=True, text=True, timeout=300)
+                        "--max-tokens", str(max_tokens), "--json", "--engine-precision", "f32"],
+                       capture_output=True, text=True, timeout=300)
     if r.returncode != 0:
         pytest.fail("selm generate --model %s exited %d: %s" % (model, r.returncode, r.stderr))
     return json.loads(r.stdout)

@@ -1,0 +1,286 @@
+import Foundation
+import Kernels
+
+/// The number format the forward pass's linear layers (q, k, v, o, gate, up, down, the output head)
+/// compute in. Embeddings and norms are always f32.
+///
+/// - `f32`: the weights themselves, products through OpenBLAS (`matmul_forward`): bit-for-bit the
+///   learner's forward.
+/// - `bf16`: bfloat16 weights (round to nearest even), activations rounded to bf16, f32
+///   accumulation (`ck_linear`, AVX-512 BF16 where the CPU has it). 2 bytes per weight.
+/// - `q8`: 8-bit blocks of 32 weights with one float16 scale (GGUF Q8_0-like), activations
+///   quantised the same way per block, exact integer block sums (AVX-512 VNNI where the CPU has
+///   it). 1.0625 bytes per weight.
+///
+/// Sources/Kernels/include/compact.h states the formats and the error bound of each product.
+public enum EnginePrecision: String, Sendable, CaseIterable, CustomStringConvertible {
+    case f32, bf16, q8
+
+    /// The serving default: the fastest precision whose log-prob deviation from f32 is small
+    /// (README "Precision contract": measured mean |Δ log-prob| per token and greedy agreement).
+    public static let servingDefault: EnginePrecision = .q8
+
+    public var description: String { rawValue }
+
+    /// The compact format (`CK_BF16`, `CK_Q8`), nil for f32.
+    var compactFormat: Int32? {
+        switch self {
+        case .f32: return nil
+        case .bf16: return Int32(CK_BF16)
+        case .q8: return Int32(CK_Q8)
+        }
+    }
+
+    /// The relative error bound of one product term in this format, against the largest magnitude
+    /// it rounds with: both operands are rounded — to bf16 (2 × 2^-9 = 2^-8 of the term), or to
+    /// 8-bit blocks (2 × half a step of 1/127 of the block's largest magnitude = 1/127). 0 for f32.
+    /// Tests bound the log-prob deviation from f32 by a multiple of it.
+    public var productRelativeError: Double {
+        switch self {
+        case .f32: return 0
+        case .bf16: return 1.0 / 256
+        case .q8: return 1.0 / 127
+        }
+    }
+}
+
+/// One linear layer's weight, N outputs × K inputs (PyTorch's nn.Linear layout): rows of f32 inside
+/// a `ParameterSet` (products through OpenBLAS, `matmul_forward`) or a packed compact copy
+/// (`compact_linear_forward`, the project's bf16 / 8-bit kernels). The forward pass calls `apply`
+/// for every linear layer and never looks at which it is.
+public struct LinearWeight: @unchecked Sendable {
+    public enum Storage {
+        case f32(UnsafePointer<Float>)
+        case compact(UnsafePointer<ck_weights>)
+    }
+    public let storage: Storage
+    public let N: Int
+    public let K: Int
+
+    /// y (M×N) = x (M×K) · Wᵀ, or += with `accumulate`. Thread: any (the weight is read only).
+    @inline(__always)
+    func apply(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, rows M: Int, accumulate: Bool) {
+        switch storage {
+        case .f32(let w):
+            matmul_forward(y, x, w, Int32(M), Int32(K), Int32(N), accumulate ? 1 : 0)
+        case .compact(let w):
+            compact_linear_forward(y, x, w, Int32(M), accumulate ? 1 : 0)
+        }
+    }
+}
+
+/// The linear weights of one decoder layer.
+public struct LayerLinears: Sendable {
+    public let wq, wk, wv, wo, wGate, wUp, wDown: LinearWeight
+}
+
+/// What the forward pass reads: f32 embedding table and norms, and a `LinearWeight` per linear
+/// layer. For an f32 model every pointer is into its `ParameterSet`; for a compact model into a
+/// `CompactStore` the model owns.
+struct ForwardTensors: @unchecked Sendable {
+    var tokenEmbedding: UnsafePointer<Float>
+    var finalNorm: UnsafePointer<Float>
+    var attnNorms: [UnsafePointer<Float>]
+    var mlpNorms: [UnsafePointer<Float>]
+    var linears: [LayerLinears]
+    var lmHead: LinearWeight
+}
+
+extension ForwardTensors {
+    /// Today's f32 forward: pointers into `w`.
+    init(f32 w: ParameterSet) {
+        let c = w.config
+        func lin(_ p: UnsafeMutablePointer<Float>, _ n: Int, _ k: Int) -> LinearWeight {
+            LinearWeight(storage: .f32(UnsafePointer(p)), N: n, K: k)
+        }
+        tokenEmbedding = UnsafePointer(w.tokenEmbedding)
+        finalNorm = UnsafePointer(w.finalNorm)
+        attnNorms = w.layers.map { UnsafePointer($0.attnNorm) }
+        mlpNorms = w.layers.map { UnsafePointer($0.mlpNorm) }
+        linears = w.layers.map { p in
+            LayerLinears(wq: lin(p.wq, c.qDim, c.dim), wk: lin(p.wk, c.kvDim, c.dim), wv: lin(p.wv, c.kvDim, c.dim),
+                         wo: lin(p.wo, c.dim, c.qDim), wGate: lin(p.wGate, c.hiddenDim, c.dim),
+                         wUp: lin(p.wUp, c.hiddenDim, c.dim), wDown: lin(p.wDown, c.dim, c.hiddenDim))
+        }
+        lmHead = lin(w.lmHead, c.vocabSize, c.dim)
+    }
+}
+
+/// The memory of a compact model: the packed linear weights (7 per layer, then the output head —
+/// a packed copy of the embedding table when it is tied) and one f32 slab holding the embedding
+/// table and the norms.
+final class CompactMemory: @unchecked Sendable {
+    let config: LlamaConfig
+    let precision: EnginePrecision
+    /// 7 × layers + 1 packed matrices.
+    let mats: UnsafeMutablePointer<ck_weights>
+    let matCount: Int
+    /// f32: embedding (vocab × dim), final norm (dim), then per layer attention and MLP norms (dim each).
+    let slab: UnsafeMutablePointer<Float>
+    let slabCount: Int
+
+    init(config c: LlamaConfig, precision: EnginePrecision, format: Int32) throws {
+        self.config = c
+        self.precision = precision
+        let shapes = CompactStore.shapes(c)
+        matCount = shapes.count
+        mats = .allocate(capacity: matCount)
+        var made = 0
+        for (i, s) in shapes.enumerated() {
+            if ck_weights_alloc(mats + i, format, Int32(s.n), Int32(s.k)) != 0 {
+                for j in 0..<made { ck_weights_free(mats + j) }
+                mats.deallocate()
+                throw ModelError.badInput(field: "engine_precision", reason: "cannot allocate \(precision) weights of \(s.n)×\(s.k)")
+            }
+            made += 1
+        }
+        slabCount = c.vocabSize * c.dim + (1 + 2 * c.nLayers) * c.dim
+        slab = .allocate(capacity: slabCount)
+    }
+
+    deinit {
+        for i in 0..<matCount { ck_weights_free(mats + i) }
+        mats.deallocate()
+        slab.deallocate()
+    }
+}
+
+/// The memory of the last compact model released, kept for the next one of the same shape and
+/// precision: publishing every second would otherwise map, fault in and zero ~250 MB each time
+/// (about as long as the packing itself). Holds at most one. Thread: any (one lock).
+enum CompactMemoryPool {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var spare: CompactMemory?
+
+    static func take(_ c: LlamaConfig, _ p: EnginePrecision) -> CompactMemory? {
+        lock.lock(); defer { lock.unlock() }
+        guard let m = spare, m.config == c, m.precision == p else { return nil }
+        spare = nil
+        return m
+    }
+
+    static func recycle(_ m: CompactMemory) {
+        lock.lock()
+        let old = spare
+        spare = m
+        lock.unlock()
+        _ = old  // freed here, outside the lock
+    }
+}
+
+/// A compact model's storage: its memory (reused from the pool when one of the same shape was
+/// released) and the forward pass's view of it. Returns the memory to the pool when freed.
+final class CompactStore: @unchecked Sendable {
+    let precision: EnginePrecision
+    private let mem: CompactMemory
+    var mats: UnsafeMutablePointer<ck_weights> { mem.mats }
+    var matCount: Int { mem.matCount }
+    var slab: UnsafeMutablePointer<Float> { mem.slab }
+    var slabCount: Int { mem.slabCount }
+
+    /// Storage for a model of `c` in `precision` (contents undefined until `fill`).
+    init(config c: LlamaConfig, precision: EnginePrecision) throws {
+        guard let format = precision.compactFormat else { preconditionFailure("CompactStore needs a compact precision") }
+        self.precision = precision
+        mem = try CompactMemoryPool.take(c, precision) ?? CompactMemory(config: c, precision: precision, format: format)
+    }
+
+    deinit { CompactMemoryPool.recycle(mem) }
+
+    /// (N, K) of every packed matrix, in storage order: per layer q, k, v, o, gate, up, down; then the head.
+    static func shapes(_ c: LlamaConfig) -> [(n: Int, k: Int)] {
+        var s: [(n: Int, k: Int)] = []
+        for _ in 0..<c.nLayers {
+            s += [(c.qDim, c.dim), (c.kvDim, c.dim), (c.kvDim, c.dim), (c.dim, c.qDim),
+                  (c.hiddenDim, c.dim), (c.hiddenDim, c.dim), (c.dim, c.hiddenDim)]
+        }
+        s.append((c.vocabSize, c.dim))
+        return s
+    }
+
+    /// Bytes held (packed payloads and the f32 slab).
+    var bytes: Int {
+        var b = slabCount * MemoryLayout<Float>.size
+        for i in 0..<matCount { b += ck_weights_bytes(mats[i].format, mats[i].N, mats[i].K) }
+        return b
+    }
+
+    /// Fills the store from f32 weights on the calling thread only: packs every linear weight, copies
+    /// the embedding table and norms. Reads `w` during the call only. Returns the number of q8
+    /// blocks that could not be represented (non-finite or out of range: their scale is NaN).
+    func fill(from w: ParameterSet) -> Int {
+        let c = w.config
+        var bad = 0
+        func pack(_ i: Int, _ src: UnsafeMutablePointer<Float>) {
+            let n = Int(mats[i].N), k = Int(mats[i].K)
+            let r = ck_pack_f32(mats + i, src, k, 0, Int32(n))
+            precondition(r >= 0, "ck_pack_f32 refused a whole matrix")
+            bad += r
+        }
+        for (l, p) in w.layers.enumerated() {
+            let b = 7 * l
+            pack(b, p.wq); pack(b + 1, p.wk); pack(b + 2, p.wv); pack(b + 3, p.wo)
+            pack(b + 4, p.wGate); pack(b + 5, p.wUp); pack(b + 6, p.wDown)
+        }
+        pack(7 * c.nLayers, w.lmHead)
+        var o = slab
+        o.update(from: w.tokenEmbedding, count: c.vocabSize * c.dim); o += c.vocabSize * c.dim
+        o.update(from: w.finalNorm, count: c.dim); o += c.dim
+        for p in w.layers {
+            o.update(from: p.attnNorm, count: c.dim); o += c.dim
+            o.update(from: p.mlpNorm, count: c.dim); o += c.dim
+        }
+        return bad
+    }
+
+    /// The forward pass's view of the store.
+    func tensors(_ c: LlamaConfig) -> ForwardTensors {
+        func lin(_ i: Int) -> LinearWeight {
+            LinearWeight(storage: .compact(UnsafePointer(mats + i)), N: Int(mats[i].N), K: Int(mats[i].K))
+        }
+        let emb = UnsafePointer(slab)
+        let fin = emb + c.vocabSize * c.dim
+        let norms = fin + c.dim
+        return ForwardTensors(
+            tokenEmbedding: emb, finalNorm: fin,
+            attnNorms: (0..<c.nLayers).map { norms + 2 * $0 * c.dim },
+            mlpNorms: (0..<c.nLayers).map { norms + (2 * $0 + 1) * c.dim },
+            linears: (0..<c.nLayers).map { l in
+                let b = 7 * l
+                return LayerLinears(wq: lin(b), wk: lin(b + 1), wv: lin(b + 2), wo: lin(b + 3),
+                                    wGate: lin(b + 4), wUp: lin(b + 5), wDown: lin(b + 6))
+            },
+            lmHead: lin(7 * c.nLayers))
+    }
+}
+
+extension LlamaModel {
+    /// An inference model in `precision` made from `weights`, on the calling thread only: for f32 a
+    /// copy of them (products bit-for-bit the learner's forward), for bf16/q8 the packed linear
+    /// weights plus f32 copies of the embedding table and the norms — no f32 linear weights are kept.
+    /// Reads `weights` during the call only (the caller may go on changing them afterwards).
+    /// `packSeconds` of the result is the time this took. Counts as compute for the cores' sharing
+    /// (`kernels_compute_enter`).
+    /// - Throws: `ModelError.badInput` when the compact storage cannot be allocated, or when q8
+    ///   blocks hold a NaN/Inf or a value beyond float16 scales (`field: "weights"`).
+    public static func inference(from weights: ParameterSet, precision: EnginePrecision) throws -> LlamaModel {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        // Packing is compute on this thread (the publisher's: the learner's core): under adaptive
+        // sharing the engine's products run on one thread meanwhile, as while the learner computes.
+        kernels_compute_enter()
+        defer { kernels_compute_exit() }
+        guard precision != .f32 else {
+            let m = LlamaModel(weights: weights.copy())
+            m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            return m
+        }
+        let store = try CompactStore(config: weights.config, precision: precision)
+        let bad = store.fill(from: weights)
+        guard bad == 0 else {
+            throw ModelError.badInput(field: "weights", reason: "\(bad) blocks of 32 weights are non-finite or beyond the \(precision) scale range")
+        }
+        let m = LlamaModel(compact: store, config: weights.config)
+        m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        return m
+    }
+}
