@@ -22,7 +22,8 @@ func benchPrecision(_ modelPath: String) throws {
     let tok = try bundle.tokenizer
     var ids = tok.encode(text, parseSpecial: false, addBOS: tok.addBOS)
     ids = Array(ids.prefix(min(textTokens + 1, base.config.contextLength)))
-    let prompts = try PrecisionContract.chatPrompts.map { try bundle.encodeChat([.user($0)]) }
+    let encoder = try bundle.textEncoder()
+    let prompts = try PrecisionContract.chatPrompts.map { try encoder.chat([.user($0)]) }
     print("== bench-precision: \((modelPath as NSString).lastPathComponent), \(ids.count - 1) scored tokens of \((textPath as NSString).lastPathComponent), \(prompts.count) chat prompts × \(greedyTokens) greedy tokens")
     print("kernels: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))), \(ck_threads()) threads; f32: OpenBLAS \(String(cString: kernels_blas_core())), \(kernels_blas_threads()) threads")
 
