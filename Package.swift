@@ -25,13 +25,13 @@ let package = Package(
 
         // BLAS-backed math on Float buffers: forward/backward kernel pairs, dequantisation; the
         // project's own bf16 / 8-bit products (compact*.c, include/compact.h).
-        .target(name: "Kernels", dependencies: ["CBLAS"], cSettings: fastC),
+        .target(name: "Kernels", dependencies: ["CBLAS"], exclude: ["README.md"], cSettings: fastC),
 
         // Crash-safe file writing (temp name, fsync, rename, directory fsync) and the POSIX helpers
         // around it, shared by checkpoints/exports (Model, Learner) and the preference log.
         .target(name: "DurableFile", exclude: ["README.md"]),
         // Llama model: config, weights slab, forward pass, GGUF / safetensors I/O.
-        .target(name: "Model", dependencies: ["Kernels", "DurableFile"], swiftSettings: fastSwift),
+        .target(name: "Model", dependencies: ["Kernels", "DurableFile"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Byte-level BPE tokenizer, streaming detokenizer, chat templates; the one text → ids rule for
         // prompts and responses (PromptResponseEncoder) and the one TRL preference-row parser (TRLRow).
         .target(name: "Tokenizer", exclude: ["README.md"], swiftSettings: fastSwift),
@@ -54,7 +54,7 @@ let package = Package(
                 exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.
-        .target(name: "SelmClient", dependencies: ["Wire"]),
+        .target(name: "SelmClient", dependencies: ["Wire"], exclude: ["README.md"]),
 
         .executableTarget(
             name: "selm",
@@ -64,11 +64,12 @@ let package = Package(
                 "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "PreferenceLog", "DurableFile", "Server", "SelmClient", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            exclude: ["README.md"],
             swiftSettings: fastSwift),
 
         .executableTarget(name: "selm-bench", dependencies: ["Model", "Kernels", "Learner", "Engine", "ModelBundle", "Tokenizer",
                                                            "PreferenceLog", "Server", "Wire"],
-                         swiftSettings: fastSwift),
+                         exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Fuzzing (Fuzz/README.md): the properties the fuzzers assert, shared with the corpus replay
         // tests, and one libFuzzer target per decoder (`make fuzz`; a corpus replayer in plain builds).
