@@ -2374,7 +2374,7 @@ const ProtobufCMessageDescriptor selm__v1__hello__descriptor =
   (ProtobufCMessageInit) selm__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__hello_reply__field_descriptors[9] =
+static const ProtobufCFieldDescriptor selm__v1__hello_reply__field_descriptors[10] =
 {
   {
     "protocol_version",
@@ -2484,10 +2484,23 @@ static const ProtobufCFieldDescriptor selm__v1__hello_reply__field_descriptors[9
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "engine_precision",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__HelloReply, engine_precision),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__hello_reply__field_indices_by_name[] = {
   7,   /* field[7] = chat_template */
   6,   /* field[6] = context_length */
+  9,   /* field[9] = engine_precision */
   8,   /* field[8] = max_frame_bytes */
   2,   /* field[2] = model_name */
   3,   /* field[3] = model_path */
@@ -2499,7 +2512,7 @@ static const unsigned selm__v1__hello_reply__field_indices_by_name[] = {
 static const ProtobufCIntRange selm__v1__hello_reply__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 9 }
+  { 0, 10 }
 };
 const ProtobufCMessageDescriptor selm__v1__hello_reply__descriptor =
 {
@@ -2509,7 +2522,7 @@ const ProtobufCMessageDescriptor selm__v1__hello_reply__descriptor =
   "Selm__V1__HelloReply",
   "selm.v1",
   sizeof(Selm__V1__HelloReply),
-  9,
+  10,
   selm__v1__hello_reply__field_descriptors,
   selm__v1__hello_reply__field_indices_by_name,
   1,  selm__v1__hello_reply__number_ranges,
@@ -3975,7 +3988,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__learner_metrics_entry__
   (ProtobufCMessageInit) selm__v1__status_reply__learner_metrics_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[16] =
+static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[17] =
 {
   {
     "policy_version",
@@ -4169,12 +4182,25 @@ static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "engine_precision",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, engine_precision),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   15,   /* field[15] = checkpoints */
   12,   /* field[12] = connections */
   13,   /* field[13] = data_dir_bytes */
   14,   /* field[14] = disk_free_bytes */
+  16,   /* field[16] = engine_precision */
   9,   /* field[9] = generated_tokens_per_second */
   8,   /* field[8] = kv_blocks_total */
   7,   /* field[7] = kv_blocks_used */
@@ -4193,7 +4219,7 @@ static const ProtobufCIntRange selm__v1__status_reply__number_ranges[3 + 1] =
   { 1, 0 },
   { 5, 3 },
   { 8, 5 },
-  { 0, 16 }
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
 {
@@ -4203,7 +4229,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
   "Selm__V1__StatusReply",
   "selm.v1",
   sizeof(Selm__V1__StatusReply),
-  16,
+  17,
   selm__v1__status_reply__field_descriptors,
   selm__v1__status_reply__field_indices_by_name,
   3,  selm__v1__status_reply__number_ranges,

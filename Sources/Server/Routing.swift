@@ -133,7 +133,7 @@ extension SelmServer {
             protocolVersion: Hello.currentProtocolVersion, serverVersion: config.serverVersion, modelName: bundle.name,
             modelPath: URL(fileURLWithPath: bundle.path).lastPathComponent, policyVersion: currentPolicyVersion, vocabSize: UInt32(c.vocabSize),
             contextLength: UInt32(c.contextLength), chatTemplate: bundle.template?.name ?? "",
-            maxFrameBytes: UInt64(config.maxFrameBytes)))))
+            maxFrameBytes: UInt64(config.maxFrameBytes), enginePrecision: engine?.precision.rawValue ?? ""))))
         metrics.countRequest("hello", outcome: "ok")
     }
 
@@ -181,7 +181,8 @@ extension SelmServer {
                            kvBlocksUsed: UInt32(clamping: f.kvBlocksUsed), kvBlocksTotal: UInt32(clamping: f.kvBlocksTotal),
                            generatedTokensPerSecond: f.tokensPerSecond, uptimeSeconds: f.uptime,
                            liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections),
-                           dataDirBytes: disk.dataDirBytes, diskFreeBytes: disk.freeBytes, checkpoints: UInt32(clamping: disk.checkpoints))
+                           dataDirBytes: disk.dataDirBytes, diskFreeBytes: disk.freeBytes, checkpoints: UInt32(clamping: disk.checkpoints),
+                           enginePrecision: f.enginePrecision)
     }
 
     private func cancel(_ conn: Connection, id: UInt64, target: UInt64) {

@@ -34,7 +34,11 @@ final class EnginePrecisionServerTests: XCTestCase {
         let metrics = try server.scrapeMetrics()
         XCTAssertTrue(metrics.contains("selm_engine_info{precision=\"q8\""), metrics)
         let c = try server.client()
-        let v0 = try c.hello().policyVersion
+        let hello = try c.hello()
+        let v0 = hello.policyVersion
+        XCTAssertEqual(hello.enginePrecision, "q8", "HelloReply says which precision the log-probs come from")
+        guard case .statusReply(let status) = try c.call(9, .status(StatusRequest())) else { return XCTFail("status") }
+        XCTAssertEqual(status.enginePrecision, "q8")
 
         let before = try greedy(c, id: 1, text)
         XCTAssertEqual(before.tokenIDs, old.ids, "the server's q8 engine answers as selm generate --engine-precision q8")
@@ -62,7 +66,7 @@ final class EnginePrecisionServerTests: XCTestCase {
                                        args: ["--engine-precision", "bf16", "--no-learner"])
         XCTAssertTrue(try server.scrapeMetrics().contains("selm_engine_info{precision=\"bf16\""))
         let c = try server.client()
-        _ = try c.hello()
+        XCTAssertEqual(try c.hello().enginePrecision, "bf16")
         let s = try greedy(c, id: 1, text)
         XCTAssertEqual(s.tokenIDs, offline.ids)
         XCTAssertLessThanOrEqual(maxAbsDifference(s.logprobs, offline.logprobs), 1e-4)

@@ -534,10 +534,14 @@ struct  Selm__V1__HelloReply
    * the largest frame the server accepts (the 4-byte header excluded)
    */
   uint64_t max_frame_bytes;
+  /*
+   * the weights generation and Score run on: "f32", "bf16" or "q8" (selm serve --engine-precision); every log-prob the server returns is computed in it
+   */
+  ProtobufCBinaryData engine_precision;
 };
 #define SELM__V1__HELLO_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__hello_reply__descriptor) \
-    , 0, {0,NULL}, {0,NULL}, {0,NULL}, 0, 0, 0, {0,NULL}, 0 }
+    , 0, {0,NULL}, {0,NULL}, {0,NULL}, 0, 0, 0, {0,NULL}, 0, {0,NULL} }
 
 
 typedef enum {
@@ -1242,10 +1246,14 @@ struct  Selm__V1__StatusReply
    * checkpoint directories in DATA/checkpoints
    */
   uint32_t checkpoints;
+  /*
+   * as HelloReply.engine_precision
+   */
+  ProtobufCBinaryData engine_precision;
 };
 #define SELM__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__status_reply__descriptor) \
-    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL} }
 
 
 /*

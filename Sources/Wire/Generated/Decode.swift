@@ -163,7 +163,7 @@ extension Unpacked {
             protocolVersion: m.protocol_version, serverVersion: string(m.server_version),
             modelName: string(m.model_name), modelPath: string(m.model_path), policyVersion: m.policy_version,
             vocabSize: m.vocab_size, contextLength: m.context_length, chatTemplate: string(m.chat_template),
-            maxFrameBytes: m.max_frame_bytes)
+            maxFrameBytes: m.max_frame_bytes, enginePrecision: string(m.engine_precision))
     }
 
     static func decodeSamplingParams(_ m: Selm__V1__SamplingParams, at path: String) throws(FieldError) -> SamplingParams {
@@ -402,7 +402,8 @@ extension Unpacked {
             waitingRequests: m.waiting_requests, runningSequences: m.running_sequences, kvBlocksUsed: m.kv_blocks_used,
             kvBlocksTotal: m.kv_blocks_total, generatedTokensPerSecond: m.generated_tokens_per_second,
             uptimeSeconds: m.uptime_seconds, liveVersions: m.live_versions, connections: m.connections,
-            dataDirBytes: m.data_dir_bytes, diskFreeBytes: m.disk_free_bytes, checkpoints: m.checkpoints)
+            dataDirBytes: m.data_dir_bytes, diskFreeBytes: m.disk_free_bytes, checkpoints: m.checkpoints,
+            enginePrecision: string(m.engine_precision))
     }
 
     static func decodeRefreshWeights(_ m: Selm__V1__RefreshWeights, at path: String) throws(FieldError) -> RefreshWeights {

@@ -189,6 +189,7 @@ extension Arena {
         p.pointee.context_length = v.contextLength
         p.pointee.chat_template = string(v.chatTemplate)
         p.pointee.max_frame_bytes = v.maxFrameBytes
+        p.pointee.engine_precision = string(v.enginePrecision)
         return p
     }
 
@@ -457,6 +458,7 @@ extension Arena {
         p.pointee.data_dir_bytes = v.dataDirBytes
         p.pointee.disk_free_bytes = v.diskFreeBytes
         p.pointee.checkpoints = v.checkpoints
+        p.pointee.engine_precision = string(v.enginePrecision)
         return p
     }
 

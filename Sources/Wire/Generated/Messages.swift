@@ -214,13 +214,15 @@ public struct HelloReply: Sendable, Equatable {
     public var chatTemplate: String
     /// the largest frame the server accepts (the 4-byte header excluded)
     public var maxFrameBytes: UInt64
+    /// the weights generation and Score run on: "f32", "bf16" or "q8" (selm serve --engine-precision); every log-prob the server returns is computed in it
+    public var enginePrecision: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
                 protocolVersion: UInt32 = Hello.currentProtocolVersion, serverVersion: String = "",
                 modelName: String = "", modelPath: String = "", policyVersion: UInt64 = 0, vocabSize: UInt32 = 0,
                 contextLength: UInt32 = 0, chatTemplate: String = "",
-                maxFrameBytes: UInt64 = UInt64(Frame.defaultMaxFrameBytes)) {
+                maxFrameBytes: UInt64 = UInt64(Frame.defaultMaxFrameBytes), enginePrecision: String = "") {
         self.protocolVersion = protocolVersion
         self.serverVersion = serverVersion
         self.modelName = modelName
@@ -230,6 +232,7 @@ public struct HelloReply: Sendable, Equatable {
         self.contextLength = contextLength
         self.chatTemplate = chatTemplate
         self.maxFrameBytes = maxFrameBytes
+        self.enginePrecision = enginePrecision
     }
 }
 
@@ -683,6 +686,8 @@ public struct StatusReply: Sendable, Equatable {
     public var diskFreeBytes: UInt64
     /// checkpoint directories in DATA/checkpoints
     public var checkpoints: UInt32
+    /// as HelloReply.engine_precision
+    public var enginePrecision: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
@@ -690,7 +695,8 @@ public struct StatusReply: Sendable, Equatable {
                 walLastSequence: UInt64 = 0, walConsumedSequence: UInt64 = 0, waitingRequests: UInt32 = 0,
                 runningSequences: UInt32 = 0, kvBlocksUsed: UInt32 = 0, kvBlocksTotal: UInt32 = 0,
                 generatedTokensPerSecond: Double = 0, uptimeSeconds: Double = 0, liveVersions: UInt32 = 0,
-                connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0) {
+                connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0,
+                enginePrecision: String = "") {
         self.policyVersion = policyVersion
         self.learnerStep = learnerStep
         self.learnerMetrics = learnerMetrics
@@ -707,6 +713,7 @@ public struct StatusReply: Sendable, Equatable {
         self.dataDirBytes = dataDirBytes
         self.diskFreeBytes = diskFreeBytes
         self.checkpoints = checkpoints
+        self.enginePrecision = enginePrecision
     }
 }
 

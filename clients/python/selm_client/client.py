@@ -396,7 +396,7 @@ class Client:
                                model_name=reply.model_name, model_path=reply.model_path,
                                policy_version=reply.policy_version, vocab_size=reply.vocab_size,
                                context_length=reply.context_length, chat_template=reply.chat_template,
-                               max_frame_bytes=reply.max_frame_bytes)
+                               max_frame_bytes=reply.max_frame_bytes, engine_precision=reply.engine_precision)
         if reply.max_frame_bytes:
             self._server_max_frame = reply.max_frame_bytes
 
@@ -617,7 +617,8 @@ class Client:
                       running_sequences=m.running_sequences, kv_blocks_used=m.kv_blocks_used,
                       kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
                       uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
-                      data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints)
+                      data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints,
+                      engine_precision=m.engine_precision)
 
     def refresh_weights(self, checkpoint: str) -> int:
         """Loads a checkpoint (a path relative to the server's data directory) and publishes it as a

@@ -39,6 +39,7 @@ class HelloInfo:
     context_length: int   #: maximum prompt + completion tokens per sequence
     chat_template: str    #: the chat template source, or the name of the built-in one
     max_frame_bytes: int  #: the largest frame the server accepts
+    engine_precision: str = ""  #: "f32", "bf16" or "q8": what every returned log-prob and score is computed in
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Status:
     data_dir_bytes: int = 0    #: bytes allocated under the server's data directory (measured at most seconds ago)
     disk_free_bytes: int = 0   #: bytes free on the data directory's filesystem
     checkpoints: int = 0       #: checkpoint directories in DATA/checkpoints
+    engine_precision: str = "" #: as ``HelloInfo.engine_precision``
 
 
 @dataclass(frozen=True)

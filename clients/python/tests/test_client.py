@@ -28,6 +28,8 @@ def test_hello_describes_the_model(client: Client) -> None:
     assert h.chat_template
     assert h.max_frame_bytes == 16 << 20
     assert h.policy_version >= 0
+    assert h.engine_precision == "f32"  # the test server pins f32 (conftest); the log-probs are f32's
+    assert client.status().engine_precision == "f32"
 
 
 def test_tcp_and_unix_socket_serve_the_same(server) -> None:  # type: ignore[no-untyped-def]
