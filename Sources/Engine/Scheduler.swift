@@ -410,15 +410,26 @@ final class Scheduler {
         var parts: [(Sample, Int)] = []
         /// Samples whose logits row comes out, in row order.
         var rows: [Sample] = []
+        /// Parts that are single-token decodes.
+        var decodes = 0
     }
 
-    /// Builds one batch per version under the token budget (decodes first, then prefill chunks in
-    /// admission order), runs them, samples.
+    /// Prefill tokens a step may run beside `decodes` single-token decodes, `budget` tokens of
+    /// `maxTokensPerStep` left: all of them when nothing decodes, else what fills the step up to
+    /// `decodingStepTokens`, at least a quarter of that (so admission goes on however many decode).
+    static func prefillAllowance(decodes: Int, budget: Int, decodingStepTokens: Int) -> Int {
+        guard decodes > 0 else { return budget }
+        let target = max(1, decodingStepTokens)
+        return min(budget, max(target - decodes, (target + 3) / 4))
+    }
+
+    /// Builds one batch per version (decodes first, up to `maxTokensPerStep`; then prefill chunks
+    /// in admission order, up to `prefillAllowance`), runs them, samples.
     private func runModel() -> EngineStepReport {
         var report = EngineStepReport(tokens: 0, generated: 0, forwards: 0, hasWork: false)
         var budget = max(1, config.maxTokensPerStep)
         var batches: [UInt64: VersionBatch] = [:]
-        func add(_ s: Sample, _ n: Int) {
+        func add(_ s: Sample, _ n: Int, decode: Bool = false) {
             let snap = s.request.snapshot!
             var vb = batches[snap.version] ?? VersionBatch(snapshot: snap)
             let end = s.computed + n
@@ -426,23 +437,30 @@ final class Scheduler {
             vb.batch.append(Array(s.context[s.computed..<end]), startPos: s.computed, slot: s.kvSlot,
                             logits: last ? .last : .none)
             vb.parts.append((s, n))
+            if decode { vb.decodes += 1 }
             if last { vb.rows.append(s) }
             batches[snap.version] = vb
             budget -= n
         }
         let running = active.filter { $0.state == .running }
-        let decodes = running.filter { $0.context.count - $0.computed == 1 }
+        // A decode: one sampled token to run (a prompt's last token is prefill).
+        func isDecode(_ s: Sample) -> Bool { s.context.count - s.computed == 1 && !s.generated.isEmpty }
+        let decodes = running.filter(isDecode)
         if decodes.count > budget {
             decodeCursor %= decodes.count
             let rotated = decodes[decodeCursor...] + decodes[..<decodeCursor]
             decodeCursor += budget
-            for s in rotated.prefix(budget) { add(s, 1) }
+            for s in rotated.prefix(budget) { add(s, 1, decode: true) }
         } else {
-            for s in decodes { add(s, 1) }
+            for s in decodes { add(s, 1, decode: true) }
         }
-        for s in running where s.context.count - s.computed > 1 {
-            guard budget > 0 else { break }
-            add(s, min(s.context.count - s.computed, budget))
+        var prefill = Scheduler.prefillAllowance(decodes: decodes.count, budget: budget,
+                                                 decodingStepTokens: config.decodingStepTokens)
+        for s in running where !isDecode(s) && s.context.count > s.computed {
+            guard prefill > 0 else { break }
+            let n = min(s.context.count - s.computed, prefill)
+            add(s, n)
+            prefill -= n
         }
 
         for version in batches.keys.sorted() {
@@ -460,6 +478,8 @@ final class Scheduler {
             forwards += 1
             report.forwards += 1
             report.tokens += vb.batch.tokens.count
+            report.decodeTokens += vb.decodes
+            report.prefillTokens += vb.batch.tokens.count - vb.decodes
             let s0 = DispatchTime.now().uptimeNanoseconds
             for (s, n) in vb.parts {
                 if s.context.count - s.computed > 1 || s.generated.isEmpty { promptTokensComputed += UInt64(n) }
