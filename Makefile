@@ -35,9 +35,11 @@ bench-learner: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench learner --model $(MODEL)
 
+# ARGS="--engine-product bf16|q8": the product the ceilings replay (default f32: OpenBLAS sgemm);
+# ARGS=--trace-only: the 32-prompt admission step by step (--decoding-step-tokens N to try a budget).
 bench-engine: deps model
 	$(SWIFT) build -c release --product selm-bench
-	.build/release/selm-bench engine --model $(MODEL)
+	.build/release/selm-bench engine --model $(MODEL) $(ARGS)
 
 # The project's own bf16 / 8-bit products on SmolLM2's shapes beside the ceilings measured in the
 # same run (bf16/VNNI peaks, streaming read, sgemm); OpenBLAS kernel cores compared. ARGS=--quick

@@ -21,10 +21,10 @@ public struct EngineConfig: Sendable, Equatable {
     /// the step up to this many tokens — at least a quarter of it however many decode, so
     /// admission never stops. Only a step with nothing to decode prefills up to
     /// `maxTokensPerStep`. So a decoding sequence is never held by other requests' prefill for more
-    /// than about one step of this size: on SmolLM2-135M at 128 that step costs at most about
+    /// than about one step of this size: on SmolLM2-135M at 96 that step costs at most about
     /// twice a 32-sequence decode step. Score requests are not chunked (one forward each, within
     /// what `maxTokensPerStep` leaves).
-    public var decodingStepTokens: Int = 128
+    public var decodingStepTokens: Int = 96
     /// Weight versions alive at once (the current one included), ≥ 1; each holds a full copy of
     /// the weights. A publication is always installed at the next step and new requests bind to
     /// it (admission never waits for a version); when that makes more than this many live, other

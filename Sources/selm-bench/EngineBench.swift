@@ -57,8 +57,9 @@ private final class Signal: @unchecked Sendable {
 /// a publication, so they run on version 2 beside the others. With `publishEvery`, a second thread
 /// copies the weights and publishes them as a new version at that interval (what the learner does).
 func runJob(_ bundle: Loaded, prompts: [[Int32]], maxTokens: Int, params: SamplerSettings,
-                    publishEvery: Double? = nil, copyEachTime: Bool = true, secondVersionFrom: Int? = nil) throws -> JobFigures {
-    var cfg = EngineConfig()
+                    publishEvery: Double? = nil, copyEachTime: Bool = true, secondVersionFrom: Int? = nil,
+                    config: EngineConfig = EngineConfig()) throws -> JobFigures {
+    var cfg = config
     cfg.kvCacheMB = 512
     let engine = try GenerationEngine(model: bundle.model, tokenizer: bundle.tokenizer, config: cfg)
     let wake = Signal()
@@ -434,7 +435,7 @@ func benchEngine(_ modelPath: String) throws {
                  100 * Double(plain.tokens) / plain.seconds / jobCeiling, EngineConfig().decodingStepTokens, EngineConfig().maxTokensPerStep))
     printTrace(try admissionTrace(bundle, prompts: prompts, maxTokens: 128, params: params))
     let pub = try runJob(bundle, prompts: prompts, maxTokens: 128, params: params, publishEvery: 1.0)
-    report("  same, publish every 1 s", pub)
+    report("  same, publish every 1 s", pub, ceiling: jobCeilingText)
     print(String(format: "    %d publications (each a %.0f MB copy of the weights made on the publishing thread, as the learner must); samples on version %@; live at the end %@",
                  pub.publishes, Double(model.parameterCount * 4) / 1_048_576,
                  pub.versionsSeen.sorted().map(String.init).joined(separator: ","),
@@ -445,7 +446,7 @@ func benchEngine(_ modelPath: String) throws {
                  1000 * ((pub.itl.max() ?? 0) - (plain.itl.max() ?? 0)),
                  100 * (Double(pub.tokens) / pub.seconds / (Double(plain.tokens) / plain.seconds) - 1)))
     let swapOnly = try runJob(bundle, prompts: prompts, maxTokens: 128, params: params, publishEvery: 1.0, copyEachTime: false)
-    report("  same, publish every 1 s of a ready snapshot (no copy: the swap alone)", swapOnly)
+    report("  same, publish every 1 s of a ready snapshot (no copy: the swap alone)", swapOnly, ceiling: jobCeilingText)
     print(String(format: "    %d publications; added stall: inter-token p50 %+.1f ms, p99 %+.1f ms, max %+.1f ms; throughput %+.1f%%",
                  swapOnly.publishes, 1000 * (percentile(swapOnly.itl, 50) - percentile(plain.itl, 50)),
                  1000 * (percentile(swapOnly.itl, 99) - percentile(plain.itl, 99)),
