@@ -25,11 +25,10 @@ final class ChunkedPrefillTests: XCTestCase {
 
     /// 24 requests (16 prompts of 3 tokens, then 8 of 30; 30 new tokens each) submitted at once,
     /// budget 64 per step, 16 per step while decoding: every step's prefill is exactly what the
-    /// policy allows —
-    /// min(64, what is left) with nothing decoding; with D decodes, min(max(16 − D, 4), 64 − D,
-    /// what is left) — so no decoding sequence waits behind a long prefill, admission never stops
-    /// (16 decode from the second step on: the quarter floor runs), and the tokens are those of a run that prefills
-    /// whole 64-token steps.
+    /// policy allows — min(64, what is left) with nothing decoding; with D decodes,
+    /// min(max(16 − D, 4), 64 − D, what is left) — so no decoding sequence waits behind a long
+    /// prefill, admission never stops (16 decode from the second step on: the quarter floor runs),
+    /// and the tokens are those of a run that prefills whole 64-token steps.
     func testPrefillWhileDecodingIsChunkedToTheDecodingStepBudget() throws {
         let model = try Fixtures.tiny()
         let maxStep = 64, target = 16
