@@ -17,13 +17,15 @@ public struct EngineConfig: Sendable, Equatable {
     /// Token budget of one step: decodes (one token each) plus prefill chunks.
     public var maxTokensPerStep: Int = 512
     /// Tokens of a step while sequences are decoding (chunked prefill): decodes run first (all of
-    /// them, up to `maxTokensPerStep`), then prefill chunks of queued prompts (and re-prefills) fill
-    /// the step up to this many tokens — at least a quarter of it however many decode, so
-    /// admission never stops. Only a step with nothing to decode prefills up to
-    /// `maxTokensPerStep`. So a decoding sequence is never held by other requests' prefill for more
-    /// than about one step of this size: on SmolLM2-135M at 96 that step costs at most about
-    /// twice a 32-sequence decode step. Score requests are not chunked (one forward each, within
-    /// what `maxTokensPerStep` leaves).
+    /// them, up to `maxTokensPerStep`), then prefill chunks of admitted prompts (and re-prefills),
+    /// in admission order, fill the step up to this many tokens — at least a quarter of it however
+    /// many decode (within what `maxTokensPerStep` leaves), so admission goes on. Only a step with
+    /// nothing to decode prefills up to `maxTokensPerStep`. So no decoding sequence waits behind
+    /// more than one step of this size of other requests' prefill: on SmolLM2-135M (f32) with 32
+    /// sequences decoding, a 96-token step costs about twice a decode-only step (512-token steps:
+    /// 5–9 times). Smaller: lower inter-token latency while prompts are admitted, but a burst of
+    /// prompts is admitted over more steps (later first tokens). Score requests are not chunked
+    /// (one forward each, within what `maxTokensPerStep` leaves).
     public var decodingStepTokens: Int = 96
     /// Weight versions alive at once (the current one included), ≥ 1; each holds a full copy of
     /// the weights. A publication is always installed at the next step and new requests bind to
