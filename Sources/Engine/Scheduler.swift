@@ -83,6 +83,8 @@ final class Sample {
     /// Prompt blocks in (or taken from) the prefix cache, and the entry of the last one.
     var cachedBlocks = 0
     var cacheParent: UInt64 = 0
+    /// Prefilling in the current admission wave (see `runModel`).
+    var inWave = false
 
     init(group: PromptGroup, index: Int, state: SampleState, sampler: Sampler, text: TextAssembler, version: UInt64) {
         self.group = group; self.index = index; self.state = state; self.context = group.prompt
@@ -456,11 +458,35 @@ final class Scheduler {
         }
         var prefill = Scheduler.prefillAllowance(decodes: decodes.count, budget: budget,
                                                  decodingStepTokens: config.decodingStepTokens)
-        for s in running where !isDecode(s) && s.context.count > s.computed {
-            guard prefill > 0 else { break }
-            let n = min(s.context.count - s.computed, prefill)
-            add(s, n)
-            prefill -= n
+        let pending = running.filter { !isDecode($0) && $0.context.count > $0.computed }
+        if decodes.isEmpty {
+            // Nothing decodes: the prompts pending now form a wave (prompts admitted later wait for
+            // it to end). Its prompts run all but their last token, a whole step at a time; their
+            // last tokens run together once they all fit in the step, so the wave's sequences get
+            // their first tokens in the same step and start decoding together — nobody decodes
+            // while the wave prefills, and no sequence waits behind it.
+            var wave = pending.filter(\.inWave)
+            if wave.isEmpty {
+                for s in pending { s.inWave = true }
+                wave = pending
+            }
+            let total = wave.reduce(0) { $0 + $1.context.count - $1.computed }
+            let holdLast = total > prefill && total > wave.count
+            for s in wave {
+                guard prefill > 0 else { break }
+                let n = min(s.context.count - s.computed - (holdLast ? 1 : 0), prefill)
+                guard n > 0 else { continue }
+                add(s, n)
+                prefill -= n
+            }
+        } else {
+            for s in running where s.inWave { s.inWave = false }
+            for s in pending {
+                guard prefill > 0 else { break }
+                let n = min(s.context.count - s.computed, prefill)
+                add(s, n)
+                prefill -= n
+            }
         }
 
         for version in batches.keys.sorted() {
