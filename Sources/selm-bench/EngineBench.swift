@@ -431,7 +431,7 @@ func benchEngine(_ modelPath: String) throws {
     _ = try runJob(bundle, prompts: Array(prompts.prefix(4)), maxTokens: 8, params: params)  // warm-up
     let plain = try runJob(bundle, prompts: prompts, maxTokens: 128, params: params)
     report("32 × (64 + 128)", plain, ceiling: jobCeilingText)
-    print(String(format: "    %.0f%% of the ceiling; chunked prefill: decoding steps carry at most %d tokens (decodes first), steps with nothing to decode up to %d",
+    print(String(format: "    %.0f%% of the ceiling; admission: steps with sequences decoding carry at most %d tokens (decodes first, then prefill chunks); with nothing decoding, a wave of prompts prefills in steps of up to %d tokens and starts decoding together",
                  100 * Double(plain.tokens) / plain.seconds / jobCeiling, EngineConfig().decodingStepTokens, EngineConfig().maxTokensPerStep))
     printTrace(try admissionTrace(bundle, prompts: prompts, maxTokens: 128, params: params))
     let pub = try runJob(bundle, prompts: prompts, maxTokens: 128, params: params, publishEvery: 1.0)
