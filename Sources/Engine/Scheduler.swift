@@ -480,7 +480,7 @@ final class Scheduler {
                 prefill -= n
             }
         } else {
-            for s in running where s.inWave { s.inWave = false }
+            for s in active where s.inWave { s.inWave = false }
             for s in pending {
                 guard prefill > 0 else { break }
                 let n = min(s.context.count - s.computed, prefill)
