@@ -97,6 +97,7 @@ public final class GenerationEngine: @unchecked Sendable {
             throw bad("kv_cache_mb", "\(config.kvCacheMB) MB holds no block of \(blockBytes) bytes")
         }
         guard config.maxTokensPerStep >= 1 else { throw bad("max_tokens_per_step", "must be ≥ 1, got \(config.maxTokensPerStep)") }
+        guard config.decodingStepTokens >= 1 else { throw bad("decoding_step_tokens", "must be ≥ 1, got \(config.decodingStepTokens)") }
         guard config.maxLiveVersions >= 1 else { throw bad("max_live_versions", "must be ≥ 1, got \(config.maxLiveVersions)") }
         guard (1...64).contains(config.maxN) else { throw bad("max_n", "must be in 1 ... 64, got \(config.maxN)") }
         guard config.defaultMaxTokens >= 1 else { throw bad("default_max_tokens", "must be ≥ 1, got \(config.defaultMaxTokens)") }

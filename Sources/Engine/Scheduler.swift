@@ -83,6 +83,8 @@ final class Sample {
     /// Prompt blocks in (or taken from) the prefix cache, and the entry of the last one.
     var cachedBlocks = 0
     var cacheParent: UInt64 = 0
+    /// Prefilling in the current admission wave (see `runModel`).
+    var inWave = false
 
     init(group: PromptGroup, index: Int, state: SampleState, sampler: Sampler, text: TextAssembler, version: UInt64) {
         self.group = group; self.index = index; self.state = state; self.context = group.prompt
@@ -410,15 +412,26 @@ final class Scheduler {
         var parts: [(Sample, Int)] = []
         /// Samples whose logits row comes out, in row order.
         var rows: [Sample] = []
+        /// Parts that are single-token decodes.
+        var decodes = 0
     }
 
-    /// Builds one batch per version under the token budget (decodes first, then prefill chunks in
-    /// admission order), runs them, samples.
+    /// Prefill tokens a step may run beside `decodes` single-token decodes, `budget` tokens of
+    /// `maxTokensPerStep` left: all of them when nothing decodes, else what fills the step up to
+    /// `decodingStepTokens`, at least a quarter of that (so admission goes on however many decode).
+    static func prefillAllowance(decodes: Int, budget: Int, decodingStepTokens: Int) -> Int {
+        guard decodes > 0 else { return budget }
+        let target = max(1, decodingStepTokens)
+        return min(budget, max(target - decodes, (target + 3) / 4))
+    }
+
+    /// Builds one batch per version (decodes first, up to `maxTokensPerStep`; then prefill chunks
+    /// in admission order, up to `prefillAllowance`), runs them, samples.
     private func runModel() -> EngineStepReport {
         var report = EngineStepReport(tokens: 0, generated: 0, forwards: 0, hasWork: false)
         var budget = max(1, config.maxTokensPerStep)
         var batches: [UInt64: VersionBatch] = [:]
-        func add(_ s: Sample, _ n: Int) {
+        func add(_ s: Sample, _ n: Int, decode: Bool = false) {
             let snap = s.request.snapshot!
             var vb = batches[snap.version] ?? VersionBatch(snapshot: snap)
             let end = s.computed + n
@@ -426,23 +439,54 @@ final class Scheduler {
             vb.batch.append(Array(s.context[s.computed..<end]), startPos: s.computed, slot: s.kvSlot,
                             logits: last ? .last : .none)
             vb.parts.append((s, n))
+            if decode { vb.decodes += 1 }
             if last { vb.rows.append(s) }
             batches[snap.version] = vb
             budget -= n
         }
         let running = active.filter { $0.state == .running }
-        let decodes = running.filter { $0.context.count - $0.computed == 1 }
+        // A decode: one sampled token to run (a prompt's last token is prefill).
+        func isDecode(_ s: Sample) -> Bool { s.context.count - s.computed == 1 && !s.generated.isEmpty }
+        let decodes = running.filter(isDecode)
         if decodes.count > budget {
             decodeCursor %= decodes.count
             let rotated = decodes[decodeCursor...] + decodes[..<decodeCursor]
             decodeCursor += budget
-            for s in rotated.prefix(budget) { add(s, 1) }
+            for s in rotated.prefix(budget) { add(s, 1, decode: true) }
         } else {
-            for s in decodes { add(s, 1) }
+            for s in decodes { add(s, 1, decode: true) }
         }
-        for s in running where s.context.count - s.computed > 1 {
-            guard budget > 0 else { break }
-            add(s, min(s.context.count - s.computed, budget))
+        var prefill = Scheduler.prefillAllowance(decodes: decodes.count, budget: budget,
+                                                 decodingStepTokens: config.decodingStepTokens)
+        let pending = running.filter { !isDecode($0) && $0.context.count > $0.computed }
+        if decodes.isEmpty {
+            // Nothing decodes: the prompts pending now form a wave (prompts admitted later wait for
+            // it to end). Its prompts run all but their last token, a whole step at a time; their
+            // last tokens run together once they all fit in the step, so the wave's sequences get
+            // their first tokens in the same step and start decoding together — nobody decodes
+            // while the wave prefills, and no sequence waits behind it.
+            var wave = pending.filter(\.inWave)
+            if wave.isEmpty {
+                for s in pending { s.inWave = true }
+                wave = pending
+            }
+            let total = wave.reduce(0) { $0 + $1.context.count - $1.computed }
+            let holdLast = total > prefill && total > wave.count
+            for s in wave {
+                guard prefill > 0 else { break }
+                let n = min(s.context.count - s.computed - (holdLast ? 1 : 0), prefill)
+                guard n > 0 else { continue }
+                add(s, n)
+                prefill -= n
+            }
+        } else {
+            for s in active where s.inWave { s.inWave = false }
+            for s in pending {
+                guard prefill > 0 else { break }
+                let n = min(s.context.count - s.computed, prefill)
+                add(s, n)
+                prefill -= n
+            }
         }
 
         for version in batches.keys.sorted() {
@@ -460,6 +504,8 @@ final class Scheduler {
             forwards += 1
             report.forwards += 1
             report.tokens += vb.batch.tokens.count
+            report.decodeTokens += vb.decodes
+            report.prefillTokens += vb.batch.tokens.count - vb.decodes
             let s0 = DispatchTime.now().uptimeNanoseconds
             for (s, n) in vb.parts {
                 if s.context.count - s.computed > 1 || s.generated.isEmpty { promptTokensComputed += UInt64(n) }
