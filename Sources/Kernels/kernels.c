@@ -4,6 +4,9 @@
 
 #include <cblas.h>
 #include <math.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <pthread.h>
 #include <string.h>
 #include <stdlib.h>
@@ -414,6 +417,108 @@ static void group_scatter(float *dst, const float *src, int n, int g, int G, int
     }
 }
 
+// Attention of one KV group for a few query rows (decoding: M = n·G ≤ ATTENTION_DIRECT_ROWS), by
+// direct dot products: two OpenBLAS calls per group and sequence cost more in packing than their
+// arithmetic at this size (21 % of a batch-32 decode step on SmolLM2 went to sgemm's copy routines
+// and kernel for 3 × L × 64 products). Same outputs as the sgemm path up to summation order: scores
+// (scale·q·k), the causal softmax, P·V. AVX-512F for head sizes that are a multiple of 16, else an
+// AVX2+FMA build of the portable loop (eight partial sums per dot product), chosen at run time.
+#define ATTENTION_DIRECT_ROWS 8
+#define ATTENTION_DIRECT_BODY                                                                          \
+    for (int r = 0; r < M; r++) {                                                                      \
+        const float *qr = qg + (size_t)r * hd;                                                         \
+        float *row = P + (size_t)r * L;                                                                \
+        const int valid = p0 + r / G + 1;                                                              \
+        float mx = -INFINITY;                                                                          \
+        for (int j = 0; j < valid; j++) {                                                              \
+            const float *kj = kg + (size_t)j * kvStride;                                               \
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                                   \
+            int i = 0;                                                                                 \
+            for (; i + 8 <= hd; i += 8)                                                                \
+                for (int l = 0; l < 8; l++) acc[l] += qr[i + l] * kj[i + l];                           \
+            float sdot = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \
+            for (; i < hd; i++) sdot += qr[i] * kj[i];                                                 \
+            row[j] = scale * sdot;                                                                     \
+            mx = row[j] > mx ? row[j] : mx;                                                            \
+        }                                                                                              \
+        float sum = 0.0f;                                                                              \
+        for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }                 \
+        const float inv = 1.0f / sum;                                                                  \
+        for (int j = 0; j < valid; j++) row[j] *= inv;                                                 \
+        for (int j = valid; j < L; j++) row[j] = 0.0f;                                                 \
+        float *o = og + (size_t)r * hd;                                                                \
+        for (int i2 = 0; i2 < hd; i2++) o[i2] = 0.0f;                                                  \
+        for (int j = 0; j < valid; j++) {                                                              \
+            const float pj = row[j], *vj = vg + (size_t)j * kvStride;                                  \
+            for (int i2 = 0; i2 < hd; i2++) o[i2] += pj * vj[i2];                                      \
+        }                                                                                              \
+    }
+
+static void attention_group_direct_generic(float *P, float *og, const float *qg, const float *kg, const float *vg,
+                                           int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+    ATTENTION_DIRECT_BODY
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma")))
+static void attention_group_direct_avx2(float *P, float *og, const float *qg, const float *kg, const float *vg,
+                                        int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+    ATTENTION_DIRECT_BODY
+}
+
+// Each key's row is loaded once for all M query rows (scores by FMA + one horizontal sum); P·V
+// accumulates each output row in registers.
+__attribute__((target("avx512f")))
+static void attention_group_direct_avx512(float *P, float *og, const float *qg, const float *kg, const float *vg,
+                                          int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+    const int C = hd / 16;
+    const int validMax = p0 + (M - 1) / G + 1;
+    for (int j = 0; j < validMax; j++) {
+        const float *kj = kg + (size_t)j * kvStride;
+        for (int r = 0; r < M; r++) {
+            if (j >= p0 + r / G + 1) continue;
+            const float *qr = qg + (size_t)r * hd;
+            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
+            for (int c = 1; c < C; c++) acc = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 16 * c), _mm512_loadu_ps(kj + 16 * c), acc);
+            P[(size_t)r * L + j] = scale * _mm512_reduce_add_ps(acc);
+        }
+    }
+    for (int r = 0; r < M; r++) {
+        float *row = P + (size_t)r * L;
+        const int valid = p0 + r / G + 1;
+        float mx = -INFINITY;
+        for (int j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
+        float sum = 0.0f;
+        for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
+        const float inv = 1.0f / sum;
+        for (int j = 0; j < valid; j++) row[j] *= inv;
+        for (int j = valid; j < L; j++) row[j] = 0.0f;
+        float *o = og + (size_t)r * hd;
+        for (int c = 0; c < C; c++) {
+            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+            int j = 0;
+            for (; j + 2 <= valid; j += 2) {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(row[j]), _mm512_loadu_ps(vg + (size_t)j * kvStride + 16 * c), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(row[j + 1]), _mm512_loadu_ps(vg + (size_t)(j + 1) * kvStride + 16 * c), a1);
+            }
+            if (j < valid) a0 = _mm512_fmadd_ps(_mm512_set1_ps(row[j]), _mm512_loadu_ps(vg + (size_t)j * kvStride + 16 * c), a0);
+            _mm512_storeu_ps(o + 16 * c, _mm512_add_ps(a0, a1));
+        }
+    }
+}
+#endif
+
+static void attention_group_direct(float *P, float *og, const float *qg, const float *kg, const float *vg,
+                                   int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+#if defined(__x86_64__)
+    static int level = -1;  // 2: AVX-512F, 1: AVX2+FMA, 0: portable
+    if (level < 0) level = __builtin_cpu_supports("avx512f") ? 2 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+    if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
+    if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
+#endif
+    attention_group_direct_generic(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale);
+}
+
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                        float *scratch) {
@@ -425,6 +530,11 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
     for (int g = 0; g < nKV; g++) {
         float *P = probs + (size_t)g * M * L;  // (M, L)
         group_gather(qg, q, n, g, G, hd, qStride);
+        if (M <= ATTENTION_DIRECT_ROWS) {
+            attention_group_direct(P, og, qg, k + (size_t)g * hd, v + (size_t)g * hd, M, L, hd, kvStride, p0, G, scale);
+            group_scatter(out, og, n, g, G, hd, oStride, 0);
+            continue;
+        }
         sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride, 0.0f, P, L);
         for (int r = 0; r < M; r++) {
             float *row = P + (size_t)r * L;
