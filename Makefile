@@ -66,7 +66,7 @@ bench-kernels: deps
 # alternately; prints the ratios. SELM_ARGS go to `selm-bench job` (e.g. --engine-precision f32).
 bench-vs-llamacpp: deps model
 	$(SWIFT) build -c release --product selm-bench
-	python3 scripts/bench_vs_llamacpp.py --model $(MODEL) --selm-args "$(SELM_ARGS)"
+	python3 scripts/bench_vs_llamacpp.py --model $(MODEL) --rounds $(or $(ROUNDS),3) --selm-args "$(SELM_ARGS)"
 
 bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench
