@@ -32,7 +32,9 @@ struct Selm: ParsableCommand {
 /// Parsing and `validate()` failures are usage errors: ArgumentParser prints the message and the
 /// usage text and exits 64. Whatever `run()` throws is a runtime failure: one line on stderr,
 /// `Error: …`, exit status 1 (`CLIError` says what failed and where; other errors are folded to one
-/// line). `ExitCode` and `CleanExit` keep ArgumentParser's meaning.
+/// line). `ExitCode`, `CleanExit` and ArgumentParser's own errors keep ArgumentParser's meaning: its
+/// built-in `help` command (also what `--help` parses to) asks for the help text by throwing from
+/// `run()`.
 func runSelm() -> Never {
     var command: ParsableCommand
     do { command = try Selm.parseAsRoot() } catch { Selm.exit(withError: error) }
@@ -43,6 +45,8 @@ func runSelm() -> Never {
         Selm.exit(withError: e)
     } catch let e as CleanExit {
         Selm.exit(withError: e)
+    } catch where String(reflecting: type(of: error)).hasPrefix("ArgumentParser.") {
+        Selm.exit(withError: error)
     } catch {
         FileHandle.standardError.write(Data("Error: \(oneLine(error))\n".utf8))
         exit(EXIT_FAILURE)

@@ -83,6 +83,18 @@ final class CLIErrorTests: XCTestCase {
 
     // MARK: Usage errors
 
+    /// `--help`, `-h` and `selm help …` print the help text on stdout and exit 0 (ArgumentParser's
+    /// help command signals its request by throwing from `run()`; that is not a runtime failure).
+    func testHelpIsPrintedNotReportedAsAnError() throws {
+        for args in [["--help"], ["-h"], ["help"], ["serve", "--help"], ["help", "serve"], ["generate", "--help"]] {
+            let r = try run(args)
+            XCTAssertEqual(r.status, 0, "selm \(args.joined(separator: " ")): \(r.stderr)")
+            XCTAssertTrue(r.stdout.contains("USAGE:"), "selm \(args.joined(separator: " ")) printed: \(r.stdout) \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("Error"), r.stderr)
+        }
+        XCTAssertTrue(try run(["serve", "--help"]).stdout.contains("--engine-precision"))
+    }
+
     func testUnknownFlagIsAUsageError() throws {
         assertUsageError(try run(["info", "--model", Self.tinyModel, "--no-such-flag"]), mentions: ["--no-such-flag"])
         assertUsageError(try run(["info"]), mentions: ["--model"])
