@@ -511,8 +511,12 @@ static void attention_group_direct_avx512(float *P, float *og, const float *qg, 
 static void attention_group_direct(float *P, float *og, const float *qg, const float *kg, const float *vg,
                                    int M, int L, int hd, int kvStride, int p0, int G, float scale) {
 #if defined(__x86_64__)
-    static int level = -1;  // 2: AVX-512F, 1: AVX2+FMA, 0: portable
-    if (level < 0) level = __builtin_cpu_supports("avx512f") ? 2 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+    static int detected = -1;  // 2: AVX-512F, 1: AVX2+FMA, 0: portable; set once (engine and learner threads)
+    int level = __atomic_load_n(&detected, __ATOMIC_RELAXED);
+    if (level < 0) {
+        level = __builtin_cpu_supports("avx512f") ? 2 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+        __atomic_store_n(&detected, level, __ATOMIC_RELAXED);
+    }
     if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
     if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
 #endif

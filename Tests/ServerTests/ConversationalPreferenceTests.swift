@@ -94,7 +94,7 @@ final class ConversationalPreferenceTests: XCTestCase {
         let file = dir + "/conversational.jsonl"
         let lines = try fixture.map { String(decoding: try JSONSerialization.data(withJSONObject: $0.row), as: UTF8.self) }
         try (lines.joined(separator: "\n") + "\n").write(toFile: file, atomically: true, encoding: .utf8)
-        let cli = try runSelm(["client", "submit", "--data", file, "--address", "127.0.0.1:\(server.port)", "--json"])
+        let cli = try runSelmCLI(["client", "submit", "--data", file, "--address", "127.0.0.1:\(server.port)", "--json"])
         XCTAssertEqual(cli.status, 0, cli.stderr)
         let ackedByCLI = cli.stdout.split(separator: "\n").compactMap {
             (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any]
@@ -114,19 +114,5 @@ final class ConversationalPreferenceTests: XCTestCase {
                 XCTAssertEqual(got, want, "\(name): row \(i) (\(fixture[i].row["prompt"] is String ? "standard" : "conversational"))")
             }
         }
-    }
-
-    /// `selm ARGS` (the binary beside the test), its exit status and output.
-    func runSelm(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let p = Process()
-        p.executableURL = ServerProcess.selm
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
 }
