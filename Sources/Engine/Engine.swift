@@ -39,6 +39,8 @@ public final class GenerationEngine: @unchecked Sendable {
     /// The precision the engine computes in: the initial model's (`LlamaModel.precision`); every
     /// publication is converted to it by `publish` on the publishing thread. Thread: immutable, any thread.
     public let precision: EnginePrecision
+    /// What the KV cache holds keys and values in (`EngineConfig.kvCachePrecision` resolved).
+    public let kvCachePrecision: KVCachePrecision
     /// Bytes of weights one snapshot holds (`LlamaModel.weightBytes`). Thread: immutable, any thread.
     public let snapshotBytes: Int
 
@@ -91,7 +93,8 @@ public final class GenerationEngine: @unchecked Sendable {
         guard config.blockSize >= 1 && config.blockSize <= c.contextLength else {
             throw bad("block_size", "must be in 1 ... \(c.contextLength), got \(config.blockSize)")
         }
-        let blockBytes = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize)
+        let kvPrecision = config.kvCachePrecision ?? .default(for: model.precision)
+        let blockBytes = PagedKVCache.bytesPerBlock(config: c, blockSize: config.blockSize, precision: kvPrecision)
         let blocks = config.kvCacheMB.isFinite ? Int(config.kvCacheMB * 1_048_576 / Double(blockBytes)) : 0
         guard blocks >= 1 else {
             throw bad("kv_cache_mb", "\(config.kvCacheMB) MB holds no block of \(blockBytes) bytes")
@@ -116,7 +119,9 @@ public final class GenerationEngine: @unchecked Sendable {
         precision = model.precision
         snapshotBytes = model.weightBytes
         versions = VersionRegistry(model: model, version: version, maxLive: config.maxLiveVersions)
-        scheduler = Scheduler(config: config, modelConfig: c, tokenizer: tokenizer, versions: versions, blockCount: blocks)
+        self.kvCachePrecision = kvPrecision
+        scheduler = Scheduler(config: config, modelConfig: c, tokenizer: tokenizer, versions: versions, blockCount: blocks,
+                              kvPrecision: kvPrecision)
         lastStatus = EngineStatus(
             currentVersion: version, pendingVersion: nil, liveVersions: [version], waitingRequests: 0, runningRequests: 0,
             runningSequences: 0, kvBlocksUsed: 0, kvBlocksCached: 0, kvBlocksTotal: blocks, blockSize: config.blockSize,

@@ -1,14 +1,20 @@
 import Foundation
+import Kernels
 import Model
 
 /// The paged KV cache: one pool of fixed-size blocks for keys and values of every layer, a block
 /// table per sequence slot, reference counts so blocks can be shared (the n samples of a prompt,
 /// the prefix cache), and the prefix cache itself.
 ///
-/// Implements `KVStore` for the forward pass: `attend` writes the new rows into the slot's blocks
-/// and returns contiguous keys/values for positions 0 ..< L — directly from the pool when the
-/// slot's blocks are consecutive (the allocator tries for that), else gathered into a scratch
-/// buffer.
+/// Implements `KVStore` for the forward pass. The pool holds keys and values in `precision`:
+/// - `f32`: `attend` writes the new rows into the slot's blocks and returns contiguous keys/values
+///   for positions 0 ..< L — directly from the pool when the slot's blocks are consecutive (the
+///   allocator tries for that), else gathered into a scratch buffer; attention through OpenBLAS
+///   (`attention_forward`), bit-for-bit the contiguous store's results.
+/// - `f16` (IEEE half, half the bytes): `attention` stores the batch's rows converted, then runs
+///   the decoding sequences (≤ 8 query rows per KV group) in one `ck_paged_attention_f16` call that
+///   reads their blocks in place on the compact pool's threads, and each prefill chunk through
+///   `attention_forward` over its keys and values converted to f32.
 ///
 /// Invariant: a block is written only by the one slot that holds it alone (refcount 1, not in the
 /// prefix cache); shared blocks are full blocks of a prompt and never written again.
@@ -20,8 +26,16 @@ final class PagedKVCache: KVStore {
     let blockCount: Int
     private let kvDim: Int
     private let nLayers: Int
-    private let k: UnsafeMutablePointer<Float>  // (layer, block, blockSize, kvDim)
-    private let v: UnsafeMutablePointer<Float>  // (layer, block, blockSize, kvDim)
+    let precision: KVCachePrecision
+    private let elementBytes: Int
+    private let kRaw: UnsafeMutableRawPointer  // (layer, block, blockSize, kvDim) of `precision`
+    private let vRaw: UnsafeMutableRawPointer
+    private var k: UnsafeMutablePointer<Float> { kRaw.assumingMemoryBound(to: Float.self) }
+    private var v: UnsafeMutablePointer<Float> { vRaw.assumingMemoryBound(to: Float.self) }
+    private var kHalf: UnsafeMutablePointer<UInt16> { kRaw.assumingMemoryBound(to: UInt16.self) }
+    private var vHalf: UnsafeMutablePointer<UInt16> { vRaw.assumingMemoryBound(to: UInt16.self) }
+    /// Block tables of the decoding sequences of one `attention` call, end to end.
+    private var tableScratch: [Int32] = []
     private let gatherK: UnsafeMutablePointer<Float>  // (contextLength, kvDim)
     private let gatherV: UnsafeMutablePointer<Float>  // (contextLength, kvDim)
 
@@ -45,19 +59,21 @@ final class PagedKVCache: KVStore {
     var gathers = 0
 
     /// Bytes of one block (keys and values, all layers).
-    static func bytesPerBlock(config c: LlamaConfig, blockSize: Int) -> Int {
-        2 * c.nLayers * blockSize * c.kvDim * MemoryLayout<Float>.size
+    static func bytesPerBlock(config c: LlamaConfig, blockSize: Int, precision: KVCachePrecision = .f32) -> Int {
+        2 * c.nLayers * blockSize * c.kvDim * precision.bytes
     }
 
-    init(config: LlamaConfig, blockSize: Int, blockCount: Int) {
+    init(config: LlamaConfig, blockSize: Int, blockCount: Int, precision: KVCachePrecision = .f32) {
         self.config = config
         self.blockSize = blockSize
         self.blockCount = blockCount
+        self.precision = precision
+        elementBytes = precision.bytes
         kvDim = config.kvDim
         nLayers = config.nLayers
         let n = max(1, nLayers * blockCount * blockSize * kvDim)
-        k = .allocate(capacity: n)
-        v = .allocate(capacity: n)
+        kRaw = .allocate(byteCount: n * elementBytes, alignment: 64)
+        vRaw = .allocate(byteCount: n * elementBytes, alignment: 64)
         gatherK = .allocate(capacity: config.contextLength * kvDim)
         gatherV = .allocate(capacity: config.contextLength * kvDim)
         refs = [Int32](repeating: 0, count: blockCount)
@@ -66,7 +82,7 @@ final class PagedKVCache: KVStore {
     }
 
     deinit {
-        k.deallocate(); v.deallocate(); gatherK.deallocate(); gatherV.deallocate()
+        kRaw.deallocate(); vRaw.deallocate(); gatherK.deallocate(); gatherV.deallocate()
     }
 
     /// Blocks held by sequences (not counting those only the prefix cache holds).
@@ -175,9 +191,11 @@ final class PagedKVCache: KVStore {
     /// (a sample taking its own copy of a shared prompt's partial last block).
     func copyRows(from src: Int32, to dst: Int32, rows: Int) {
         precondition(refs[Int(dst)] == 1 && cacheEntry[Int(dst)] == 0, "copy into a shared block")
+        let bytes = rows * kvDim * elementBytes
         for l in 0..<nLayers {
-            (k + offset(layer: l, block: dst)).update(from: k + offset(layer: l, block: src), count: rows * kvDim)
-            (v + offset(layer: l, block: dst)).update(from: v + offset(layer: l, block: src), count: rows * kvDim)
+            let d = offset(layer: l, block: dst) * elementBytes, s = offset(layer: l, block: src) * elementBytes
+            (kRaw + d).copyMemory(from: kRaw + s, byteCount: bytes)
+            (vRaw + d).copyMemory(from: vRaw + s, byteCount: bytes)
         }
     }
 
@@ -186,6 +204,7 @@ final class PagedKVCache: KVStore {
     func attend(layer: Int, slot: Int, startPos: Int, count: Int,
                 newK: UnsafePointer<Float>, newV: UnsafePointer<Float>)
         -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>, stride: Int) {
+        if precision == .f16 { return attendHalf(layer: layer, slot: slot, startPos: startPos, count: count, newK: newK, newV: newV) }
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer { attendSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9 }
         let kv = kvDim, bs = blockSize
@@ -216,6 +235,88 @@ final class PagedKVCache: KVStore {
                 (gatherV + j * bs * kv).update(from: v + o, count: rows * kv)
             }
             return (UnsafePointer(gatherK), UnsafePointer(gatherV), kv)
+        }
+    }
+
+    /// f16 pool: stores the new rows (converted) and returns positions 0 ..< startPos + count
+    /// converted to f32 in the gather buffers.
+    private func attendHalf(layer: Int, slot: Int, startPos: Int, count: Int,
+                            newK: UnsafePointer<Float>, newV: UnsafePointer<Float>)
+        -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>, stride: Int) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer { attendSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9 }
+        storeHalf(layer: layer, slot: slot, startPos: startPos, count: count, newK: newK, newV: newV)
+        let kv = kvDim, bs = blockSize, L = startPos + count
+        gathers += 1
+        tables[slot].withUnsafeBufferPointer { table in
+            for j in 0..<(L + bs - 1) / bs {
+                let rows = min(bs, L - j * bs), o = offset(layer: layer, block: table[j])
+                ck_f16_to_f32(kHalf + o, gatherK + j * bs * kv, rows * kv)
+                ck_f16_to_f32(vHalf + o, gatherV + j * bs * kv, rows * kv)
+            }
+        }
+        return (UnsafePointer(gatherK), UnsafePointer(gatherV), kv)
+    }
+
+    /// f16 pool: writes rows startPos ..< startPos + count of the slot, converted.
+    private func storeHalf(layer: Int, slot: Int, startPos: Int, count: Int,
+                           newK: UnsafePointer<Float>, newV: UnsafePointer<Float>) {
+        let kv = kvDim, bs = blockSize, L = startPos + count
+        tables[slot].withUnsafeBufferPointer { table in
+            precondition(L <= table.count * bs, "slot \(slot) has \(table.count) blocks for \(L) positions")
+            var pos = startPos, src = 0
+            while pos < L {
+                let b = table[pos / bs], off = pos % bs
+                assert(refs[Int(b)] == 1 && cacheEntry[Int(b)] == 0, "write into shared KV block \(b)")
+                let n = min(bs - off, L - pos)
+                let dst = offset(layer: layer, block: b) + off * kv
+                ck_f32_to_f16(newK + src * kv, kHalf + dst, n * kv)
+                ck_f32_to_f16(newV + src * kv, vHalf + dst, n * kv)
+                pos += n; src += n
+            }
+        }
+    }
+
+    /// Query rows per KV group up to which a sequence's attention reads the pool in place.
+    static let pagedRows = 8
+
+    func attention(layer: Int, batch: ForwardBatch, q: UnsafePointer<Float>, k newK: UnsafePointer<Float>,
+                   v newV: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, acts: Activations) {
+        guard precision == .f16 else {
+            attendContiguous(layer: layer, batch: batch, sequences: batch.sequences.indices, q: q, k: newK, v: newV, out: out, acts: acts)
+            return
+        }
+        let c = config, G = c.nHeads / c.nKVHeads
+        var paged: [Int] = [], prefill: [Int] = []
+        for (i, s) in batch.sequences.enumerated() {
+            if s.count * G <= Self.pagedRows { paged.append(i) } else { prefill.append(i) }
+        }
+        if !paged.isEmpty {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            tableScratch.removeAll(keepingCapacity: true)
+            var starts: [Int] = []
+            for i in paged {
+                let s = batch.sequences[i]
+                storeHalf(layer: layer, slot: s.slot, startPos: s.startPos, count: s.count,
+                          newK: newK + s.tokenStart * kvDim, newV: newV + s.tokenStart * kvDim)
+                starts.append(tableScratch.count)
+                tableScratch.append(contentsOf: tables[s.slot])
+            }
+            attendSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+            let base = offset(layer: layer, block: 0)
+            tableScratch.withUnsafeBufferPointer { tb in
+                var seqs = [ck_paged_seq](repeating: ck_paged_seq(), count: paged.count)
+                for (j, i) in paged.enumerated() {
+                    let s = batch.sequences[i]
+                    seqs[j] = ck_paged_seq(blocks: tb.baseAddress! + starts[j], p0: Int32(s.startPos), n: Int32(s.count),
+                                           row0: Int32(s.tokenStart))
+                }
+                ck_paged_attention_f16(out, Int32(c.qDim), q, Int32(c.qDim), kHalf + base, vHalf + base, Int32(blockSize),
+                                       Int32(c.nHeads), Int32(c.nKVHeads), Int32(c.headDim), seqs, Int32(seqs.count))
+            }
+        }
+        if !prefill.isEmpty {
+            attendContiguous(layer: layer, batch: batch, sequences: prefill, q: q, k: newK, v: newV, out: out, acts: acts)
         }
     }
 

@@ -143,12 +143,13 @@ final class Scheduler {
     private(set) var sampleSeconds = 0.0
     private var rateWindow: [(time: Double, tokens: UInt64)] = []
 
-    init(config: EngineConfig, modelConfig: LlamaConfig, tokenizer: Tokenizer, versions: VersionRegistry, blockCount: Int) {
+    init(config: EngineConfig, modelConfig: LlamaConfig, tokenizer: Tokenizer, versions: VersionRegistry, blockCount: Int,
+         kvPrecision: KVCachePrecision) {
         self.config = config
         self.modelConfig = modelConfig
         self.tokenizer = tokenizer
         self.versions = versions
-        cache = PagedKVCache(config: modelConfig, blockSize: config.blockSize, blockCount: blockCount)
+        cache = PagedKVCache(config: modelConfig, blockSize: config.blockSize, blockCount: blockCount, precision: kvPrecision)
         acts = Activations(config: modelConfig)
     }
 

@@ -55,8 +55,28 @@ public struct EngineConfig: Sendable, Equatable {
     /// Threads that sample the tokens of one step in parallel (each sample's draw is independent
     /// of the others, so results do not depend on it). 1 keeps all work on the step thread.
     public var samplingThreads: Int = min(2, ProcessInfo.processInfo.activeProcessorCount)
+    /// What the KV cache holds keys and values in; nil = `KVCachePrecision.default(for:)` of the
+    /// engine's precision (f32 for the f32 engine, f16 for the compact ones).
+    public var kvCachePrecision: KVCachePrecision? = nil
 
     public init() {}
+}
+
+/// The element type of the paged KV cache.
+public enum KVCachePrecision: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Bit-for-bit the f32 engine's attention (OpenBLAS over contiguous or gathered rows).
+    case f32
+    /// IEEE half (saturating at ±65504): half the bytes per token, attention read in place from
+    /// the blocks on both cores while decoding (`ck_paged_attention_f16`).
+    case f16
+
+    public var description: String { rawValue }
+    /// Bytes per stored value.
+    public var bytes: Int { self == .f32 ? 4 : 2 }
+    /// The cache an engine in `precision` uses unless told otherwise: f32 keeps the f32 engine
+    /// bit-for-bit as before; the compact engines, which already trade exactness for speed, halve
+    /// the cache and its reads.
+    public static func `default`(for precision: EnginePrecision) -> KVCachePrecision { precision == .f32 ? .f32 : .f16 }
 }
 
 /// One generation request: n samples for each of its prompts. The server tokenizes text and chat

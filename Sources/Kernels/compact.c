@@ -258,6 +258,8 @@ static void ck_run(ck_job_fn fn, void *ctx, int nth) {
     fn(ctx, 0);
 }
 
+void ck_run_job(ck_job_fn fn, void *ctx, int nth) { ck_run(fn, ctx, nth > 0 ? nth : call_threads()); }
+
 /// Waits until *count reaches n (work items other participants claimed are being finished).
 static void wait_count(_Atomic int *count, int n) {
     int spins = 0;

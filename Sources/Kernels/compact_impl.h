@@ -55,6 +55,10 @@ void ck_pack_a_generic(uint32_t *out, int as, const void *src, int type, int tra
 void ck_quant_x_generic(ck_q8x *x, const float *src, size_t ld, int rows, int K);
 long ck_pack_q8_panel_generic(uint32_t *wq, uint16_t *wd, const void *src, int type, size_t ld, int rows, int K);
 
+/// Runs fn(ctx, tid) on the calling thread and up to nth − 1 pool helpers (nth = 0: as many as
+/// a product called from this thread would use); see the pool in compact.c.
+void ck_run_job(void (*fn)(void *ctx, int tid), void *ctx, int nth);
+
 // Bit-exact scalar conversions.
 static inline uint32_t ck_f32_bits(float f) { union { float f; uint32_t u; } v = {f}; return v.u; }
 static inline float ck_f32_from(uint32_t u) { union { uint32_t u; float f; } v = {u}; return v.f; }

@@ -98,6 +98,36 @@ public protocol KVStore: AnyObject {
     func attend(layer: Int, slot: Int, startPos: Int, count: Int,
                 newK: UnsafePointer<Float>, newV: UnsafePointer<Float>)
         -> (k: UnsafePointer<Float>, v: UnsafePointer<Float>, stride: Int)
+
+    /// Stores the batch's new key and value rows of `layer` (`k`, `v`: (tokens, kvDim)) and writes
+    /// the attention output of every sequence to `out` ((tokens, qDim)) from the post-RoPE queries
+    /// `q` ((tokens, qDim)). The default calls `attend` and `attention_forward` per sequence
+    /// (`attendContiguous`); a store may do it all at once over its own layout.
+    func attention(layer: Int, batch: ForwardBatch, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                   v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, acts: Activations)
+}
+
+extension KVStore {
+    public func attention(layer: Int, batch: ForwardBatch, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                          v: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, acts: Activations) {
+        attendContiguous(layer: layer, batch: batch, sequences: batch.sequences.indices, q: q, k: k, v: v, out: out, acts: acts)
+    }
+
+    /// Attention for `sequences` of the batch through `attend` (contiguous f32 keys and values) and
+    /// `attention_forward`: each sequence's rows in order, products through OpenBLAS.
+    public func attendContiguous(layer: Int, batch: ForwardBatch, sequences: some Sequence<Int>,
+                                 q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                 out: UnsafeMutablePointer<Float>, acts: Activations) {
+        let c = acts.config
+        for i in sequences {
+            let s = batch.sequences[i], t0 = s.tokenStart
+            let (K, V, stride) = attend(layer: layer, slot: s.slot, startPos: s.startPos, count: s.count,
+                                        newK: k + t0 * c.kvDim, newV: v + t0 * c.kvDim)
+            attention_forward(out + t0 * c.qDim, acts.layers[layer].probs + acts.probOffsets[i], q + t0 * c.qDim, K, V,
+                              Int32(s.count), Int32(s.startPos), Int32(c.nHeads), Int32(c.nKVHeads), Int32(c.headDim),
+                              Int32(c.qDim), Int32(stride), Int32(c.qDim), acts.scratch)
+        }
+    }
 }
 
 /// The simplest KV store: per slot, one contiguous (layer, capacity, kvDim) region for K and for V.
@@ -270,18 +300,15 @@ extension LlamaModel {
             p.wv.apply(a.v, a.xn, rows: T, accumulate: false)
             rope_forward(a.q, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_forward(a.k, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
-            for (i, s) in batch.sequences.enumerated() {
-                let t0 = s.tokenStart
-                let K: UnsafePointer<Float>, V: UnsafePointer<Float>, stride: Int
-                if let kv {
-                    (K, V, stride) = kv.attend(layer: l, slot: s.slot, startPos: s.startPos, count: s.count,
-                                               newK: a.k + t0 * c.kvDim, newV: a.v + t0 * c.kvDim)
-                } else {
-                    (K, V, stride) = (UnsafePointer(a.k + t0 * c.kvDim), UnsafePointer(a.v + t0 * c.kvDim), c.kvDim)
+            if let kv {
+                kv.attention(layer: l, batch: batch, q: a.q, k: a.k, v: a.v, out: a.att, acts: acts)
+            } else {
+                for (i, s) in batch.sequences.enumerated() {
+                    let t0 = s.tokenStart
+                    attention_forward(a.att + t0 * c.qDim, a.probs + acts.probOffsets[i], a.q + t0 * c.qDim,
+                                      a.k + t0 * c.kvDim, a.v + t0 * c.kvDim,
+                                      Int32(s.count), Int32(s.startPos), nH, nKV, hd, qDim, kvDim, qDim, acts.scratch)
                 }
-                attention_forward(a.att + t0 * c.qDim, a.probs + acts.probOffsets[i], a.q + t0 * c.qDim, K, V,
-                                  Int32(s.count), Int32(s.startPos), nH, nKV, hd, qDim, Int32(stride), qDim,
-                                  acts.scratch)
             }
             if a.xmid != a.x { a.xmid.update(from: a.x, count: T * c.dim) }
             p.wo.apply(a.xmid, a.att, rows: T, accumulate: true)

@@ -165,6 +165,29 @@ uint16_t ck_q8_quantize_block(const float *src, int n, int8_t q[32], int *bad);
 float ck_q8_quantize_act_block(const float *src, int n, int8_t q[32]);
 
 // ---------------------------------------------------------------------------------------------
+// Paged attention over a 16-bit KV cache (paged_attention.c)
+
+/// f32 → IEEE half bits, round to nearest even, saturating at ±65504 (the cache never holds ±inf);
+/// NaN stays NaN. Identical on every path.
+void ck_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void ck_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+
+/// One sequence of ck_paged_attention_f16: its n new positions p0 … p0+n−1 are rows row0 … of q
+/// and out; its keys and values for positions 0 … p0+n−1 are in blocks[0 …]: position j is row
+/// j % blockSize of block blocks[j / blockSize].
+typedef struct { const int32_t *blocks; int p0, n, row0; } ck_paged_seq;
+
+/// Causal grouped-query attention for a batch of sequences over a paged half-precision KV cache:
+/// k and v point at one layer's pool, block b at k + b·blockSize·nKV·hd, row-major (blockSize,
+/// nKV·hd). out rows (stride oStride) get softmax(q·kᵀ/√hd)·v per query head (head h reads KV
+/// group h / (nH / nKV)); q rows have stride qStride. The (sequence, KV group) pairs are split over
+/// the compact pool's threads. Scores and sums are f32. Meant for decoding (a few rows per
+/// sequence): cost O(rows · L · hd) with no blocked product.
+void ck_paged_attention_f16(float *out, int oStride, const float *q, int qStride,
+                            const uint16_t *k, const uint16_t *v, int blockSize,
+                            int nH, int nKV, int hd, const ck_paged_seq *seqs, int nseq);
+
+// ---------------------------------------------------------------------------------------------
 // Measurements (selm-bench): ceilings for the products' figures
 
 /// GFLOP/s of a register-only vdpbf16ps loop (2 flops per bf16 pair) on `threads` threads for
