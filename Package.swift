@@ -38,7 +38,7 @@ let package = Package(
         // Loads what a user points `--model` at (GGUF file or HF directory): weights, tokenizer, template.
         .target(name: "ModelBundle", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
-        .target(name: "Engine", dependencies: ["Model", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
+        .target(name: "Engine", dependencies: ["Model", "Tokenizer", "Kernels"], exclude: ["README.md"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
         .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
         // The durable preference log (records, CRC, group commit, replay), the data directory and the

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// How to pick each next token. Validated by `validate()`; every error names the field.
 public struct SamplerSettings: Sendable, Equatable, Codable {
@@ -121,17 +122,19 @@ public struct Sampler: Sendable {
     /// draws of an external reference.
     mutating func sample(_ logits: UnsafePointer<Float>, vocab: Int, uniform: Double?) -> Int32 {
         if params.temperature == 0 { return withPenalised(logits, vocab: vocab) { Self.argmax($0, vocab: vocab) } }
-        let w = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
-        var kept: Double = 0
-        var last = 0
-        for i in 0..<vocab where w[i] > 0 { kept += Double(w[i]); last = i }
+        let (w, kept) = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
         let u = (uniform ?? rng.nextUnit()) * kept
-        var acc: Double = 0
-        for i in 0..<vocab where w[i] > 0 {
-            acc += Double(w[i])
-            if u < acc { return Int32(i) }
+        return w.withUnsafeBufferPointer { w in
+            var acc: Double = 0
+            for i in 0..<vocab where w[i] > 0 {
+                acc += Double(w[i])
+                if u < acc { return Int32(i) }
+            }
+            // Rounding left u at the very end: the last candidate.
+            var last = vocab - 1
+            while last > 0 && !(w[last] > 0) { last -= 1 }
+            return Int32(last)
         }
-        return Int32(last)
     }
 
     /// The probabilities the next draw picks tokens with (vocab; 0 for dropped tokens; one-hot for
@@ -142,8 +145,7 @@ public struct Sampler: Sendable {
             out[Int(withPenalised(logits, vocab: vocab) { Self.argmax($0, vocab: vocab) })] = 1
             return out
         }
-        let w = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
-        let kept = w.reduce(0.0) { $0 + Double($1) }
+        let (w, kept) = withPenalised(logits, vocab: vocab) { candidateWeights($0, vocab: vocab) }
         for i in 0..<vocab { out[i] = Double(w[i]) / kept }
         return out
     }
@@ -177,31 +179,35 @@ public struct Sampler: Sendable {
     /// exp((logit − max) / T); min-p and top-p each set a floor on that weight (top-p's: the largest
     /// weight w* such that the tokens weighing at least w* hold p of the mass); tokens below the
     /// floor weigh 0. The draw walks the tokens in id order. O(vocab): no sort of the vocabulary.
-    private func candidateWeights(_ x: UnsafePointer<Float>, vocab: Int) -> [Float] {
+    /// Returns the weights and their sum (in double precision).
+    private func candidateWeights(_ x: UnsafePointer<Float>, vocab: Int) -> (weights: [Float], kept: Double) {
         let p = params
-        var mx = -Float.infinity
-        for i in 0..<vocab where x[i] > mx { mx = x[i] }
+        let mx = kernels_max(x, Int32(vocab))
         let invT = 1 / p.temperature
-        var weights = [Float](repeating: 0, count: vocab)
-        weights.withUnsafeMutableBufferPointer { w in
+        var kept: Double = 0
+        let weights = [Float](unsafeUninitializedCapacity: vocab) { w, initialized in
             // (vocab) candidate weights, 0 for tokens that are not candidates; the largest is 1.
             var sum: Double = 0
             if p.topK > 0 && p.topK < vocab {
+                w.initialize(repeating: 0)
                 for c in Self.best(p.topK, of: x, vocab: vocab) { w[Int(c.id)] = expf((c.w - mx) * invT) }
                 for i in 0..<vocab { sum += Double(w[i]) }
             } else {
-                for i in 0..<vocab {
-                    let e = expf((x[i] - mx) * invT)
-                    w[i] = e
-                    sum += Double(e)
-                }
+                sum = kernels_exp_sum(x, Int32(vocab), mx, invT, w.baseAddress)
             }
+            initialized = vocab
             var floor: Float = .leastNonzeroMagnitude
             if p.minP > 0 { floor = max(floor, p.minP) }
             if p.topP < 1 { floor = max(floor, Self.topPFloor(UnsafeBufferPointer(w), above: floor, target: Double(p.topP) * sum)) }
-            for i in 0..<vocab where w[i] < floor { w[i] = 0 }
+            if floor > .leastNonzeroMagnitude {
+                sum = 0
+                for i in 0..<vocab {
+                    if w[i] < floor { w[i] = 0 } else { sum += Double(w[i]) }
+                }
+            }
+            kept = sum
         }
-        return weights
+        return (weights, kept)
     }
 
     /// The k largest logits as (id, logit), larger first, ties to the lower id, by insertion into a

@@ -354,7 +354,5 @@ extension LlamaModel {
 
 /// log p(token) under the softmax of `logits` (vocab), computed stably.
 public func logProbability(of token: Int32, logits: UnsafePointer<Float>, vocab: Int) -> Float {
-    var lse: Float = 0
-    logsumexp_rows(&lse, logits, 1, Int32(vocab))
-    return logits[Int(token)] - lse
+    kernels_log_prob(logits, Int32(vocab), token)
 }

@@ -150,6 +150,17 @@ void logprob_gather_forward(float *logp, float *lse, const float *logits, const 
 void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
                              const int32_t *targets, int R, int V);
 
+// ---------------------------------------------------------------------------------------------
+// Sampling (sampling.c): one logits row at a time, AVX-512 when the CPU has it, libm otherwise
+// (the two agree to a few parts in 10⁸ per weight).
+// The largest of x[0 ..< n] (−inf for n = 0).
+float kernels_max(const float *x, int n);
+// Σ exp((x[i] − m)·s) in double precision; each term is also written to w[i] when w is not NULL.
+// Meant for m ≥ max x and s > 0 (every term in [0, 1]).
+double kernels_exp_sum(const float *x, int n, float m, float s, float *w);
+// log softmax(x)[token], computed stably: (x[token] − max) − log Σ exp(x − max).
+float kernels_log_prob(const float *x, int n, int token);
+
 #ifdef __cplusplus
 }
 #endif
