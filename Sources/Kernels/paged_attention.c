@@ -173,9 +173,25 @@ static void pa_item_scalar(const pa_ctx *c, const ck_paged_seq *s, int g, float 
 }
 
 #if defined(__x86_64__)
-// hd a multiple of 16. Query rows and output accumulators of up to PA_TILE rows stay in registers
-// as 16-float chunks; each key (value) row is converted once per tile.
+// hd a multiple of 16, M ≤ PA_TILE rows at a time. Scores four keys at a time: each key row is
+// converted once for all rows, the 4 × rows dot products accumulate in registers and are reduced
+// together (one shuffle tree per four keys instead of one horizontal sum per key and row). P·V:
+// each value row converted once, accumulated into every row's output in registers.
 #define PA_TILE 4
+#define PA_CMAX 8   // hd ≤ 128 on this path
+
+// The four horizontal sums of a0 … a3, as lanes 0 … 3.
+__attribute__((target("avx512f")))
+static inline __m128 pa_hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    __m512 b0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    __m512 b1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    __m512 c = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b0), _mm512_castps_pd(b1))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b0), _mm512_castps_pd(b1))));
+    c = _mm512_add_ps(c, _mm512_shuffle_f32x4(c, c, 0x4E));
+    c = _mm512_add_ps(c, _mm512_shuffle_f32x4(c, c, 0xB1));
+    return _mm512_castps512_ps128(c);
+}
+
 __attribute__((target("avx512f")))
 static void pa_item_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float *S) {
     const int G = c->nH / c->nKV, hd = c->hd, kvDim = c->nKV * hd, M = s->n * G, L = s->p0 + s->n;
@@ -184,10 +200,34 @@ static void pa_item_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float 
     for (int r0 = 0; r0 < M; r0 += PA_TILE) {
         const int mr = M - r0 < PA_TILE ? M - r0 : PA_TILE;
         const float *qr[PA_TILE];
-        for (int r = 0; r < mr; r++)
-            qr[r] = c->q + (size_t)(s->row0 + (r0 + r) / G) * c->qStride + (size_t)(g * G + (r0 + r) % G) * hd;
+        for (int r = 0; r < PA_TILE; r++) {
+            const int rr = r0 + (r < mr ? r : 0);
+            qr[r] = c->q + (size_t)(s->row0 + rr / G) * c->qStride + (size_t)(g * G + rr % G) * hd;
+        }
+        // Keys every row of the tile sees, then the rest (causal: row r sees p0 + (r0+r)/G + 1).
         const int jmax = s->p0 + (r0 + mr - 1) / G + 1;
-        for (int j = 0; j < jmax; j++) {
+        int j = 0;
+        for (; j + 4 <= jmax; j += 4) {
+            __m512 acc[PA_TILE][4];
+            for (int r = 0; r < mr; r++) for (int u = 0; u < 4; u++) acc[r][u] = _mm512_setzero_ps();
+            const uint16_t *kj[4];
+            for (int u = 0; u < 4; u++) kj[u] = pa_row(c->k, s->blocks, j + u, c->bs, kvDim, g, hd);
+            for (int cc = 0; cc < C; cc++) {
+                for (int u = 0; u < 4; u++) {
+                    __m512 kv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj[u] + 16 * cc)));
+                    for (int r = 0; r < mr; r++) acc[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[r] + 16 * cc), kv, acc[r][u]);
+                }
+            }
+            for (int r = 0; r < mr; r++) {
+                __m128 sc = _mm_mul_ps(pa_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), _mm_set1_ps(scale));
+                float tmp[4];
+                _mm_storeu_ps(tmp, sc);
+                const int valid = s->p0 + (r0 + r) / G + 1;
+                float *row = S + (size_t)(r0 + r) * L + j;
+                for (int u = 0; u < 4; u++) if (j + u < valid) row[u] = tmp[u];
+            }
+        }
+        for (; j < jmax; j++) {
             const uint16_t *kj = pa_row(c->k, s->blocks, j, c->bs, kvDim, g, hd);
             __m512 acc[PA_TILE];
             for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
@@ -203,6 +243,25 @@ static void pa_item_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float 
     for (int r0 = 0; r0 < M; r0 += PA_TILE) {
         const int mr = M - r0 < PA_TILE ? M - r0 : PA_TILE;
         const int jmax = s->p0 + (r0 + mr - 1) / G + 1;
+        if (C <= PA_CMAX) {
+            __m512 acc[PA_TILE][PA_CMAX];
+            for (int r = 0; r < mr; r++) for (int cc = 0; cc < C; cc++) acc[r][cc] = _mm512_setzero_ps();
+            for (int j = 0; j < jmax; j++) {
+                const uint16_t *vj = pa_row(c->v, s->blocks, j, c->bs, kvDim, g, hd);
+                __m512 p[PA_TILE];
+                for (int r = 0; r < mr; r++)
+                    p[r] = _mm512_set1_ps(j < s->p0 + (r0 + r) / G + 1 ? S[(size_t)(r0 + r) * L + j] : 0.0f);
+                for (int cc = 0; cc < C; cc++) {
+                    __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * cc)));
+                    for (int r = 0; r < mr; r++) acc[r][cc] = _mm512_fmadd_ps(p[r], vv, acc[r][cc]);
+                }
+            }
+            for (int r = 0; r < mr; r++) {
+                float *o = c->out + (size_t)(s->row0 + (r0 + r) / G) * c->oStride + (size_t)(g * G + (r0 + r) % G) * hd;
+                for (int cc = 0; cc < C; cc++) _mm512_storeu_ps(o + 16 * cc, acc[r][cc]);
+            }
+            continue;
+        }
         for (int cc = 0; cc < C; cc++) {
             __m512 acc[PA_TILE];
             for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
