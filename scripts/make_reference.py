@@ -9,7 +9,7 @@ PyTorch autograd and the `gguf` package. Run it by hand in a throw-away virtual 
     make model
     /tmp/refvenv/bin/python scripts/make_reference.py [part ...]
 
-Parts: model, tokenizer, quant, learner, wire, sampler (default: all; learner reads the model fixtures). Fixtures go under Tests/*/Fixtures and are committed.
+Parts: model, tokenizer, quant, learner, wire, sampler, chat_templates (default: all; learner reads the model fixtures). Fixtures go under Tests/*/Fixtures and are committed.
 """
 import pathlib
 import sys
@@ -17,10 +17,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from reference import learner, model, quant, sampler, tokenizer, wire  # noqa: E402
+from reference import chat_templates, learner, model, quant, sampler, tokenizer, wire  # noqa: E402
 
 PARTS = {"model": model.main, "tokenizer": tokenizer.main, "quant": quant.main, "learner": learner.main, "wire": wire.main,
-         "sampler": sampler.main}
+         "sampler": sampler.main, "chat_templates": chat_templates.main}
 
 if __name__ == "__main__":
     wanted = sys.argv[1:] or list(PARTS)

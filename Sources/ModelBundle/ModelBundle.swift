@@ -13,9 +13,10 @@ public final class ModelBundle: @unchecked Sendable {
     public private(set) var model: LlamaModel
     /// Nil only for a Hugging Face directory without tokenizer files (token-id work still runs).
     public let tokenizerIfAny: Tokenizer?
-    /// The template the user named, else the one recognised from the model's metadata.
+    /// The built-in template the user named (`--template chatml|zephyr|llama3`), else the model's
+    /// own Jinja template (`.jinja`) when it carries one.
     public let template: ChatTemplate?
-    /// Why there is no template (absent or unrecognised), reported when a chat is requested.
+    /// Why there is no template (absent, or not valid Jinja), reported when a chat is requested.
     public let templateProblem: String?
     /// The GGUF file when loaded from one (its tokenizer metadata is carried into checkpoints).
     public let gguf: GGUFFile?
@@ -29,7 +30,9 @@ public final class ModelBundle: @unchecked Sendable {
         model = m
     }
 
-    /// Loads `path`. `templateName` (`chatml`, `zephyr`, `llama3`) overrides the model's template.
+    /// Loads `path`. `templateName` (`chatml`, `zephyr`, `llama3`) overrides the model's template;
+    /// `model` (like nil) uses the model's own, but then a missing or invalid one is a load error
+    /// rather than a problem reported when a chat is asked for.
     public init(path: String, templateName: String? = nil) throws {
         let t0 = Date()
         var isDir: ObjCBool = false
@@ -56,15 +59,21 @@ public final class ModelBundle: @unchecked Sendable {
             throw ModelError.badField(file: path, field: "vocab_size",
                                       reason: "the tokenizer has \(tok.vocabSize) tokens but the model only \(model.config.vocabSize) embeddings")
         }
-        if let name = templateName {
+        let modelOwn = templateName == nil || templateName?.lowercased() == "model"
+        if let name = templateName, !modelOwn {
             template = try ChatTemplate(name: name)
             templateProblem = nil
-        } else if let text = tokenizerIfAny?.chatTemplateText {
-            template = ChatTemplate.recognize(text)
-            templateProblem = template == nil
-                ? "the model's chat template is not one this project recognises (ChatML, Zephyr, Llama-3); name one with --template chatml|zephyr|llama3"
-                : nil
+        } else if let tok = tokenizerIfAny, let text = tok.chatTemplateText {
+            do {
+                template = try ChatTemplate(modelTemplate: text, specialTokens: JinjaChatTemplate.specialTokens(of: tok))
+                templateProblem = nil
+            } catch {
+                if templateName != nil { throw BundleError.noChatTemplate(reason: "--template model: \(error)") }
+                template = nil
+                templateProblem = "\(error); name a built-in one with --template chatml|zephyr|llama3"
+            }
         } else {
+            if templateName != nil { throw BundleError.noChatTemplate(reason: "--template model: the model carries no chat template") }
             template = nil
             templateProblem = "the model has no chat template; name one with --template chatml|zephyr|llama3"
         }

@@ -19,9 +19,13 @@ public struct ChatTurn: Sendable, Equatable, Hashable {
     public static func assistant(_ content: String) -> ChatTurn { ChatTurn(role: "assistant", content: content) }
 }
 
-/// The chat formats this project renders natively, byte for byte as the models' own Jinja templates
-/// render them through transformers' `apply_chat_template`.
+/// A chat format: the model's own Jinja template (`jinja`, the default when the model carries one),
+/// or one of the three formats this project renders natively (`--template chatml|zephyr|llama3`),
+/// byte for byte as the models' own Jinja templates render them through transformers'
+/// `apply_chat_template`.
 public enum ChatTemplate: Sendable, Equatable, Hashable {
+    /// The model's own template, rendered by the Jinja interpreter (`--template model`).
+    case jinja(JinjaChatTemplate)
     /// `<|im_start|>role\ncontent<|im_end|>\n` per message (SmolLM2, Qwen2/2.5, OpenHermes). With a
     /// `defaultSystem`, a system message carrying it is inserted when the first message is not one.
     case chatml(defaultSystem: String?)
@@ -33,7 +37,11 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
     /// which add a dated system header, are recognised as this but rendered as Llama-3's.
     case llama3
 
-    /// The template a user names (`--template chatml|zephyr|llama3`, any case).
+    /// The names `--template` takes: the model's own template, then the built-in ones.
+    public static let names = ["model", "chatml", "zephyr", "llama3"]
+
+    /// The built-in template a user names (`--template chatml|zephyr|llama3`, any case; `model`
+    /// needs the model's text: `init(modelTemplate:specialTokens:)`).
     /// - Throws: `TokenizerError.unknownTemplateName` for any other name.
     public init(name: String) throws {
         switch name.lowercased() {
@@ -44,7 +52,14 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
         }
     }
 
-    /// The template a model's Jinja template text implements.
+    /// The model's own template `text`, rendered by the Jinja interpreter with `specialTokens` as
+    /// variables (`bos_token`, `eos_token`, …). - Throws: `TokenizerError.invalidChatTemplate`
+    /// naming the line and column of a syntax error.
+    public init(modelTemplate text: String, specialTokens: [String: String]) throws(TokenizerError) {
+        self = .jinja(try JinjaChatTemplate(source: text, specialTokens: specialTokens))
+    }
+
+    /// The built-in template a model's Jinja template text looks like (by its marker tokens).
     /// - Throws: `TokenizerError.unrecognizedChatTemplate` when `recognize` does not know it.
     public init(templateText: String) throws {
         guard let template = Self.recognize(templateText) else {
@@ -66,9 +81,10 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
         return nil
     }
 
-    /// Short name, as `init(name:)` accepts it.
+    /// Short name, as `--template` takes it (`model` for the model's own template).
     public var name: String {
         switch self {
+        case .jinja: return "model"
         case .chatml: return "chatml"
         case .zephyr: return "zephyr"
         case .llama3: return "llama3"
@@ -78,6 +94,7 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
     /// Text of the tokens that end an assistant turn: generation stops at any of them.
     public var stopTokens: [String] {
         switch self {
+        case let .jinja(t): return t.stopTokens
         case .chatml: return ["<|im_end|>"]
         case .zephyr: return ["</s>"]
         case .llama3: return ["<|eot_id|>"]
@@ -86,9 +103,14 @@ public enum ChatTemplate: Sendable, Equatable, Hashable {
 
     /// The prompt text for `messages`, ending with the opening of an assistant turn when
     /// `addGenerationPrompt`. Special tokens appear as text; encode it with `parseSpecial: true`.
-    public func render(_ messages: [ChatTurn], addGenerationPrompt: Bool) -> String {
+    /// - Throws: `TokenizerError.chatTemplateFailed` when the model's template refuses the
+    ///   conversation (its `raise_exception`, e.g. a system message Gemma does not take, roles that
+    ///   do not alternate) or fails while rendering; the built-in templates do not throw.
+    public func render(_ messages: [ChatTurn], addGenerationPrompt: Bool) throws(TokenizerError) -> String {
         var out = ""
         switch self {
+        case let .jinja(t):
+            return try t.render(messages, addGenerationPrompt: addGenerationPrompt)
         case let .chatml(defaultSystem):
             if let defaultSystem, let first = messages.first, first.role != "system" {
                 out += "<|im_start|>system\n\(defaultSystem)<|im_end|>\n"

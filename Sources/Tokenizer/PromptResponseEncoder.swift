@@ -27,7 +27,8 @@ public struct PromptResponseEncoder: Sendable {
     }
 
     /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
-    /// opening. - Throws: `TokenizerError.noChatTemplate`.
+    /// opening. - Throws: `TokenizerError.noChatTemplate`; `.chatTemplateFailed` when the model's
+    /// template refuses the conversation.
     public func chat(_ messages: [ChatTurn]) throws(TokenizerError) -> [Int32] {
         tokens(try chatTemplate().render(messages, addGenerationPrompt: true))
     }
@@ -50,8 +51,9 @@ public struct PromptResponseEncoder: Sendable {
     /// comment): the prompt's ids and each response's. - Throws: `TokenizerError.noChatTemplate`.
     public func conversation(prompt: [ChatTurn], responses: [[ChatTurn]]) throws(TokenizerError) -> (prompt: [Int32], responses: [[Int32]]) {
         let template = try chatTemplate()
-        let promptIDs = tokens(template.render(prompt, addGenerationPrompt: true))
-        let full = responses.map { tokens(template.render(prompt + $0, addGenerationPrompt: false)) }
+        let promptIDs = tokens(try template.render(prompt, addGenerationPrompt: true))
+        var full: [[Int32]] = []
+        for r in responses { full.append(tokens(try template.render(prompt + r, addGenerationPrompt: false))) }
         let shared = full.map { f in zip(promptIDs, f).prefix { $0 == $1 }.count }.min() ?? promptIDs.count
         return (Array(promptIDs[..<shared]), full.map { Array($0[shared...]) })
     }

@@ -13,11 +13,17 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
     /// The spec contradicts itself: a merge names a token not in the vocabulary, an id is out of
     /// range, or two lists that must have equal lengths do not.
     case invalidSpec(field: String, reason: String)
-    /// A template name given by the user (`--template`) is not chatml, zephyr or llama3.
+    /// A template name given by the user (`--template`) is not model, chatml, zephyr or llama3.
     case unknownTemplateName(String)
     /// A model's chat template text is none of the families this module renders (ChatML, Zephyr,
     /// Llama-3); `excerpt` is its beginning.
     case unrecognizedChatTemplate(excerpt: String)
+    /// The model's chat template is not valid Jinja (or uses what the interpreter does not
+    /// support); `reason` names the line and column.
+    case invalidChatTemplate(reason: String)
+    /// The model's chat template refused a conversation (its `raise_exception`) or failed while
+    /// rendering it; `reason` is its message with the line and column.
+    case chatTemplateFailed(reason: String)
     /// A chat was requested (a conversation, a text prompt with `chat`) but there is no usable
     /// template; `reason` says why (`PromptResponseEncoder.templateProblem`).
     case noChatTemplate(reason: String)
@@ -39,9 +45,13 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable, Sendable 
         case let .invalidSpec(field, reason):
             return "tokenizer \(field): \(reason)"
         case let .unknownTemplateName(name):
-            return "unknown chat template '\(name)' (known: chatml, zephyr, llama3)"
+            return "unknown chat template '\(name)' (known: model, chatml, zephyr, llama3)"
         case let .unrecognizedChatTemplate(excerpt):
             return "the model's chat template is not ChatML, Zephyr or Llama-3 (it begins: \(excerpt)); choose one with --template"
+        case let .invalidChatTemplate(reason):
+            return "the model's chat template cannot be used: \(reason)"
+        case let .chatTemplateFailed(reason):
+            return "chat template: \(reason)"
         case let .noChatTemplate(reason):
             return "chat: \(reason)"
         case let .invalidRow(field, reason):

@@ -10,11 +10,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A .gguf file or a Hugging Face model directory.")
     var model: String
 
-    @Option(name: .long, help: "Chat template to use instead of the model's own: chatml, zephyr or llama3.")
+    @Option(name: .long, help: "Chat template: model (the model's own Jinja template; the default when it carries one) or a built-in chatml, zephyr or llama3.")
     var template: String?
 
     func validate() throws {
-        if let template {
+        if let template, template.lowercased() != "model" {
             do { _ = try ChatTemplate(name: template) } catch { throw ValidationError("--template: \(error)") }
         }
     }

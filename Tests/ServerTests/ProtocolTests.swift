@@ -22,7 +22,7 @@ final class ProtocolTests: XCTestCase {
             XCTAssertEqual(h.protocolVersion, 1)
             XCTAssertEqual(h.vocabSize, UInt32(bundle.model.config.vocabSize))
             XCTAssertEqual(h.contextLength, UInt32(bundle.model.config.contextLength))
-            XCTAssertEqual(h.chatTemplate, "chatml")
+            XCTAssertEqual(h.chatTemplate, "model")   // the model's own (Jinja) template
             XCTAssertEqual(h.maxFrameBytes, 16 << 20)
             let text = "The capital of France is Paris. Ünïcödé ✓ <|im_end|>"
             guard case .tokenizeReply(let plain) = try client.call(1, .tokenize(TokenizeRequest(input: .text(text)))) else { return XCTFail() }

@@ -37,7 +37,7 @@ final class ChatTemplateTests: XCTestCase {
             XCTAssertEqual(t.renders.count, 6)
             for r in t.renders {
                 let messages = r.messages.map { ChatTurn(role: $0.role, content: $0.content) }
-                let rendered = template.render(messages, addGenerationPrompt: r.add_generation_prompt)
+                let rendered = try template.render(messages, addGenerationPrompt: r.add_generation_prompt)
                 XCTAssertBytesEqual(rendered, r.rendered, "\(t.name), generation prompt \(r.add_generation_prompt)")
             }
         }
@@ -71,7 +71,7 @@ final class ChatTemplateTests: XCTestCase {
     func testSmolLM2TemplateRendersToTheTokensTheModelExpects() throws {
         let tok = try SmolLM2.tokenizer()
         let template = try ChatTemplate(templateText: XCTUnwrap(tok.chatTemplateText))
-        let prompt = template.render([.user("Hi")], addGenerationPrompt: true)
+        let prompt = try template.render([.user("Hi")], addGenerationPrompt: true)
         let ids = tok.encode(prompt)
         XCTAssertEqual(ids.first, tok.id(of: "<|im_start|>"))
         XCTAssertEqual(ids.filter { tok.isSpecial($0) }, [1, 2, 1, 2, 1])

@@ -57,11 +57,11 @@ final class TRLRowTests: XCTestCase {
                 XCTAssertEqual(ids.rejected, expected.ids.rejected, "\(label): rejected")
                 guard case .messages(let prompt) = row.prompt, case .messages(let chosen) = row.chosen,
                       case .messages(let rejected) = row.rejected else { continue }
-                let p = template.render(prompt, addGenerationPrompt: true)
+                let p = try template.render(prompt, addGenerationPrompt: true)
                 XCTAssertBytesEqual(p, expected.strings.prompt, label)
-                XCTAssertBytesEqual(String(template.render(prompt + chosen, addGenerationPrompt: false).dropFirst(p.count)),
+                XCTAssertBytesEqual(String(try template.render(prompt + chosen, addGenerationPrompt: false).dropFirst(p.count)),
                                     expected.strings.chosen, label)
-                XCTAssertBytesEqual(String(template.render(prompt + rejected, addGenerationPrompt: false).dropFirst(p.count)),
+                XCTAssertBytesEqual(String(try template.render(prompt + rejected, addGenerationPrompt: false).dropFirst(p.count)),
                                     expected.strings.rejected, label)
                 XCTAssertBytesEqual(enc.tokenizer.decode(ids.chosen), expected.strings.chosen, label)
             }
