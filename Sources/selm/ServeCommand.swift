@@ -37,6 +37,8 @@ struct Serve: ParsableCommand {
     var maxLiveVersions: Int = 3
     @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
     var metrics: String?
+    @Option(help: "Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health) at host:port; a bare port means 127.0.0.1. Off unless given.")
+    var http: String?
     @Option(help: "Largest frame accepted (and sent), bytes.")
     var maxFrameBytes: Int = 16 << 20
     @Option(help: "Reply bytes a client may leave unread: past half of it the server stops reading its requests, past all of it the connection is dropped.")
@@ -93,6 +95,7 @@ struct Serve: ParsableCommand {
         config.tcp = listen == "none" ? nil : listen
         config.unixPath = unix
         config.metrics = metrics
+        config.http = http
         config.maxFrameBytes = maxFrameBytes
         config.maxOutputBytes = maxOutputBytes
         config.maxRequestsInFlight = maxRequestsInFlight
