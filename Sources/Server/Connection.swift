@@ -125,8 +125,15 @@ final class HTTPSession: @unchecked Sendable {
     /// Ids of the requests this connection hands to the request machinery (`begin`, `runOnEngine`).
     var nextRequestID: UInt64 = 1
 
+    /// Sessions of metrics connections alive (their `Connection`s are not counted as client
+    /// connection objects). Loop thread.
+    nonisolated(unsafe) static var liveMetrics = 0
+
     init(endpoint: Endpoint, parser: HTTPRequestParser) {
         self.endpoint = endpoint
         self.parser = parser
+        if endpoint == .metrics { Self.liveMetrics += 1 }
     }
+
+    deinit { if endpoint == .metrics { Self.liveMetrics -= 1 } }
 }

@@ -166,7 +166,7 @@ extension SelmServer {
             f.liveVersions = 1
         }
         f.connections = connections.count
-        f.connectionObjects = Connection.live
+        f.connectionObjects = Connection.live - HTTPSession.liveMetrics  // a scrape does not count itself
         f.tokenizerInputBytes = encoder.meter.bytes
         f.uptime = Date().timeIntervalSince(startTime)
         return f

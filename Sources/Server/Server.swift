@@ -461,8 +461,11 @@ public final class SelmServer: @unchecked Sendable {
     /// a time (under the pre-auth frame limit), so the frames after a Hello in the same read are
     /// judged by the full limit.
     func received(_ conn: Connection, _ bytes: UnsafeRawBufferPointer) {
+        if let h = conn.http {  // metrics scrapes are not client traffic
+            if h.endpoint == .api { metrics.bytesIn += UInt64(bytes.count) }
+            return httpReceived(conn, h, bytes)
+        }
         metrics.bytesIn += UInt64(bytes.count)
-        if let h = conn.http { return httpReceived(conn, h, bytes) }
         var rest = bytes
         while !conn.closing {
             if conn.authenticated {
@@ -593,7 +596,7 @@ public final class SelmServer: @unchecked Sendable {
     /// Loop thread: a write request finished (status < 0: failed or cancelled by a close).
     func written(_ conn: Connection, bytes: Int, status: Int32) {
         conn.queuedBytes -= bytes
-        if status == 0 { metrics.bytesOut += UInt64(bytes) }
+        if status == 0 && conn.http?.endpoint != .metrics { metrics.bytesOut += UInt64(bytes) }
         if status < 0 {
             if !conn.closing { close(conn, reason: "write failed: \(uvErrorText(status))") }
             return

@@ -114,6 +114,36 @@ final class HTTPTests: XCTestCase {
         XCTAssertEqual(r.status, 503, "/health needs no token (tiny has no engine: 503)")
     }
 
+    /// HTTP API connections and socket connections share `--max-connections`: past it an HTTP
+    /// client gets 503 (and a socket Hello UNAVAILABLE), and a freed place serves either again.
+    func testConnectionLimitIsSharedWithTheSocket() throws {
+        let dir = try temporaryDirectory()
+        let server = try ServerProcess(model: ServerProcess.tiny, dataDir: dir + "/data", args: ["--http", "127.0.0.1:0", "--max-connections", "1"])
+        defer { _ = server.stop() }
+        let port = try server.httpPort()
+        var socket: TestClient? = try server.client()
+        _ = try socket!.hello()
+        let refused = try RawHTTP(port: port)
+        try refused.send(RawHTTP.request("GET", "/v1/models"))
+        let r = try refused.readResponse()
+        XCTAssertEqual(r.status, 503)
+        XCTAssertEqual(r.error?["type"] as? String, "service_unavailable_error")
+        XCTAssertTrue(refused.waitForClose())
+        socket = nil  // closes it
+        // The socket's place is free once the server has seen it close.
+        let deadline = Date().addingTimeInterval(30)
+        var status = 0
+        var http: RawHTTP?
+        while status != 200 {
+            guard Date() < deadline else { throw TestError("no place for an HTTP client after the socket closed") }
+            usleep(20_000)
+            http = try RawHTTP(port: port)
+            status = try http!.exchange("GET", "/v1/models").status
+        }
+        let late = try server.client()
+        assertError(try late.call(0, .hello(Hello(authToken: "", clientName: "late"))), .unavailable)
+    }
+
     /// A completion over HTTP and a Generate over the socket, in flight at once: both are answered,
     /// by the same engine path (greedy on the same prompt: the same text, the same version).
     func testHTTPAndSocketGenerateAtOnce() throws {
