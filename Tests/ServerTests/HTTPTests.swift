@@ -60,6 +60,21 @@ final class HTTPTests: XCTestCase {
         XCTAssertEqual(try c.readResponse().status, 200)
         XCTAssertEqual(try c.readResponse().status, 404)
 
+        // A request in pieces (the head split inside a header, the body in two), then a chunked body.
+        let whole = Array(RawHTTP.request("POST", "/v1/completions", body: #"{"prompt": [1, 2], "temperature": -1}"#).utf8)
+        let cuts = [0, 9, 30, whole.count - 10, whole.count]
+        for i in 0..<(cuts.count - 1) {
+            try c.send(String(decoding: whole[cuts[i]..<cuts[i + 1]], as: UTF8.self))
+            usleep(50_000)
+        }
+        r = try c.readResponse()
+        XCTAssertEqual(r.error?["param"] as? String, "temperature", "\(r.text)")
+        let parts = [#"{"prompt": [1, 2]"#, #", "temperature": -1}"#]
+        try c.send("POST /v1/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + parts.map { String($0.utf8.count, radix: 16) + "\r\n" + $0 + "\r\n" }.joined() + "0\r\n\r\n")
+        r = try c.readResponse()
+        XCTAssertEqual(r.error?["param"] as? String, "temperature", "\(r.text)")
+
         // A body over --max-frame-bytes is refused by its Content-Length, before it is sent.
         let big = try RawHTTP(port: port)
         try big.send("POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
