@@ -11,7 +11,7 @@ import Server
 /// `selm serve`: the RPC server (see Sources/Server and Proto/README.md).
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets, learning online.",
+        abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets (and OpenAI's HTTP API with --http), learning online.",
         discussion: """
         Frames: a 4-byte big-endian length, then one protobuf selm.v1.Envelope (Proto/selm.proto). Clients send \
         Hello first (with the token of --auth-token-file when set). Preference batches are appended to \
