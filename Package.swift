@@ -22,6 +22,8 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+        // Node's http-parser, for the HTTP endpoints (OpenAI API, metrics); Debian ships no .pc for it.
+        .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
 
         // BLAS-backed math on Float buffers: forward/backward kernel pairs, dequantisation; the
         // project's own bf16 / 8-bit products (compact*.c, include/compact.h).
@@ -50,7 +52,7 @@ let package = Package(
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
         // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
-        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV"],
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser"],
                 exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.

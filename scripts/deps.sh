@@ -10,6 +10,8 @@ if command -v pkg-config >/dev/null 2>&1; then
 else
   need+=(libopenblas-dev libuv1-dev libprotobuf-c-dev)
 fi
+# libhttp-parser-dev has no pkg-config file: look for its header.
+[ -f /usr/include/http_parser.h ] || need+=(libhttp-parser-dev)
 for tool in "$@"; do
   case $tool in
     protoc-c) command -v protoc-c >/dev/null 2>&1 || need+=(protobuf-c-compiler) ;;

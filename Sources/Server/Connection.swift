@@ -48,6 +48,9 @@ final class Connection: @unchecked Sendable {
     var nextPreferenceTicket = 0
     var nextPreferenceToLog = 0
     var preparedPreferences: [Int: (() -> Void)?] = [:]
+    /// Set for a connection of an HTTP listener: replies to its requests go to the HTTP layer
+    /// (`SelmServer.send` hands them over) instead of being framed.
+    var http: HTTPSession?
 
     /// Connection objects alive (created on the loop thread, released in their handle's close
     /// callback, on the loop thread): a leak check for tests, exported as a metric.
@@ -94,17 +97,43 @@ final class Request: @unchecked Sendable {
     }
 }
 
-/// One connection to the metrics endpoint: reads one HTTP request, answers, closes. Loop thread only.
-final class HTTPConnection: @unchecked Sendable {
-    let id: UInt64
-    let tcp: UnsafeMutablePointer<uv_tcp_t>
-    let opened = Date().timeIntervalSince1970
-    var request: [UInt8] = []
-    var answered = false
-    var closing = false
+/// The HTTP side of a connection that came in on an HTTP listener (`--http`, `--metrics`): its
+/// parser, the bytes not parsed yet, and the request being answered. Requests are answered one at
+/// a time, in order (pipelined ones wait in `inbox`). Loop thread only.
+final class HTTPSession: @unchecked Sendable {
+    enum Endpoint { case api, metrics }
+    let endpoint: Endpoint
+    let parser: HTTPRequestParser
+    /// Bytes received and not parsed yet (a request behind the one being answered).
+    var inbox: [UInt8] = []
+    /// A request is being answered (the next one is parsed when it is done).
+    var busy = false
+    /// Inside `httpPump` (a response finished synchronously must not pump again).
+    var pumping = false
+    /// Reading stopped because `inbox` grew while a request was being answered.
+    var pausedForInbox = false
+    /// Since when no request has been answered (the idle deadline counts from here, so a request
+    /// trickled in byte by byte does not keep the connection open).
+    var idleSince = Date().timeIntervalSince1970
+    /// The request being answered: keep the connection after it? HTTP/1.0 (no chunked replies)?
+    var keepAlive = true
+    var isHTTP10 = false
+    /// A streamed reply has sent its head (its body goes out in chunks).
+    var streaming = false
+    /// The generation being answered (API only).
+    var exchange: APIExchange?
+    /// Ids of the requests this connection hands to the request machinery (`begin`, `runOnEngine`).
+    var nextRequestID: UInt64 = 1
 
-    init(id: UInt64, tcp: UnsafeMutablePointer<uv_tcp_t>) {
-        self.id = id
-        self.tcp = tcp
+    /// Sessions of metrics connections alive (their `Connection`s are not counted as client
+    /// connection objects). Loop thread.
+    nonisolated(unsafe) static var liveMetrics = 0
+
+    init(endpoint: Endpoint, parser: HTTPRequestParser) {
+        self.endpoint = endpoint
+        self.parser = parser
+        if endpoint == .metrics { Self.liveMetrics += 1 }
     }
+
+    deinit { if endpoint == .metrics { Self.liveMetrics -= 1 } }
 }

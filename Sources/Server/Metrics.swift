@@ -153,7 +153,7 @@ final class ServerMetrics {
               Double(live.walLastSequence &- min(live.walConsumedSequence, live.walLastSequence)))
         gauge("selm_wal_batches_unacknowledged", "Preference batches queued for the log, not yet on disk.", Double(live.walPendingBatches))
         gauge("selm_connections", "Open client connections.", Double(live.connections))
-        gauge("selm_connection_objects", "Connection objects in memory (open plus closing; a leak check).", Double(live.connectionObjects))
+        gauge("selm_connection_objects", "Client connection objects in memory (open plus closing, socket and HTTP API; a leak check).", Double(live.connectionObjects))
         counter("selm_connections_accepted_total", "Client connections accepted.", connectionsAccepted)
         o += "# HELP selm_connections_dropped_total Client connections closed by the server, by reason.\n# TYPE selm_connections_dropped_total counter\n"
         for reason in DropReason.allCases {
@@ -163,8 +163,8 @@ final class ServerMetrics {
                 live.tokenizerInputBytes)
         counter("selm_frames_received_total", "Frames received.", framesIn)
         counter("selm_frames_sent_total", "Frames sent.", framesOut)
-        counter("selm_received_bytes_total", "Bytes received from clients.", bytesIn)
-        counter("selm_sent_bytes_total", "Bytes sent to clients.", bytesOut)
+        counter("selm_received_bytes_total", "Bytes received from clients (socket protocol and HTTP API; metrics scrapes not counted).", bytesIn)
+        counter("selm_sent_bytes_total", "Bytes sent to clients (socket protocol and HTTP API; metrics scrapes not counted).", bytesOut)
         gauge("selm_uptime_seconds", "Seconds since the server started.", live.uptime)
         if !live.enginePrecision.isEmpty {
             o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16 or q8), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"

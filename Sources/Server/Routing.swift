@@ -166,7 +166,7 @@ extension SelmServer {
             f.liveVersions = 1
         }
         f.connections = connections.count
-        f.connectionObjects = Connection.live
+        f.connectionObjects = Connection.live - HTTPSession.liveMetrics  // a scrape does not count itself
         f.tokenizerInputBytes = encoder.meter.bytes
         f.uptime = Date().timeIntervalSince(startTime)
         return f
@@ -260,7 +260,7 @@ extension SelmServer {
     /// Generate and Score: the request is built (tokenized) on the thread pool, then submitted to the
     /// engine on the loop thread; its events come back through `drainEngine`, keyed by the engine's
     /// request id. A request cancelled meanwhile is submitted and cancelled at once.
-    private func runOnEngine<R: Sendable>(_ conn: Connection, id: UInt64, type: String,
+    func runOnEngine<R: Sendable>(_ conn: Connection, id: UInt64, type: String,
                                           _ build: @escaping @Sendable (PromptEncoder) throws(ServerError) -> R,
                                           submit: @escaping (GenerationEngine, R) throws -> RequestID) {
         guard let engine else {

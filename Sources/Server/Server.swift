@@ -19,6 +19,8 @@ public struct ServerConfiguration: Sendable {
     public var unixPath: String? = nil
     /// Prometheus endpoint "host:port" (`GET /metrics`), or nil.
     public var metrics: String? = nil
+    /// OpenAI-compatible HTTP API "host:port" (a bare port: 127.0.0.1), or nil for none (the default).
+    public var http: String? = nil
     /// Shared secret every connection must present in Hello, or nil for none. Never logged.
     public var authToken: String? = nil
     /// Largest frame body accepted (and sent).
@@ -92,11 +94,13 @@ public final class SelmServer: @unchecked Sendable {
     let startTime = Date()
     /// What the server listens on ("tcp 127.0.0.1:7070", "unix /path", "metrics 127.0.0.1:9090"),
     /// with the real ports when 0 was asked for. Set by `init`; read it from any thread after.
-    public private(set) var addresses: [String] = []
+    public internal(set) var addresses: [String] = []
     /// The TCP port bound (0 when not listening on TCP). Set by `init`; any thread after.
     public private(set) var tcpPort: Int = 0
     /// The metrics port bound (0 when none). Set by `init`; any thread after.
     public private(set) var metricsPort: Int = 0
+    /// The HTTP API port bound (0 when none). Set by `init`; any thread after.
+    public internal(set) var httpPort: Int = 0
 
     // MARK: Loop-confined state
 
@@ -117,7 +121,8 @@ public final class SelmServer: @unchecked Sendable {
     /// Rewrites server paths in error messages for clients (`send`).
     let pathScrubber: PathScrubber
     var loopClosed = false
-    var httpConnections: [UInt64: HTTPConnection] = [:]
+    /// Connections to the metrics endpoint (HTTP API connections are in `connections`).
+    var httpConnections: [UInt64: Connection] = [:]
     var nextConnectionID: UInt64 = 1
     /// Requests the engine runs → their connection and request (loop thread only).
     var engineRequests: [RequestID: (connection: Connection, request: Request)] = [:]
@@ -215,6 +220,7 @@ public final class SelmServer: @unchecked Sendable {
         if let tcp = config.tcp { try listenTCP(tcp) }
         if let path = config.unixPath { try listenUnix(path) }
         if let m = config.metrics { try listenMetrics(m) }
+        if let h = config.http { try listenHTTP(h) }
         if config.tcp == nil && config.unixPath == nil {
             throw ServerError.configuration(option: "--listen/--unix", reason: "nothing to listen on")
         }
@@ -298,7 +304,7 @@ public final class SelmServer: @unchecked Sendable {
         metricsListener = h
         var rc = withUnsafeBytes(of: &storage) { uv_tcp_bind(h, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), 0) }
         if rc == 0 {
-            rc = uv_listen(uvStream(h), 64) { s, status in server(of: uvHandle(s!)).acceptHTTP(s!, status: status) }
+            rc = uv_listen(uvStream(h), 64) { s, status in server(of: uvHandle(s!)).acceptHTTP(s!, status: status, endpoint: .metrics) }
         }
         guard rc == 0 else { throw ServerError.listen(address: "\(address) (--metrics)", reason: uvErrorText(rc)) }
         let bound = boundAddress(h)
@@ -455,6 +461,10 @@ public final class SelmServer: @unchecked Sendable {
     /// a time (under the pre-auth frame limit), so the frames after a Hello in the same read are
     /// judged by the full limit.
     func received(_ conn: Connection, _ bytes: UnsafeRawBufferPointer) {
+        if let h = conn.http {  // metrics scrapes are not client traffic
+            if h.endpoint == .api { metrics.bytesIn += UInt64(bytes.count) }
+            return httpReceived(conn, h, bytes)
+        }
         metrics.bytesIn += UInt64(bytes.count)
         var rest = bytes
         while !conn.closing {
@@ -512,6 +522,7 @@ public final class SelmServer: @unchecked Sendable {
             reply.message = scrubbed
             envelope.body = .error(reply)
         }
+        if let h = conn.http { return httpDeliver(conn, h, envelope) }
         var frame: [UInt8]
         do {
             frame = try Frame.encode(envelope, maxFrameBytes: config.maxFrameBytes)
@@ -519,8 +530,15 @@ public final class SelmServer: @unchecked Sendable {
             let reply = ErrorReply(code: .resourceExhausted, message: "the reply (\(envelope.body.name)) does not fit in a frame of \(config.maxFrameBytes) bytes")
             frame = try! Frame.encode(Envelope(id: envelope.id, body: .error(reply)))
         }
-        conn.output.append(contentsOf: frame)
         metrics.framesOut += 1
+        enqueue(conn, frame)
+    }
+
+    /// Loop thread: queues bytes on `conn` (frames, or an HTTP connection's response bytes); past
+    /// `maxOutputBytes` unwritten the connection is dropped.
+    func enqueue(_ conn: Connection, _ bytes: [UInt8]) {
+        guard !conn.closing else { return }
+        conn.output.append(contentsOf: bytes)
         if !conn.isDirty {
             conn.isDirty = true
             dirty.append(conn)
@@ -578,7 +596,7 @@ public final class SelmServer: @unchecked Sendable {
     /// Loop thread: a write request finished (status < 0: failed or cancelled by a close).
     func written(_ conn: Connection, bytes: Int, status: Int32) {
         conn.queuedBytes -= bytes
-        if status == 0 { metrics.bytesOut += UInt64(bytes) }
+        if status == 0 && conn.http?.endpoint != .metrics { metrics.bytesOut += UInt64(bytes) }
         if status < 0 {
             if !conn.closing { close(conn, reason: "write failed: \(uvErrorText(status))") }
             return
@@ -596,7 +614,7 @@ public final class SelmServer: @unchecked Sendable {
     /// after an error that ends the connection).
     func close(_ conn: Connection, reason: String, graceful: Bool = false) {
         guard !conn.closing else { return }
-        if config.verbose || graceful { serverLog("connection \(conn.id) (\(conn.peer)) closed: \(reason)") }
+        if config.verbose || (graceful && conn.http == nil) { serverLog("connection \(conn.id) (\(conn.peer)) closed: \(reason)") }
         stopReading(conn)
         for (_, request) in conn.requests {
             request.cancelled = true
@@ -609,6 +627,7 @@ public final class SelmServer: @unchecked Sendable {
         conn.requests.removeAll()
         connections[conn.id] = nil
         preAuth[conn.id] = nil
+        httpConnections[conn.id] = nil
         // Queued thread-pool jobs are dropped (their replies would have nowhere to go); running ones
         // finish and find the connection gone.
         conn.queuedWork.removeAll()
@@ -645,7 +664,7 @@ public final class SelmServer: @unchecked Sendable {
             metrics.countDrop(.helloTimeout)
             close(conn, reason: "no Hello within the deadline", graceful: true)
         }
-        for (_, h) in httpConnections where now - h.opened > 10 { closeHTTP(h) }
+        sweepHTTP(now: now)
         if state == .draining { checkDrained() }
     }
 
@@ -688,7 +707,7 @@ public final class SelmServer: @unchecked Sendable {
         state = .closing
         flushDirty()
         for (_, conn) in connections { close(conn, reason: "server shutting down", graceful: true) }
-        for (_, h) in httpConnections { closeHTTP(h) }
+        for (_, c) in httpConnections { close(c, reason: "server shutting down") }
         closeAllHandles(keepSignals: true)
     }
 

@@ -170,3 +170,23 @@ private func checkRelativePath(_ path: String, at field: String) throws(FieldErr
     if path.hasPrefix("/") { throw FieldError(field, "must be relative to the data directory") }
     if path.split(separator: "/").contains("..") { throw FieldError(field, "must not contain \"..\"") }
 }
+
+// MARK: - Requests built in memory
+
+extension GenerateRequest {
+    /// The checks the decoder applies to a decoded `GenerateRequest` — its prompts, its sampling
+    /// parameters, then its own rules (`n` 0 becomes 1) — for a request built in memory rather than
+    /// decoded: the server's OpenAI-compatible HTTP API builds one from JSON and checks it here, so
+    /// each rule stays written once. Any thread.
+    /// - Throws: `WireError.invalidField` (request id 0) naming the field by its proto path
+    ///   ("sampling.top_p", "prompts[0].messages.messages[1].role").
+    public mutating func check() throws(WireError) {
+        do throws(FieldError) {
+            for i in prompts.indices { try prompts[i].validate(at: "prompts[\(i)]") }
+            try sampling.validate(at: "sampling")
+            try validate(at: "")
+        } catch {
+            throw .invalidField(id: 0, field: error.field, reason: error.reason)
+        }
+    }
+}

@@ -11,7 +11,7 @@ import Server
 /// `selm serve`: the RPC server (see Sources/Server and Proto/README.md).
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets, learning online.",
+        abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets (and OpenAI's HTTP API with --http), learning online.",
         discussion: """
         Frames: a 4-byte big-endian length, then one protobuf selm.v1.Envelope (Proto/selm.proto). Clients send \
         Hello first (with the token of --auth-token-file when set). Preference batches are appended to \
@@ -37,6 +37,8 @@ struct Serve: ParsableCommand {
     var maxLiveVersions: Int = 3
     @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
     var metrics: String?
+    @Option(help: "Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health) at host:port; a bare port means 127.0.0.1. Off unless given.")
+    var http: String?
     @Option(help: "Largest frame accepted (and sent), bytes.")
     var maxFrameBytes: Int = 16 << 20
     @Option(help: "Reply bytes a client may leave unread: past half of it the server stops reading its requests, past all of it the connection is dropped.")
@@ -93,6 +95,7 @@ struct Serve: ParsableCommand {
         config.tcp = listen == "none" ? nil : listen
         config.unixPath = unix
         config.metrics = metrics
+        config.http = http
         config.maxFrameBytes = maxFrameBytes
         config.maxOutputBytes = maxOutputBytes
         config.maxRequestsInFlight = maxRequestsInFlight

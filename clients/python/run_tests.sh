@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Python client's tests against a real `selm serve`, in a throw-away venv:
-# python3 -m venv, pip install ./clients/python pytest (from PyPI), pytest.
+# python3 -m venv, pip install ./clients/python and tests/requirements.txt (pytest, openai; from PyPI), pytest.
 #
 #   clients/python/run_tests.sh [pytest arguments...]
 #
@@ -15,7 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
 # Installed from a copy, so the build leaves nothing (build/, *.egg-info) in the source tree.
 mkdir "$tmp/src"
 cp -r "$HERE/pyproject.toml" "$HERE/README.md" "$HERE/selm_client" "$tmp/src/"
-"$tmp/venv/bin/pip" install --quiet --disable-pip-version-check "$tmp/src" pytest
+"$tmp/venv/bin/pip" install --quiet --disable-pip-version-check "$tmp/src" -r "$HERE/tests/requirements.txt"
 cd "$HERE"
 # The venv's pytest (not `python -m pytest`, which would put this directory on sys.path): the tests
 # import the installed package.
