@@ -184,16 +184,25 @@ public final class GenerationEngine: @unchecked Sendable {
     /// Token ids of a prompt: with `chat`, `text` as one user message through the chat template
     /// (ending with the assistant turn's opening); otherwise the text itself (the rules of
     /// `PromptResponseEncoder`, which this calls).
-    /// - Throws: `EngineError.noChatTemplate` for `chat` without a template.
+    /// - Throws: `EngineError.noChatTemplate` for `chat` without a template;
+    ///   `EngineError.invalidRequest` (field `chat`) with the template's own message when it
+    ///   refuses the conversation or fails to render.
     /// Thread: any.
     public func encode(text: String, chat: Bool) throws -> [Int32] {
-        do { return try encoder.prompt(text: text, chat: chat) } catch { throw EngineError.noChatTemplate }
+        do { return try encoder.prompt(text: text, chat: chat) } catch { throw Self.chatError(error) }
     }
 
     /// Token ids of a conversation rendered by the chat template, ending with the assistant turn's
     /// opening. Thread: any.
     public func encode(messages: [ChatTurn]) throws -> [Int32] {
-        do { return try encoder.chat(messages) } catch { throw EngineError.noChatTemplate }
+        do { return try encoder.chat(messages) } catch { throw Self.chatError(error) }
+    }
+
+    /// An encoder error as the engine reports it: a missing template is `noChatTemplate`, anything
+    /// else (the template raised, or is not valid Jinja) keeps its message.
+    static func chatError(_ error: Error) -> EngineError {
+        if case TokenizerError.noChatTemplate? = error as? TokenizerError { return .noChatTemplate }
+        return .invalidRequest(field: "chat", reason: "\(error)")
     }
 
     /// The text → token ids rules shared with the server and the learner.
