@@ -338,6 +338,7 @@ public final class GenerationEngine: @unchecked Sendable {
         s.pendingVersion = versions.pendingVersion
         s.liveVersions = versions.liveVersions
         s.precision = precision
+        s.kvCachePrecision = kvCachePrecision
         s.snapshotBytes = snapshotBytes
         packLock.lock()
         (s.publishPacks, s.lastPublishPackSeconds, s.publishPackSecondsTotal) = (packs.count, packs.last, packs.total)

@@ -5,14 +5,17 @@ public enum StopReason: String, Sendable, Codable {
     case eos, stop, length, cancelled
 }
 
-/// One prompt, one sample, generated token by token with a contiguous KV cache. What `selm
-/// generate` runs; the scheduler serves many of these at once.
+/// One prompt, one sample, generated token by token. What `selm generate` runs; the scheduler
+/// serves many of these at once. Its KV cache is the engine's, in the precision the engine uses
+/// with this model unless told otherwise, so it computes what `selm serve` computes.
 public final class SingleSequenceGenerator {
     public let model: LlamaModel
+    public let kvCachePrecision: KVCachePrecision
     private let acts: Activations
 
-    public init(model: LlamaModel) {
+    public init(model: LlamaModel, kvCachePrecision: KVCachePrecision? = nil) {
         self.model = model
+        self.kvCachePrecision = kvCachePrecision ?? .default(for: model.precision)
         self.acts = Activations(config: model.config)
     }
 
@@ -34,12 +37,12 @@ public final class SingleSequenceGenerator {
             throw ModelError.badInput(field: "prompt", reason: "\(prompt.count) tokens leave no room in the context of \(c.contextLength)")
         }
         let capacity = min(c.contextLength, prompt.count + params.maxTokens)
-        let kv = ContiguousKVStore(config: c, slots: 1, capacity: capacity)
+        let (kv, slot) = PagedKVCache.single(config: c, capacity: capacity, precision: kvCachePrecision)
         var sampler = Sampler(params: params, rng: RandomSource(mixing: [params.seed ?? UInt64.random(in: 0...UInt64.max), 0]),
                               prompt: prompt)
         var out = Output()
         var batch = ForwardBatch()
-        batch.append(prompt, startPos: 0, slot: 0, logits: .last)
+        batch.append(prompt, startPos: 0, slot: slot, logits: .last)
         var pos = prompt.count
         while true {
             let logits = try model.forward(batch, kv: kv, acts: acts)
@@ -51,7 +54,7 @@ public final class SingleSequenceGenerator {
             if !onToken(tok, lp) { out.finishReason = .stop; break }
             if out.ids.count >= params.maxTokens || pos >= capacity { out.finishReason = .length; break }
             batch = ForwardBatch()
-            batch.append([tok], startPos: pos, slot: 0, logits: .last)
+            batch.append([tok], startPos: pos, slot: slot, logits: .last)
             pos += 1
         }
         return out

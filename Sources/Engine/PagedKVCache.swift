@@ -85,6 +85,16 @@ final class PagedKVCache: KVStore {
         kRaw.deallocate(); vRaw.deallocate(); gatherK.deallocate(); gatherV.deallocate()
     }
 
+    /// A cache for one sequence of up to `capacity` positions, and its slot: what the offline
+    /// tools (`SingleSequenceGenerator`, the precision contract) run on, so they compute what the
+    /// engine computes in the same precisions.
+    static func single(config: LlamaConfig, capacity: Int, precision: KVCachePrecision) -> (cache: PagedKVCache, slot: Int) {
+        let bs = 16
+        let cache = PagedKVCache(config: config, blockSize: bs, blockCount: max(1, (capacity + bs - 1) / bs), precision: precision)
+        let slot = cache.openSlot(cache.allocate(cache.blockCount)!)
+        return (cache, slot)
+    }
+
     /// Blocks held by sequences (not counting those only the prefix cache holds).
     var usedCount: Int { blockCount - freeCount - evictableCount }
 

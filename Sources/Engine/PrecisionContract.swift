@@ -26,12 +26,13 @@ public enum PrecisionContract {
     ]
 
     /// log p(ids[i] | ids[..<i]) for i in 1 ..< ids.count under `model`, computed in chunks of
-    /// `chunk` tokens over a contiguous KV store (what the engine's paged cache computes too).
+    /// `chunk` tokens over the engine's paged KV cache in the precision the engine would use with
+    /// this model (`KVCachePrecision.default(for:)`; f16 for the compact precisions).
     /// Thread: any (the model is read only).
     public static func tokenLogProbs(_ model: LlamaModel, ids: [Int32], chunk: Int = 128) throws -> [Float] {
         let c = model.config
         precondition(ids.count >= 2 && ids.count <= c.contextLength, "1 < \(ids.count) ≤ context \(c.contextLength)")
-        let kv = ContiguousKVStore(config: c, slots: 1, capacity: ids.count)
+        let (kv, slot) = PagedKVCache.single(config: c, capacity: ids.count, precision: .default(for: model.precision))
         let acts = Activations(config: c)
         var out: [Float] = []
         out.reserveCapacity(ids.count - 1)
@@ -39,7 +40,7 @@ public enum PrecisionContract {
         while start < ids.count - 1 {
             let n = min(chunk, ids.count - 1 - start)
             var batch = ForwardBatch()
-            batch.append(Array(ids[start..<start + n]), startPos: start, slot: 0, logits: .all)
+            batch.append(Array(ids[start..<start + n]), startPos: start, slot: slot, logits: .all)
             let logits = try model.forward(batch, kv: kv, acts: acts)
             for i in 0..<n {
                 out.append(logProbability(of: ids[start + i + 1], logits: logits + i * c.vocabSize, vocab: c.vocabSize))

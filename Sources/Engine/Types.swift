@@ -307,6 +307,8 @@ public struct EngineStatus: Sendable {
     public var sampleSeconds: Double
     /// The precision the engine serves in (every log-prob and score it returns is computed in it).
     public var precision: EnginePrecision = .f32
+    /// What the KV cache holds keys and values in.
+    public var kvCachePrecision: KVCachePrecision = .f32
     /// Bytes of weights one snapshot (version) holds in that precision.
     public var snapshotBytes: Int = 0
     /// Publications prepared (packed, or copied for f32) by `publish`, on the publishing thread;

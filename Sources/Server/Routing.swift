@@ -159,6 +159,7 @@ extension SelmServer {
             f.liveVersions = s.liveVersions.count
             f.enginePrecision = s.precision.rawValue
             f.snapshotBytes = s.snapshotBytes
+            f.kvCachePrecision = s.kvCachePrecision.rawValue
             f.publishPacks = s.publishPacks
             f.lastPublishPackSeconds = s.lastPublishPackSeconds
             f.publishPackSecondsTotal = s.publishPackSecondsTotal

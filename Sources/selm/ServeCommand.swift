@@ -33,6 +33,10 @@ struct Serve: ParsableCommand {
     var dataDir: String = "selm-data"
     @Option(help: "Paged KV cache size, MB.")
     var kvCacheMb: Int = 512
+    @Option(help: "What the KV cache holds keys and values in: auto (f32 for --engine-precision f32, bit for bit; f16 for bf16 and q8: half the memory per token, attention read in place on both cores), f32 or f16.")
+    var kvCachePrecision: String = "auto"
+    @Option(help: "Tokens one engine step carries while sequences are decoding (decodes first, then chunks of waiting prompts); lower keeps inter-token latency lower under admission, higher admits faster. ≥ 1.")
+    var decodingStepTokens: Int = EngineConfig().decodingStepTokens
     @Option(help: "Weight versions kept alive at once (each a full copy of the weights); a publication beyond it retires the version cheapest to give up: its sequences move to the newest version (re-prefilled), requests pinned to it end with NOT_FOUND. ≥ 1.")
     var maxLiveVersions: Int = 3
     @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
@@ -73,6 +77,10 @@ struct Serve: ParsableCommand {
     @OptionGroup var optimizerOptions: OptimizerOptions
 
     func validate() throws {
+        if kvCachePrecision != "auto" && KVCachePrecision(rawValue: kvCachePrecision) == nil {
+            throw ValidationError("--kv-cache-precision: expected auto, f32 or f16")
+        }
+        if decodingStepTokens < 1 { throw ValidationError("--decoding-step-tokens: must be ≥ 1") }
         if maxFrameBytes < 1024 || maxFrameBytes > Int(UInt32.max) { throw ValidationError("--max-frame-bytes: must be in [1024, 2^32-1]") }
         if maxOutputBytes < 2 * maxFrameBytes { throw ValidationError("--max-output-bytes: must be at least twice --max-frame-bytes") }
         if maxRequestsInFlight < 1 { throw ValidationError("--max-requests-in-flight: must be ≥ 1") }
@@ -158,7 +166,8 @@ struct Serve: ParsableCommand {
             engineModel = try precisionOptions.inferenceModel(bundle.model)
             bundle.replaceModel(engineModel)
         }
-        note("selm serve: engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), "
+        note("selm serve: engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision), "
+             + "decoding steps carry ≤ \(decodingStepTokens) tokens, "
              + String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
              + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : ""))
         var engine: GenerationEngine? = nil
@@ -166,6 +175,8 @@ struct Serve: ParsableCommand {
             var ec = EngineConfig()
             ec.kvCacheMB = Double(kvCacheMb)
             ec.maxLiveVersions = maxLiveVersions
+            ec.kvCachePrecision = KVCachePrecision(rawValue: kvCachePrecision)   // nil for auto
+            ec.decodingStepTokens = decodingStepTokens
             // Numbers never go back across restarts: the resumed weights keep theirs only when no
             // later version was issued (DATA/version), else the next number.
             let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)

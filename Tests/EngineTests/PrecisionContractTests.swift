@@ -55,7 +55,6 @@ final class PrecisionContractTests: XCTestCase {
         let q8 = try LlamaModel.inference(from: base.weights, precision: .q8)
         var config = EngineConfig()
         config.kvCacheMB = 1
-        config.kvCachePrecision = .f32   // compared with the offline generator's f32 cache
         let engine = try GenerationEngine(model: q8, tokenizer: Fixtures.tinyTokenizer, config: config)
         XCTAssertEqual(engine.precision, .q8)
         XCTAssertEqual(engine.status().precision, .q8)
@@ -100,7 +99,6 @@ final class PrecisionContractTests: XCTestCase {
         for precision in [EnginePrecision.f32, .q8] {
             var config = EngineConfig()
             config.kvCacheMB = 1
-        config.kvCachePrecision = .f32   // compared with the offline generator's f32 cache
             let engine = try GenerationEngine(model: LlamaModel.inference(from: base.weights, precision: precision),
                                               tokenizer: Fixtures.tinyTokenizer, config: config)
             let live = Fixtures.perturbed(base, seed: 5)
