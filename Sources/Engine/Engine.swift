@@ -273,7 +273,10 @@ public final class GenerationEngine: @unchecked Sendable {
             throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
         }
         let model: LlamaModel
-        do { model = try LlamaModel.inference(from: weights, precision: precision) } catch {
+        let pacing = config.publishPackSlice > 0 && precision != .f32
+            ? PackPacing(slice: config.publishPackSlice, pause: config.publishPackPause, busy: { [weak self] in self?.isBusy ?? false })
+            : nil
+        do { model = try LlamaModel.inference(from: weights, precision: precision, pacing: pacing) } catch {
             throw EngineError.incompatibleWeights(reason: "cannot be served in \(precision): \(error)")
         }
         packLock.lock()
@@ -282,6 +285,12 @@ public final class GenerationEngine: @unchecked Sendable {
         packs.total += model.packSeconds
         packLock.unlock()
         return model
+    }
+
+    /// Whether requests are admitted and unfinished (a publisher's packing yields to them).
+    var isBusy: Bool {
+        inboxCond.lock(); defer { inboxCond.unlock() }
+        return !activeIDs.isEmpty
     }
 
     /// Sets how `publish(weights:learnerStep:metrics:)` numbers publications: given the newest

@@ -55,6 +55,13 @@ public struct EngineConfig: Sendable, Equatable {
     /// Threads that sample the tokens of one step in parallel (each sample's draw is independent
     /// of the others, so results do not depend on it). 1 keeps all work on the step thread.
     public var samplingThreads: Int = min(2, ProcessInfo.processInfo.activeProcessorCount)
+    /// A publication's compact copy is made in slices of this many seconds of packing, with a
+    /// pause of `publishPackPause` between them while requests are running (`PackPacing`): each
+    /// engine step loses at most one slice to the publisher instead of running at half speed for
+    /// the whole packing. 0 = pack in one pass. The f32 copy is not paced.
+    public var publishPackSlice: Double = 0.008
+    /// The pause between two slices of a paced publication, seconds.
+    public var publishPackPause: Double = 0.016
     /// What the KV cache holds keys and values in; nil = `KVCachePrecision.default(for:)` of the
     /// engine's precision (f32 for the f32 engine, f16 for the compact ones).
     public var kvCachePrecision: KVCachePrecision? = nil

@@ -211,14 +211,22 @@ final class CompactStore: @unchecked Sendable {
     /// Fills the store from f32 weights on the calling thread only: packs every linear weight, copies
     /// the embedding table and norms. Reads `w` during the call only. Returns the number of q8
     /// blocks that could not be represented (non-finite or out of range: their scale is NaN).
-    func fill(from w: ParameterSet) -> Int {
+    func fill(from w: ParameterSet, pacing: PackPacing? = nil) -> Int {
         let c = w.config
         var bad = 0
+        // Row ranges of at most `rows` (a multiple of every panel height), pacing between them.
+        let rows = 2048
         func pack(_ i: Int, _ src: UnsafeMutablePointer<Float>) {
             let n = Int(mats[i].N), k = Int(mats[i].K)
-            let r = ck_pack_f32(mats + i, src, k, 0, Int32(n))
-            precondition(r >= 0, "ck_pack_f32 refused a whole matrix")
-            bad += r
+            var r0 = 0
+            while r0 < n {
+                let r1 = min(n, r0 + rows)
+                let r = ck_pack_f32(mats + i, src, k, Int32(r0), Int32(r1))
+                precondition(r >= 0, "ck_pack_f32 refused a row range")
+                bad += r
+                r0 = r1
+                pacing?.tick()
+            }
         }
         for (l, p) in w.layers.enumerated() {
             let b = 7 * l
@@ -257,6 +265,45 @@ final class CompactStore: @unchecked Sendable {
     }
 }
 
+/// How a publisher's packing yields the cores to a busy engine: it packs in slices of about
+/// `slice` seconds and, while `busy()` says the engine has work, pauses `pause` seconds between
+/// them with its compute share released (`kernels_compute_exit`), so that under `adaptive` sharing
+/// only the steps overlapping a slice run their products on one thread, and each loses at most a
+/// slice. Nil or `slice` ≤ 0: one pass, no pauses. The packing's own time excludes the pauses.
+public final class PackPacing: @unchecked Sendable {
+    public let slice: Double
+    public let pause: Double
+    public let busy: @Sendable () -> Bool
+    private var sliceStart: UInt64 = 0
+    /// Seconds paused so far (subtracted from the packing's own time), and how many pauses.
+    public private(set) var paused: Double = 0
+    public private(set) var pauses = 0
+
+    public init(slice: Double, pause: Double, busy: @escaping @Sendable () -> Bool) {
+        self.slice = slice; self.pause = pause; self.busy = busy
+    }
+
+    func start() { sliceStart = DispatchTime.now().uptimeNanoseconds; paused = 0; pauses = 0 }
+
+    /// Between two pieces of work: pauses when the slice is used up and the engine is busy.
+    func tick() {
+        guard slice > 0 else { return }
+        let now = DispatchTime.now().uptimeNanoseconds
+        guard Double(now - sliceStart) * 1e-9 >= slice else { return }
+        if pause > 0 && busy() {
+            kernels_compute_exit()
+            Thread.sleep(forTimeInterval: pause)
+            kernels_compute_enter()
+            let after = DispatchTime.now().uptimeNanoseconds
+            paused += Double(after - now) * 1e-9
+            pauses += 1
+            sliceStart = after
+        } else {
+            sliceStart = now
+        }
+    }
+}
+
 extension LlamaModel {
     /// An inference model in `precision` made from `weights`, on the calling thread only: for f32 a
     /// copy of them (products bit-for-bit the learner's forward), for bf16/q8 the packed linear
@@ -266,7 +313,9 @@ extension LlamaModel {
     /// (`kernels_compute_enter`).
     /// - Throws: `ModelError.badInput` when the compact storage cannot be allocated, or when q8
     ///   blocks hold a NaN/Inf or a value beyond float16 scales (`field: "weights"`).
-    public static func inference(from weights: ParameterSet, precision: EnginePrecision) throws -> LlamaModel {
+    /// With `pacing`, a compact copy is made in slices that leave the cores to a busy engine
+    /// (`PackPacing`); `packSeconds` then counts the packing only, not the pauses.
+    public static func inference(from weights: ParameterSet, precision: EnginePrecision, pacing: PackPacing? = nil) throws -> LlamaModel {
         let t0 = DispatchTime.now().uptimeNanoseconds
         // Packing is compute on this thread (the publisher's: the learner's core): under adaptive
         // sharing the engine's products run on one thread meanwhile, as while the learner computes.
@@ -278,12 +327,13 @@ extension LlamaModel {
             return m
         }
         let store = try CompactStore(config: weights.config, precision: precision)
-        let bad = store.fill(from: weights)
+        pacing?.start()
+        let bad = store.fill(from: weights, pacing: pacing)
         guard bad == 0 else {
             throw ModelError.badInput(field: "weights", reason: "\(bad) blocks of 32 weights are non-finite or beyond the \(precision) scale range")
         }
         let m = LlamaModel(compact: store, config: weights.config)
-        m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 - (pacing?.paused ?? 0)
         return m
     }
 }
