@@ -32,6 +32,12 @@ final class CheckpointDTypeTests: XCTestCase {
 
     func bits(_ w: ParameterSet) -> [UInt32] { (0 ..< w.count).map { w.data[$0].bitPattern } }
 
+    /// Bitwise equality, reporting the first difference (not two whole arrays).
+    func assertSameBits(_ a: [UInt32], _ b: [UInt32], _ what: String, line: UInt = #line) {
+        guard let i = zip(a, b).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset ?? (a.count == b.count ? nil : min(a.count, b.count)) else { return }
+        XCTFail("\(what): differs at element \(i) of \(a.count) (\(i < a.count ? String(format: "%08x", a[i]) : "-") vs \(i < b.count ? String(format: "%08x", b[i]) : "-"))", line: line)
+    }
+
     func state(_ t: Trainer) -> TrainerState {
         TrainerState(step: t.step, optimizerSteps: t.optimizer.step, skippedSteps: t.skippedSteps, options: t.options,
                      schedule: t.schedule, referenceKind: t.reference.kind, referenceGeneration: t.reference.generation,
@@ -112,16 +118,16 @@ final class CheckpointDTypeTests: XCTestCase {
         for d in ["bf16", "f32"] {
             let (t, st) = try Checkpoint.resume(from: root + "/" + d, policy: LlamaModel.load(path: Self.fixture), reference: nil,
                                                 options: options(), schedule: schedule)
-            XCTAssertEqual(bits(t.policy.weights), saved, "\(d): the resumed weights are the f32 master weights")
-            XCTAssertEqual(bits(t.optimizer.m), bits(learner.optimizer.m), d)
-            XCTAssertEqual(bits(t.reference.model.weights), bits(learner.reference.model.weights), d)
+            assertSameBits(bits(t.policy.weights), saved, "\(d): the resumed weights are the f32 master weights")
+            assertSameBits(bits(t.optimizer.m), bits(learner.optimizer.m), "\(d): exp_avg")
+            assertSameBits(bits(t.reference.model.weights), bits(learner.reference.model.weights), "\(d): reference")
             XCTAssertEqual(st.step, 4)
             runs.append(t)
         }
         for k in 4 ..< 7 { for t in runs { _ = try t.step(batch(k)) } }
-        XCTAssertEqual(bits(runs[1].policy.weights), bits(runs[0].policy.weights), "resumed from bf16 == never stopped")
-        XCTAssertEqual(bits(runs[2].policy.weights), bits(runs[0].policy.weights), "resumed from f32 == never stopped")
-        XCTAssertEqual(bits(runs[1].optimizer.v), bits(runs[0].optimizer.v))
+        assertSameBits(bits(runs[1].policy.weights), bits(runs[0].policy.weights), "resumed from bf16 vs never stopped")
+        assertSameBits(bits(runs[2].policy.weights), bits(runs[0].policy.weights), "resumed from f32 vs never stopped")
+        assertSameBits(bits(runs[1].optimizer.v), bits(runs[0].optimizer.v), "exp_avg_sq after 3 more steps")
     }
 
     /// The size estimate covers a BF16 checkpoint and stays close to it.
@@ -207,7 +213,7 @@ final class CheckpointDTypeTests: XCTestCase {
         let (t, st) = try Checkpoint.resume(from: root + "/old", policy: LlamaModel.load(path: Self.fixture), reference: nil,
                                             options: options(), schedule: schedule)
         XCTAssertEqual(st.step, 1)
-        XCTAssertEqual(bits(t.policy.weights), bits(learner.policy.weights))
+        assertSameBits(bits(t.policy.weights), bits(learner.policy.weights), "legacy resume")
         XCTAssertNil(TrainingLog.load(fromCheckpoint: root + "/old"), "the old file is not in the HF layout")
     }
 }
