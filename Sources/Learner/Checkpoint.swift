@@ -240,10 +240,12 @@ extension Checkpoint {
     /// The name of the automatic checkpoint of `step` ("step-120").
     public static func automaticName(step: Int) -> String { "step-\(step)" }
 
-    /// The step of an automatic checkpoint name ("step-120" → 120), nil for any other name.
-    public static func automaticStep(of name: String) -> Int? {
-        guard name.hasPrefix("step-"), name.count > 5, name.dropFirst(5).allSatisfy(\.isASCIIDigit) else { return nil }
-        return Int(name.dropFirst(5))
+    /// The step of an automatic checkpoint name ("step-120" → 120; with `series` "checkpoint-",
+    /// `selm train`'s "checkpoint-120"), nil for any other name.
+    public static func automaticStep(of name: String, series: String = "step-") -> Int? {
+        let n = series.count
+        guard name.hasPrefix(series), name.count > n, name.dropFirst(n).allSatisfy(\.isASCIIDigit) else { return nil }
+        return Int(name.dropFirst(n))
     }
 
     /// What a checkpoint of `learner` will take on disk, bytes: the policy (model.safetensors, 4 or
@@ -324,12 +326,13 @@ extension Checkpoint {
         return nil
     }
 
-    /// Removes the oldest automatic checkpoints (`step-N` directories holding a checkpoint) in `root`
-    /// beyond the newest `keep`, never `protecting` (the one `latest` names). Other names are never
-    /// touched. `keep` 0 keeps everything. Returns the names removed and their sizes.
-    public static func prune(in root: String, keep: Int, protecting: String?) -> [(name: String, bytes: Int64)] {
+    /// Removes the oldest automatic checkpoints (`step-N` directories holding a checkpoint; `series`
+    /// names another prefix, `selm train`'s "checkpoint-") in `root` beyond the newest `keep`, never
+    /// `protecting` (the one `latest` names) — each a whole directory, whatever files it holds. Other
+    /// names are never touched. `keep` 0 keeps everything. Returns the names removed and their sizes.
+    public static func prune(in root: String, keep: Int, protecting: String?, series prefix: String = "step-") -> [(name: String, bytes: Int64)] {
         guard keep > 0, let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
-        let series = names.compactMap { n in automaticStep(of: n).map { (name: n, step: $0) } }
+        let series = names.compactMap { n in automaticStep(of: n, series: prefix).map { (name: n, step: $0) } }
             .filter { isCheckpoint(root + "/" + $0.name) }
             .sorted { $0.step > $1.step }
         var removed: [(String, Int64)] = []

@@ -81,11 +81,14 @@ struct Train: ParsableCommand {
     @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
     @Flag(help: "Do not write model.gguf into checkpoints.") var noGguf = false
     @Option(help: checkpointDTypeHelp) var checkpointDtype: String = "f32"
+    @Option(help: "Keep the newest N checkpoint-<step> directories, removing older ones after each save (final is never removed); 0 = keep all.")
+    var keepCheckpoints: Int = 0
 
     func validate() throws {
         _ = try opt.options(loss: lossOptions.config(), epochs: epochs)
         if saveEvery < 0 { throw ValidationError("--save-every: must be ≥ 0") }
         _ = try parseCheckpointDType(checkpointDtype)
+        if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
     }
 
     func run() throws {
@@ -171,6 +174,9 @@ struct Train: ParsableCommand {
                     let dir = out + "/checkpoint-\(report.step)"
                     try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras, log: log)
                     note("saved \(dir)")
+                    for (n, bytes) in Checkpoint.prune(in: out, keep: keepCheckpoints, protecting: nil, series: "checkpoint-") {
+                        note("removed \(out)/\(n) (\(byteText(bytes))), beyond --keep-checkpoints \(keepCheckpoints)")
+                    }
                 }
             }
             epoch += 1; nextMicro = 0

@@ -66,4 +66,25 @@ extension CLITests {
             }
         }
     }
+
+    /// `selm train --keep-checkpoints N` keeps the newest N `checkpoint-<step>` directories after
+    /// each save, whole (every file of a BF16 checkpoint), never `final` nor other names.
+    func testTrainKeepCheckpointsPrunesOldestWholeDirectories() throws {
+        let dir = try tempDir()
+        let data = dir.appendingPathComponent("pairs.jsonl")
+        try writePairs((0 ..< 10).map { i in ["prompt_ids": [30 + i, 40], "chosen_ids": [10, 11], "rejected_ids": [20, 21]] }, to: data)
+        let out = dir.appendingPathComponent("out").path
+        try FileManager.default.createDirectory(atPath: out + "/checkpoint-notes", withIntermediateDirectories: true)
+        let r = try run(["train", "--model", Self.modelFixtures.appendingPathComponent("tiny-tied").path, "--data", data.path,
+                         "--out", out, "--batch-size", "2", "--save-every", "1", "--keep-checkpoints", "2", "--checkpoint-dtype", "bf16"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(),
+                       ["checkpoint-3", "checkpoint-4", "checkpoint-notes", "final", "metrics.jsonl"])
+        XCTAssertTrue(r.stderr.contains("removed \(out)/checkpoint-1"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("removed \(out)/checkpoint-2"), r.stderr)
+        let bad = try run(["train", "--model", Self.modelFixtures.appendingPathComponent("tiny-tied").path, "--data", data.path,
+                           "--out", out, "--keep-checkpoints=-1"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--keep-checkpoints: must be ≥ 0"), bad.stderr)
+    }
 }
