@@ -56,4 +56,25 @@ extension OnlineLearningTests {
         XCTAssertEqual(st.log_history.map { $0["step"] ?? nil }, [1, 2, 3, 4], "the history runs across the restart")
         XCTAssertTrue(st.log_history.allSatisfy { ($0["loss"] ?? nil) != nil && ($0["rewards/margins"] ?? nil) != nil })
     }
+
+    /// `RefreshWeights` from a BF16 checkpoint hands the learner the checkpoint's f32 master weights
+    /// (BF16 + residual), not the rounded BF16 ones: a checkpoint saved right after holds them exactly.
+    func testRefreshFromBF16CheckpointAdoptsTheMasterWeights() throws {
+        let dir = try temporaryDirectory()
+        let (s, c) = try start(dir, ["--lr", "2e-3", "--batch-size", "2", "--max-wait-seconds", "0", "--checkpoint-every", "0",
+                                     "--checkpoint-dtype", "bf16"])
+        _ = try c.submitPreferences(try Self.rows(c, count: 2))
+        try waitFor("one learner step") { try c.status().learnerStep == 1 }
+        _ = try c.saveCheckpoint(name: "a")
+        _ = try c.refreshWeights(checkpoint: "checkpoints/a")
+        _ = try c.saveCheckpoint(name: "b")
+        c.close()
+        XCTAssertEqual(s.stop(), 0, s.log)
+        let a = try Checkpoint.loadWeights(from: dir + "/checkpoints/a").weights
+        let b = try Checkpoint.loadWeights(from: dir + "/checkpoints/b").weights
+        let rounded = try LlamaModel.load(huggingFaceDirectory: dir + "/checkpoints/a").weights
+        XCTAssertTrue((0 ..< a.count).contains { a.data[$0] != rounded.data[$0] }, "the master weights are not all BF16 values")
+        let diff = (0 ..< a.count).first { a.data[$0].bitPattern != b.data[$0].bitPattern }
+        XCTAssertNil(diff, "the refreshed learner holds other weights than checkpoint a's master weights (element \(diff ?? -1))")
+    }
 }
