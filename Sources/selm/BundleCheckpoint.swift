@@ -15,7 +15,7 @@ extension ModelBundle {
 /// The help of `--checkpoint-dtype` (`selm serve` and `selm train`).
 let checkpointDTypeHelp: ArgumentHelp = """
     Dtype of a checkpoint's model.safetensors and model.gguf: f32 (the trained weights exactly) or bf16 \
-    (half the bytes; 1-D norm weights stay F32 in the GGUF). The optimizer state stays F32 and a bf16 \
+    (model files at half the size; 1-D norm weights stay F32 in the GGUF). The optimizer state stays F32 and a bf16 \
     checkpoint keeps each weight's low 16 bits beside it, so resuming is exact either way.
     """
 
