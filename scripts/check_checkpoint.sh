@@ -3,7 +3,10 @@
 # scripts/reference/checkpoint.py trains a checkpoint of the tiny fixture model and one of SmolLM2
 # (two optimizer steps each) and compares transformers' logits — from the checkpoint's Hugging Face
 # directory and from its GGUF — with `selm logits` on the same tokens; with llama-cpp-python in the
-# venv, llama.cpp's logits of the GGUF too. Any mismatch or setup error exits non-zero.
+# venv, llama.cpp's logits of the GGUF too. Each model is trained twice, with --checkpoint-dtype f32
+# and bf16: the BF16 checkpoint's files (gguf-py's reader, transformers) are checked the same way and
+# against the F32 one's logits within BF16's tolerance, and every trainer_state.json must load with
+# transformers.TrainerState.load_from_json. Any mismatch or setup error exits non-zero.
 #
 # The Python side runs in a venv cached outside the repository, keyed by the hash of
 # scripts/reference/requirements.txt: ${SELM_CACHE:-~/.cache/selm-server}/venv-<hash>. A missing

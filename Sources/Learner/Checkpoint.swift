@@ -42,9 +42,13 @@ public struct TrainerState: Codable, Sendable, Equatable {
 }
 
 /// Checkpoint directories: `config.json` + `model.safetensors` (a Hugging Face directory
-/// transformers loads), optionally `model.gguf` (F32, loads in this project and llama.cpp),
-/// `optimizer.safetensors` (AdamW moments under `exp_avg.<name>` / `exp_avg_sq.<name>`),
-/// `reference.safetensors` when the reference is a refreshed snapshot, and `trainer_state.json`.
+/// transformers loads; F32, or BF16 with `Extras.dtype`), optionally `model.gguf` (the same dtype,
+/// loads in this project and llama.cpp), `optimizer.safetensors` (F32 AdamW moments under
+/// `exp_avg.<name>` / `exp_avg_sq.<name>`; in a BF16 checkpoint also the I16
+/// `master_residual.<name>` that turn the BF16 weights back into the f32 master weights,
+/// `BF16Split`), `reference.safetensors` (F32) when the reference is a refreshed snapshot,
+/// `selm_state.json` (the resume state, `TrainerState`) and `trainer_state.json` (the Hugging Face
+/// Trainer's layout, `TrainingLog`).
 /// The directory is assembled under a temporary name and renamed into place, each file fsynced, so
 /// a crash never leaves a half-written checkpoint under the final name.
 public enum Checkpoint {
@@ -56,22 +60,35 @@ public enum Checkpoint {
         public var writeGGUF: Bool
         /// Extra files for the HF directory (e.g. tokenizer.json).
         public var files: [String: Data]
+        /// The dtype of `model.safetensors` and `model.gguf` (`--checkpoint-dtype`); the optimizer
+        /// state stays F32 and resuming is exact either way.
+        public var dtype: CheckpointDType
         public init(bosTokenId: Int? = nil, eosTokenId: Int? = nil, ggufMetadata: [(String, GGUFFile.Value)] = [],
-                    writeGGUF: Bool = true, files: [String: Data] = [:]) {
+                    writeGGUF: Bool = true, files: [String: Data] = [:], dtype: CheckpointDType = .f32) {
             self.bosTokenId = bosTokenId; self.eosTokenId = eosTokenId; self.ggufMetadata = ggufMetadata
-            self.writeGGUF = writeGGUF; self.files = files
+            self.writeGGUF = writeGGUF; self.files = files; self.dtype = dtype
         }
     }
 
-    public static let stateFile = "trainer_state.json"
+    /// The resume state (`TrainerState`). Checkpoints written before it existed hold that state in
+    /// `trainer_state.json` (`legacyStateFile`), which `loadState` still reads.
+    public static let stateFile = "selm_state.json"
+    /// The Hugging Face Trainer's state file (`TrainingLog`), written with every checkpoint.
+    public static let huggingFaceStateFile = "trainer_state.json"
+    /// Where checkpoints before `selm_state.json` kept the resume state.
+    public static let legacyStateFile = "trainer_state.json"
+    /// The tensor-name prefix of the residuals in a BF16 checkpoint's `optimizer.safetensors`.
+    public static let residualPrefix = "master_residual."
     /// Suffixes of the temporary names a save uses next to its directory (`NAME.partial-PID` while
     /// writing, `NAME.old-PID` for the checkpoint it replaces); never valid checkpoint names.
     public static let temporarySuffixes = [".partial-", ".old-"]
 
     /// Writes a complete checkpoint of `learner` to `directory`, replacing an older checkpoint there.
+    /// `log` becomes `trainer_state.json` (its `global_step` is `state.step`).
     /// - Throws: `CheckpointError.notACheckpoint` when `directory` exists and is not a checkpoint
-    ///   directory (no `trainer_state.json`, or a symbolic link): a save never deletes anything else.
-    public static func save(_ learner: Trainer, state: TrainerState, to directory: String, extras: Extras) throws {
+    ///   directory (`isCheckpoint`), or is a symbolic link: a save never deletes anything else.
+    public static func save(_ learner: Trainer, state: TrainerState, to directory: String, extras: Extras,
+                            log: TrainingLog = TrainingLog()) throws {
         let fm = FileManager.default
         if pathExists(directory) && !isCheckpoint(directory) { throw CheckpointError.notACheckpoint(path: directory) }
         let tmp = directory + ".partial-\(getpid())"
@@ -79,16 +96,19 @@ public enum Checkpoint {
         do {
             try fm.createDirectory(atPath: tmp, withIntermediateDirectories: true)
             try learner.policy.saveHuggingFace(directory: tmp, bosTokenId: extras.bosTokenId, eosTokenId: extras.eosTokenId,
-                                               extraFiles: extras.files)
+                                               extraFiles: extras.files, dtype: extras.dtype)
             if extras.writeGGUF {
                 try learner.policy.saveGGUF(path: tmp + "/model.gguf", name: "selm checkpoint step \(state.step)",
-                                            metadata: extras.ggufMetadata)
+                                            metadata: extras.ggufMetadata, dtype: extras.dtype)
             }
-            var moments: [(name: String, shape: [Int], data: UnsafePointer<Float>)] = []
-            for t in learner.optimizer.m.namedTensors { moments.append(("exp_avg." + t.name, t.shape, t.data)) }
-            for t in learner.optimizer.v.namedTensors { moments.append(("exp_avg_sq." + t.name, t.shape, t.data)) }
-            try writeSafetensors(path: tmp + "/optimizer.safetensors", tensors: moments,
-                                 metadata: ["step": String(learner.optimizer.step)])
+            var moments: [(name: String, shape: [Int], data: UnsafePointer<Float>, encoding: TensorEncoding)] = []
+            for t in learner.optimizer.m.namedTensors { moments.append(("exp_avg." + t.name, t.shape, t.data, .f32)) }
+            for t in learner.optimizer.v.namedTensors { moments.append(("exp_avg_sq." + t.name, t.shape, t.data, .f32)) }
+            if extras.dtype == .bf16 {
+                for t in learner.policy.weights.namedTensors { moments.append((residualPrefix + t.name, t.shape, t.data, .bf16Residual)) }
+            }
+            try writeSafetensors(path: tmp + "/optimizer.safetensors", encoded: moments,
+                                 metadata: ["step": String(learner.optimizer.step), "weights": extras.dtype.rawValue])
             var st = state
             st.referenceGeneration = learner.reference.generation
             st.referenceKind = learner.reference.kind
@@ -101,6 +121,7 @@ public enum Checkpoint {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             try writeDurably(path: tmp + "/" + stateFile, data: try enc.encode(st))
+            try writeDurably(path: tmp + "/" + huggingFaceStateFile, data: try log.huggingFaceJSON(globalStep: state.step))
             try syncDirectory(of: tmp + "/x")
             if pathExists(directory) {
                 // A crash between the two renames leaves NAME.old-PID and no NAME: the next start
@@ -120,9 +141,10 @@ public enum Checkpoint {
         }
     }
 
-    /// Reads `trainer_state.json`.
+    /// Reads `selm_state.json` (or, in a checkpoint written before it, `trainer_state.json`).
     public static func loadState(from directory: String) throws -> TrainerState {
-        let path = directory + "/" + stateFile
+        var path = directory + "/" + stateFile
+        if !pathExists(path) && pathExists(directory + "/" + legacyStateFile) { path = directory + "/" + legacyStateFile }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw LearnerError.badCheckpoint(path: directory, reason: "no \(stateFile): not a training checkpoint")
         }
@@ -204,34 +226,45 @@ public func byteText(_ n: Int64) -> String {
 /// system calls on the calling thread (the learner's, or the server's at start).
 extension Checkpoint {
     /// Whether `directory` is a checkpoint this project wrote: a real directory (not a link)
-    /// holding `trainer_state.json`.
+    /// holding `selm_state.json`, or `trainer_state.json` (a checkpoint written before
+    /// `selm_state.json` existed) as a regular file.
     public static func isCheckpoint(_ directory: String) -> Bool {
         var st = stat()
         guard lstat(directory, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
-        return lstat(directory + "/" + stateFile, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        for f in [stateFile, legacyStateFile] where lstat(directory + "/" + f, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG {
+            return true
+        }
+        return false
     }
 
     /// The name of the automatic checkpoint of `step` ("step-120").
     public static func automaticName(step: Int) -> String { "step-\(step)" }
 
-    /// The step of an automatic checkpoint name ("step-120" → 120), nil for any other name.
-    public static func automaticStep(of name: String) -> Int? {
-        guard name.hasPrefix("step-"), name.count > 5, name.dropFirst(5).allSatisfy(\.isASCIIDigit) else { return nil }
-        return Int(name.dropFirst(5))
+    /// The step of an automatic checkpoint name ("step-120" → 120; with `series` "checkpoint-",
+    /// `selm train`'s "checkpoint-120"), nil for any other name.
+    public static func automaticStep(of name: String, series: String = "step-") -> Int? {
+        let n = series.count
+        guard name.hasPrefix(series), name.count > n, name.dropFirst(n).allSatisfy(\.isASCIIDigit) else { return nil }
+        return Int(name.dropFirst(n))
     }
 
-    /// What a checkpoint of `learner` will take on disk, bytes: the policy (model.safetensors), the
-    /// two AdamW moments, the reference once it was refreshed, model.gguf when written, the extra
-    /// files and their GGUF copy, plus 1 MiB of headers; at least `previous`'s size (the last
+    /// What a checkpoint of `learner` will take on disk, bytes: the policy (model.safetensors, 4 or
+    /// 2 bytes a weight), the two F32 AdamW moments (+ the 2-byte master residuals of a BF16
+    /// checkpoint), the F32 reference once it was refreshed, model.gguf when written (at most 4 or 2
+    /// bytes a weight), the extra files and their GGUF copy, plus 1 MiB of headers and the state
+    /// files (`trainer_state.json` grows by ~0.6 kB a step); at least `previous`'s size (the last
     /// checkpoint, when there is one).
     public static func estimatedBytes(of learner: Trainer, extras: Extras, previous: String? = nil) -> Int64 {
-        let tensor = Int64(learner.policy.weights.count) * 4
-        var n = tensor * 3
+        let count = Int64(learner.policy.weights.count)
+        let tensor = count * 4
+        let model = count * Int64(extras.dtype.bytesPerElement)
+        var n = model + tensor * 2
+        if extras.dtype == .bf16 { n += count * 2 }
         if learner.reference.generation > 0 { n += tensor }
         let files = Int64(extras.files.values.reduce(0) { $0 + $1.count })
         n += files
-        if extras.writeGGUF { n += tensor + files }
-        n += 1 << 20
+        if extras.writeGGUF { n += model + files }
+        n += (1 << 20) + Int64(learner.step) * 1024
         if let previous { n = max(n, diskBytes(at: previous)) }
         return n
     }
@@ -293,12 +326,13 @@ extension Checkpoint {
         return nil
     }
 
-    /// Removes the oldest automatic checkpoints (`step-N` directories holding a checkpoint) in `root`
-    /// beyond the newest `keep`, never `protecting` (the one `latest` names). Other names are never
-    /// touched. `keep` 0 keeps everything. Returns the names removed and their sizes.
-    public static func prune(in root: String, keep: Int, protecting: String?) -> [(name: String, bytes: Int64)] {
+    /// Removes the oldest automatic checkpoints (`step-N` directories holding a checkpoint; `series`
+    /// names another prefix, `selm train`'s "checkpoint-") in `root` beyond the newest `keep`, never
+    /// `protecting` (the one `latest` names) — each a whole directory, whatever files it holds. Other
+    /// names are never touched. `keep` 0 keeps everything. Returns the names removed and their sizes.
+    public static func prune(in root: String, keep: Int, protecting: String?, series prefix: String = "step-") -> [(name: String, bytes: Int64)] {
         guard keep > 0, let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
-        let series = names.compactMap { n in automaticStep(of: n).map { (name: n, step: $0) } }
+        let series = names.compactMap { n in automaticStep(of: n, series: prefix).map { (name: n, step: $0) } }
             .filter { isCheckpoint(root + "/" + $0.name) }
             .sorted { $0.step > $1.step }
         var removed: [(String, Int64)] = []

@@ -104,6 +104,9 @@ public final class OnlineLearner: @unchecked Sendable {
 
     /// Optimizer steps taken since the last checkpoint (or the start).
     public var stepsSinceCheckpoint: Int { learner.step - checkpointStep }
+    /// The run's history, written as each checkpoint's `trainer_state.json`. Set (e.g. continued
+    /// from the resumed checkpoint's) before `start`; the learner thread's afterwards.
+    public var log: TrainingLog
     /// Called on the learner thread after every checkpoint saved and every pruning (the server
     /// refreshes its disk-usage figures).
     public var didChangeCheckpoints: (@Sendable () -> Void)?
@@ -131,6 +134,7 @@ public final class OnlineLearner: @unchecked Sendable {
         lastVersion = startVersion
         checkpointStep = learner.step
         publishedStep = learner.step
+        log = TrainingLog(maxSteps: options.totalSteps, trainBatchSize: options.training.batchSize, saveSteps: options.checkpointEvery)
         statusCache = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: start.sequence,
                                    consumedRows: start.rows, pendingRows: 0, metrics: [:], lastPublishedVersion: startVersion,
                                    stepsPerMinute: 0)
@@ -210,7 +214,7 @@ public final class OnlineLearner: @unchecked Sendable {
                                  schedule: learner.schedule, referenceKind: learner.reference.kind,
                                  referenceGeneration: learner.reference.generation, baseModel: baseModel,
                                  referenceModel: nil, policyVersion: version, lastMetrics: lastMetrics)
-        try Checkpoint.save(learner, state: state, to: directory, extras: extras)
+        try Checkpoint.save(learner, state: state, to: directory, extras: extras, log: log)
         checkpointStep = learner.step
         try writeDurably(path: checkpointRoot + "/latest", data: Data((name + "\n").utf8))
         for (n, bytes) in Checkpoint.prune(in: checkpointRoot, keep: options.keepCheckpoints, protecting: name) {
@@ -311,6 +315,7 @@ public final class OnlineLearner: @unchecked Sendable {
         }
         fetchedSequences.removeAll { $0 <= consumed.sequence }
         lastMetrics = report.metrics
+        log.record(step: learner.step, epoch: nil, metrics: report.metrics, tokens: report.tokens)
         stepTimes.append(Date())
         if stepTimes.count > 20 { stepTimes.removeFirst() }
         if options.publishEvery > 0 && learner.step % options.publishEvery == 0 {

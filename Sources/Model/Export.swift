@@ -2,8 +2,8 @@ import DurableFile
 import Foundation
 
 extension LlamaConfig {
-    /// transformers' `config.json` for this blueprint (LlamaForCausalLM, float32).
-    public func huggingFaceConfigJSON(bosTokenId: Int?, eosTokenId: Int?) -> [String: Any] {
+    /// transformers' `config.json` for this blueprint (LlamaForCausalLM, `dtype` float32 or bfloat16).
+    public func huggingFaceConfigJSON(bosTokenId: Int?, eosTokenId: Int?, dtype: CheckpointDType = .f32) -> [String: Any] {
         var d: [String: Any] = [
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
             "hidden_size": dim, "intermediate_size": hiddenDim, "num_hidden_layers": nLayers,
@@ -11,7 +11,7 @@ extension LlamaConfig {
             "vocab_size": vocabSize, "max_position_embeddings": contextLength,
             "rope_theta": Double(ropeTheta), "rms_norm_eps": Double(rmsEps),
             "tie_word_embeddings": tiedEmbeddings, "hidden_act": "silu",
-            "attention_bias": false, "mlp_bias": false, "torch_dtype": "float32", "use_cache": true,
+            "attention_bias": false, "mlp_bias": false, "torch_dtype": dtype.torchName, "use_cache": true,
         ]
         if let b = bosTokenId { d["bos_token_id"] = b }
         if let e = eosTokenId { d["eos_token_id"] = e }
@@ -48,12 +48,15 @@ extension ParameterSet {
 
 extension LlamaModel {
     /// Writes a Hugging Face directory transformers loads: `config.json` and `model.safetensors`
-    /// (F32, HF tensor names; no `lm_head.weight` when tied). Each file is written durably.
-    public func saveHuggingFace(directory: String, bosTokenId: Int?, eosTokenId: Int?, extraFiles: [String: Data] = [:]) throws {
+    /// (`dtype`: F32, or BF16 rounded by `BF16Split`; HF tensor names; no `lm_head.weight` when
+    /// tied). Each file is written durably.
+    public func saveHuggingFace(directory: String, bosTokenId: Int?, eosTokenId: Int?, extraFiles: [String: Data] = [:],
+                                dtype: CheckpointDType = .f32) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try writeSafetensors(path: directory + "/model.safetensors", tensors: weights.namedTensors,
+        let encoding: TensorEncoding = dtype == .f32 ? .f32 : .bf16
+        try writeSafetensors(path: directory + "/model.safetensors", encoded: weights.namedTensors.map { ($0.name, $0.shape, $0.data, encoding) },
                              metadata: ["format": "pt"])
-        let json = try JSONSerialization.data(withJSONObject: config.huggingFaceConfigJSON(bosTokenId: bosTokenId, eosTokenId: eosTokenId),
+        let json = try JSONSerialization.data(withJSONObject: config.huggingFaceConfigJSON(bosTokenId: bosTokenId, eosTokenId: eosTokenId, dtype: dtype),
                                               options: [.prettyPrinted, .sortedKeys])
         try modelIO {
             try writeDurably(path: directory + "/config.json", data: json)
@@ -63,9 +66,12 @@ extension LlamaModel {
 
     /// Writes a GGUF v3 file with F32 tensors under llama.cpp's names (Q and K rows permuted back to
     /// llama.cpp's RoPE layout) and `metadata` (e.g. the source's `tokenizer.*` keys) after the
-    /// model's own `llama.*` keys.
-    public func saveGGUF(path: String, name: String, metadata: [(String, GGUFFile.Value)]) throws {
+    /// model's own `llama.*` keys. With `dtype` `.bf16` the matrices are BF16 (the same values as a
+    /// BF16 `model.safetensors`) and the 1-D norm weights stay F32, as llama.cpp's converter does
+    /// (`general.file_type` 32, MOSTLY_BF16).
+    public func saveGGUF(path: String, name: String, metadata: [(String, GGUFFile.Value)], dtype: CheckpointDType = .f32) throws {
         var md = config.ggufMetadata
+        if dtype == .bf16, let i = md.firstIndex(where: { $0.0 == "general.file_type" }) { md[i].1 = .uint(32) }
         md.append(("general.name", .string(name)))
         let own = Set(md.map { $0.0 })
         md += metadata.filter { !own.contains($0.0) && $0.0 != "general.alignment" }
@@ -83,7 +89,8 @@ extension LlamaModel {
                 owned.append(tmp)
                 src = UnsafePointer(tmp)
             }
-            tensors.append(.init(name: LlamaConfig.ggufName(e.name), dims: e.shape.reversed(), data: src))
+            tensors.append(.init(name: LlamaConfig.ggufName(e.name), dims: e.shape.reversed(), data: src,
+                                 type: dtype == .bf16 && e.shape.count > 1 ? .bf16 : .f32))
         }
         try GGUFWriter.write(path: path, metadata: md, tensors: tensors)
     }

@@ -1,14 +1,18 @@
 import DurableFile
-/// Writes GGUF v3 files with F32 tensors (durably: temp name, fsync, rename).
+/// Writes GGUF v3 files with F32 or BF16 tensors (durably: temp name, fsync, rename).
 public enum GGUFWriter {
     /// A tensor to write: `dims` in GGUF order (contiguous dimension first).
     public struct Tensor {
         public var name: String
         public var dims: [Int]
         public var data: UnsafePointer<Float>
-        public init(name: String, dims: [Int], data: UnsafePointer<Float>) {
-            self.name = name; self.dims = dims; self.data = data
+        /// `.f32`, or `.bf16` (converted while writing, `BF16Split.bf16`).
+        public var type: GGMLType
+        public init(name: String, dims: [Int], data: UnsafePointer<Float>, type: GGMLType = .f32) {
+            precondition(type == .f32 || type == .bf16, "GGUFWriter writes F32 or BF16 tensors")
+            self.name = name; self.dims = dims; self.data = data; self.type = type
         }
+        var encoding: TensorEncoding { type == .bf16 ? .bf16 : .f32 }
     }
 
     public static let alignment = 32
@@ -32,14 +36,14 @@ public enum GGUFWriter {
             try writeString(w, t.name)
             try w.write(le: UInt32(t.dims.count))
             for d in t.dims { try w.write(le: UInt64(d)) }
-            try w.write(le: GGMLType.f32.rawValue)
+            try w.write(le: t.type.rawValue)
             try w.write(le: UInt64(offset))
-            offset += align(t.dims.reduce(1, *) * 4)
+            offset += align(t.dims.reduce(1, *) * t.encoding.bytesPerElement)
         }
         try pad(w)
         for t in tensors {
             let n = t.dims.reduce(1, *)
-            try w.write(floats: t.data, count: n)
+            try t.encoding.write(t.data, count: n, to: w)
             try pad(w)
         }
         try w.commit()

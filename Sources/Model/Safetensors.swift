@@ -401,6 +401,13 @@ public final class SafetensorsDirectory: @unchecked Sendable {
 /// - Thread: any; the pointers must stay valid for the call.
 public func writeSafetensors(path: String, tensors: [(name: String, shape: [Int], data: UnsafePointer<Float>)],
                              metadata: [String: String] = [:]) throws {
+    try writeSafetensors(path: path, encoded: tensors.map { ($0.name, $0.shape, $0.data, .f32) }, metadata: metadata)
+}
+
+/// `writeSafetensors` with each tensor stored as its `encoding` says: `F32`, `BF16`
+/// (`BF16Split.bf16`) or `I16` (`BF16Split.residual`), converted while writing.
+public func writeSafetensors(path: String, encoded tensors: [(name: String, shape: [Int], data: UnsafePointer<Float>, encoding: TensorEncoding)],
+                             metadata: [String: String] = [:]) throws {
     var seen = Set<String>()
     var header = "{"
     var first = true
@@ -427,10 +434,10 @@ public func writeSafetensors(path: String, tensors: [(name: String, shape: [Int]
             }
             count = p
         }
-        let bytes = count * MemoryLayout<Float>.size
+        let bytes = count * t.encoding.bytesPerElement
         if !first { header += "," }
         first = false
-        header += "\(jsonString(t.name)):{\"dtype\":\"F32\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+        header += "\(jsonString(t.name)):{\"dtype\":\"\(t.encoding.safetensorsDType)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(offset),\(offset + bytes)]}"
         offset += bytes
         sizes.append(bytes)
     }
@@ -443,7 +450,7 @@ public func writeSafetensors(path: String, tensors: [(name: String, shape: [Int]
         try w.write(le: UInt64(headerBytes.count))
         try w.write(headerBytes)
         for (t, bytes) in zip(tensors, sizes) where bytes > 0 {
-            try w.write(UnsafeRawBufferPointer(start: t.data, count: bytes))
+            try t.encoding.write(t.data, count: bytes / t.encoding.bytesPerElement, to: w)
         }
         try w.commit()
     }

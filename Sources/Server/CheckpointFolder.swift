@@ -24,7 +24,7 @@ extension DataDirectory {
     /// the `latest` pointer or anything outside the folder.
     /// - Throws: `ServerError.refused` (field `field`) — `INVALID_ARGUMENT` for a bad or reserved
     ///   name, or when `checkpoints/NAME` exists and is not a checkpoint directory (a real directory
-    ///   holding `trainer_state.json`): nothing a save
+    ///   holding `selm_state.json`, or `trainer_state.json` from older saves): nothing a save
     ///   did not create is ever replaced; `PERMISSION_DENIED` when `checkpoints` leads outside.
     public func checkpointDirectory(named raw: String, field: String) throws(ServerError) -> String {
         let prefix = Self.checkpointsFolder + "/"
@@ -51,13 +51,9 @@ extension DataDirectory {
         return dir
     }
 
-    /// A real directory (not a link) holding the learner's state file (`Checkpoint.stateFile`):
+    /// A real directory (not a link) holding the learner's state file (`Checkpoint.isCheckpoint`):
     /// what the server's data directory counts and lets a save replace.
-    public static func isCheckpointDirectory(_ dir: String) -> Bool {
-        var st = stat()
-        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else { return false }
-        return lstat(dir + "/" + Checkpoint.stateFile, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
-    }
+    public static func isCheckpointDirectory(_ dir: String) -> Bool { Checkpoint.isCheckpoint(dir) }
 
     /// Cleans `checkpoints/` after saves a crash interrupted (`Checkpoint.recoverInterruptedSaves`).
     /// Call at start, after the preference log is open (its lock proves no other server uses the

@@ -70,7 +70,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
     static func latestDirectory(root: String) -> String? {
         guard let s = OnlineLearner.latestName(root: root) else { return nil }
         let dir = s.hasPrefix("/") ? s : root + "/" + s
-        return FileManager.default.fileExists(atPath: dir + "/" + Checkpoint.stateFile) ? dir : nil
+        return [Checkpoint.stateFile, Checkpoint.legacyStateFile].contains { FileManager.default.fileExists(atPath: dir + "/" + $0) } ? dir : nil
     }
 
     public func start(_ context: LearnerContext) throws {
@@ -81,6 +81,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
             publish: { weights, metrics, step in publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics) })
         let usage = dataDirectory.usage
         online.didChangeCheckpoints = { usage.refreshInBackground() }
+        if let dir = resumedFrom, let prior = TrainingLog.load(fromCheckpoint: dir) { online.log.continue(from: prior, upTo: learner.step) }
         lock.lock(); self.online = online; lock.unlock()
         online.start()
     }

@@ -514,7 +514,7 @@ func loadCheckpointWeights(_ path: String, expected: LlamaConfig, shownAs: Strin
     do {
         if isDir.boolValue {
             if FileManager.default.fileExists(atPath: path + "/config.json") {
-                model = try LlamaModel.load(huggingFaceDirectory: path)
+                model = try Checkpoint.loadWeights(from: path)  // a BF16 checkpoint's f32 master weights
             } else if FileManager.default.fileExists(atPath: path + "/model.gguf") {
                 model = try LlamaModel.load(path: path + "/model.gguf")
             } else {

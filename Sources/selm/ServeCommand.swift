@@ -63,6 +63,8 @@ struct Serve: ParsableCommand {
     var checkpointEvery: Int = 20
     @Option(help: "Keep the newest N automatic checkpoints (checkpoints/step-N); older ones are removed after each save, never the one checkpoints/latest names nor client-named ones. 0 = keep all.")
     var keepCheckpoints: Int = 3
+    @Option(help: checkpointDTypeHelp)
+    var checkpointDtype: String = "f32"
     @Option(help: "Linear learning-rate warm-up, optimizer steps.")
     var warmupSteps: Int = 0
     @Option(help: "Horizon of the cosine schedule in optimizer steps; 0 = constant after warm-up (an online run has no known end).")
@@ -93,6 +95,7 @@ struct Serve: ParsableCommand {
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
+        _ = try parseCheckpointDType(checkpointDtype)
         if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
         _ = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
     }
@@ -147,7 +150,7 @@ struct Serve: ParsableCommand {
             do { refModel = try ref.map { try LlamaModel.load(path: $0) } } catch { throw CLIError.failed("cannot load --ref", error) }
             if let refModel, let ref { try requireFinite(refModel, option: "--ref", path: ref) }
             let control = try OnlineLearnerControl(policy: bundle.model, reference: refModel, options: online,
-                                                   dataDirectory: dataDirectory, extras: bundle.checkpointExtras(),
+                                                   dataDirectory: dataDirectory, extras: bundle.checkpointExtras(dtype: try parseCheckpointDType(checkpointDtype)),
                                                    baseModel: bundle.path)
             if let r = control.resumedFrom {
                 note("selm serve: learner resumed from \(r) at step \(control.learner.step)"

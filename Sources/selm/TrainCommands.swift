@@ -80,10 +80,15 @@ struct Train: ParsableCommand {
     @Option(help: "Save a checkpoint every N optimizer steps (0 = only at the end).") var saveEvery: Int = 0
     @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
     @Flag(help: "Do not write model.gguf into checkpoints.") var noGguf = false
+    @Option(help: checkpointDTypeHelp) var checkpointDtype: String = "f32"
+    @Option(help: "Keep the newest N checkpoint-<step> directories, removing older ones after each save (final is never removed); 0 = keep all.")
+    var keepCheckpoints: Int = 0
 
     func validate() throws {
         _ = try opt.options(loss: lossOptions.config(), epochs: epochs)
         if saveEvery < 0 { throw ValidationError("--save-every: must be ≥ 0") }
+        _ = try parseCheckpointDType(checkpointDtype)
+        if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
     }
 
     func run() throws {
@@ -101,6 +106,7 @@ struct Train: ParsableCommand {
         }
         var schedule = LRSchedule(kind: options.schedule, baseLR: options.learningRate, warmupRatio: options.warmupRatio, totalSteps: total)
         var epoch = 0, nextMicro = 0
+        var log = TrainingLog(maxSteps: total, numTrainEpochs: epochs, trainBatchSize: options.batchSize, saveSteps: saveEvery)
         let learner: Trainer
         if let r = resume {
             let state: TrainerState
@@ -113,6 +119,7 @@ struct Train: ParsableCommand {
             }
             schedule = state.schedule
             epoch = state.epoch; nextMicro = state.nextMicroBatch
+            if let prior = TrainingLog.load(fromCheckpoint: r) { log.continue(from: prior, upTo: state.step) }
             note("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
         } else {
             learner = try Trainer(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
@@ -139,7 +146,7 @@ struct Train: ParsableCommand {
         let t0 = Date()
         var tokensDone = 0
         var last: [String: Double] = [:]
-        let extras = bundle.checkpointExtras(writeGGUF: !noGguf)   // the same for every checkpoint of the run
+        let extras = bundle.checkpointExtras(writeGGUF: !noGguf, dtype: try parseCheckpointDType(checkpointDtype))   // the same for every checkpoint of the run
         while epoch < epochs {
             let order = epochOrder(count: pairs.count, seed: options.seed, epoch: epoch)
             let micro = stride(from: 0, to: order.count, by: options.batchSize).map { Array(order[$0 ..< min($0 + options.batchSize, order.count)]) }
@@ -149,6 +156,7 @@ struct Train: ParsableCommand {
                 nextMicro += group.count
                 tokensDone += report.tokens
                 last = report.metrics
+                log.record(step: report.step, epoch: Double(epoch) + Double(nextMicro) / Double(micro.count), metrics: report.metrics, tokens: report.tokens)
                 let elapsed = Date().timeIntervalSince(t0)
                 let rate = Double(tokensDone) / elapsed
                 let remaining = Double(total - report.step) * report.seconds
@@ -164,14 +172,17 @@ struct Train: ParsableCommand {
                             report.applied ? "" : "  (skipped: non-finite loss or gradient)"))
                 if saveEvery > 0 && report.step % saveEvery == 0 && report.step < total {
                     let dir = out + "/checkpoint-\(report.step)"
-                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras)
+                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras, log: log)
                     note("saved \(dir)")
+                    for (n, bytes) in Checkpoint.prune(in: out, keep: keepCheckpoints, protecting: nil, series: "checkpoint-") {
+                        note("removed \(out)/\(n) (\(byteText(bytes))), beyond --keep-checkpoints \(keepCheckpoints)")
+                    }
                 }
             }
             epoch += 1; nextMicro = 0
         }
         let dir = out + "/final"
-        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: extras)
+        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: extras, log: log)
         try metricsFile.synchronize()
         note("saved \(dir) after \(formatDuration(Date().timeIntervalSince(t0)))")
     }

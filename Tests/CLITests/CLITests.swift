@@ -201,7 +201,7 @@ final class CLITests: XCTestCase {
         let g = try LlamaModel.load(gguf: GGUFFile(path: full + "/final/model.gguf"))
         XCTAssertEqual(Array(UnsafeBufferPointer(start: g.weights.data, count: g.weights.count)),
                        Array(UnsafeBufferPointer(start: w1.weights.data, count: w1.weights.count)))
-        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: full + "/final/trainer_state.json"))) as! [String: Any]
+        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: full + "/final/selm_state.json"))) as! [String: Any]
         XCTAssertEqual(state["step"] as? Int, 6)
         XCTAssertEqual(state["referenceGeneration"] as? Int, 3)
     }

@@ -19,7 +19,15 @@ writes DIR/final; then
   KV cache and must agree within the same tolerance;
 - for SmolLM2 (whose tokenizer files are written from the GGUF's metadata) transformers'
   `AutoTokenizer` loads the checkpoint and must tokenize the SmolLM2 corpus
-  (Tests/TokenizerTests/Fixtures/smollm2_encode.json) and a rendered chat exactly as `selm` does.
+  (Tests/TokenizerTests/Fixtures/smollm2_encode.json) and a rendered chat exactly as `selm` does;
+- `transformers.TrainerState.load_from_json` loads the checkpoint's `trainer_state.json`, whose
+  `global_step` and `log_history` (one entry per step) must equal `metrics.jsonl`;
+- the same training again with `--checkpoint-dtype bf16`: model.safetensors must be all BF16 and
+  config.json say bfloat16; gguf-py's `GGUFReader` reads model.gguf (matrices BF16, norms F32, each
+  matrix equal to the safetensors tensor bit for bit); transformers' and `selm logits`' logits of
+  both files agree within `TOLERANCE` (the same BF16 weights, computed in f32), and are within
+  `BF16_TOLERANCE` of the F32 checkpoint's (what BF16 rounding of the weights costs). The sizes of
+  both checkpoints' files are printed.
 
 Prints one line per comparison and exits 1 on any mismatch or error. Environment: SELM_BIN (default
 .build/debug/selm), SELM_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf)."""
@@ -42,6 +50,8 @@ SMOL = pathlib.Path(os.environ.get("SELM_MODEL", str(ROOT / "models" / "SmolLM2-
 TINY = ROOT / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
 # Worst observed: 3.8e-6 (SmolLM2, HF and GGUF), 2.7e-6 (llama.cpp); 1e-6 on the tiny model.
 TOLERANCE = 2e-5
+# BF16 weights against the F32 checkpoint of the same run (worst observed: see the printed line).
+BF16_TOLERANCE = 5e-2
 
 torch.set_num_threads(2)
 
@@ -76,19 +86,99 @@ def transformers_logits(ck, ids, gguf=False):
         return m(torch.tensor([ids])).logits[0].float().numpy()
 
 
+def train(name, source, data_rows, work, train_args, dtype):
+    """`selm train` for two steps with `--checkpoint-dtype dtype`; returns (checkpoint, run dir)."""
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
+    run = work / f"run-{dtype}"
+    t = time.time()
+    selm("train", "--model", source, "--data", data, "--out", run, "--warmup-ratio", "0",
+         "--schedule", "constant", "--batch-size", "2", "--checkpoint-dtype", dtype, *train_args)
+    print(f"{name}: selm train --checkpoint-dtype {dtype} took {time.time() - t:.1f} s")
+    return run / "final", run
+
+
+def check_trainer_state(name, ck, run):
+    """transformers' TrainerState loads trainer_state.json; its history is metrics.jsonl's."""
+    from transformers import TrainerState
+    failures = []
+    st = TrainerState.load_from_json(str(ck / "trainer_state.json"))
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    same = st.global_step == len(metrics) == len(st.log_history) and all(
+        h["step"] == m["step"] and all(h[k] == m[k] for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                                               "rewards/accuracies", "logps/chosen", "logps/rejected",
+                                                               "learning_rate", "grad_norm"))
+        for h, m in zip(st.log_history, metrics))
+    print(f"{name}: transformers.TrainerState.load_from_json: global_step {st.global_step}, "
+          f"{len(st.log_history)} log_history entries, {'equal to' if same else 'DIFFERENT from'} metrics.jsonl")
+    if not same:
+        failures.append(f"{name}: trainer_state.json's global_step/log_history differ from metrics.jsonl")
+    return failures
+
+
+def sizes(ck):
+    return {f.name: f.stat().st_size for f in sorted(ck.iterdir()) if f.suffix in (".safetensors", ".gguf")}
+
+
+def check_bf16(name, source, data_rows, ids, work, train_args, f32_logits, f32_ck):
+    """The same training with --checkpoint-dtype bf16: the files, their readers, their logits."""
+    import gguf
+    from safetensors.numpy import load_file
+    failures = []
+    ck, run = train(name, source, data_rows, work, train_args, "bf16")
+    config = json.loads((ck / "config.json").read_text())
+    with open(ck / "model.safetensors", "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    if dtypes != {"BF16"} or config.get("torch_dtype") != "bfloat16":
+        failures.append(f"{name} bf16: model.safetensors dtypes {dtypes}, config torch_dtype {config.get('torch_dtype')}")
+    # gguf-py reads the GGUF: matrices BF16 holding the safetensors' bits, norms F32.
+    reader = gguf.GGUFReader(str(ck / "model.gguf"))
+    kinds = {}
+    for t in reader.tensors:
+        kinds.setdefault(t.tensor_type.name, []).append(t.name)
+        if len(t.shape) > 1 and t.tensor_type != gguf.GGMLQuantizationType.BF16:
+            failures.append(f"{name} bf16: GGUF tensor {t.name} is {t.tensor_type.name}, expected BF16")
+        if len(t.shape) == 1 and t.tensor_type != gguf.GGMLQuantizationType.F32:
+            failures.append(f"{name} bf16: GGUF norm {t.name} is {t.tensor_type.name}, expected F32")
+    embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    st_bits = np.frombuffer(open(ck / "model.safetensors", "rb").read(), dtype=np.uint8)
+    off = 8 + int.from_bytes(st_bits[:8].tobytes(), "little")
+    b, e = header["model.embed_tokens.weight"]["data_offsets"]
+    if not np.array_equal(np.asarray(embd.data).view(np.uint16).ravel(), st_bits[off + b:off + e].view(np.uint16)):
+        failures.append(f"{name} bf16: the GGUF's token_embd.weight differs from model.safetensors' embed_tokens")
+    print(f"{name} bf16: gguf-py GGUFReader reads model.gguf: " + ", ".join(f"{len(v)} {k}" for k, v in sorted(kinds.items())))
+    logits = {}
+    for label, path, is_gguf in [("hf", ck, False), ("gguf", ck / "model.gguf", True)]:
+        mine = logits[label] = selm_logits(path, ids, work / f"bf16-{label}.f32")
+        err = relative_error(mine, transformers_logits(ck, ids, is_gguf))
+        ok = err <= TOLERANCE
+        print(f"{name} bf16 {label}: transformers vs selm logits, relative error {err:.2e} (limit {TOLERANCE:g}) "
+              f"{'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            failures.append(f"{name} bf16 {label}: transformers' logits differ from selm's by {err:.2e}")
+        err = relative_error(mine, f32_logits)
+        ok = err <= BF16_TOLERANCE
+        print(f"{name} bf16 {label}: vs the F32 checkpoint's logits, relative error {err:.2e} (limit {BF16_TOLERANCE:g}) "
+              f"{'ok' if ok else 'MISMATCH'}")
+        if not ok:
+            failures.append(f"{name} bf16 {label}: BF16 logits differ from the F32 checkpoint's by {err:.2e}")
+    failures += check_trainer_state(f"{name} bf16", ck, run)
+    for label, c in [("f32", f32_ck), ("bf16", ck)]:
+        s = sizes(c)
+        print(f"{name} {label} checkpoint: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in s.items())
+              + f"; total {sum(f.stat().st_size for f in c.iterdir()) / 1e6:.1f} MB")
+    return failures
+
+
 def check_model(name, source, data_rows, ids, tmp, train_args):
     """Trains `source` for two steps and compares the checkpoint's logits; returns the failures."""
     failures = []
     work = tmp / name
     work.mkdir()
-    data = work / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
-    t = time.time()
-    selm("train", "--model", source, "--data", data, "--out", work / "run", "--warmup-ratio", "0",
-         "--schedule", "constant", "--batch-size", "2", *train_args)
-    ck = work / "run" / "final"
-    steps = len((work / "run" / "metrics.jsonl").read_text().splitlines())
-    print(f"{name}: selm train took {steps} steps in {time.time() - t:.1f} s")
+    ck, run = train(name, source, data_rows, work, train_args, "f32")
+    steps = len((run / "metrics.jsonl").read_text().splitlines())
+    print(f"{name}: selm train took {steps} steps")
     if steps != 2:
         failures.append(f"{name}: expected 2 training steps, metrics.jsonl has {steps}")
     start = selm_logits(source, ids, work / "start.f32")
@@ -127,6 +217,8 @@ def check_model(name, source, data_rows, ids, tmp, train_args):
               f"relative error {err:.2e} {'ok' if ok else 'MISMATCH'}")
         if not ok:
             failures.append(f"{name} gguf: llama.cpp's logits differ from selm's by {err:.2e}")
+    failures += check_trainer_state(name, ck, run)
+    failures += check_bf16(name, source, data_rows, ids, work, train_args, logits["hf"], ck)
     return ck, failures
 
 
