@@ -2,6 +2,7 @@
 // IEEE half conversions, and causal grouped-query attention that reads each sequence's keys and
 // values through its block table, split over the compact pool's threads by (sequence, KV group).
 #include "compact_impl.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -128,6 +129,29 @@ static inline const uint16_t *pa_row(const uint16_t *base, const int32_t *table,
     return base + ((size_t)table[j / bs] * bs + (size_t)(j % bs)) * kvDim + (size_t)g * hd;
 }
 
+/// Walks a sequence's rows in order without a division per row: `at` is row j of group g.
+typedef struct { const uint16_t *base, *at; const int32_t *table; int bs, kvDim, off, blk; size_t blockElems; } pa_cursor;
+
+static inline void pa_cursor_init(pa_cursor *q, const uint16_t *base, const int32_t *table, int bs, int kvDim, int g, int hd) {
+    q->base = base + (size_t)g * hd; q->table = table; q->bs = bs; q->kvDim = kvDim; q->off = 0; q->blk = 0;
+    q->blockElems = (size_t)bs * kvDim;
+    q->at = q->base + (size_t)table[0] * q->blockElems;
+}
+
+static inline void pa_cursor_next(pa_cursor *q) {
+    if (++q->off == q->bs) {
+        q->off = 0;
+        q->at = q->base + (size_t)q->table[++q->blk] * q->blockElems;
+#if defined(__x86_64__)
+        // The next block is somewhere else in the pool: ask for its first lines now.
+        _mm_prefetch((const char *)q->at, _MM_HINT_T0);
+        _mm_prefetch((const char *)(q->at + q->kvDim), _MM_HINT_T0);
+#endif
+    } else {
+        q->at += q->kvDim;
+    }
+}
+
 static void pa_softmax(float *S, int M, int L, int p0, int G) {
     for (int r = 0; r < M; r++) {
         float *row = S + (size_t)r * L;
@@ -192,93 +216,101 @@ static inline __m128 pa_hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
     return _mm512_castps512_ps128(c);
 }
 
-__attribute__((target("avx512f")))
-static void pa_item_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float *S) {
-    const int G = c->nH / c->nKV, hd = c->hd, kvDim = c->nKV * hd, M = s->n * G, L = s->p0 + s->n;
-    const int C = hd / 16;
+// One tile of MR (a compile-time constant after inlining) query rows r0 … r0+MR−1 of an item:
+// accumulators stay in registers (4 keys × MR rows for the scores, 4 chunks × MR rows for P·V).
+__attribute__((target("avx512f"), always_inline))
+static inline void pa_tile_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float *S, int r0, const int MR) {
+    const int G = c->nH / c->nKV, hd = c->hd, kvDim = c->nKV * hd, L = s->p0 + s->n;
+    const int CQ = hd / 64;     // groups of four 16-float chunks
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int r0 = 0; r0 < M; r0 += PA_TILE) {
-        const int mr = M - r0 < PA_TILE ? M - r0 : PA_TILE;
-        const float *qr[PA_TILE];
-        for (int r = 0; r < PA_TILE; r++) {
-            const int rr = r0 + (r < mr ? r : 0);
-            qr[r] = c->q + (size_t)(s->row0 + rr / G) * c->qStride + (size_t)(g * G + rr % G) * hd;
-        }
-        // Keys every row of the tile sees, then the rest (causal: row r sees p0 + (r0+r)/G + 1).
-        const int jmax = s->p0 + (r0 + mr - 1) / G + 1;
-        int j = 0;
-        for (; j + 4 <= jmax; j += 4) {
-            __m512 acc[PA_TILE][4];
-            for (int r = 0; r < mr; r++) for (int u = 0; u < 4; u++) acc[r][u] = _mm512_setzero_ps();
-            const uint16_t *kj[4];
-            for (int u = 0; u < 4; u++) kj[u] = pa_row(c->k, s->blocks, j + u, c->bs, kvDim, g, hd);
-            for (int cc = 0; cc < C; cc++) {
+    const float *qr[4];
+    int valid[4];
+    for (int r = 0; r < MR; r++) {
+        qr[r] = c->q + (size_t)(s->row0 + (r0 + r) / G) * c->qStride + (size_t)(g * G + (r0 + r) % G) * hd;
+        valid[r] = s->p0 + (r0 + r) / G + 1;
+    }
+    const int jmax = valid[MR - 1];
+    pa_cursor kc;
+    pa_cursor_init(&kc, c->k, s->blocks, c->bs, kvDim, g, hd);
+    int j = 0;
+    for (; j + 4 <= jmax; j += 4) {
+        __m512 acc[4][4];
+        for (int r = 0; r < MR; r++) for (int u = 0; u < 4; u++) acc[r][u] = _mm512_setzero_ps();
+        const uint16_t *kj[4];
+        for (int u = 0; u < 4; u++) { kj[u] = kc.at; if (j + u + 1 < jmax) pa_cursor_next(&kc); }
+        for (int cq = 0; cq < CQ; cq++) {
+            for (int cc = 4 * cq; cc < 4 * cq + 4; cc++) {
+                __m512 qv[4];
+                for (int r = 0; r < MR; r++) qv[r] = _mm512_loadu_ps(qr[r] + 16 * cc);
                 for (int u = 0; u < 4; u++) {
                     __m512 kv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj[u] + 16 * cc)));
-                    for (int r = 0; r < mr; r++) acc[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[r] + 16 * cc), kv, acc[r][u]);
+                    for (int r = 0; r < MR; r++) acc[r][u] = _mm512_fmadd_ps(qv[r], kv, acc[r][u]);
                 }
             }
-            for (int r = 0; r < mr; r++) {
-                __m128 sc = _mm_mul_ps(pa_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), _mm_set1_ps(scale));
+        }
+        for (int r = 0; r < MR; r++) {
+            __m128 sc = _mm_mul_ps(pa_hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]), _mm_set1_ps(scale));
+            float *row = S + (size_t)(r0 + r) * L + j;
+            if (j + 4 <= valid[r]) _mm_storeu_ps(row, sc);
+            else {
                 float tmp[4];
                 _mm_storeu_ps(tmp, sc);
-                const int valid = s->p0 + (r0 + r) / G + 1;
-                float *row = S + (size_t)(r0 + r) * L + j;
-                for (int u = 0; u < 4; u++) if (j + u < valid) row[u] = tmp[u];
+                for (int u = 0; u < 4; u++) if (j + u < valid[r]) row[u] = tmp[u];
             }
-        }
-        for (; j < jmax; j++) {
-            const uint16_t *kj = pa_row(c->k, s->blocks, j, c->bs, kvDim, g, hd);
-            __m512 acc[PA_TILE];
-            for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
-            for (int cc = 0; cc < C; cc++) {
-                __m512 kv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * cc)));
-                for (int r = 0; r < mr; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[r] + 16 * cc), kv, acc[r]);
-            }
-            for (int r = 0; r < mr; r++)
-                if (j < s->p0 + (r0 + r) / G + 1) S[(size_t)(r0 + r) * L + j] = scale * _mm512_reduce_add_ps(acc[r]);
         }
     }
-    pa_softmax(S, M, L, s->p0, G);
-    for (int r0 = 0; r0 < M; r0 += PA_TILE) {
-        const int mr = M - r0 < PA_TILE ? M - r0 : PA_TILE;
-        const int jmax = s->p0 + (r0 + mr - 1) / G + 1;
-        if (C <= PA_CMAX) {
-            __m512 acc[PA_TILE][PA_CMAX];
-            for (int r = 0; r < mr; r++) for (int cc = 0; cc < C; cc++) acc[r][cc] = _mm512_setzero_ps();
-            for (int j = 0; j < jmax; j++) {
-                const uint16_t *vj = pa_row(c->v, s->blocks, j, c->bs, kvDim, g, hd);
-                __m512 p[PA_TILE];
-                for (int r = 0; r < mr; r++)
-                    p[r] = _mm512_set1_ps(j < s->p0 + (r0 + r) / G + 1 ? S[(size_t)(r0 + r) * L + j] : 0.0f);
-                for (int cc = 0; cc < C; cc++) {
-                    __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * cc)));
-                    for (int r = 0; r < mr; r++) acc[r][cc] = _mm512_fmadd_ps(p[r], vv, acc[r][cc]);
-                }
-            }
-            for (int r = 0; r < mr; r++) {
-                float *o = c->out + (size_t)(s->row0 + (r0 + r) / G) * c->oStride + (size_t)(g * G + (r0 + r) % G) * hd;
-                for (int cc = 0; cc < C; cc++) _mm512_storeu_ps(o + 16 * cc, acc[r][cc]);
-            }
-            continue;
+    for (; j < jmax; j++) {
+        const uint16_t *kj = kc.at;
+        if (j + 1 < jmax) pa_cursor_next(&kc);
+        __m512 acc[4];
+        for (int r = 0; r < MR; r++) acc[r] = _mm512_setzero_ps();
+        for (int cc = 0; cc < 4 * CQ; cc++) {
+            __m512 kv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kj + 16 * cc)));
+            for (int r = 0; r < MR; r++) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(qr[r] + 16 * cc), kv, acc[r]);
         }
-        for (int cc = 0; cc < C; cc++) {
-            __m512 acc[PA_TILE];
-            for (int r = 0; r < mr; r++) acc[r] = _mm512_setzero_ps();
-            for (int j = 0; j < jmax; j++) {
-                const uint16_t *vj = pa_row(c->v, s->blocks, j, c->bs, kvDim, g, hd);
+        for (int r = 0; r < MR; r++)
+            if (j < valid[r]) S[(size_t)(r0 + r) * L + j] = scale * _mm512_reduce_add_ps(acc[r]);
+    }
+    for (int r = 0; r < MR; r++) {
+        float *row = S + (size_t)(r0 + r) * L;
+        const float mx = kernels_max(row, valid[r]);
+        const float inv = (float)(1.0 / kernels_exp_sum(row, valid[r], mx, 1.0f, row));
+        for (int jj = 0; jj < valid[r]; jj++) row[jj] *= inv;
+        for (int jj = valid[r]; jj < jmax; jj++) row[jj] = 0.0f;   // causal: P·V runs to jmax for every row
+    }
+    for (int cq = 0; cq < CQ; cq++) {
+        __m512 acc[4][4];
+        for (int r = 0; r < MR; r++) for (int cc = 0; cc < 4; cc++) acc[r][cc] = _mm512_setzero_ps();
+        pa_cursor vc;
+        pa_cursor_init(&vc, c->v, s->blocks, c->bs, kvDim, g, hd);
+        for (int jj = 0; jj < jmax; jj++) {
+            const uint16_t *vj = vc.at + 64 * cq;
+            if (jj + 1 < jmax) pa_cursor_next(&vc);
+            __m512 p[4];
+            for (int r = 0; r < MR; r++) p[r] = _mm512_set1_ps(S[(size_t)(r0 + r) * L + jj]);
+            for (int cc = 0; cc < 4; cc++) {
                 __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * cc)));
-                for (int r = 0; r < mr; r++) {
-                    const int valid = s->p0 + (r0 + r) / G + 1;
-                    const float p = j < valid ? S[(size_t)(r0 + r) * L + j] : 0.0f;
-                    acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p), vv, acc[r]);
-                }
-            }
-            for (int r = 0; r < mr; r++) {
-                float *o = c->out + (size_t)(s->row0 + (r0 + r) / G) * c->oStride + (size_t)(g * G + (r0 + r) % G) * hd;
-                _mm512_storeu_ps(o + 16 * cc, acc[r]);
+                for (int r = 0; r < MR; r++) acc[r][cc] = _mm512_fmadd_ps(p[r], vv, acc[r][cc]);
             }
         }
+        for (int r = 0; r < MR; r++) {
+            float *o = c->out + (size_t)(s->row0 + (r0 + r) / G) * c->oStride + (size_t)(g * G + (r0 + r) % G) * hd + 64 * cq;
+            for (int cc = 0; cc < 4; cc++) _mm512_storeu_ps(o + 16 * cc, acc[r][cc]);
+        }
+    }
+}
+
+// hd a multiple of 64 (SmolLM2 and Llama: 64, 128).
+__attribute__((target("avx512f")))
+static void pa_item_avx512(const pa_ctx *c, const ck_paged_seq *s, int g, float *S) {
+    const int M = s->n * (c->nH / c->nKV);
+    int r0 = 0;
+    for (; r0 + 4 <= M; r0 += 4) pa_tile_avx512(c, s, g, S, r0, 4);
+    switch (M - r0) {
+    case 3: pa_tile_avx512(c, s, g, S, r0, 3); break;
+    case 2: pa_tile_avx512(c, s, g, S, r0, 2); break;
+    case 1: pa_tile_avx512(c, s, g, S, r0, 1); break;
+    default: break;
     }
 }
 
@@ -336,24 +368,30 @@ static void pa_item_avx2(const pa_ctx *c, const ck_paged_seq *s, int g, float *S
 }
 #endif
 
+static void pa_group(const pa_ctx *c, const ck_paged_seq *s, int g, int isa) {
+    const int G = c->nH / c->nKV, M = s->n * G, L = s->p0 + s->n;
+    float *S = pa_scratch((size_t)M * L + (size_t)c->hd);
+#if defined(__x86_64__)
+    if (isa >= CK_ISA_AVX512VNNI && c->hd % 64 == 0) { pa_item_avx512(c, s, g, S); return; }
+    if (isa >= CK_ISA_AVX2 && c->hd % 8 == 0) { pa_item_avx2(c, s, g, S); return; }
+#endif
+    (void)isa;
+    pa_item_scalar(c, s, g, S, S + (size_t)M * L);
+}
+
+// A work item is a whole sequence (its KV groups one after the other, so each key and value row
+// is read from memory once: a group's slice of a row is a third of SmolLM2's, and the lines next
+// to it come along anyway) when there are enough sequences to share out; else one KV group of one.
 static void pa_job(void *p, int tid) {
     (void)tid;
     pa_ctx *c = p;
-    const int G = c->nH / c->nKV;
     const int isa = ck_isa();
+    const int perGroup = c->items > c->nseq;
     for (;;) {
         int it = atomic_fetch_add_explicit(&c->next, 1, memory_order_relaxed);
         if (it >= c->items) break;
-        const ck_paged_seq *s = &c->seqs[it / c->nKV];
-        const int g = it % c->nKV;
-        const int M = s->n * G, L = s->p0 + s->n;
-        float *S = pa_scratch((size_t)M * L + (size_t)c->hd);
-#if defined(__x86_64__)
-        if (isa >= CK_ISA_AVX512VNNI && c->hd % 16 == 0) { pa_item_avx512(c, s, g, S); continue; }
-        if (isa >= CK_ISA_AVX2 && c->hd % 8 == 0) { pa_item_avx2(c, s, g, S); continue; }
-#endif
-        (void)isa;
-        pa_item_scalar(c, s, g, S, S + (size_t)M * L);
+        if (perGroup) { pa_group(c, &c->seqs[it / c->nKV], it % c->nKV, isa); continue; }
+        for (int g = 0; g < c->nKV; g++) pa_group(c, &c->seqs[it], g, isa);
     }
 }
 
@@ -361,9 +399,11 @@ void ck_paged_attention_f16(float *out, int oStride, const float *q, int qStride
                             const uint16_t *k, const uint16_t *v, int blockSize,
                             int nH, int nKV, int hd, const ck_paged_seq *seqs, int nseq) {
     if (nseq <= 0) return;
-    pa_ctx c = {out, oStride, q, qStride, k, v, blockSize, nH, nKV, hd, seqs, nseq, nseq * nKV, 0};
     // One thread unless there is enough work to pay for waking a helper (~ 10 µs).
     long work = 0;
     for (int i = 0; i < nseq; i++) work += (long)seqs[i].n * (seqs[i].p0 + seqs[i].n);
-    ck_run_job(pa_job, &c, work * nH * hd >= 200000 ? 0 : 1);
+    const int threads = work * nH * hd >= 200000 ? 0 : 1;
+    const int items = threads != 1 && nseq < 8 * ck_threads() ? nseq * nKV : nseq;
+    pa_ctx c = {out, oStride, q, qStride, k, v, blockSize, nH, nKV, hd, seqs, nseq, items, 0};
+    ck_run_job(pa_job, &c, threads);
 }

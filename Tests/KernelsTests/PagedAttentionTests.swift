@@ -110,6 +110,9 @@ final class PagedAttentionTests: XCTestCase {
         // SmolLM2's shape (9 query heads over 3 KV groups of 64): the first position, block edges,
         // two new positions (causal within them), one long context; AVX-512 path.
         check([(0, 1), (15, 1), (16, 1), (130, 1), (37, 2), (200, 1)], nH: 9, nKV: 3, hd: 64, bs: 16, seed: 1)
+        // Llama-3's head size 128 (two passes of four chunks) with 4 query heads per KV group, 1–3 new
+        // positions (tiles of 4, 8 and 12 rows), odd block size.
+        check([(0, 1), (6, 2), (40, 3), (70, 1)], nH: 8, nKV: 2, hd: 128, bs: 7, seed: 6)
         // Head sizes 24 (AVX2 path on an AVX-512 machine) and 20 (portable path everywhere).
         check([(0, 1), (7, 1), (57, 2)], nH: 4, nKV: 2, hd: 24, bs: 4, seed: 2)
         check([(3, 1), (9, 3)], nH: 4, nKV: 4, hd: 20, bs: 5, seed: 3)
