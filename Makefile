@@ -63,10 +63,11 @@ bench-kernels: deps
 	.build/release/selm-bench kernels $(ARGS)
 
 # selm's engine vs llama.cpp (built once into ~/.cache/selm-server, ~15-20 min) on the same jobs,
-# alternately; prints the ratios. SELM_ARGS go to `selm-bench job` (e.g. --engine-precision f32).
+# alternately; prints the ratios. SELM_ARGS go to `selm-bench job` (e.g. --engine-precision f32);
+# B1=q8,q4 also runs selm's batch-1 decode in those precisions in the same rounds.
 bench-vs-llamacpp: deps model
 	$(SWIFT) build -c release --product selm-bench
-	python3 scripts/bench_vs_llamacpp.py --model $(MODEL) --rounds $(or $(ROUNDS),3) --selm-args "$(SELM_ARGS)"
+	python3 scripts/bench_vs_llamacpp.py --model $(MODEL) --rounds $(or $(ROUNDS),3) --selm-args "$(SELM_ARGS)" --b1-precisions "$(B1)"
 
 bench-server: deps model
 	$(SWIFT) build -c release --product selm-bench

@@ -49,21 +49,30 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--selm-args", default="", help="extra arguments for `selm-bench job`, e.g. '--engine-precision q8'")
+    ap.add_argument("--b1-precisions", default="", help="also run selm's batch-1 decode in these engine precisions "
+                    "(comma-separated, e.g. 'q8,q4'), in the same rounds")
     a = ap.parse_args()
     bin_dir = a.llamacpp_bin or subprocess.run([os.path.join(os.path.dirname(__file__), "build_llamacpp.sh")],
                                                check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     extra = a.selm_args.split()
     print(f"== bench-vs-llamacpp: {os.path.basename(a.model)}, {a.rounds} rounds, alternating; llama.cpp {bin_dir}")
     print(f"   selm: {a.selm_bench} job {' '.join(extra)}; threads {a.threads}")
-    L, S = [], []
+    extras = [p for p in a.b1_precisions.split(",") if p]
+    L, S, X = [], [], {p: [] for p in extras}
     for r in range(a.rounds):
-        order = ["llama", "selm"] if r % 2 == 0 else ["selm", "llama"]
+        order = ["llama", "selm"] + extras if r % 2 == 0 else extras[::-1] + ["selm", "llama"]
         for who in order:
             if who == "llama":
                 L.append(run_llama(bin_dir, a.model, a.batch, a.threads))
-            else:
+            elif who == "selm":
                 S.append(run_selm(a.selm_bench, a.model, a.batch, extra))
+            else:
+                X[who].append(run_selm(a.selm_bench, a.model, a.batch, extra + ["--engine-precision", who, "--only-batch-1"]))
         l, s = L[-1], S[-1]
+        for p in extras:
+            x = X[p][-1]
+            print(f"round {r + 1}: batch-1 decode selm --engine-precision {p}: {x['b1_decode_tps']:.1f} tok/s "
+                  f"({x['b1_decode_tps'] / l['b1_decode_tps']:.2f}x llama.cpp)", flush=True)
         print(f"round {r + 1}: batch-1 decode llama.cpp {l['b1_decode_tps']:.1f} tok/s, selm {s['b1_decode_tps']:.1f} "
               f"({s['b1_decode_tps'] / l['b1_decode_tps']:.2f}x); {a.batch} x (64 + 128): llama.cpp {l['job_seconds']:.2f} s, "
               f"selm {s['job_seconds']:.2f} s (time ratio selm/llama.cpp {s['job_seconds'] / l['job_seconds']:.2f}); "
@@ -74,6 +83,10 @@ def main():
     print("medians:")
     print(f"  batch-1 decode: llama.cpp {med(L, 'b1_decode_tps'):.1f} tok/s, selm {med(S, 'b1_decode_tps'):.1f} tok/s; "
           f"ratio {statistics.median(b1):.2f}x (per round {', '.join(f'{x:.2f}' for x in b1)}) (goal >= 1.5x)")
+    for p in extras:
+        rs = [x["b1_decode_tps"] / l["b1_decode_tps"] for l, x in zip(L, X[p])]
+        print(f"  batch-1 decode, selm --engine-precision {p}: {med(X[p], 'b1_decode_tps'):.1f} tok/s; ratio "
+              f"{statistics.median(rs):.2f}x (per round {', '.join(f'{x:.2f}' for x in rs)}) (goal >= 1.5x)")
     print(f"  {a.batch} x (64 + 128) wall time: llama.cpp {med(L, 'job_seconds'):.2f} s ({med(L, 'job_tps'):.0f} generated tok/s), "
           f"selm {med(S, 'job_seconds'):.2f} s ({med(S, 'job_tps'):.0f} tok/s); selm/llama.cpp time {statistics.median(job):.2f} "
           f"(per round {', '.join(f'{x:.2f}' for x in job)}) (goal <= 0.50)")

@@ -25,7 +25,9 @@ func benchJob(_ modelPath: String) throws {
     var config = EngineConfig()
     config.decodingStepTokens = Int(option("--decoding-step-tokens", "\(config.decodingStepTokens)")) ?? config.decodingStepTokens
     let cpu0 = processCPUSeconds()
-    let many = try runJob(bundle, prompts: prompts, maxTokens: newTokens, params: params, config: config)
+    // `--only-batch-1`: the batch-1 decode only (job figures 0).
+    let many = CommandLine.arguments.contains("--only-batch-1") ? JobFigures(ttft: [0], itl: [1])
+        : try runJob(bundle, prompts: prompts, maxTokens: newTokens, params: params, config: config)
     let jobCPU = processCPUSeconds() - cpu0
     let figures: [String: Double] = [
         "batch": Double(batch), "prompt": Double(promptLength), "new": Double(newTokens),
