@@ -5,6 +5,16 @@ public enum StopReason: String, Sendable, Codable {
     case eos, stop, length, cancelled
 }
 
+/// The logits of every position of `tokens` as the engine computes them for a prompt it prefills
+/// in one chunk: through its paged KV cache in the KV precision it uses with this model. What
+/// `selm logits` writes. Valid until the next use of `acts`. Thread: any (the model is read only).
+public func engineLogits(_ model: LlamaModel, tokens: [Int32], acts: Activations) throws -> UnsafeMutablePointer<Float> {
+    let (kv, slot) = PagedKVCache.single(config: model.config, capacity: tokens.count, precision: .default(for: model.precision))
+    var batch = ForwardBatch()
+    batch.append(tokens, startPos: 0, slot: slot, logits: .all)
+    return try model.forward(batch, kv: kv, acts: acts)
+}
+
 /// One prompt, one sample, generated token by token. What `selm generate` runs; the scheduler
 /// serves many of these at once. Its KV cache is the engine's, in the precision the engine uses
 /// with this model unless told otherwise, so it computes what `selm serve` computes.

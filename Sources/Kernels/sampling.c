@@ -89,7 +89,9 @@ double kernels_exp_sum(const float *x, int n, float m, float s, float *w) {
     return sum;
 }
 
-float kernels_log_prob(const float *x, int n, int token) {
+float kernels_logsumexp(const float *x, int n) {
     float m = kernels_max(x, n);
-    return (x[token] - m) - (float)log(kernels_exp_sum(x, n, m, 1.0f, NULL));
+    return m + (float)log(kernels_exp_sum(x, n, m, 1.0f, NULL));
 }
+
+float kernels_log_prob(const float *x, int n, int token) { return x[token] - kernels_logsumexp(x, n); }

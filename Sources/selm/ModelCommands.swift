@@ -106,12 +106,11 @@ struct Logits: ParsableCommand {
     func run() throws {
         let b = try options.load()
         let ids = try parseTokenList(tokens, field: "--tokens")
-        var batch = ForwardBatch()
-        batch.append(ids, startPos: 0, slot: 0, logits: .all)
         let model = try precisionOptions.inferenceModel(b.model)
         let acts = Activations(config: model.config)
         let logits: UnsafeMutablePointer<Float>
-        do { logits = try model.forward(batch, kv: nil, acts: acts) } catch { throw CLIError.failed("forward pass", error) }
+        // Through the engine's KV cache (f16 for the compact precisions), as a Score request computes them.
+        do { logits = try engineLogits(model, tokens: ids, acts: acts) } catch { throw CLIError.failed("forward pass", error) }
         let n = ids.count * b.model.config.vocabSize
         let data = Data(bytes: logits, count: n * 4)  // x86-64 and arm64 are little-endian
         try writeDurably(path: out, data: data)

@@ -158,7 +158,10 @@ float kernels_max(const float *x, int n);
 // Σ exp((x[i] − m)·s) in double precision; each term is also written to w[i] when w is not NULL.
 // Meant for m ≥ max x and s > 0 (every term in [0, 1]).
 double kernels_exp_sum(const float *x, int n, float m, float s, float *w);
-// log softmax(x)[token], computed stably: (x[token] − max) − log Σ exp(x − max).
+// log Σ exp(x), computed stably: max + log Σ exp(x − max).
+float kernels_logsumexp(const float *x, int n);
+// log softmax(x)[token] = x[token] − kernels_logsumexp(x, n) (so x[token] − log_prob gives the
+// same log-sum-exp back for the other tokens' log-probabilities).
 float kernels_log_prob(const float *x, int n, int token);
 
 #ifdef __cplusplus
