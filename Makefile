@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load bench-http soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -81,6 +81,15 @@ SECONDS ?= 60
 bench-load: deps model build
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench load --model $(MODEL) --selm $(SELM) --clients $(CLIENTS) --seconds $(SECONDS)
+
+# The OpenAI HTTP API beside the socket protocol on one `selm serve` (release, learner off): request
+# rate, p50 and p99 of a 1-token completion at CLIENTS connections, ROUNDS alternating phases of
+# PHASE_SECONDS per protocol, and the ratio.
+ROUNDS ?= 3
+PHASE_SECONDS ?= 10
+bench-http: deps model build
+	$(SWIFT) build -c release --product selm-bench
+	.build/release/selm-bench http --model $(MODEL) --selm $(SELM) --clients $(CLIENTS) --seconds $(PHASE_SECONDS) --rounds $(ROUNDS)
 
 # CYCLES rounds of {serve with learner, clients submit preference batches, kill -9 at a random moment
 # (some during a checkpoint save), restart}; then every acknowledged row must be in the log once and

@@ -10,6 +10,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "selm", targets: ["selm"]),
+        // The Swift client of the socket protocol, for other packages (examples/swift-client depends on it by path).
+        .library(name: "SelmClient", targets: ["SelmClient"]),
         // Test-only LD_PRELOAD library (Tests/FaultShim): the server tests load it into `selm serve`
         // to count, delay, hold and fail the writes and syncs of one file.
         .library(name: "SelmFaultShim", type: .dynamic, targets: ["SelmFaultShim"]),

@@ -113,7 +113,7 @@ func benchLearner(_ path: String) throws {
 
 let args = CommandLine.arguments
 guard args.count >= 2 else {
-    print("usage: selm-bench model|learner|engine|job|precision|publish|server|load|soak|kernels --model PATH [options]"); exit(2)
+    print("usage: selm-bench model|learner|engine|job|precision|publish|server|load|http|soak|kernels --model PATH [options]"); exit(2)
 }
 var modelPath = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if let i = args.firstIndex(of: "--model"), i + 1 < args.count { modelPath = args[i + 1] }
@@ -124,6 +124,7 @@ do {
     case "engine": try benchEngine(modelPath)
     case "server": try benchServer(modelPath)
     case "load": try benchLoad(modelPath)
+    case "http": try benchHTTP(modelPath)
     case "soak": try soakRestarts(modelPath)
     case "kernels": try benchKernels(Array(args.dropFirst(2)))
     case "job": try benchJob(modelPath)

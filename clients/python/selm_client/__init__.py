@@ -7,7 +7,8 @@
 ...                                  "rejected": samples[1].text}], chat=True)
 
 See :class:`Client` for every call, :mod:`selm_client.errors` for the exceptions and
-:mod:`selm_client.types` for the result types.
+:mod:`selm_client.types` for the result types; :mod:`selm_client.aio` has the same calls for asyncio
+(``AsyncClient``).
 """
 
 from .client import DEFAULT_ADDRESS, PROTOCOL_VERSION, Client, GenerateStream, VersionSubscription

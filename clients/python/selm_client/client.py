@@ -150,6 +150,143 @@ def _parse_address(address: str) -> Tuple[str, int]:
     return host, int(port)
 
 
+# ─── Requests and replies (the one encoding, shared by Client and selm_client.aio.AsyncClient) ──────────
+
+def hello_envelope(token: Optional[str], client_name: str) -> "pb.Envelope":
+    return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, auth_token=token or "", client_name=client_name))
+
+
+def hello_info(reply: "pb.HelloReply") -> HelloInfo:
+    return HelloInfo(protocol_version=reply.protocol_version, server_version=reply.server_version,
+                     model_name=reply.model_name, model_path=reply.model_path,
+                     policy_version=reply.policy_version, vocab_size=reply.vocab_size,
+                     context_length=reply.context_length, chat_template=reply.chat_template,
+                     max_frame_bytes=reply.max_frame_bytes, engine_precision=reply.engine_precision)
+
+
+def generate_request(prompts: Any, *, n: int = 1, chat: bool = False, max_tokens: Optional[int] = None,
+                     temperature: Optional[float] = None, top_p: Optional[float] = None, top_k: Optional[int] = None,
+                     min_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[Sequence[str]] = None,
+                     stop_token_ids: Optional[Sequence[int]] = None, ignore_eos: bool = False, top_logprobs: int = 0,
+                     require_version: Optional[int] = None, recompute: bool = False,
+                     repetition_penalty: Optional[float] = None, presence_penalty: Optional[float] = None,
+                     frequency_penalty: Optional[float] = None, stream: bool = False) -> "pb.GenerateRequest":
+    """The ``GenerateRequest`` of :meth:`Client.generate`'s arguments (shared with ``selm_client.aio``)."""
+    req = pb.GenerateRequest(chat=bool(chat), ignore_eos=bool(ignore_eos), recompute=bool(recompute),
+                             stream=bool(stream))
+    for i, p in enumerate(_normalize_prompts(prompts)):
+        _fill_prompt(req.prompts.add(), p, "prompts[%d]" % i)
+    _set_scalar(req, "n", n, "n")
+    _set_scalar(req, "top_logprobs", top_logprobs, "top_logprobs")
+    if require_version is not None:
+        _set_scalar(req, "require_version", require_version, "require_version")
+    if stop:
+        if isinstance(stop, str):
+            stop = [stop]
+        req.stop.extend(stop)
+    if stop_token_ids:
+        _extend_ints(req.stop_token_ids, stop_token_ids, "stop_token_ids")
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+                "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
+                "frequency_penalty": frequency_penalty, "seed": seed, "max_tokens": max_tokens}
+    for name, value in sampling.items():
+        if value is not None:
+            _set_scalar(req.sampling, name, value, "sampling." + name)
+    return req
+
+
+def score_request(items: Sequence[Any], *, chat: bool = False, version: Optional[int] = None,
+                  top_logprobs: int = 0) -> "pb.ScoreRequest":
+    """The ``ScoreRequest`` of :meth:`Client.score`'s arguments."""
+    req = pb.ScoreRequest(chat=bool(chat))
+    _set_scalar(req, "top_logprobs", top_logprobs, "top_logprobs")
+    if version is not None:
+        _set_scalar(req, "version", version, "version")
+    for i, item in enumerate(items):
+        if isinstance(item, Mapping):
+            prompt, continuation = item.get("prompt"), item.get("continuation")
+        else:
+            prompt, continuation = item
+        entry = req.items.add()
+        if prompt is not None:
+            _fill_prompt(entry.prompt, prompt, "items[%d].prompt" % i)
+        if continuation is not None:
+            _fill_response(entry.continuation, continuation, "items[%d].continuation" % i)
+    return req
+
+
+def tokenize_request(text: Any, *, chat: bool = False, add_special: bool = False) -> "pb.TokenizeRequest":
+    """The ``TokenizeRequest`` of :meth:`Client.tokenize`'s arguments."""
+    req = pb.TokenizeRequest(chat=bool(chat), add_special=bool(add_special))
+    if isinstance(text, str):
+        req.text = text
+    else:
+        req.messages.SetInParent()
+        _fill_messages(req.messages, text, "messages.messages")
+    return req
+
+
+def detokenize_request(ids: Sequence[int]) -> "pb.DetokenizeRequest":
+    req = pb.DetokenizeRequest()
+    _fill_ids(req, ids, "ids")  # type: ignore[arg-type]
+    return req
+
+
+def preferences_request(rows: Sequence[Mapping[str, Any]], *, chat: bool = False,
+                        source: Optional[str] = None) -> "pb.SubmitPreferences":
+    """The ``SubmitPreferences`` of :meth:`Client.submit_preferences`'s arguments."""
+    req = pb.SubmitPreferences(chat=bool(chat))
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise InvalidArgument("a preference row is a mapping", field="rows[%d]" % i)
+        r = req.rows.add()
+        f = "rows[%d]" % i
+        if row.get("prompt_ids") is not None:
+            _fill_prompt(r.prompt, list(row["prompt_ids"]), f + ".prompt")
+        elif row.get("prompt") is not None:
+            _fill_prompt(r.prompt, row["prompt"], f + ".prompt")
+        for part, text_key, ids_key in (("chosen", "chosen", "chosen_ids"), ("rejected", "rejected", "rejected_ids"),
+                                        ("reference", "reference_response", "reference_ids")):
+            value = row.get(ids_key)
+            if value is None:
+                value = row.get(text_key)
+            if value is None and part == "reference":
+                value = row.get("reference")
+            if value is not None:
+                _fill_response(getattr(r, part), value, "%s.%s" % (f, part))
+        if row.get("weight") is not None:
+            _set_scalar(r, "weight", row["weight"], f + ".weight")
+        src = row.get("source", source)
+        if src:
+            r.source = str(src)
+    return req
+
+
+def generate_done(d: "pb.GenerateDone") -> GenerateDone:
+    return GenerateDone(samples=d.samples, prompt_tokens=d.prompt_tokens, completion_tokens=d.completion_tokens)
+
+
+def score_result(reply: "pb.ScoreReply") -> ScoreResult:
+    return ScoreResult(items=[ScoredItem(token_ids=list(it.token_ids), logprobs=list(it.logprobs),
+                                         total_logprob=it.total_logprob, top_logprobs=_top(it.top_logprobs))
+                              for it in reply.items], version=reply.version)
+
+
+def status_result(m: "pb.StatusReply") -> Status:
+    return Status(policy_version=m.policy_version, learner_step=m.learner_step,
+                  learner_metrics=dict(m.learner_metrics), wal_last_sequence=m.wal_last_sequence,
+                  wal_consumed_sequence=m.wal_consumed_sequence, waiting_requests=m.waiting_requests,
+                  running_sequences=m.running_sequences, kv_blocks_used=m.kv_blocks_used,
+                  kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
+                  uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
+                  data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints,
+                  engine_precision=m.engine_precision)
+
+
+def checkpoint_result(m: "pb.SaveCheckpointReply") -> Checkpoint:
+    return Checkpoint(path=m.path, learner_step=m.learner_step, wal_sequence=m.wal_sequence, version=m.version)
+
+
 # ─── Streams ────────────────────────────────────────────────────────────────────────────────────
 
 class _Pending:
@@ -210,8 +347,7 @@ class GenerateStream(Iterator[Union[Chunk, Sample]]):
         self._finish()
         if kind == "generate_done":
             d = env.generate_done
-            self.done = GenerateDone(samples=d.samples, prompt_tokens=d.prompt_tokens,
-                                     completion_tokens=d.completion_tokens)
+            self.done = generate_done(d)
             raise StopIteration
         raise self._client._unexpected(env, "generate_chunk, sample_result or generate_done")
 
@@ -387,16 +523,11 @@ class Client:
         self._reader = threading.Thread(target=self._read_loop, name="selm-client-reader", daemon=True)
         self._reader.start()
         try:
-            reply = self._call(pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, auth_token=token or "",
-                                                          client_name=client_name)), "hello_reply").hello_reply
+            reply = self._call(hello_envelope(token, client_name), "hello_reply").hello_reply
         except BaseException:
             self.close()
             raise
-        self.hello = HelloInfo(protocol_version=reply.protocol_version, server_version=reply.server_version,
-                               model_name=reply.model_name, model_path=reply.model_path,
-                               policy_version=reply.policy_version, vocab_size=reply.vocab_size,
-                               context_length=reply.context_length, chat_template=reply.chat_template,
-                               max_frame_bytes=reply.max_frame_bytes, engine_precision=reply.engine_precision)
+        self.hello = hello_info(reply)
         if reply.max_frame_bytes:
             self._server_max_frame = reply.max_frame_bytes
 
@@ -471,26 +602,11 @@ class Client:
             OutOfRange: a token id ≥ vocab size, or a prompt longer than the context.
             NotFound: ``require_version`` is not alive (or was retired while the request ran).
         """
-        req = pb.GenerateRequest(chat=bool(chat), ignore_eos=bool(ignore_eos), recompute=bool(recompute),
-                                 stream=bool(stream))
-        for i, p in enumerate(_normalize_prompts(prompts)):
-            _fill_prompt(req.prompts.add(), p, "prompts[%d]" % i)
-        _set_scalar(req, "n", n, "n")
-        _set_scalar(req, "top_logprobs", top_logprobs, "top_logprobs")
-        if require_version is not None:
-            _set_scalar(req, "require_version", require_version, "require_version")
-        if stop:
-            if isinstance(stop, str):
-                stop = [stop]
-            req.stop.extend(stop)
-        if stop_token_ids:
-            _extend_ints(req.stop_token_ids, stop_token_ids, "stop_token_ids")
-        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
-                    "repetition_penalty": repetition_penalty, "presence_penalty": presence_penalty,
-                    "frequency_penalty": frequency_penalty, "seed": seed, "max_tokens": max_tokens}
-        for name, value in sampling.items():
-            if value is not None:
-                _set_scalar(req.sampling, name, value, "sampling." + name)
+        req = generate_request(prompts, n=n, chat=chat, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                               top_k=top_k, min_p=min_p, seed=seed, stop=stop, stop_token_ids=stop_token_ids,
+                               ignore_eos=ignore_eos, top_logprobs=top_logprobs, require_version=require_version,
+                               recompute=recompute, repetition_penalty=repetition_penalty,
+                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, stream=stream)
         s = GenerateStream(self, self._start(pb.Envelope(generate=req)))
         if stream:
             return s
@@ -511,24 +627,8 @@ class Client:
             version: score under this weight version (must be alive); ``None`` = current.
             top_logprobs: alternatives reported per continuation token (0…20).
         """
-        req = pb.ScoreRequest(chat=bool(chat))
-        _set_scalar(req, "top_logprobs", top_logprobs, "top_logprobs")
-        if version is not None:
-            _set_scalar(req, "version", version, "version")
-        for i, item in enumerate(items):
-            if isinstance(item, Mapping):
-                prompt, continuation = item.get("prompt"), item.get("continuation")
-            else:
-                prompt, continuation = item
-            entry = req.items.add()
-            if prompt is not None:
-                _fill_prompt(entry.prompt, prompt, "items[%d].prompt" % i)
-            if continuation is not None:
-                _fill_response(entry.continuation, continuation, "items[%d].continuation" % i)
-        reply = self._call(pb.Envelope(score=req), "score_reply").score_reply
-        return ScoreResult(items=[ScoredItem(token_ids=list(it.token_ids), logprobs=list(it.logprobs),
-                                             total_logprob=it.total_logprob, top_logprobs=_top(it.top_logprobs))
-                                  for it in reply.items], version=reply.version)
+        req = score_request(items, chat=chat, version=version, top_logprobs=top_logprobs)
+        return score_result(self._call(pb.Envelope(score=req), "score_reply").score_reply)
 
     def tokenize(self, text: Union[str, Sequence[Message]] = "", *, chat: bool = False,
                  add_special: bool = False) -> List[int]:
@@ -539,12 +639,7 @@ class Client:
             chat: wrap the text as a user turn and apply the chat template.
             add_special: parse special-token strings (``"<|im_start|>"``) as special tokens.
         """
-        req = pb.TokenizeRequest(chat=bool(chat), add_special=bool(add_special))
-        if isinstance(text, str):
-            req.text = text
-        else:
-            req.messages.SetInParent()
-            _fill_messages(req.messages, text, "messages.messages")
+        req = tokenize_request(text, chat=chat, add_special=add_special)
         return list(self._call(pb.Envelope(tokenize=req), "tokenize_reply").tokenize_reply.ids)
 
     def detokenize(self, ids: Sequence[int]) -> str:
@@ -553,9 +648,7 @@ class Client:
         Raises:
             OutOfRange: an id ≥ vocab size.
         """
-        req = pb.DetokenizeRequest()
-        _fill_ids(req, ids, "ids")  # type: ignore[arg-type]
-        return self._call(pb.Envelope(detokenize=req), "detokenize_reply").detokenize_reply.text
+        return self._call(pb.Envelope(detokenize=detokenize_request(ids)), "detokenize_reply").detokenize_reply.text
 
     def submit_preferences(self, rows: Sequence[Mapping[str, Any]], *, chat: bool = False,
                            source: Optional[str] = None) -> PreferenceAck:
@@ -582,43 +675,13 @@ class Client:
                 or has a conversational response without a conversational prompt or not ending with
                 the assistant's turn (``"rows[0].chosen.messages"``).
         """
-        req = pb.SubmitPreferences(chat=bool(chat))
-        for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise InvalidArgument("a preference row is a mapping", field="rows[%d]" % i)
-            r = req.rows.add()
-            f = "rows[%d]" % i
-            if row.get("prompt_ids") is not None:
-                _fill_prompt(r.prompt, list(row["prompt_ids"]), f + ".prompt")
-            elif row.get("prompt") is not None:
-                _fill_prompt(r.prompt, row["prompt"], f + ".prompt")
-            for part, text_key, ids_key in (("chosen", "chosen", "chosen_ids"), ("rejected", "rejected", "rejected_ids"),
-                                            ("reference", "reference_response", "reference_ids")):
-                value = row.get(ids_key)
-                if value is None:
-                    value = row.get(text_key)
-                if value is None and part == "reference":
-                    value = row.get("reference")
-                if value is not None:
-                    _fill_response(getattr(r, part), value, "%s.%s" % (f, part))
-            if row.get("weight") is not None:
-                _set_scalar(r, "weight", row["weight"], f + ".weight")
-            src = row.get("source", source)
-            if src:
-                r.source = str(src)
+        req = preferences_request(rows, chat=chat, source=source)
         return _ack(self._call(pb.Envelope(submit_preferences=req), "preference_ack").preference_ack)
 
     def status(self) -> Status:
         """The server's state: policy version, learner step and metrics, WAL positions, queue, KV cache."""
         m = self._call(pb.Envelope(status=pb.StatusRequest()), "status_reply").status_reply
-        return Status(policy_version=m.policy_version, learner_step=m.learner_step,
-                      learner_metrics=dict(m.learner_metrics), wal_last_sequence=m.wal_last_sequence,
-                      wal_consumed_sequence=m.wal_consumed_sequence, waiting_requests=m.waiting_requests,
-                      running_sequences=m.running_sequences, kv_blocks_used=m.kv_blocks_used,
-                      kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
-                      uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
-                      data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints,
-                      engine_precision=m.engine_precision)
+        return status_result(m)
 
     def refresh_weights(self, checkpoint: str) -> int:
         """Loads a checkpoint (a path relative to the server's data directory) and publishes it as a
@@ -636,7 +699,7 @@ class Client:
         once it is on disk. ``Checkpoint.path`` is what :meth:`refresh_weights` takes."""
         m = self._call(pb.Envelope(save_checkpoint=pb.SaveCheckpoint(name=name or "")),
                        "save_checkpoint_reply").save_checkpoint_reply
-        return Checkpoint(path=m.path, learner_step=m.learner_step, wal_sequence=m.wal_sequence, version=m.version)
+        return checkpoint_result(m)
 
     def subscribe_versions(self) -> VersionSubscription:
         """Subscribes to weight versions: the returned iterator yields the current version at once,
