@@ -266,6 +266,34 @@ void compact_linear_forward(float *out, const float *inp, const ck_weights *w, i
     blas_release(taken);
 }
 
+// The learner's bf16 mixed-precision products (issue 14): ck_matmul_*_bf16, shared like
+// compact_linear_forward above.
+static int bf16_share_enter(void) {
+    if (share_mode != KERNELS_SHARING_ADAPTIVE) return blas_acquire();
+    ck_set_thread_max(__atomic_load_n(&active_compute, __ATOMIC_RELAXED) >= 2 ? 1 : 0);
+    return 0;
+}
+static void bf16_share_exit(int taken, double t0) {
+    thread_blas += mono_now() - t0;
+    if (share_mode == KERNELS_SHARING_ADAPTIVE) ck_set_thread_max(0);
+    blas_release(taken);
+}
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate) {
+    if (T == 0) return;
+    int taken = bf16_share_enter();
+    double t0 = mono_now();
+    ck_matmul_forward_bf16(out, inp, weight, T, C, OC, accumulate);
+    bf16_share_exit(taken, t0);
+}
+void matmul_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          int T, int C, int OC) {
+    if (T == 0) return;
+    int taken = bf16_share_enter();
+    double t0 = mono_now();
+    ck_matmul_backward_bf16(dinp, dweight, dout, inp, weight, T, C, OC);
+    bf16_share_exit(taken, t0);
+}
+
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC) {
     if (T == 0) return;

@@ -69,6 +69,7 @@ struct Serve: ParsableCommand {
     var verbose = false
     @OptionGroup var lossOptions: LossOptions
     @OptionGroup var optimizerOptions: OptimizerOptions
+    @OptionGroup var learnerPrecision: LearnerPrecisionOptions
 
     func validate() throws {
         if maxFrameBytes < 1024 || maxFrameBytes > Int(UInt32.max) { throw ValidationError("--max-frame-bytes: must be in [1024, 2^32-1]") }
@@ -125,6 +126,7 @@ struct Serve: ParsableCommand {
         } else {
             var online = OnlineOptions()
             online.training = training
+            online.precision = learnerPrecision.precision
             online.publishEvery = publishEvery
             online.checkpointEvery = checkpointEvery
             online.keepCheckpoints = keepCheckpoints

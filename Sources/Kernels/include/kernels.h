@@ -74,6 +74,13 @@ int kernels_compact_last_threads(void);
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC);
 
+// matmul_forward / matmul_backward with bf16 operands and f32 accumulation (ck_matmul_*_bf16,
+// compact.h), shared between compute threads as compact_linear_forward is: the learner's
+// `--precision bf16` products. Counted in kernels_thread_blas_seconds. Thread: any.
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate);
+void matmul_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          int T, int C, int OC);
+
 // ---------------------------------------------------------------------------------------------
 // Embedding lookup: out (T, C) = table[tokens[t]]
 void embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C);
