@@ -55,6 +55,9 @@ void kernels_compute_exit(void);
 double kernels_thread_wait_seconds(void);
 /// Seconds the calling thread has spent inside BLAS calls (sgemm, sgemv), for measurements.
 double kernels_thread_blas_seconds(void);
+/// Seconds the calling thread has spent inside the linear layers' products (matmul_forward,
+/// matmul_backward and their _bf16 forms; attention's own products are not counted), for measurements.
+double kernels_thread_product_seconds(void);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
