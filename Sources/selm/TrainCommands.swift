@@ -129,7 +129,7 @@ struct Train: ParsableCommand {
             throw CLIError.failed("cannot write \(metricsPath)", error)
         }
         metricsFile.seekToEndOfFile()
-        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate)")
+        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate), products \(learner.precision)")
 
         func state(epoch: Int, next: Int, metrics: [String: Double]) -> TrainerState {
             TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,
