@@ -1,5 +1,6 @@
 // Kernels: see include/kernels.h for shapes and conventions.
 #include "kernels.h"
+#include "learner_fused.h"
 #include "compact.h"
 
 #include <cblas.h>
@@ -147,6 +148,8 @@ int kernels_sharing_mode(void) { return share_mode; }
 void kernels_set_thread_priority(int high) { thread_low = !high; }
 double kernels_thread_wait_seconds(void) { return thread_wait; }
 double kernels_thread_blas_seconds(void) { return thread_blas; }
+static __thread double thread_products = 0;   // inside matmul_forward/backward(_bf16)
+double kernels_thread_product_seconds(void) { return thread_products; }
 
 static double mono_now(void) {
     struct timespec t;
@@ -233,12 +236,14 @@ void matmul_forward(float *out, const float *inp, const float *weight, int T, in
         blas_release(taken);
         return;
     }
+    double p0 = mono_now();
     int step = chunk_rows(T, 2.0 * C * OC);
     for (int t = 0; t < T; t += step) {
         int n = T - t < step ? T - t : step;
         sgemm_shared(CblasNoTrans, CblasTrans, n, OC, C, 1.0f, inp + (size_t)t * C, C, weight, C,
                      accumulate ? 1.0f : 0.0f, out + (size_t)t * OC, OC);
     }
+    thread_products += mono_now() - p0;
 }
 
 // The same product over a compact weight (compact.h): shared like the BLAS. ADAPTIVE caps the
@@ -266,9 +271,39 @@ void compact_linear_forward(float *out, const float *inp, const ck_weights *w, i
     blas_release(taken);
 }
 
+// The learner's bf16 mixed-precision products (issue 14): ck_matmul_*_bf16, shared like
+// compact_linear_forward above.
+static int bf16_share_enter(void) {
+    if (share_mode != KERNELS_SHARING_ADAPTIVE) return blas_acquire();
+    ck_set_thread_max(__atomic_load_n(&active_compute, __ATOMIC_RELAXED) >= 2 ? 1 : 0);
+    return 0;
+}
+static void bf16_share_exit(int taken, double t0) {
+    thread_blas += mono_now() - t0;
+    thread_products += mono_now() - t0;
+    if (share_mode == KERNELS_SHARING_ADAPTIVE) ck_set_thread_max(0);
+    blas_release(taken);
+}
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate) {
+    if (T == 0) return;
+    int taken = bf16_share_enter();
+    double t0 = mono_now();
+    ck_matmul_forward_bf16(out, inp, weight, T, C, OC, accumulate);
+    bf16_share_exit(taken, t0);
+}
+void matmul_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          int T, int C, int OC) {
+    if (T == 0) return;
+    int taken = bf16_share_enter();
+    double t0 = mono_now();
+    ck_matmul_backward_bf16(dinp, dweight, dout, inp, weight, T, C, OC);
+    bf16_share_exit(taken, t0);
+}
+
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC) {
     if (T == 0) return;
+    double p0 = mono_now();
     if (dinp) {  // (T, C) += (T, OC) · (OC, C), chunked over independent rows of T
         int step = chunk_rows(T, 2.0 * C * OC);
         for (int t = 0; t < T; t += step) {
@@ -285,6 +320,7 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
                          dweight + (size_t)o * C, C);
         }
     }
+    thread_products += mono_now() - p0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -599,11 +635,7 @@ struct swiglu_ctx { float *h, *dgate, *dup; const float *dh, *gate, *up; };
 
 static void swiglu_forward_range(void *p, size_t b, size_t e) {
     struct swiglu_ctx *c = p;
-    float *h = c->h; const float *gate = c->gate, *up = c->up;
-    for (size_t i = b; i < e; i++) {
-        float g = gate[i];
-        h[i] = g / (1.0f + expf(-g)) * up[i];
-    }
+    lf_swiglu_forward(c->h + b, c->gate + b, c->up + b, e - b);   // learner_fused.c
 }
 
 void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
@@ -613,14 +645,7 @@ void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
 
 static void swiglu_backward_range(void *p, size_t b, size_t e) {
     struct swiglu_ctx *c = p;
-    float *dgate = c->dgate, *dup = c->dup; const float *dh = c->dh, *gate = c->gate, *up = c->up;
-    for (size_t i = b; i < e; i++) {
-        float g = gate[i];
-        float s = 1.0f / (1.0f + expf(-g));
-        float silu = g * s;
-        dup[i] += dh[i] * silu;
-        dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
-    }
+    lf_swiglu_backward(c->dgate + b, c->dup + b, c->dh + b, c->gate + b, c->up + b, e - b);   // learner_fused.c
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
@@ -649,11 +674,7 @@ static void lse_range(void *p, size_t b, size_t e) {
     float *lse = c->lse; const float *logits = c->logits; int V = c->V;
     for (size_t r = b; r < e; r++) {
         const float *x = logits + (size_t)r * V;
-        float mx = -INFINITY;
-        for (int i = 0; i < V; i++) mx = x[i] > mx ? x[i] : mx;
-        double sum = 0.0;
-        for (int i = 0; i < V; i++) sum += expf(x[i] - mx);
-        lse[r] = mx + (float)log(sum);
+        lse[r] = lf_logsumexp_row(x, V);   // learner_fused.c
     }
 }
 
@@ -674,7 +695,7 @@ static void logprob_backward_range(void *p, size_t b, size_t e) {
         const float *x = c->logits + r * V;
         float *d = c->dlogits + r * V;
         float g = c->dlogp[r], l = c->lse_in[r];
-        for (int i = 0; i < V; i++) d[i] = -g * expf(x[i] - l);
+        lf_scaled_exp_row(d, x, V, l, -g);   // d[i] = −g·exp(x[i] − l)
         d[c->targets[r]] += g;
     }
 }

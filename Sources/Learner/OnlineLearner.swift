@@ -15,6 +15,8 @@ public protocol PreferenceSource: AnyObject, Sendable {
 /// Options of the learner inside `selm serve`.
 public struct OnlineOptions: Sendable {
     public var training = TrainingOptions()
+    /// The number format of the learner's large products (`Trainer.precision`).
+    public var precision: MatmulPrecision = .f32
     /// Linear warm-up steps (the online run has no known horizon, so no ratio).
     public var warmupSteps = 0
     /// Cosine needs a horizon; with `totalSteps` 0 the schedule after warm-up is constant.

@@ -10,6 +10,8 @@ import Model
 public final class SequenceScorer {
     public let model: LlamaModel
     public let training: Bool
+    /// The number format of the linear layers' products in `score` and `backward`.
+    public var products: MatmulPrecision = .f32
     private let acts: Activations
     private let scratch: BackwardScratch
     private var batch = ForwardBatch()
@@ -49,7 +51,7 @@ public final class SequenceScorer {
             }
         }
         let R = targets.count, V = model.config.vocabSize
-        let logits = try model.forward(batch, kv: nil, acts: acts)
+        let logits = try model.forward(batch, kv: nil, acts: acts, products: products)
         lse = [Float](repeating: 0, count: R)
         rowLogp = [Float](repeating: 0, count: R)
         logprob_gather_forward(&rowLogp, &lse, logits, targets, Int32(R), Int32(V))
@@ -72,6 +74,6 @@ public final class SequenceScorer {
         let dRow = rowSequence.map { Float(dSequence[$0]) }
         let logits = acts.logits!
         logprob_gather_backward(logits, dRow, logits, lse, targets, Int32(R), Int32(V))
-        model.backward(batch, acts: acts, dlogits: logits, grads: grads, scratch: scratch)
+        model.backward(batch, acts: acts, dlogits: logits, grads: grads, scratch: scratch, products: products)
     }
 }

@@ -73,6 +73,13 @@ public final class ReferencePolicy {
 
     public var cachedRows: Int { cache.count }
 
+    /// The number format of the reference forward's products (the trainer's `precision`). A change
+    /// empties the cache (its log-probs were computed in the other format).
+    public var products: MatmulPrecision {
+        get { scorer.products }
+        set { if newValue != scorer.products { scorer.products = newValue; cache.removeAll() } }
+    }
+
     func setGeneration(_ g: Int) { generation = g }
 
     /// Reference log-probs of each pair, computed once per key and cached until the next refresh.
@@ -124,6 +131,13 @@ public final class Trainer {
     /// Optimizer steps skipped because of a non-finite loss or gradient.
     public private(set) var skippedSteps = 0
     public var step: Int { optimizer.step + skippedSteps }
+    /// The number format of the large products of the policy's forward and backward and of the
+    /// reference forward (`--precision`); master weights, gradients and AdamW state stay f32.
+    /// Default f32; may change between steps.
+    public var precision: MatmulPrecision {
+        get { scorer.products }
+        set { scorer.products = newValue; reference.products = newValue }
+    }
 
     /// - Parameters:
     ///   - policy: trained in place.

@@ -44,15 +44,18 @@ extension LlamaModel {
     /// gradients into `grads` (same layout as the weights). `acts` must have been created with
     /// `keepForBackward: true` and still hold that forward's activations. The reverse of `forward`,
     /// step for step.
+    ///
+    /// `products`: the number format of the linear layers' products (input and weight gradients),
+    /// normally the one the forward ran in.
     public func backward(_ batch: ForwardBatch, acts: Activations, dlogits: UnsafePointer<Float>,
-                         grads: ParameterSet, scratch: BackwardScratch) {
+                         grads: ParameterSet, scratch: BackwardScratch, products: MatmulPrecision = .f32) {
         precondition(acts.keepForBackward, "backward needs activations kept by the forward pass")
         kernels_compute_enter()
         defer { kernels_compute_exit() }
         let c = config
         let w = weights
         let T = batch.tokens.count, R = batch.logitRows.count
-        let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim), hidden = Int32(c.hiddenDim)
+        let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim)
         let hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
         var attNeed = 0
         for s in batch.sequences {
@@ -63,7 +66,7 @@ extension LlamaModel {
 
         // Output head and final norm, for the rows that have logits.
         s.dxnF.update(repeating: 0, count: R * c.dim)
-        matmul_backward(s.dxnF, grads.lmHead, dlogits, acts.xnF, w.lmHead, Int32(R), dim, Int32(c.vocabSize))
+        products.backward(s.dxnF, grads.lmHead, dlogits, acts.xnF, w.lmHead, T: R, C: c.dim, OC: c.vocabSize)
         s.dxf.update(repeating: 0, count: R * c.dim)
         rmsnorm_backward(s.dxf, grads.finalNorm, s.dxnF, acts.xf, w.finalNorm, acts.rstdF, Int32(R), dim)
         s.dx.update(repeating: 0, count: T * c.dim)
@@ -76,18 +79,18 @@ extension LlamaModel {
             let a = acts.layers[l], p = w.layers[l], g = grads.layers[l]
             // MLP: x_{l+1} = xmid + down(silu(gate(xn2)) * up(xn2)),  xn2 = rmsnorm(xmid)
             s.dh.update(repeating: 0, count: T * c.hiddenDim)
-            matmul_backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T32, hidden, dim)
+            products.backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T: T, C: c.hiddenDim, OC: c.dim)
             s.dgate.update(repeating: 0, count: T * c.hiddenDim)
             s.dup.update(repeating: 0, count: T * c.hiddenDim)
             swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)
             s.dxn.update(repeating: 0, count: T * c.dim)
-            matmul_backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T32, dim, hidden)
-            matmul_backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T32, dim, hidden)
+            products.backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T: T, C: c.dim, OC: c.hiddenDim)
+            products.backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T: T, C: c.dim, OC: c.hiddenDim)
             rmsnorm_backward(s.dx, g.mlpNorm, s.dxn, a.xmid, p.mlpNorm, a.rstd2, T32, dim)  // dx is now d(xmid)
 
             // Attention: xmid = x + o(attention(rope(q(xn)), rope(k(xn)), v(xn))),  xn = rmsnorm(x)
             s.datt.update(repeating: 0, count: T * c.qDim)
-            matmul_backward(s.datt, g.wo, s.dx, a.att, p.wo, T32, qDim, dim)
+            products.backward(s.datt, g.wo, s.dx, a.att, p.wo, T: T, C: c.qDim, OC: c.dim)
             s.dq.update(repeating: 0, count: T * c.qDim)
             s.dk.update(repeating: 0, count: T * c.kvDim)
             s.dv.update(repeating: 0, count: T * c.kvDim)
@@ -100,9 +103,9 @@ extension LlamaModel {
             rope_backward(s.dq, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_backward(s.dk, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
             s.dxn.update(repeating: 0, count: T * c.dim)
-            matmul_backward(s.dxn, g.wq, s.dq, a.xn, p.wq, T32, dim, qDim)
-            matmul_backward(s.dxn, g.wk, s.dk, a.xn, p.wk, T32, dim, kvDim)
-            matmul_backward(s.dxn, g.wv, s.dv, a.xn, p.wv, T32, dim, kvDim)
+            products.backward(s.dxn, g.wq, s.dq, a.xn, p.wq, T: T, C: c.dim, OC: c.qDim)
+            products.backward(s.dxn, g.wk, s.dk, a.xn, p.wk, T: T, C: c.dim, OC: c.kvDim)
+            products.backward(s.dxn, g.wv, s.dv, a.xn, p.wv, T: T, C: c.dim, OC: c.kvDim)
             rmsnorm_backward(s.dx, g.attnNorm, s.dxn, a.x, p.attnNorm, a.rstd1, T32, dim)  // dx is now d(x_l)
         }
         embedding_backward(grads.tokenEmbedding, s.dx, batch.tokens, T32, dim)

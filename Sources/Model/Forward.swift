@@ -274,8 +274,12 @@ extension LlamaModel {
     /// With a `kv` store each sequence attends to its earlier positions held there (and its new keys
     /// and values are stored); without one every sequence must start at position 0 and attends only
     /// within the batch (full sequences, e.g. for training).
+    ///
+    /// `products`: the number format of the linear layers' products over f32 weights (the
+    /// learner's `--precision`; a compact model's packed weights ignore it).
     @discardableResult
-    public func forward(_ batch: ForwardBatch, kv: KVStore?, acts: Activations) throws -> UnsafeMutablePointer<Float> {
+    public func forward(_ batch: ForwardBatch, kv: KVStore?, acts: Activations,
+                        products: MatmulPrecision = .f32) throws -> UnsafeMutablePointer<Float> {
         let c = config
         let T = batch.tokens.count, R = batch.logitRows.count
         try validate(batch, hasKV: kv != nil)
@@ -295,9 +299,9 @@ extension LlamaModel {
             let a = acts.layers[l], p = w.linears[l]
             let xNext = l + 1 < c.nLayers ? acts.layers[l + 1].x : acts.xOut!
             rmsnorm_forward(a.xn, a.rstd1, a.x, w.attnNorms[l], T32, dim, c.rmsEps)
-            p.wq.apply(a.q, a.xn, rows: T, accumulate: false)
-            p.wk.apply(a.k, a.xn, rows: T, accumulate: false)
-            p.wv.apply(a.v, a.xn, rows: T, accumulate: false)
+            p.wq.apply(a.q, a.xn, rows: T, accumulate: false, products: products)
+            p.wk.apply(a.k, a.xn, rows: T, accumulate: false, products: products)
+            p.wv.apply(a.v, a.xn, rows: T, accumulate: false, products: products)
             rope_forward(a.q, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_forward(a.k, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
             if let kv {
@@ -311,18 +315,18 @@ extension LlamaModel {
                 }
             }
             if a.xmid != a.x { a.xmid.update(from: a.x, count: T * c.dim) }
-            p.wo.apply(a.xmid, a.att, rows: T, accumulate: true)
+            p.wo.apply(a.xmid, a.att, rows: T, accumulate: true, products: products)
             rmsnorm_forward(a.xn2, a.rstd2, a.xmid, w.mlpNorms[l], T32, dim, c.rmsEps)
-            p.wGate.apply(a.gate, a.xn2, rows: T, accumulate: false)
-            p.wUp.apply(a.up, a.xn2, rows: T, accumulate: false)
+            p.wGate.apply(a.gate, a.xn2, rows: T, accumulate: false, products: products)
+            p.wUp.apply(a.up, a.xn2, rows: T, accumulate: false, products: products)
             swiglu_forward(a.h, a.gate, a.up, T * c.hiddenDim)
             if xNext != a.xmid { xNext.update(from: a.xmid, count: T * c.dim) }
-            p.wDown.apply(xNext, a.h, rows: T, accumulate: true)
+            p.wDown.apply(xNext, a.h, rows: T, accumulate: true, products: products)
         }
 
         gather_rows(acts.xf, acts.xOut, batch.logitRows, Int32(R), dim)
         rmsnorm_forward(acts.xnF, acts.rstdF, acts.xf, w.finalNorm, Int32(R), dim, c.rmsEps)
-        w.lmHead.apply(acts.logits, acts.xnF, rows: R, accumulate: false)
+        w.lmHead.apply(acts.logits, acts.xnF, rows: R, accumulate: false, products: products)
         return acts.logits
     }
 

@@ -60,12 +60,14 @@ public struct LinearWeight: @unchecked Sendable {
     public let N: Int
     public let K: Int
 
-    /// y (M×N) = x (M×K) · Wᵀ, or += with `accumulate`. Thread: any (the weight is read only).
+    /// y (M×N) = x (M×K) · Wᵀ, or += with `accumulate`; f32 weights multiply in `products`.
+    /// Thread: any (the weight is read only).
     @inline(__always)
-    func apply(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, rows M: Int, accumulate: Bool) {
+    func apply(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, rows M: Int, accumulate: Bool,
+               products: MatmulPrecision = .f32) {
         switch storage {
         case .f32(let w):
-            matmul_forward(y, x, w, Int32(M), Int32(K), Int32(N), accumulate ? 1 : 0)
+            products.forward(y, x, w, T: M, C: K, OC: N, accumulate: accumulate)
         case .compact(let w):
             compact_linear_forward(y, x, w, Int32(M), accumulate ? 1 : 0)
         }

@@ -61,6 +61,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         } else {
             learner = try Trainer(policy: policy, reference: reference, options: options.training, schedule: options.schedule)
         }
+        learner.precision = options.precision
         self.learner = learner
         resumedFrom = resumed
         resumedVersion = state.map(\.policyVersion).flatMap { $0 > 0 ? $0 : nil }

@@ -49,6 +49,20 @@ struct PrecisionOptions: ParsableArguments {
     }
 }
 
+/// `--precision`: the number format of the learner's large products (forward, input and weight
+/// gradients of q/k/v/o, gate/up/down and the output head) in `selm train` and `selm serve`'s
+/// online learner. Master weights, gradients and AdamW state are f32 either way.
+struct LearnerPrecisionOptions: ParsableArguments {
+    @Option(name: .customLong("precision"), help: "Learner products: bf16 (bf16 operands, f32 accumulation; weights, gradients, optimizer state, norms, softmax and losses f32) or f32 (OpenBLAS sgemm). README \"Learner precision\".")
+    var learnerPrecision: String = MatmulPrecision.learnerDefault.rawValue
+
+    func validate() throws {
+        if MatmulPrecision(rawValue: learnerPrecision) == nil { throw ValidationError("--precision: expected bf16 or f32, got '\(learnerPrecision)'") }
+    }
+
+    var precision: MatmulPrecision { MatmulPrecision(rawValue: learnerPrecision) ?? .learnerDefault }
+}
+
 /// A runtime failure of a `selm` command: something the command tried failed (a file is missing or
 /// corrupt, line N of a data file is bad, the server is unreachable or refused a request). `main`
 /// prints it as one line, `Error: <what failed>: <file/line/field and why>`, and exits with status 1.

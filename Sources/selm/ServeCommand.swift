@@ -77,6 +77,7 @@ struct Serve: ParsableCommand {
     var verbose = false
     @OptionGroup var lossOptions: LossOptions
     @OptionGroup var optimizerOptions: OptimizerOptions
+    @OptionGroup var learnerPrecision: LearnerPrecisionOptions
 
     func validate() throws {
         if kvCachePrecision != "auto" && KVCachePrecision(rawValue: kvCachePrecision) == nil {
@@ -139,6 +140,7 @@ struct Serve: ParsableCommand {
         } else {
             var online = OnlineOptions()
             online.training = training
+            online.precision = learnerPrecision.precision
             online.publishEvery = publishEvery
             online.checkpointEvery = checkpointEvery
             online.keepCheckpoints = keepCheckpoints

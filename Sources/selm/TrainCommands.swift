@@ -76,6 +76,7 @@ struct Train: ParsableCommand {
     @Option(help: "Reference model (default: a frozen copy of --model).") var ref: String?
     @OptionGroup var lossOptions: LossOptions
     @OptionGroup var opt: OptimizerOptions
+    @OptionGroup var learnerPrecision: LearnerPrecisionOptions
     @Option(help: "Passes over the data.") var epochs: Int = 1
     @Option(help: "Save a checkpoint every N optimizer steps (0 = only at the end).") var saveEvery: Int = 0
     @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
@@ -124,6 +125,7 @@ struct Train: ParsableCommand {
         } else {
             learner = try Trainer(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
         }
+        learner.precision = learnerPrecision.precision
         do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
             throw CLIError.failed("cannot create --out \(out)", error)
         }
@@ -134,7 +136,7 @@ struct Train: ParsableCommand {
             throw CLIError.failed("cannot write \(metricsPath)", error)
         }
         metricsFile.seekToEndOfFile()
-        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate)")
+        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate), products \(learner.precision)")
 
         func state(epoch: Int, next: Int, metrics: [String: Double]) -> TrainerState {
             TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,

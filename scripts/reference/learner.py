@@ -112,6 +112,35 @@ def grads_case(root, name, model_dir, loss_type, beta, alpha, seed):
     print(name, metrics["loss"], sorted(grads)[:2], len(grads))
 
 
+def bf16_case(root, name):
+    """The f32 case `name` (its policy, reference, pairs and loss, written by grads_case) under PyTorch
+    CPU autocast to bfloat16: the mixed precision every trainer runs (linear layers and attention's
+    products on bf16 operands, parameters, gradients and the loss f32). The learner's `--precision
+    bf16` is checked against it: loss within 1e-2 relative, each gradient's cosine similarity
+    >= 0.999. Writes NAME.bf16.json (loss, metrics, and the f32 loss for scale) and
+    NAME.bf16.grads.safetensors."""
+    case = json.loads((root / FIX / f"{name}.json").read_text())
+    policy = LlamaForCausalLM.from_pretrained(root / case["model"], dtype=torch.float32).eval()
+    ref = LlamaForCausalLM.from_pretrained(root / FIX / case["ref"], dtype=torch.float32).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, metrics = pair_loss(policy, ref, case["pairs"], case["loss_type"], case["beta"], case["alpha"])
+    loss.backward()
+    grads = {n: p.grad.detach().float().clone().contiguous() for n, p in policy.named_parameters() if p.grad is not None}
+    f32 = safe_open_grads(root / FIX / f"{name}.grads.safetensors")
+    cos = {n: F.cosine_similarity(g.flatten(), f32[n].flatten(), dim=0).item() for n, g in grads.items()}
+    save_file(grads, str(root / FIX / f"{name}.bf16.grads.safetensors"))
+    out = {"case": name, "autocast": "cpu bfloat16", "loss": metrics["loss"], "f32_loss": case["metrics"]["loss"],
+           "metrics": metrics, "min_cosine_to_f32": min(cos.values())}
+    (root / FIX / f"{name}.bf16.json").write_text(json.dumps(out, indent=1))
+    print(f"{name}.bf16: loss {metrics['loss']} (f32 {case['metrics']['loss']}), worst gradient cosine to f32 "
+          f"{min(cos.values()):.6f} ({min(cos, key=cos.get)})")
+
+
+def safe_open_grads(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
 def adamw_case(root):
     """Three torch.optim.AdamW steps on fixed random parameters and gradients."""
     g = torch.Generator().manual_seed(3)
@@ -226,6 +255,8 @@ def main(root: pathlib.Path):
     grads_case(root, "selm-untied", "Tests/ModelTests/Fixtures/tiny-untied", "sigmoid", 0.5, 0.1, 22)
     grads_case(root, "ipo-untied", "Tests/ModelTests/Fixtures/tiny-untied", "ipo", 0.5, 0.1, 23)
     grads_case(root, "hinge-tied", "Tests/ModelTests/Fixtures/tiny-tied", "hinge", 0.05, 0.1, 24)
+    bf16_case(root, "selm-tied")
+    bf16_case(root, "selm-untied")
     adamw_case(root)
     adamw_groups_case(root)
     training_case(root)

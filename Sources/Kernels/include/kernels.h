@@ -55,6 +55,9 @@ void kernels_compute_exit(void);
 double kernels_thread_wait_seconds(void);
 /// Seconds the calling thread has spent inside BLAS calls (sgemm, sgemv), for measurements.
 double kernels_thread_blas_seconds(void);
+/// Seconds the calling thread has spent inside the linear layers' products (matmul_forward,
+/// matmul_backward and their _bf16 forms; attention's own products are not counted), for measurements.
+double kernels_thread_product_seconds(void);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
@@ -73,6 +76,13 @@ int kernels_compact_last_threads(void);
 // dinp (T, C) += dout (T, OC) · weight (OC, C);   dweight (OC, C) += dout^T · inp.   Either may be NULL.
 void matmul_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                      int T, int C, int OC);
+
+// matmul_forward / matmul_backward with bf16 operands and f32 accumulation (ck_matmul_*_bf16,
+// compact.h), shared between compute threads as compact_linear_forward is: the learner's
+// `--precision bf16` products. Counted in kernels_thread_blas_seconds. Thread: any.
+void matmul_forward_bf16(float *out, const float *inp, const float *weight, int T, int C, int OC, int accumulate);
+void matmul_backward_bf16(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                          int T, int C, int OC);
 
 // ---------------------------------------------------------------------------------------------
 // Embedding lookup: out (T, C) = table[tokens[t]]
