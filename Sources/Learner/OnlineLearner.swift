@@ -97,6 +97,8 @@ public final class OnlineLearner: @unchecked Sendable {
     /// no periodic checkpoint runs until it is (the checkpoint must record that version).
     private var awaitingVersion: Int?
     private var checkpointDue = false
+    /// The step handed to `publish` whose line (`logStep`) waits for its version.
+    private var unloggedStep: StepReport?
     private var skippedPublishes = 0
     private var stepTimes: [Date] = []
     private var statusCache: OnlineStatus
@@ -181,6 +183,10 @@ public final class OnlineLearner: @unchecked Sendable {
             lastVersion = version
             publishedStep = step
         }
+        if let r = unloggedStep, r.step == step {
+            unloggedStep = nil
+            logStep(r, version: version)
+        }
         if awaitingVersion == step {
             awaitingVersion = nil
             if checkpointDue { checkpointDue = false; savePeriodicCheckpoint() }
@@ -210,11 +216,13 @@ public final class OnlineLearner: @unchecked Sendable {
                                  schedule: learner.schedule, referenceKind: learner.reference.kind,
                                  referenceGeneration: learner.reference.generation, baseModel: baseModel,
                                  referenceModel: nil, policyVersion: version, lastMetrics: lastMetrics)
-        try Checkpoint.save(learner, state: state, to: directory, extras: extras)
+        try loggedCheckpointSave(to: directory, step: learner.step) {
+            try Checkpoint.save(learner, state: state, to: directory, extras: extras)
+        }
         checkpointStep = learner.step
         try writeDurably(path: checkpointRoot + "/latest", data: Data((name + "\n").utf8))
         for (n, bytes) in Checkpoint.prune(in: checkpointRoot, keep: options.keepCheckpoints, protecting: name) {
-            FileHandle.standardError.write(Data("learner: removed checkpoint \(n) (\(byteText(bytes))), beyond --keep-checkpoints \(options.keepCheckpoints)\n".utf8))
+            learnerLogger.info("removed checkpoint \(n) (\(byteText(bytes))), beyond --keep-checkpoints \(options.keepCheckpoints)")
         }
         didChangeCheckpoints?()
         return (directory, learner.step, consumed.sequence, version)
@@ -279,7 +287,7 @@ public final class OnlineLearner: @unchecked Sendable {
                 || (!pending.isEmpty && options.maxWaitSeconds > 0 && waited >= options.maxWaitSeconds))
             if ready {
                 do { try trainOneStep(rows: min(batchRows, pending.count)) } catch {
-                    FileHandle.standardError.write("learner: step failed: \(error)\n".data(using: .utf8)!)
+                    learnerLogger.error("step failed: \(error)")
                 }
             }
             idle = !ready
@@ -317,11 +325,13 @@ public final class OnlineLearner: @unchecked Sendable {
             if let bad = learner.policy.weights.firstNonFinite() {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
-                FileHandle.standardError.write(Data("learner: step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)\n".utf8))
+                learnerLogger.warning("step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)")
             } else if publish(learner.policy.weights, report.metrics, learner.step) {
                 awaitingVersion = learner.step
+                unloggedStep = report  // logged with its version once told
             }
         }
+        if unloggedStep?.step != report.step { logStep(report, version: nil) }
         if options.checkpointEvery > 0 && learner.step % options.checkpointEvery == 0 {
             // Saved once the version of these weights is told, so the checkpoint records it.
             if awaitingVersion != nil { checkpointDue = true } else { savePeriodicCheckpoint() }
@@ -331,7 +341,7 @@ public final class OnlineLearner: @unchecked Sendable {
     /// A periodic save that cannot be written (no space, bad weights) is skipped, not fatal.
     private func savePeriodicCheckpoint() {
         do { _ = try saveCheckpoint(name: Checkpoint.automaticName(step: learner.step)) } catch {
-            FileHandle.standardError.write(Data("learner: checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)\n".utf8))
+            learnerLogger.error("checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)")
         }
     }
 

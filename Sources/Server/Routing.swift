@@ -404,7 +404,7 @@ extension SelmServer {
                 }) { [self] published in
                     switch published {
                     case .failure(let e):
-                        serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)")
+                        serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)", level: .error)
                         if alive(conn, r) { end(conn, r, error: e) }
                     case .success(let version):
                         learner.weightsRefreshed(version: version, weights: weights.value, from: path)
@@ -441,7 +441,7 @@ extension SelmServer {
                         version: saved.version))))
                     end(conn, r, outcome: "ok")
                 case .failure(let e):
-                    serverLog("checkpoint \(dataDirectory.relative(dir)) not saved: \(e)")
+                    serverLog("checkpoint \(dataDirectory.relative(dir)) not saved: \(e)", level: .error)
                     end(conn, r, error: e)
                 }
             }
@@ -467,7 +467,7 @@ extension SelmServer {
             throw ServerError(e)
         } catch {
             // Only a caller bug gets here (weights of another shape are refused before).
-            serverLog("publish refused by the engine: \(error)")
+            serverLog("publish refused by the engine: \(error)", level: .error)
             throw .refused(code: .internal, field: "", reason: "the engine refused the weights: \(error)")
         }
     }
@@ -495,7 +495,7 @@ final class ServerPublisher: WeightPublisher, @unchecked Sendable {
             _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics)
             return true
         } catch {
-            serverLog("learner step \(learnerStep): weights not published: \(error)")
+            serverLog("learner step \(learnerStep): weights not published: \(error)", level: .error)
             return false
         }
     }

@@ -74,7 +74,7 @@ def free_port() -> int:
 
 def start_server(args, alpha: float, data_dir: pathlib.Path, log_path: pathlib.Path):
     port = free_port()
-    cmd = [args.selm, "serve", "--model", args.model, "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+    cmd = [args.selm, "serve", "--model", args.model, "--address", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
            "--alpha", str(alpha), "--beta", str(args.beta), "--lr", str(args.lr), "--batch-size", str(args.batch),
            "--publish-every", "1", "--warmup-steps", "0"]
     log(f"starting: {' '.join(cmd)}")
