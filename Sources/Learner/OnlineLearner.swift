@@ -52,6 +52,9 @@ public struct OnlineStatus: Sendable {
     public var stepsPerMinute: Double
     /// Publications skipped because the weights held a NaN or ±Inf.
     public var skippedPublishes: Int = 0
+    /// Seconds the last optimizer step took (0 before the first), and all steps of this run together.
+    public var lastStepSeconds: Double = 0
+    public var stepSecondsTotal: Double = 0
 }
 
 /// The learner thread of `selm serve`: consumes acknowledged preference records in log order, forms
@@ -101,6 +104,7 @@ public final class OnlineLearner: @unchecked Sendable {
     private var unloggedStep: StepReport?
     private var skippedPublishes = 0
     private var stepTimes: [Date] = []
+    private var lastStepSeconds = 0.0, stepSecondsTotal = 0.0
     private var statusCache: OnlineStatus
     private var checkpointStep: Int
 
@@ -319,6 +323,8 @@ public final class OnlineLearner: @unchecked Sendable {
         }
         fetchedSequences.removeAll { $0 <= consumed.sequence }
         lastMetrics = report.metrics
+        lastStepSeconds = report.seconds
+        stepSecondsTotal += report.seconds
         stepTimes.append(Date())
         if stepTimes.count > 20 { stepTimes.removeFirst() }
         if options.publishEvery > 0 && learner.step % options.publishEvery == 0 {
@@ -350,7 +356,8 @@ public final class OnlineLearner: @unchecked Sendable {
             ? Double(stepTimes.count - 1) / stepTimes.last!.timeIntervalSince(stepTimes.first!) * 60 : 0
         let s = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: consumed.sequence,
                              consumedRows: consumed.rows, pendingRows: pending.count, metrics: lastMetrics,
-                             lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes)
+                             lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes,
+                             lastStepSeconds: lastStepSeconds, stepSecondsTotal: stepSecondsTotal)
         lock.lock(); statusCache = s; lock.unlock()
     }
 }

@@ -104,6 +104,8 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         m["pending_rows"] = Double(s.pendingRows)
         m["steps_per_minute"] = s.stepsPerMinute
         m["skipped_publishes"] = Double(s.skippedPublishes)
+        m["step_seconds"] = s.lastStepSeconds
+        m["step_seconds_total"] = s.stepSecondsTotal
         return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence)
     }
 

@@ -301,9 +301,14 @@ extension SelmServer {
                 continue
             }
             guard let id = e.requestID, let (conn, r) = engineRequests[id] else { continue }
-            if case .firstToken = e, !r.sawFirstToken {
+            if case .firstToken(_, let t) = e, !r.sawFirstToken {
                 r.sawFirstToken = true
+                r.firstTokenNanos = t
                 metrics.timeToFirstToken.observe(now - r.received)
+            }
+            // A sample's mean gap between consecutive tokens: from the request's first token to its last.
+            if case .sample(let s) = e, s.tokens.count >= 2, r.firstTokenNanos > 0, s.time > r.firstTokenNanos {
+                metrics.interTokenLatency.observe(Double(s.time - r.firstTokenNanos) / 1e9 / Double(s.tokens.count - 1))
             }
             let (message, last) = Edge.reply(e)
             if let message {
@@ -317,6 +322,9 @@ extension SelmServer {
                 engineRequests[id] = nil
                 var outcome = r.cancelled ? "cancelled" : "ok"
                 if case .error(let err)? = message { outcome = err.code.metricName }
+                if outcome == "ok", r.type == "generate" || r.type.hasPrefix("http_") {
+                    metrics.endToEndLatency.observe(now - r.received)
+                }
                 end(conn, r, outcome: outcome)
             }
         }

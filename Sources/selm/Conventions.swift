@@ -19,7 +19,9 @@ struct LogOptions: ParsableArguments {
     /// The level asked for (`--verbose`, deprecated, is `--log-level debug`).
     var level: Logger.Level {
         let asked = Logger.Level(rawValue: logLevel) ?? .info
-        return verbose ? min(asked, .debug) : asked
+        guard verbose else { return asked }
+        deprecatedSpelling("--verbose", use: "--log-level debug")
+        return min(asked, .debug)
     }
 }
 
