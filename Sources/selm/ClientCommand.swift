@@ -432,7 +432,7 @@ extension Client {
         static let configuration = CommandConfiguration(
             abstract: "Print weight-version events as they come (the current version first); stop with Ctrl-C.")
         @OptionGroup var connection: ClientConnectionOptions
-        @Option(help: "Stop after this many events.") var count: Int?
+        @Option(help: "Stop after this many events (default: run until interrupted).") var count: Int?
         @Flag(help: "Print JSON lines.") var json = false
 
         func run() throws {

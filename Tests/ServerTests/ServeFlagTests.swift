@@ -80,6 +80,46 @@ final class ServeFlagTests: XCTestCase {
         XCTAssertEqual(sigmoid[0].metrics["loss"] ?? .nan, log(2), accuracy: 1e-6)
     }
 
+    /// The metrics of the second step (the first step's update shows in them), with `args`; rows
+    /// carry a reference response so SELM's optimism term (--alpha) has a gradient.
+    func secondStepMetrics(_ args: [String]) throws -> [String: Double] {
+        let dir = try temporaryDirectory()
+        let server = try ServerProcess(model: Self.tinyChat, dataDir: dir + "/data",
+                                       args: ["--batch-size", "1", "--max-wait-seconds", "0", "--lr", "1e-2", "--publish-every", "1",
+                                              "--checkpoint-every", "0"] + args)
+        defer { server.stop() }
+        let watcher = try server.client()
+        _ = try watcher.hello()
+        guard case .versionEvent = try watcher.call(1, .subscribeVersions(SubscribeVersions())) else { throw TestError("subscribe") }
+        let c = try server.client()
+        _ = try c.hello()
+        var rows = [row(0), row(0)]
+        for i in rows.indices { rows[i].reference = .ids([23, 2]) }
+        guard case .preferenceAck = try c.call(2, .submitPreferences(SubmitPreferences(rows: rows))) else { throw TestError("submit") }
+        var last: VersionEvent?
+        for _ in 0..<2 {
+            guard case .versionEvent(let v) = try watcher.receive(1) else { throw TestError("version event") }
+            last = v
+        }
+        return last?.metrics ?? [:]
+    }
+
+    /// --alpha, --weight-decay and --max-grad-norm change the first update (training is
+    /// deterministic, so the second step's policy log-probs move only through them): each against
+    /// the same run without it (α 0, no decay, no clipping).
+    func testAlphaWeightDecayAndGradClipChangeTheUpdate() throws {
+        let base = ["--alpha", "0", "--weight-decay", "0", "--max-grad-norm", "0"]
+        let plain = try secondStepMetrics(base)
+        let again = try secondStepMetrics(base)
+        XCTAssertEqual(plain["logps/chosen"], again["logps/chosen"], "training is deterministic")
+        for (flag, value) in [("--alpha", "1"), ("--weight-decay", "10"), ("--max-grad-norm", "1e-12")] {
+            var args = base
+            args[args.firstIndex(of: flag)! + 1] = value
+            let m = try secondStepMetrics(args)
+            XCTAssertNotEqual(m["logps/chosen"], plain["logps/chosen"], "\(flag) \(value) changed nothing")
+        }
+    }
+
     /// --grad-accum 2 with --batch-size 1: one optimizer step takes two rows.
     func testGradAccumTakesMicroBatchesPerStep() throws {
         let dir = try temporaryDirectory()
