@@ -95,7 +95,7 @@ struct Serve: ParsableCommand, LogLevelCommand {
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
         if (warmupSteps ?? 0) < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
         _ = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
-        // The schedule flags shared with `selm train` mean something here only with a horizon.
+        // Flags shared with `selm train` that mean nothing online (--seed), or only with a horizon.
         if optimizerOptions.seed != nil {
             throw ValidationError("--seed: selm serve has no seeded randomness to set: its learner trains on the preference log in order, and each generation takes its own seed (GenerateRequest sampling.seed, the API's seed); remove --seed")
         }
