@@ -18,6 +18,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),  // LogHandler.log(event:)
     ],
     targets: [
         // System libraries (found through pkg-config; `make deps` installs the apt providers).
@@ -44,7 +45,7 @@ let package = Package(
         // Generation: sampler, sequences, paged KV cache, continuous-batching scheduler, versions.
         .target(name: "Engine", dependencies: ["Model", "Tokenizer", "Kernels"], exclude: ["README.md"], swiftSettings: fastSwift),
         // SELM / DPO / IPO learner: sequence log-probs, losses, AdamW, reference policy, checkpoints.
-        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile", "Tokenizer"], exclude: ["README.md"], swiftSettings: fastSwift),
+        .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile", "Tokenizer", .product(name: "Logging", package: "swift-log")], exclude: ["README.md"], swiftSettings: fastSwift),
         // The durable preference log (records, CRC, group commit, replay), the data directory and the
         // version ledger; records are opaque bytes (Foundation and DurableFile only).
         .target(name: "PreferenceLog", dependencies: ["DurableFile"], exclude: ["README.md"]),
@@ -54,7 +55,8 @@ let package = Package(
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
         // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
-        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser"],
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser",
+                                           .product(name: "Logging", package: "swift-log")],
                 exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.
@@ -67,6 +69,7 @@ let package = Package(
             dependencies: [
                 "Model", "Tokenizer", "Kernels", "ModelBundle", "Engine", "Learner", "PreferenceLog", "DurableFile", "Server", "SelmClient", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             exclude: ["README.md"],
             swiftSettings: fastSwift),

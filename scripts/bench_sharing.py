@@ -34,7 +34,7 @@ def free_port() -> int:
 def start(selm: str, model: str, mode: str, learner: bool):
     port = free_port()
     data = tempfile.mkdtemp(prefix="selm-sharing-")
-    cmd = [selm, "serve", "--model", model, "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+    cmd = [selm, "serve", "--model", model, "--address", f"127.0.0.1:{port}", "--data-dir", data,
            "--compute-sharing", mode, "--batch-size", "8", "--lr", "1e-6", "--max-wait-seconds", "0",
            "--checkpoint-every", "0"] + ([] if learner else ["--no-learner"])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

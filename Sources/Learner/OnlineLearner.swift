@@ -54,6 +54,9 @@ public struct OnlineStatus: Sendable {
     public var stepsPerMinute: Double
     /// Publications skipped because the weights held a NaN or ±Inf.
     public var skippedPublishes: Int = 0
+    /// Seconds the last optimizer step took (0 before the first), and all steps of this run together.
+    public var lastStepSeconds: Double = 0
+    public var stepSecondsTotal: Double = 0
 }
 
 /// The learner thread of `selm serve`: consumes acknowledged preference records in log order, forms
@@ -99,8 +102,11 @@ public final class OnlineLearner: @unchecked Sendable {
     /// no periodic checkpoint runs until it is (the checkpoint must record that version).
     private var awaitingVersion: Int?
     private var checkpointDue = false
+    /// The step handed to `publish` whose line (`logStep`) waits for its version.
+    private var unloggedStep: StepReport?
     private var skippedPublishes = 0
     private var stepTimes: [Date] = []
+    private var lastStepSeconds = 0.0, stepSecondsTotal = 0.0
     private var statusCache: OnlineStatus
     private var checkpointStep: Int
 
@@ -187,6 +193,10 @@ public final class OnlineLearner: @unchecked Sendable {
             lastVersion = version
             publishedStep = step
         }
+        if let r = unloggedStep, r.step == step {
+            unloggedStep = nil
+            logStep(r, version: version)
+        }
         if awaitingVersion == step {
             awaitingVersion = nil
             if checkpointDue { checkpointDue = false; savePeriodicCheckpoint() }
@@ -216,11 +226,13 @@ public final class OnlineLearner: @unchecked Sendable {
                                  schedule: learner.schedule, referenceKind: learner.reference.kind,
                                  referenceGeneration: learner.reference.generation, baseModel: baseModel,
                                  referenceModel: nil, policyVersion: version, lastMetrics: lastMetrics)
-        try Checkpoint.save(learner, state: state, to: directory, extras: extras, log: log)
+        try loggedCheckpointSave(to: directory, step: learner.step) {
+            try Checkpoint.save(learner, state: state, to: directory, extras: extras, log: log)
+        }
         checkpointStep = learner.step
         try writeDurably(path: checkpointRoot + "/latest", data: Data((name + "\n").utf8))
         for (n, bytes) in Checkpoint.prune(in: checkpointRoot, keep: options.keepCheckpoints, protecting: name) {
-            FileHandle.standardError.write(Data("learner: removed checkpoint \(n) (\(byteText(bytes))), beyond --keep-checkpoints \(options.keepCheckpoints)\n".utf8))
+            learnerLogger.info("removed checkpoint \(n) (\(byteText(bytes))), beyond --keep-checkpoints \(options.keepCheckpoints)")
         }
         didChangeCheckpoints?()
         return (directory, learner.step, consumed.sequence, version)
@@ -285,7 +297,7 @@ public final class OnlineLearner: @unchecked Sendable {
                 || (!pending.isEmpty && options.maxWaitSeconds > 0 && waited >= options.maxWaitSeconds))
             if ready {
                 do { try trainOneStep(rows: min(batchRows, pending.count)) } catch {
-                    FileHandle.standardError.write("learner: step failed: \(error)\n".data(using: .utf8)!)
+                    learnerLogger.error("step failed: \(error)")
                 }
             }
             idle = !ready
@@ -318,17 +330,21 @@ public final class OnlineLearner: @unchecked Sendable {
         fetchedSequences.removeAll { $0 <= consumed.sequence }
         lastMetrics = report.metrics
         log.record(step: learner.step, epoch: nil, metrics: report.metrics, tokens: report.tokens)
+        lastStepSeconds = report.seconds
+        stepSecondsTotal += report.seconds
         stepTimes.append(Date())
         if stepTimes.count > 20 { stepTimes.removeFirst() }
         if options.publishEvery > 0 && learner.step % options.publishEvery == 0 {
             if let bad = learner.policy.weights.firstNonFinite() {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
-                FileHandle.standardError.write(Data("learner: step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)\n".utf8))
+                learnerLogger.warning("step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)")
             } else if publish(learner.policy.weights, report.metrics, learner.step) {
                 awaitingVersion = learner.step
+                unloggedStep = report  // logged with its version once told
             }
         }
+        if unloggedStep?.step != report.step { logStep(report, version: nil) }
         if options.checkpointEvery > 0 && learner.step % options.checkpointEvery == 0 {
             // Saved once the version of these weights is told, so the checkpoint records it.
             if awaitingVersion != nil { checkpointDue = true } else { savePeriodicCheckpoint() }
@@ -338,7 +354,7 @@ public final class OnlineLearner: @unchecked Sendable {
     /// A periodic save that cannot be written (no space, bad weights) is skipped, not fatal.
     private func savePeriodicCheckpoint() {
         do { _ = try saveCheckpoint(name: Checkpoint.automaticName(step: learner.step)) } catch {
-            FileHandle.standardError.write(Data("learner: checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)\n".utf8))
+            learnerLogger.error("checkpoint \(Checkpoint.automaticName(step: learner.step)) skipped: \(error)")
         }
     }
 
@@ -347,7 +363,8 @@ public final class OnlineLearner: @unchecked Sendable {
             ? Double(stepTimes.count - 1) / stepTimes.last!.timeIntervalSince(stepTimes.first!) * 60 : 0
         let s = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: consumed.sequence,
                              consumedRows: consumed.rows, pendingRows: pending.count, metrics: lastMetrics,
-                             lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes)
+                             lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes,
+                             lastStepSeconds: lastStepSeconds, stepSecondsTotal: stepSecondsTotal)
         lock.lock(); statusCache = s; lock.unlock()
     }
 }

@@ -87,6 +87,8 @@ final class Request: @unchecked Sendable {
     var cancelled = false
     /// Set once the first token was seen (time to first token is measured once per request).
     var sawFirstToken = false
+    /// When the first token came (the engine's `DispatchTime` uptime nanoseconds; 0: not yet).
+    var firstTokenNanos: UInt64 = 0
 
     init(id: UInt64, type: String, isSubscription: Bool = false, cancellable: Bool = false) {
         self.id = id

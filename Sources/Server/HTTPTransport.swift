@@ -74,7 +74,7 @@ extension SelmServer {
                           close: true)
                 return
             }
-            if config.verbose { serverLog("http connection \(conn.id) from \(conn.peer)") }
+            serverLog("http connection \(conn.id) from \(conn.peer)", level: config.verbose ? .info : .debug)
         }
         startReading(conn)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Wire
 
 /// A Prometheus histogram with fixed upper bounds (seconds).
@@ -106,6 +107,10 @@ final class ServerMetrics {
     private(set) var connectionsDropped: [DropReason: UInt64] = Dictionary(uniqueKeysWithValues: DropReason.allCases.map { ($0, 0) })
     var preferenceRows: UInt64 = 0
     var timeToFirstToken = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30])
+    /// Per finished sample of ≥ 2 tokens: (last token − the request's first token) / (tokens − 1).
+    var interTokenLatency = Histogram(bounds: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5])
+    /// Per generation finished ok (socket Generate and the HTTP API): received → its last result.
+    var endToEndLatency = Histogram(bounds: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120])
     var walAck = Histogram(bounds: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
 
     func countRequest(_ type: String, outcome: String) {
@@ -131,9 +136,15 @@ final class ServerMetrics {
         counter("selm_prompt_tokens_total", "Prompt tokens of finished samples.", promptTokens)
         timeToFirstToken.render(name: "selm_time_to_first_token_seconds",
                                 help: "From receiving a GenerateRequest to its first token.", into: &o)
+        interTokenLatency.render(name: "selm_inter_token_latency_seconds",
+                                 help: "Per finished sample of two or more tokens: the mean gap between its consecutive tokens (from the request's first token to the sample's last, over tokens - 1).", into: &o)
+        endToEndLatency.render(name: "selm_e2e_request_latency_seconds",
+                               help: "From receiving a generation request (socket Generate or HTTP completion) to its last result, for requests that finished ok.", into: &o)
         walAck.render(name: "selm_preference_ack_seconds", help: "From receiving SubmitPreferences to its acknowledgement (after fsync).", into: &o)
         counter("selm_preference_rows_total", "Preference rows acknowledged.", preferenceRows)
         counter("selm_learner_steps_total", "Optimizer steps the learner has taken.", live.learnerStep)
+        gauge("selm_learner_step_seconds", "Seconds the learner's last optimizer step took (0 before the first).", live.learnerMetrics["step_seconds"] ?? 0)
+        o += "# HELP selm_learner_step_seconds_total Seconds spent in optimizer steps (this run).\n# TYPE selm_learner_step_seconds_total counter\nselm_learner_step_seconds_total \(promNumber(live.learnerMetrics["step_seconds_total"] ?? 0))\n"
         gauge("selm_learner_loss", "The learner's latest loss (NaN before its first step).", live.learnerMetrics["loss"] ?? .nan)
         if !live.learnerMetrics.isEmpty {
             o += "# HELP selm_learner_metric The learner's latest training metrics (TRL names).\n# TYPE selm_learner_metric gauge\n"
@@ -145,6 +156,8 @@ final class ServerMetrics {
         gauge("selm_live_versions", "Weight versions still referenced.", Double(live.liveVersions))
         gauge("selm_kv_blocks_used", "Paged KV cache blocks in use.", Double(live.kvBlocksUsed))
         gauge("selm_kv_blocks_total", "Paged KV cache blocks in all.", Double(live.kvBlocksTotal))
+        gauge("selm_kv_cache_usage_ratio", "Share of the paged KV cache's blocks in use (0 to 1).",
+              live.kvBlocksTotal > 0 ? Double(live.kvBlocksUsed) / Double(live.kvBlocksTotal) : 0)
         gauge("selm_waiting_requests", "Generation requests not admitted yet.", Double(live.waitingRequests))
         gauge("selm_running_sequences", "Sequences being generated.", Double(live.runningSequences))
         gauge("selm_generated_tokens_per_second", "Recent generation throughput.", live.tokensPerSecond)
@@ -167,6 +180,12 @@ final class ServerMetrics {
         counter("selm_received_bytes_total", "Bytes received from clients (socket protocol and HTTP API; metrics scrapes not counted).", bytesIn)
         counter("selm_sent_bytes_total", "Bytes sent to clients (socket protocol and HTTP API; metrics scrapes not counted).", bytesOut)
         gauge("selm_uptime_seconds", "Seconds since the server started.", live.uptime)
+        // How engine and learner share the BLAS (selm serve --compute-sharing; split = none with one thread).
+        let modes = ["none", "priority", "fifo", "adaptive"]
+        let mode = Int(kernels_sharing_mode())
+        o += "# HELP selm_compute_sharing_info How the engine and the learner share the BLAS (--compute-sharing: split is none with one BLAS thread).\n# TYPE selm_compute_sharing_info gauge\n"
+        o += "selm_compute_sharing_info{mode=\"\(modes.indices.contains(mode) ? modes[mode] : "unknown")\"} 1\n"
+        gauge("selm_blas_threads", "OpenBLAS threads per call (the most; adaptive sharing uses one each while both compute).", Double(kernels_blas_threads()))
         if !live.enginePrecision.isEmpty {
             o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16 or q8), what the KV cache holds keys and values in (f32 or f16), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"
             o += "selm_engine_info{precision=\"\(live.enginePrecision)\",kv_cache=\"\(live.kvCachePrecision)\",snapshot_bytes=\"\(live.snapshotBytes)\"} 1\n"

@@ -106,6 +106,8 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         m["pending_rows"] = Double(s.pendingRows)
         m["steps_per_minute"] = s.stepsPerMinute
         m["skipped_publishes"] = Double(s.skippedPublishes)
+        m["step_seconds"] = s.lastStepSeconds
+        m["step_seconds_total"] = s.stepSecondsTotal
         return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence)
     }
 
@@ -163,7 +165,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
                 }
                 o.adopt(weights: handed.value, version: version)
             } catch {
-                FileHandle.standardError.write("learner: cannot adopt refreshed weights from \(path): \(error)\n".data(using: .utf8)!)
+                serverLog("learner: cannot adopt refreshed weights from \(path): \(error)", level: .error)
             }
         }
     }
@@ -177,9 +179,9 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         if o.stepsSinceCheckpoint > 0 {
             do {
                 let r = try o.saveCheckpoint(name: Checkpoint.automaticName(step: o.learner.step))
-                FileHandle.standardError.write("selm serve: learner checkpoint \(r.path) (step \(r.step), log sequence \(r.sequence))\n".data(using: .utf8)!)
+                serverLog("learner checkpoint \(r.path) (step \(r.step), log sequence \(r.sequence))")
             } catch {
-                FileHandle.standardError.write("selm serve: could not save the learner's final checkpoint: \(error)\n".data(using: .utf8)!)
+                serverLog("could not save the learner's final checkpoint: \(error)", level: .error)
             }
         }
     }

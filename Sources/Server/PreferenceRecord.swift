@@ -93,7 +93,7 @@ extension PreferenceLog: PreferenceSource {
         do {
             return try records(after: after, limit: 64).map { ($0.sequence, $0.pairs) }
         } catch {
-            serverLog("learner cannot read the preference log: \(error)")
+            serverLog("learner cannot read the preference log: \(error)", level: .error)
             return []
         }
     }

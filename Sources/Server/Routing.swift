@@ -302,9 +302,14 @@ extension SelmServer {
                 continue
             }
             guard let id = e.requestID, let (conn, r) = engineRequests[id] else { continue }
-            if case .firstToken = e, !r.sawFirstToken {
+            if case .firstToken(_, let t) = e, !r.sawFirstToken {
                 r.sawFirstToken = true
+                r.firstTokenNanos = t
                 metrics.timeToFirstToken.observe(now - r.received)
+            }
+            // A sample's mean gap between consecutive tokens: from the request's first token to its last.
+            if case .sample(let s) = e, s.tokens.count >= 2, r.firstTokenNanos > 0, s.time > r.firstTokenNanos {
+                metrics.interTokenLatency.observe(Double(s.time - r.firstTokenNanos) / 1e9 / Double(s.tokens.count - 1))
             }
             let (message, last) = Edge.reply(e)
             if let message {
@@ -318,6 +323,9 @@ extension SelmServer {
                 engineRequests[id] = nil
                 var outcome = r.cancelled ? "cancelled" : "ok"
                 if case .error(let err)? = message { outcome = err.code.metricName }
+                if outcome == "ok", r.type == "generate" || r.type.hasPrefix("http_") {
+                    metrics.endToEndLatency.observe(now - r.received)
+                }
                 end(conn, r, outcome: outcome)
             }
         }
@@ -405,7 +413,7 @@ extension SelmServer {
                 }) { [self] published in
                     switch published {
                     case .failure(let e):
-                        serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)")
+                        serverLog("refresh from \(dataDirectory.relative(path)) not published: \(e)", level: .error)
                         if alive(conn, r) { end(conn, r, error: e) }
                     case .success(let version):
                         learner.weightsRefreshed(version: version, weights: weights.value, from: path)
@@ -442,7 +450,7 @@ extension SelmServer {
                         version: saved.version))))
                     end(conn, r, outcome: "ok")
                 case .failure(let e):
-                    serverLog("checkpoint \(dataDirectory.relative(dir)) not saved: \(e)")
+                    serverLog("checkpoint \(dataDirectory.relative(dir)) not saved: \(e)", level: .error)
                     end(conn, r, error: e)
                 }
             }
@@ -468,7 +476,7 @@ extension SelmServer {
             throw ServerError(e)
         } catch {
             // Only a caller bug gets here (weights of another shape are refused before).
-            serverLog("publish refused by the engine: \(error)")
+            serverLog("publish refused by the engine: \(error)", level: .error)
             throw .refused(code: .internal, field: "", reason: "the engine refused the weights: \(error)")
         }
     }
@@ -496,7 +504,7 @@ final class ServerPublisher: WeightPublisher, @unchecked Sendable {
             _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics)
             return true
         } catch {
-            serverLog("learner step \(learnerStep): weights not published: \(error)")
+            serverLog("learner step \(learnerStep): weights not published: \(error)", level: .error)
             return false
         }
     }

@@ -58,16 +58,9 @@ public struct ServerConfiguration: Sendable {
     /// Log every connection.
     public var verbose = false
     /// Reported in HelloReply.server_version.
-    public var serverVersion = "selm-server 0.1"
+    public var serverVersion = "selm-server \(SelmVersion.string)"
 
     public init() {}
-}
-
-/// Lines on stderr, prefixed with the time. Any thread.
-func serverLog(_ s: String) {
-    let t = Date().timeIntervalSince1970
-    let line = String(format: "[%.3f] selm serve: ", t) + s + "\n"
-    FileHandle.standardError.write(Data(line.utf8))
 }
 
 /// The `selm serve` RPC server: one libuv loop (TCP, Unix socket, metrics HTTP, signals, wake-ups)
@@ -222,7 +215,7 @@ public final class SelmServer: @unchecked Sendable {
         if let m = config.metrics { try listenMetrics(m) }
         if let h = config.http { try listenHTTP(h) }
         if config.tcp == nil && config.unixPath == nil {
-            throw ServerError.configuration(option: "--listen/--unix", reason: "nothing to listen on")
+            throw ServerError.configuration(option: "--address/--unix", reason: "nothing to listen on")
         }
         if config.handleSignals {
             for sig in [SIGINT, SIGTERM] {
@@ -238,7 +231,7 @@ public final class SelmServer: @unchecked Sendable {
     }
 
     private func listenTCP(_ address: String) throws {
-        var (_, _, storage) = try parseSocketAddress(address, option: "--listen")
+        var (_, _, storage) = try parseSocketAddress(address, option: "--address")
         let h = uvAllocate(uv_tcp_t.self)
         uv_tcp_init(loop, h)
         listeners.append(uvHandle(h))
@@ -358,7 +351,7 @@ public final class SelmServer: @unchecked Sendable {
         while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
         loopClosed = true
         let rc = uv_loop_close(loop)
-        if rc != 0 { serverLog("warning: loop closed with handles still open (\(uvErrorText(rc)))") }
+        if rc != 0 { serverLog("loop closed with handles still open (\(uvErrorText(rc)))", level: .warning) }
         if config.handleSignals {
             signal(SIGINT, SIG_IGN)
             signal(SIGTERM, SIG_IGN)
@@ -378,7 +371,7 @@ public final class SelmServer: @unchecked Sendable {
 
     /// Loop thread: a listener has a connection waiting.
     func accept(_ listener: UnsafeMutablePointer<uv_stream_t>, status: Int32, kind: ListenerKind) {
-        guard status == 0 else { serverLog("accept failed: \(uvErrorText(status))"); return }
+        guard status == 0 else { serverLog("accept failed: \(uvErrorText(status))", level: .warning); return }
         let stream: UnsafeMutablePointer<uv_stream_t>
         switch kind {
         case .tcp:
@@ -430,7 +423,7 @@ public final class SelmServer: @unchecked Sendable {
             close(conn, reason: "pre-auth pool full", graceful: true)
             return
         }
-        if config.verbose { serverLog("connection \(conn.id) from \(peer)") }
+        serverLog("connection \(conn.id) from \(peer)", level: config.verbose ? .info : .debug)
         startReading(conn)
     }
 
@@ -517,7 +510,8 @@ public final class SelmServer: @unchecked Sendable {
         if case .error(var reply) = envelope.body {
             let scrubbed = pathScrubber.scrub(reply.message)
             if scrubbed != reply.message || reply.code == .internal {
-                serverLog("connection \(conn.id) (\(conn.peer)), request \(envelope.id): \(reply.code.metricName): \(reply.message)")
+                serverLog("connection \(conn.id) (\(conn.peer)), request \(envelope.id): \(reply.code.metricName): \(reply.message)",
+                          level: reply.code == .internal ? .error : .info)
             }
             reply.message = scrubbed
             envelope.body = .error(reply)
@@ -544,7 +538,7 @@ public final class SelmServer: @unchecked Sendable {
             dirty.append(conn)
         }
         if conn.output.count + conn.queuedBytes > config.maxOutputBytes && !conn.closing {
-            serverLog("connection \(conn.id) (\(conn.peer)): dropped, \(conn.output.count + conn.queuedBytes) bytes of replies unread (limit \(config.maxOutputBytes))")
+            serverLog("connection \(conn.id) (\(conn.peer)): dropped, \(conn.output.count + conn.queuedBytes) bytes of replies unread (limit \(config.maxOutputBytes))", level: .warning)
             metrics.countDrop(.outputCap)
             close(conn, reason: "output cap")
         }
@@ -614,7 +608,7 @@ public final class SelmServer: @unchecked Sendable {
     /// after an error that ends the connection).
     func close(_ conn: Connection, reason: String, graceful: Bool = false) {
         guard !conn.closing else { return }
-        if config.verbose || (graceful && conn.http == nil) { serverLog("connection \(conn.id) (\(conn.peer)) closed: \(reason)") }
+        serverLog("connection \(conn.id) (\(conn.peer)) closed: \(reason)", level: config.verbose || (graceful && conn.http == nil) ? .info : .debug)
         stopReading(conn)
         for (_, request) in conn.requests {
             request.cancelled = true
@@ -697,7 +691,7 @@ public final class SelmServer: @unchecked Sendable {
     private func checkDrained() {
         let busy = connections.values.contains { $0.requests.values.contains { !$0.isSubscription } }
         if !busy || Date().timeIntervalSince1970 > shutdownDeadline {
-            if busy { serverLog("grace period over: closing with requests still in flight") }
+            if busy { serverLog("grace period over: closing with requests still in flight", level: .warning) }
             finishShutdown()
         }
     }

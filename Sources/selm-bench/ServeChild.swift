@@ -19,7 +19,7 @@ struct LoadFailure: Error, CustomStringConvertible {
     static func codeName(_ c: ErrorCode) -> String { c.protoName }
 }
 
-/// `selm serve --listen 127.0.0.1:0 --data-dir DATA ARGS`, its stderr in DATA.log.
+/// `selm serve --address 127.0.0.1:0 --data-dir DATA ARGS`, its stderr in DATA.log.
 final class ServeChild {
     let process = Process()
     let logPath: String
@@ -32,7 +32,7 @@ final class ServeChild {
         logPath = dataDir + ".log"
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         process.executableURL = URL(fileURLWithPath: selm)
-        process.arguments = ["serve", "--model", model, "--listen", "127.0.0.1:0", "--data-dir", dataDir] + args
+        process.arguments = ["serve", "--model", model, "--address", "127.0.0.1:0", "--data-dir", dataDir] + args
         let log = FileHandle(forWritingAtPath: logPath)!
         startOffset = Int(log.seekToEndOfFile())
         process.standardError = log

@@ -10,7 +10,7 @@ struct Client: ParsableCommand {
         abstract: "Call a running `selm serve`: generate, tokenize, score, submit preferences, status, refresh, save, subscribe.",
         discussion: """
         Every call connects to --address (default 127.0.0.1:7070) or --unix PATH, says Hello (with the \
-        token in --token-file, if given) and prints the reply. A request the server refuses prints its \
+        token in --auth-token-file, if given) and prints the reply. A request the server refuses prints its \
         error code, message and field ("INVALID_ARGUMENT: sampling.top_p: must be in (0, 1]") and exits with status 1.
         """,
         subcommands: [Hello.self, Generate.self, Tokenize.self, Detokenize.self, Score.self, Submit.self,
@@ -19,16 +19,21 @@ struct Client: ParsableCommand {
 
 /// Where the server is and how to authenticate.
 struct ClientConnectionOptions: ParsableArguments {
-    @Option(help: "The server's TCP address, HOST:PORT.") var address: String = Endpoint.defaultAddress
+    @Option(help: "The server's TCP address, HOST:PORT (selm serve --address).") var address: String = Endpoint.defaultAddress
     @Option(help: "The server's Unix socket (instead of --address).") var unix: String?
-    @Option(help: "File holding the server's auth token (selm serve --auth-token-file).") var tokenFile: String?
+    @Option(help: "File holding the server's auth token (the file of selm serve --auth-token-file).") var authTokenFile: String?
+    @Option(name: .customLong("token-file"), help: .hidden) var tokenFile: String?  // deprecated spelling of --auth-token-file
     @Option(help: "Seconds to wait for each reply (default: no limit).") var timeout: Double?
+
+    func validate() throws {
+        _ = try resolveSpelling(new: authTokenFile, old: tokenFile, newName: "--auth-token-file", oldName: "--token-file")
+    }
 
     func connect() throws -> SelmClient {
         var token: String? = nil
-        if let tokenFile {
+        if let tokenFile = try resolveSpelling(new: authTokenFile, old: tokenFile, newName: "--auth-token-file", oldName: "--token-file") {
             guard let data = FileManager.default.contents(atPath: tokenFile), let text = String(data: data, encoding: .utf8) else {
-                throw CLIError.file(path: tokenFile, reason: "cannot read --token-file")
+                throw CLIError.file(path: tokenFile, reason: "cannot read --auth-token-file")
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
@@ -137,19 +142,19 @@ extension Client {
         @Flag(help: "Apply the model's chat template (a text prompt is the user's message).") var chat = false
         @Option(help: "System message (implies --chat).") var system: String?
         @Option(name: .short, help: "Samples per prompt (1…64).") var n: UInt32 = 1
-        @Option(help: "Maximum new tokens per sample.") var maxTokens: UInt32?
-        @Option(help: "Sampling temperature; 0 = greedy.") var temperature: Float?
-        @Option(help: "Nucleus sampling mass, in (0, 1].") var topP: Float?
-        @Option(help: "Keep the k most likely tokens (0 = off).") var topK: UInt32?
-        @Option(help: "Drop tokens below min-p × the top probability.") var minP: Float?
-        @Option(help: "Repetition penalty (1 = off).") var repetitionPenalty: Float?
-        @Option(help: "Presence penalty (0 = off).") var presencePenalty: Float?
-        @Option(help: "Frequency penalty (0 = off).") var frequencyPenalty: Float?
-        @Option(help: "Random seed.") var seed: UInt64?
+        @Option(help: "Maximum new tokens per sample (default: the server's, 256).") var maxTokens: UInt32?
+        @Option(help: "Sampling temperature; 0 = greedy (default: the server's, 1.0).") var temperature: Float?
+        @Option(help: "Nucleus sampling mass, in (0, 1] (default: the server's, 1 = off).") var topP: Float?
+        @Option(help: "Keep the k most likely tokens (default: the server's, 0 = off).") var topK: UInt32?
+        @Option(help: "Drop tokens below min-p × the top probability (default: the server's, 0 = off).") var minP: Float?
+        @Option(help: "Repetition penalty (default: the server's, 1 = off).") var repetitionPenalty: Float?
+        @Option(help: "Presence penalty (default: the server's, 0 = off).") var presencePenalty: Float?
+        @Option(help: "Frequency penalty (default: the server's, 0 = off).") var frequencyPenalty: Float?
+        @Option(help: "Random seed (default: a random one per request).") var seed: UInt64?
         @Option(help: "Stop string (repeatable).") var stop: [String] = []
         @Flag(help: "Keep generating past EOS.") var ignoreEos = false
         @Option(help: "Alternatives reported per token (0…20; shown with --json).") var topLogprobs: UInt32 = 0
-        @Option(help: "Run on exactly this weight version.") var requireVersion: UInt64?
+        @Option(help: "Run on exactly this weight version (default: the current one).") var requireVersion: UInt64?
         @Flag(help: "Move running sequences to newly published versions.") var recompute = false
         @Flag(help: "Print text as it is generated.") var stream = false
         @Flag(help: "Print JSON lines: one per sample (and per chunk with --stream), then a \"done\" line.") var json = false
@@ -262,7 +267,7 @@ extension Client {
         @Option(help: "The continuation text.") var continuation: String?
         @Option(help: "The continuation as comma-separated token ids.") var continuationIds: String?
         @Flag(help: "Apply the chat template to the prompt.") var chat = false
-        @Option(help: "Score under this weight version.") var version: UInt64?
+        @Option(help: "Score under this weight version (default: the current one).") var version: UInt64?
         @Option(help: "Alternatives reported per token (0…20).") var topLogprobs: UInt32 = 0
         @Flag(help: "Print JSON.") var json = false
 
@@ -427,7 +432,7 @@ extension Client {
         static let configuration = CommandConfiguration(
             abstract: "Print weight-version events as they come (the current version first); stop with Ctrl-C.")
         @OptionGroup var connection: ClientConnectionOptions
-        @Option(help: "Stop after this many events.") var count: Int?
+        @Option(help: "Stop after this many events (default: run until interrupted).") var count: Int?
         @Flag(help: "Print JSON lines.") var json = false
 
         func run() throws {

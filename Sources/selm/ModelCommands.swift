@@ -132,7 +132,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Keep the k most likely tokens (0 = off).") var topK = 0
     @Option(help: "Nucleus sampling mass (1 = off).") var topP: Float = 1
     @Option(help: "Drop tokens below min-p × the top probability (0 = off).") var minP: Float = 0
-    @Option(help: "Random seed (sampling is reproducible with a seed).") var seed: UInt64?
+    @Option(help: "Random seed (sampling is reproducible with a seed; default: a random one).") var seed: UInt64?
     @Flag(help: "Print one JSON object at the end instead of streaming text.") var json = false
 
     /// The sampling flags as engine parameters.

@@ -4,17 +4,21 @@ import Foundation
 import PreferenceLog
 import Kernels
 import Learner
+import Logging
 import Model
 import ModelBundle
 import Server
 
+/// Startup lines of `selm serve` (the server's own are `selm.serve` too).
+private let serveLog = Logger(label: "selm.serve")
+
 /// `selm serve`: the RPC server (see Sources/Server and Proto/README.md).
-struct Serve: ParsableCommand {
+struct Serve: ParsableCommand, LogLevelCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve generation, scoring, tokenization and preference intake over TCP and Unix sockets (and OpenAI's HTTP API with --http), learning online.",
         discussion: """
         Frames: a 4-byte big-endian length, then one protobuf selm.v1.Envelope (Proto/selm.proto). Clients send \
-        Hello first (with the token of --auth-token-file when set). Preference batches are appended to \
+        Hello first (with the token of --auth-token-file when set). Log lines (--log-level) go to stderr. Preference batches are appended to \
         DATA-DIR/preferences.wal and fsynced before they are acknowledged; on start the log is scanned (a torn \
         tail is truncated) and the learner replays the records after its checkpoint. RefreshWeights and \
         SaveCheckpoint take paths inside --data-dir only (checkpoints are DATA-DIR/checkpoints/NAME). SIGINT/SIGTERM: stop accepting, cancel generations, \
@@ -23,8 +27,12 @@ struct Serve: ParsableCommand {
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var precisionOptions: PrecisionOptions
-    @Option(help: "TCP address host:port (port 0 = any free port; \"none\" = no TCP). Binds 127.0.0.1 unless told otherwise.")
-    var listen: String = "127.0.0.1:7070"
+    @Option(help: "TCP address to listen on, HOST:PORT (port 0 = any free port; \"none\" = no TCP; default: \(Serve.defaultAddress)). Binds 127.0.0.1 unless told otherwise.")
+    var address: String?
+    @Option(name: .customLong("listen"), help: .hidden) var listen: String?  // deprecated spelling of --address
+    static let defaultAddress = "127.0.0.1:7070"
+    /// --address, or its deprecated spelling --listen, or the default.
+    var tcpAddress: String { ((try? resolveSpelling(new: address, old: listen, newName: "--address", oldName: "--listen")) ?? nil) ?? Self.defaultAddress }
     @Option(help: "Also listen on this Unix socket path (created mode 0600).")
     var unix: String?
     @Option(help: "File holding the shared secret every client must present in Hello (never logged).")
@@ -39,7 +47,7 @@ struct Serve: ParsableCommand {
     var decodingStepTokens: Int = EngineConfig().decodingStepTokens
     @Option(help: "Weight versions kept alive at once (each a full copy of the weights); a publication beyond it retires the version cheapest to give up: its sequences move to the newest version (re-prefilled), requests pinned to it end with NOT_FOUND. ≥ 1.")
     var maxLiveVersions: Int = 3
-    @Option(help: "Serve Prometheus metrics at http://host:port/metrics.")
+    @Option(help: "Serve Prometheus metrics at http://host:port/metrics. Off unless given.")
     var metrics: String?
     @Option(help: "Serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models, /health) at host:port; a bare port means 127.0.0.1. Off unless given.")
     var http: String?
@@ -65,16 +73,15 @@ struct Serve: ParsableCommand {
     var keepCheckpoints: Int = 3
     @Option(help: checkpointDTypeHelp)
     var checkpointDtype: String = "f32"
-    @Option(help: "Linear learning-rate warm-up, optimizer steps.")
-    var warmupSteps: Int = 0
-    @Option(help: "Horizon of the cosine schedule in optimizer steps; 0 = constant after warm-up (an online run has no known end).")
+    @Option(help: "Linear learning-rate warm-up, optimizer steps (default: 0, or --warmup-ratio × --total-steps).")
+    var warmupSteps: Int?
+    @Option(help: "Horizon of the LR schedule (--schedule) in optimizer steps; 0 = constant after warm-up (an online run has no known end).")
     var totalSteps: Int = 0
     @Option(help: "Train on a partial batch once its oldest row has waited this many seconds; 0 = wait for a full batch.")
     var maxWaitSeconds: Double = 20
     @Option(help: "How engine and learner share the two cores' BLAS: adaptive (one BLAS thread each while both compute, all threads for a lone one), split (always one each), priority (one BLAS lock, rollouts first) or fifo (one lock, first come first served).")
     var computeSharing: String = "adaptive"
-    @Flag(help: "Log every connection.")
-    var verbose = false
+    @OptionGroup var logOptions: LogOptions
     @OptionGroup var lossOptions: LossOptions
     @OptionGroup var optimizerOptions: OptimizerOptions
     @OptionGroup var learnerPrecision: LearnerPrecisionOptions
@@ -91,20 +98,39 @@ struct Serve: ParsableCommand {
         if !(helloTimeout > 0 && helloTimeout <= 86400) { throw ValidationError("--hello-timeout: must be in (0, 86400] seconds") }
         if kvCacheMb < 1 { throw ValidationError("--kv-cache-mb: must be ≥ 1") }
         if maxLiveVersions < 1 { throw ValidationError("--max-live-versions: must be ≥ 1") }
-        if listen == "none" && unix == nil { throw ValidationError("--listen none needs --unix") }
+        _ = try resolveSpelling(new: address, old: listen, newName: "--address", oldName: "--listen")
+        if tcpAddress == "none" && unix == nil { throw ValidationError("--address none needs --unix") }
         if !["adaptive", "priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected adaptive, priority, fifo or split") }
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
         _ = try parseCheckpointDType(checkpointDtype)
-        if warmupSteps < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
+        if (warmupSteps ?? 0) < 0 || totalSteps < 0 { throw ValidationError("--warmup-steps and --total-steps must be ≥ 0") }
         _ = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
+        // Flags shared with `selm train` that mean nothing online (--seed), or only with a horizon.
+        if optimizerOptions.seed != nil {
+            throw ValidationError("--seed: selm serve has no seeded randomness to set: its learner trains on the preference log in order, and each generation takes its own seed (GenerateRequest sampling.seed, the API's seed); remove --seed")
+        }
+        if optimizerOptions.warmupRatio != nil {
+            if warmupSteps != nil { throw ValidationError("--warmup-ratio and --warmup-steps both set the warm-up: give one") }
+            if totalSteps == 0 { throw ValidationError("--warmup-ratio: a share of --total-steps, which is 0 (no horizon); give --total-steps, or --warmup-steps") }
+        }
+        if optimizerOptions.schedule == LRSchedule.Kind.cosine.rawValue && totalSteps == 0 {
+            throw ValidationError("--schedule cosine: needs --total-steps (its horizon); without one the rate is constant after warm-up")
+        }
+    }
+
+    /// Warm-up steps: --warmup-steps, or --warmup-ratio × --total-steps rounded up, or none.
+    var onlineWarmupSteps: Int {
+        if let w = warmupSteps { return w }
+        if let r = optimizerOptions.warmupRatio { return Int((r * Double(totalSteps)).rounded(.up)) }
+        return 0
     }
 
     func run() throws {
         let training = try optimizerOptions.options(loss: lossOptions.config(), epochs: 1)
         var config = ServerConfiguration()
-        config.tcp = listen == "none" ? nil : listen
+        config.tcp = tcpAddress == "none" ? nil : tcpAddress
         config.unixPath = unix
         config.metrics = metrics
         config.http = http
@@ -113,15 +139,14 @@ struct Serve: ParsableCommand {
         config.maxRequestsInFlight = maxRequestsInFlight
         config.maxConnections = maxConnections
         config.helloTimeoutSeconds = helloTimeout
-        config.verbose = verbose
         if let f = authTokenFile { config.authToken = try readToken(f) }
 
         let bundle = try model.load()
         try requireFinite(bundle.model, option: "--model", path: bundle.path)
-        note("selm serve: \(bundle.name) (\(bundle.path)), loaded in \(String(format: "%.2f", bundle.loadSeconds)) s; OpenBLAS \(blasDescription())")
+        serveLog.info("\(bundle.name) (\(bundle.path)), loaded in \(String(format: "%.2f", bundle.loadSeconds)) s; OpenBLAS \(blasDescription())")
         let dataDirectory = try DataDirectory.serving(dataDir)
         let log = try PreferenceLog(directory: dataDirectory.realPath)
-        for line in dataDirectory.recoverInterruptedSaves() { note("selm serve: \(line)") }  // the log's lock is held
+        for line in dataDirectory.recoverInterruptedSaves() { serveLog.info("\(line)") }  // the log's lock is held
         // Two compute threads (engine, learner) share OpenBLAS: see --compute-sharing.
         switch computeSharing {
         case "adaptive": kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
@@ -144,7 +169,7 @@ struct Serve: ParsableCommand {
             online.publishEvery = publishEvery
             online.checkpointEvery = checkpointEvery
             online.keepCheckpoints = keepCheckpoints
-            online.warmupSteps = warmupSteps
+            online.warmupSteps = onlineWarmupSteps
             online.totalSteps = totalSteps
             online.maxWaitSeconds = maxWaitSeconds
             online.lowPriority = computeSharing != "fifo"
@@ -155,8 +180,7 @@ struct Serve: ParsableCommand {
                                                    dataDirectory: dataDirectory, extras: bundle.checkpointExtras(dtype: try parseCheckpointDType(checkpointDtype)),
                                                    baseModel: bundle.path)
             if let r = control.resumedFrom {
-                note("selm serve: learner resumed from \(r) at step \(control.learner.step)"
-                     + (control.resumedVersion.map { ", which holds version \($0)" } ?? ""))
+                serveLog.info("learner resumed from \(r) at step \(control.learner.step)\(control.resumedVersion.map { ", which holds version \($0)" } ?? "")")
             }
             // The learner trains its own copy in place; the engine reads a snapshot per version,
             // in its precision (packed from the f32 weights, or an f32 copy).
@@ -171,10 +195,10 @@ struct Serve: ParsableCommand {
             engineModel = try precisionOptions.inferenceModel(bundle.model)
             bundle.replaceModel(engineModel)
         }
-        note("selm serve: engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision), "
-             + "decoding steps carry ≤ \(decodingStepTokens) tokens, "
-             + String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
-             + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : ""))
+        let kvText = kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision
+        let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
+            + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
+        serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
         var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
@@ -189,7 +213,7 @@ struct Serve: ParsableCommand {
                 engine = try GenerationEngine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw CLIError.failed("cannot start the engine", error) }
         } else {
-            note("selm serve: \(bundle.path) has no tokenizer: generation and scoring are unavailable")
+            serveLog.info("\(bundle.path) has no tokenizer: generation and scoring are unavailable")
         }
         let server = try SelmServer(configuration: config, bundle: bundle, engine: engine, learner: learner, log: log,
                                     dataDirectory: dataDirectory)
@@ -222,7 +246,7 @@ struct Serve: ParsableCommand {
         guard !token.isEmpty else { throw CLIError.file(path: path, reason: "--auth-token-file is empty") }
         if let attrs = try? FileManager.default.attributesOfItem(atPath: path),
            let mode = (attrs[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0 {
-            note("selm serve: warning: \(path) is readable by other users (mode \(String(mode, radix: 8)))")
+            serveLog.warning("\(path) is readable by other users (mode \(String(mode, radix: 8)))")
         }
         return token
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Foundation
 import Learner
+import Logging
 import Model
 import ModelBundle
 
@@ -22,23 +23,23 @@ struct LossOptions: ParsableArguments {
 
 struct OptimizerOptions: ParsableArguments {
     @Option(help: "Peak learning rate (SELM recipe: 5e-7 for 7-8B models).") var lr: Double = 5e-7
-    @Option(help: "Share of steps spent in linear warm-up.") var warmupRatio: Double = 0.1
-    @Option(help: "After warm-up: cosine (to 0) or constant.") var schedule: String = "cosine"
+    @Option(help: "Share of the optimizer steps spent in linear warm-up (default: 0.1; selm serve: a share of --total-steps, default none).") var warmupRatio: Double?
+    @Option(help: "After warm-up: cosine (to 0) or constant (default: cosine; selm serve: cosine needs --total-steps, constant without one).") var schedule: String?
     @Option(help: "Pairs per micro-batch.") var batchSize: Int = 4
     @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
     @Option(help: "Global gradient-norm clip; 0 = off.") var maxGradNorm: Double = 1.0
     @Option(help: "AdamW decoupled weight decay (norm weights excluded).") var weightDecay: Double = 0
     @Option(help: "Refresh the reference to the current policy every N optimizer steps; 0 = frozen.") var refRefreshSteps: Int = 0
-    @Option(help: "Seed for data order.") var seed: UInt64 = 42
+    @Option(help: "Seed of the data order of selm train (default: 42; not taken by selm serve, which trains in log order).") var seed: UInt64?
 
     /// The training options; throws `ValidationError` naming the bad flag. Commands call it from
     /// their `validate()`, so a bad value is reported (with the usage) before any model loads.
     func options(loss: LossConfig, epochs: Int) throws -> TrainingOptions {
         var o = TrainingOptions()
-        o.loss = loss; o.learningRate = lr; o.warmupRatio = warmupRatio
-        guard let k = LRSchedule.Kind(rawValue: schedule) else { throw ValidationError("--schedule: expected cosine or constant, got '\(schedule)'") }
+        o.loss = loss; o.learningRate = lr; o.warmupRatio = warmupRatio ?? 0.1
+        guard let k = LRSchedule.Kind(rawValue: schedule ?? "cosine") else { throw ValidationError("--schedule: expected cosine or constant, got '\(schedule ?? "")'") }
         o.schedule = k; o.batchSize = batchSize; o.gradAccum = gradAccum; o.epochs = epochs
-        o.maxGradNorm = maxGradNorm; o.weightDecay = weightDecay; o.refRefreshSteps = refRefreshSteps; o.seed = seed
+        o.maxGradNorm = maxGradNorm; o.weightDecay = weightDecay; o.refRefreshSteps = refRefreshSteps; o.seed = seed ?? 42
         do { try o.validate() } catch { throw ValidationError("\(error)") }
         return o
     }
@@ -61,14 +62,19 @@ func epochOrder(count: Int, seed: UInt64, epoch: Int) -> [Int] {
     return idx
 }
 
-struct Train: ParsableCommand {
+/// `selm train`'s own lines (the step lines and checkpoint saves are `selm.learner`'s).
+private let trainLog = Logger(label: "selm.train")
+
+struct Train: ParsableCommand, LogLevelCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a policy on preference pairs (JSONL) with the SELM loss.",
         discussion: """
         Rows are TRL's {"prompt","chosen","rejected","reference_response"?} (text: the chat template is applied to \
         the prompt, EOS appended to each response) or {"prompt_ids","chosen_ids","rejected_ids","reference_ids"?}. \
-        Writes DIR/metrics.jsonl, DIR/checkpoint-<step>/ every --save-every steps and DIR/final/ at the end; each \
-        checkpoint is a Hugging Face directory (+ model.gguf) with the optimizer state beside it.
+        Writes DIR/metrics.jsonl, DIR/checkpoint-<step>/ every --checkpoint-every steps and DIR/final/ at the end; each \
+        checkpoint is a Hugging Face directory (+ model.gguf) with the optimizer state beside it. Progress goes to \
+        stderr as log lines (--log-level): one per optimizer step with step/total, loss, margin, accuracy, tokens/s \
+        and the ETA, and one when each checkpoint save starts and ends (size, seconds).
         """)
     @OptionGroup var model: ModelOptions
     @Option(help: "Preference rows (JSONL).") var data: String
@@ -78,7 +84,15 @@ struct Train: ParsableCommand {
     @OptionGroup var opt: OptimizerOptions
     @OptionGroup var learnerPrecision: LearnerPrecisionOptions
     @Option(help: "Passes over the data.") var epochs: Int = 1
-    @Option(help: "Save a checkpoint every N optimizer steps (0 = only at the end).") var saveEvery: Int = 0
+    @Option(help: "Save a checkpoint every N optimizer steps (0 = only at the end).") var checkpointEvery: Int = 0
+    @Option(name: .customLong("save-every"), help: .hidden) var saveEvery: Int?  // deprecated spelling of --checkpoint-every
+    @OptionGroup var logOptions: LogOptions
+
+    /// --checkpoint-every, or its deprecated spelling --save-every.
+    var checkpointInterval: Int {
+        ((try? resolveSpelling(new: checkpointEvery == 0 ? nil : checkpointEvery, old: saveEvery,
+                               newName: "--checkpoint-every", oldName: "--save-every")) ?? nil) ?? 0
+    }
     @Option(help: "Resume from a checkpoint directory written by this command.") var resume: String?
     @Flag(help: "Do not write model.gguf into checkpoints.") var noGguf = false
     @Option(help: checkpointDTypeHelp) var checkpointDtype: String = "f32"
@@ -87,7 +101,9 @@ struct Train: ParsableCommand {
 
     func validate() throws {
         _ = try opt.options(loss: lossOptions.config(), epochs: epochs)
-        if saveEvery < 0 { throw ValidationError("--save-every: must be ≥ 0") }
+        _ = try resolveSpelling(new: checkpointEvery == 0 ? nil : checkpointEvery, old: saveEvery,
+                                newName: "--checkpoint-every", oldName: "--save-every")
+        if checkpointInterval < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         _ = try parseCheckpointDType(checkpointDtype)
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
     }
@@ -121,7 +137,7 @@ struct Train: ParsableCommand {
             schedule = state.schedule
             epoch = state.epoch; nextMicro = state.nextMicroBatch
             if let prior = TrainingLog.load(fromCheckpoint: r) { log.continue(from: prior, upTo: state.step) }
-            note("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
+            trainLog.info("resuming from \(r) at step \(state.step) (epoch \(epoch + 1), micro-batch \(nextMicro))")
         } else {
             learner = try Trainer(policy: bundle.model, reference: refModel, options: options, schedule: schedule)
         }
@@ -136,7 +152,7 @@ struct Train: ParsableCommand {
             throw CLIError.failed("cannot write \(metricsPath)", error)
         }
         metricsFile.seekToEndOfFile()
-        note("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate), products \(learner.precision)")
+        trainLog.info("training \(pairs.count) pairs, \(total) optimizer steps (batch \(options.batchSize) × accum \(options.gradAccum), \(epochs) epoch(s)), loss \(options.loss.type.rawValue) β \(options.loss.beta) α \(options.loss.alpha), lr \(options.learningRate), products \(learner.precision)")
 
         func state(epoch: Int, next: Int, metrics: [String: Double]) -> TrainerState {
             TrainerState(step: learner.step, optimizerSteps: learner.optimizer.step, skippedSteps: learner.skippedSteps,
@@ -167,26 +183,29 @@ struct Train: ParsableCommand {
                 line["epoch"] = Double(epoch) + Double(nextMicro) / Double(micro.count)
                 line["tokens_per_second"] = Double(report.tokens) / report.seconds
                 metricsFile.write((jsonText(line.mapValues { $0.isFinite ? $0 as Any : NSNull() as Any }) + "\n").data(using: .utf8)!)
-                note(String(format: "step %d/%d  loss %.4f  acc %.2f  margin %.4f  lr %.2e  |g| %.3f  %.0f tok/s  ETA %@%@",
-                            report.step, total, report.metrics["loss"] ?? .nan, report.metrics["rewards/accuracies"] ?? .nan,
-                            report.metrics["rewards/margins"] ?? .nan, report.metrics["learning_rate"] ?? .nan,
-                            report.metrics["grad_norm"] ?? .nan, rate, formatDuration(remaining),
-                            report.applied ? "" : "  (skipped: non-finite loss or gradient)"))
-                if saveEvery > 0 && report.step % saveEvery == 0 && report.step < total {
+                logStep(report, version: nil, total: total, extra: [
+                    "percent": .string(String(format: "%.1f", 100 * Double(report.step) / Double(max(total, 1)))),
+                    "eta": .string(formatDuration(remaining)), "run_tokens_per_second": .string(String(format: "%.0f", rate)),
+                    "epoch": .string(String(format: "%.2f", line["epoch"] ?? 0)),
+                ])
+                if checkpointInterval > 0 && report.step % checkpointInterval == 0 && report.step < total {
                     let dir = out + "/checkpoint-\(report.step)"
-                    try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras, log: log)
-                    note("saved \(dir)")
+                    try loggedCheckpointSave(to: dir, step: report.step) {
+                        try Checkpoint.save(learner, state: state(epoch: epoch, next: nextMicro, metrics: last), to: dir, extras: extras, log: log)
+                    }
                     for (n, bytes) in Checkpoint.prune(in: out, keep: keepCheckpoints, protecting: nil, series: "checkpoint-") {
-                        note("removed \(out)/\(n) (\(byteText(bytes))), beyond --keep-checkpoints \(keepCheckpoints)")
+                        trainLog.info("removed \(out)/\(n) (\(byteText(bytes))), beyond --keep-checkpoints \(keepCheckpoints)")
                     }
                 }
             }
             epoch += 1; nextMicro = 0
         }
         let dir = out + "/final"
-        try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: extras, log: log)
+        try loggedCheckpointSave(to: dir, step: learner.step) {
+            try Checkpoint.save(learner, state: state(epoch: epoch, next: 0, metrics: last), to: dir, extras: extras, log: log)
+        }
         try metricsFile.synchronize()
-        note("saved \(dir) after \(formatDuration(Date().timeIntervalSince(t0)))")
+        trainLog.info("done after \(formatDuration(Date().timeIntervalSince(t0)))", metadata: ["final": "\(dir)"])
     }
 }
 

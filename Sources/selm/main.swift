@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Kernels
+import Server
 
 /// OpenBLAS picks its kernel core when the library loads, from `OPENBLAS_CORETYPE` or its own CPU
 /// detection — and Debian's 0.3.21 falls back to a slow generic core on CPUs it does not know. When
@@ -25,8 +26,15 @@ struct Selm: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selm",
         abstract: "Online preference learning (SELM) for Llama-architecture language models.",
+        version: SelmVersion.string,
         subcommands: [Info.self, Tokenize.self, Detokenize.self, Logits.self, Generate.self, Train.self, Loss.self,
-                      Serve.self, Client.self])
+                      Serve.self, Client.self, Version.self])
+}
+
+/// `selm version`: the same text as `selm --version`.
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version (as `selm --version`).")
+    func run() { print(SelmVersion.string) }
 }
 
 /// Parsing and `validate()` failures are usage errors: ArgumentParser prints the message and the
@@ -38,6 +46,8 @@ struct Selm: ParsableCommand {
 func runSelm() -> Never {
     var command: ParsableCommand
     do { command = try Selm.parseAsRoot() } catch { Selm.exit(withError: error) }
+    // Logging is set up once, before anything logs: `--log-level` of serve and train, else info.
+    SelmLogging.bootstrap(level: (command as? LogLevelCommand)?.logOptions.level ?? .info)
     do {
         try command.run()
         Selm.exit()

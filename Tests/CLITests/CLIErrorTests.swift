@@ -166,7 +166,7 @@ final class CLIErrorTests: XCTestCase {
         try "{\"prompt\": \"a\", \"chosen\": \"b\"}\n".write(toFile: noRejected, atomically: true, encoding: .utf8)
         assertRuntimeFailure(try run(["client", "submit", "--data", noRejected] + address), mentions: ["rows.jsonl:1", "rejected"])
         assertRuntimeFailure(try run(["client", "submit", "--data", dir + "/none.jsonl"] + address), mentions: ["none.jsonl"])
-        assertRuntimeFailure(try run(["client", "status", "--token-file", dir + "/no-token"] + address), mentions: ["no-token"])
+        assertRuntimeFailure(try run(["client", "status", "--auth-token-file", dir + "/no-token"] + address), mentions: ["no-token"])
         let good = dir + "/good.jsonl"
         try (#"{"prompt_ids":[1],"chosen_ids":[2],"rejected_ids":[3]}"# + "\n").write(toFile: good, atomically: true, encoding: .utf8)
         assertRuntimeFailure(try run(["train", "--model", Self.tinyModel, "--data", good, "--out", dir + "/o", "--resume", dir + "/no-ck"]),
@@ -226,7 +226,7 @@ final class CLIErrorTests: XCTestCase {
         }
         listen(fd, 1)
         let port = Int(UInt16(bigEndian: addr.sin_port))
-        assertRuntimeFailure(try run(["serve", "--model", tiny, "--data-dir", dir + "/d2", "--no-learner", "--listen", "127.0.0.1:\(port)"]),
+        assertRuntimeFailure(try run(["serve", "--model", tiny, "--data-dir", dir + "/d2", "--no-learner", "--address", "127.0.0.1:\(port)"]),
                              mentions: ["cannot listen on 127.0.0.1:\(port)"], notesBefore: true)
     }
 }
@@ -239,7 +239,7 @@ final class ServeForErrors {
     init(args: [String], log: String) throws {
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         process.executableURL = CLITests.selm
-        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + args
+        process.arguments = ["serve", "--address", "127.0.0.1:0"] + args
         process.standardError = FileHandle(forWritingAtPath: log)!
         process.standardOutput = FileHandle.nullDevice
         try process.run()

@@ -175,7 +175,7 @@ final class CLITests: XCTestCase {
         let common = ["--data", data.path, "--lr", "3e-3", "--batch-size", "2", "--grad-accum", "2", "--epochs", "2",
                       "--beta", "0.1", "--ref-refresh-steps", "2", "--weight-decay", "0.01"]
         let full = dir.appendingPathComponent("full").path
-        let a = try run(["train", "--model", model, "--out", full, "--save-every", "2"] + common)
+        let a = try run(["train", "--model", model, "--out", full, "--checkpoint-every", "2"] + common)
         XCTAssertEqual(a.status, 0, a.stderr)
         XCTAssertTrue(a.stderr.contains("step 6/6"), a.stderr)
         let metrics = try String(contentsOfFile: full + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")

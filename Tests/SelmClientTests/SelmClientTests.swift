@@ -331,7 +331,7 @@ final class SelmClientTests: XCTestCase {
         let c = try s.client(unix: true)
         defer { c.close() }
         XCTAssertEqual(try c.tokenize("Hello world"), [19556, 905])
-        // The CLI reads the token from --token-file.
+        // The CLI reads the token from --auth-token-file.
         let r = try s.runClient("tokenize", ["--text", "Hello world"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "[19556,905]")

@@ -40,7 +40,7 @@ final class ServeProcess: @unchecked Sendable {
         logPath = directory + "/serve.log"
         unixPath = directory + "/selm.sock"
         self.token = token
-        var a = ["serve", "--model", Self.model, "--listen", "127.0.0.1:0", "--unix", unixPath, "--data-dir", dataDir,
+        var a = ["serve", "--model", Self.model, "--address", "127.0.0.1:0", "--unix", unixPath, "--data-dir", dataDir,
                  "--engine-precision", "f32"]  // parity with the f32 forward
         if let token {
             let tokenFile = directory + "/token"
@@ -106,7 +106,7 @@ final class ServeProcess: @unchecked Sendable {
     func runClient(_ call: String, _ args: [String] = [], unix: Bool = false, stdin: String? = nil) throws -> Run {
         var a = ["client", call]
         a += unix ? ["--unix", unixPath] : ["--address", address]
-        if token != nil { a += ["--token-file", directory + "/token"] }
+        if token != nil { a += ["--auth-token-file", directory + "/token"] }
         a += ["--timeout", "120"]
         return try Self.run(a + args, stdin: stdin)
     }

@@ -49,7 +49,7 @@ final class ProtocolTests: XCTestCase {
         try (token + "\n").write(toFile: dir + "/token", atomically: true, encoding: .utf8)
         chmod(dir + "/token", 0o600)
         let server = try ServerProcess(model: ServerProcess.tiny, dataDir: dir + "/data",
-                                       args: ["--auth-token-file", dir + "/token", "--verbose"])
+                                       args: ["--auth-token-file", dir + "/token", "--log-level", "debug"])
         // Before Hello: refused, connection kept.
         let c = try server.client()
         assertError(try c.call(1, .status(StatusRequest())), .unauthenticated)

@@ -32,7 +32,7 @@ final class ServerProcess {
     private(set) var metricsPort = 0
     let unixPath: String?
 
-    /// Starts `selm serve --model MODEL --listen 127.0.0.1:0 --data-dir DATA ARGS` and waits until
+    /// Starts `selm serve --model MODEL --address 127.0.0.1:0 --data-dir DATA ARGS` and waits until
     /// it listens. `environment` is added to the test's own (e.g. the fault shim's, `FaultShim`).
     init(model: String, dataDir: String, unix: String? = nil, metrics: Bool = false, args: [String] = [],
          environment: [String: String] = [:]) throws {
@@ -41,7 +41,7 @@ final class ServerProcess {
         logPath = dataDir + ".log"
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.executableURL = Self.selm
-        var a = ["serve", "--model", model, "--listen", "127.0.0.1:0", "--data-dir", dataDir]
+        var a = ["serve", "--model", model, "--address", "127.0.0.1:0", "--data-dir", dataDir]
         if let unix { a += ["--unix", unix] }
         if metrics { a += ["--metrics", "127.0.0.1:0"] }
         // Parity tests compare with the f32 forward: pin it unless the test names a precision.

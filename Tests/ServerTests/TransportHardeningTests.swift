@@ -19,10 +19,10 @@ final class TransportHardeningTests: XCTestCase {
         let busy = try ListeningSocket()
         let missing = "/missing-\(UUID().uuidString.prefix(8))/dir/sock"
         let cases: [(name: String, args: [String], address: String)] = [
-            ("busy TCP port", ["--listen", "127.0.0.1:\(busy.port)"], "127.0.0.1:\(busy.port)"),
-            ("--listen nonsense", ["--listen", "nonsense"], "nonsense"),
-            ("busy metrics port", ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:\(busy.port)"], "127.0.0.1:\(busy.port)"),
-            ("--unix in a missing folder", ["--listen", "127.0.0.1:0", "--unix", missing], missing),
+            ("busy TCP port", ["--address", "127.0.0.1:\(busy.port)"], "127.0.0.1:\(busy.port)"),
+            ("--address nonsense", ["--address", "nonsense"], "nonsense"),
+            ("busy metrics port", ["--address", "127.0.0.1:0", "--metrics", "127.0.0.1:\(busy.port)"], "127.0.0.1:\(busy.port)"),
+            ("--unix in a missing folder", ["--address", "127.0.0.1:0", "--unix", missing], missing),
         ]
         for (i, c) in cases.enumerated() {
             let (status, stderr) = try runSelm(["serve", "--model", ServerProcess.tiny, "--data-dir", dir + "/data\(i)", "--no-learner"] + c.args)

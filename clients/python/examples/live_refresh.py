@@ -3,7 +3,7 @@
 checkpoint. New samples carry the new version and equal the saved policy's greedy outputs.
 
     python examples/live_refresh.py               # starts `selm serve` itself
-    python examples/live_refresh.py --connect 127.0.0.1:7070
+    python examples/live_refresh.py --address 127.0.0.1:7070
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from selm_client import Client  # noqa: E402
 from judges import concise_judge  # noqa: E402
-from online_selm import HELDOUT_PROMPTS, REPO, TRAIN_PROMPTS, log, messages, start_server, stop_server  # noqa: E402
+from online_selm import HELDOUT_PROMPTS, REPO, TRAIN_PROMPTS, DeprecatedSpelling, log, messages, start_server, stop_server  # noqa: E402
 
 
 def train_rounds(client: Client, judge, rounds: int, rng: random.Random, max_tokens: int) -> None:
@@ -63,7 +63,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--selm", default=str(REPO / ".build" / "release" / "selm"))
     p.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    p.add_argument("--connect")
+    p.add_argument("--address", help="use a running server at HOST:PORT instead of starting one")
+    p.add_argument("--connect", dest="address", action=DeprecatedSpelling, new="--address")
     p.add_argument("--out", default=str(REPO / "demo-out"))
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-5)
@@ -73,7 +74,7 @@ def main() -> None:
     args.alpha = 0.001
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    proc, address = None, args.connect
+    proc, address = None, args.address
     if not address:
         proc, address = start_server(args, args.alpha, out / "data-refresh", out / "server-refresh.log")
     rng, judge = random.Random(1), concise_judge()

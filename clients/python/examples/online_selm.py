@@ -11,7 +11,7 @@ learner's metrics are printed as a growing table. At the end: a PNG plot and a J
     python examples/online_selm.py                       # starts `selm serve` itself
     python examples/online_selm.py --alpha 0             # online DPO
     python examples/online_selm.py --compare             # SELM and DPO from the same start
-    python examples/online_selm.py --connect 127.0.0.1:7070   # use a running server
+    python examples/online_selm.py --address 127.0.0.1:7070   # use a running server
     python examples/online_selm.py --async               # the same loop on selm_client.aio (asyncio)
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def free_port() -> int:
 
 def start_server(args, alpha: float, data_dir: pathlib.Path, log_path: pathlib.Path):
     port = free_port()
-    cmd = [args.selm, "serve", "--model", args.model, "--listen", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
+    cmd = [args.selm, "serve", "--model", args.model, "--address", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
            "--alpha", str(alpha), "--beta", str(args.beta), "--lr", str(args.lr), "--batch-size", str(args.batch),
            "--publish-every", "1", "--warmup-steps", "0"]
     log(f"starting: {' '.join(cmd)}")
@@ -259,7 +259,7 @@ def run(args, label: str, alpha: float, out_dir: pathlib.Path, judge: Judge) -> 
     data_dir = out_dir / f"data-{label}"
     shutil.rmtree(data_dir, ignore_errors=True)
     proc = None
-    address = args.connect
+    address = args.address
     if not address:
         proc, address = start_server(args, alpha, data_dir, out_dir / f"server-{label}.log")
     loop = Loop(args, label, judge, out_dir / "rounds.jsonl")
@@ -306,18 +306,32 @@ def plot(tables: Dict[str, List[Dict]], path: pathlib.Path) -> None:
     log(f"plot: {path}")
 
 
+class DeprecatedSpelling(argparse.Action):
+    """An old option name kept working: stores into the new one's ``dest`` and says so on stderr once."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kw):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print("%s: warning: %s is deprecated; use %s" % (parser.prog, option_string, self.new), file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--selm", default=str(REPO / ".build" / "release" / "selm"), help="the selm binary")
     p.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    p.add_argument("--connect", help="use a running server at host:port instead of starting one")
+    p.add_argument("--address", help="use a running server at HOST:PORT instead of starting one")
+    p.add_argument("--connect", dest="address", action=DeprecatedSpelling, new="--address")
     p.add_argument("--out", default=str(REPO / "demo-out"), help="output directory (plot, JSONL, logs)")
     p.add_argument("--minutes", type=float, default=6.0, help="time budget per run")
     p.add_argument("--alpha", type=float, default=0.001, help="SELM optimism weight (0 = online DPO)")
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch", type=int, default=8, help="prompts per round (= pairs per optimizer step)")
-    p.add_argument("-k", type=int, default=4, help="sampled responses per prompt")
+    p.add_argument("-n", type=int, default=4, help="samples per prompt (as selm client generate -n and the API's n)")
+    p.add_argument("-k", dest="n", type=int, action=DeprecatedSpelling, new="-n")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

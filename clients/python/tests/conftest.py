@@ -2,7 +2,7 @@
 
 The server binary is ``$SELM_BIN``, else ``<repo>/.build/debug/selm``, else ``<repo>/.build/release/selm``;
 the model is ``$SELM_MODEL``, else ``<repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf``. Each server gets a
-temporary data directory, a free TCP port (``--listen 127.0.0.1:0``, read back from its log) and a Unix
+temporary data directory, a free TCP port (``--address 127.0.0.1:0``, read back from its log) and a Unix
 socket.
 """
 
@@ -57,7 +57,7 @@ class Server:
         self.unix = str(self.dir / "selm.sock")
         self.log_path = self.dir / "serve.log"
         self.token = token
-        args = [str(selm_binary()), "serve", "--model", str(model_path()), "--listen", "127.0.0.1:0",
+        args = [str(selm_binary()), "serve", "--model", str(model_path()), "--address", "127.0.0.1:0",
                 "--unix", self.unix, "--data-dir", str(self.data_dir)]
         if token is not None:
             token_file = self.dir / "token"
