@@ -123,7 +123,7 @@ struct Train: ParsableCommand, LogLevelCommand {
         }
         var schedule = LRSchedule(kind: options.schedule, baseLR: options.learningRate, warmupRatio: options.warmupRatio, totalSteps: total)
         var epoch = 0, nextMicro = 0
-        var log = TrainingLog(maxSteps: total, numTrainEpochs: epochs, trainBatchSize: options.batchSize, saveSteps: saveEvery)
+        var log = TrainingLog(maxSteps: total, numTrainEpochs: epochs, trainBatchSize: options.batchSize, saveSteps: checkpointInterval)
         let learner: Trainer
         if let r = resume {
             let state: TrainerState

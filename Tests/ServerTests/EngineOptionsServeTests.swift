@@ -41,7 +41,7 @@ final class EngineOptionsServeTests: XCTestCase {
 
     func testBadValuesAreUsageErrorsNamingTheFlag() throws {
         for (args, flag) in [(["--kv-cache-precision", "f8"], "--kv-cache-precision"), (["--decoding-step-tokens", "0"], "--decoding-step-tokens")] {
-            let r = try runSelmCLI(["serve", "--model", ServerProcess.tinyTied, "--listen", "127.0.0.1:0"] + args)
+            let r = try runSelmCLI(["serve", "--model", ServerProcess.tinyTied, "--address", "127.0.0.1:0"] + args)
             XCTAssertEqual(r.status, 64, r.stderr)
             XCTAssertTrue(r.stderr.contains(flag), r.stderr)
         }
