@@ -52,7 +52,7 @@ let package = Package(
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
         // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
-        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser"],
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser", "SelmClient"],
                 exclude: ["README.md"], swiftSettings: fastSwift),
 
         // Blocking client of `selm serve` (TCP / Unix socket, requests demultiplexed by id); used by `selm client`.

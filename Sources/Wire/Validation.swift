@@ -140,6 +140,18 @@ extension SaveCheckpoint {
 }
 
 // Request types without rules of their own (a role is checked with its conversation, below).
+extension FetchWeights {
+    /// The default chunk size (the wire's 0).
+    public static let defaultChunkBytes: UInt32 = 1 << 20
+    /// Also turns the wire's `chunk_bytes` 0 into `defaultChunkBytes`.
+    mutating func validate(at path: String) throws(FieldError) {
+        if chunkBytes == 0 { chunkBytes = Self.defaultChunkBytes }
+        guard (4096...(8 << 20)).contains(chunkBytes) else {
+            throw FieldError(fieldPath(path, "chunk_bytes"), "must be in [4096, 8388608] (or 0 for 1 MiB), got \(chunkBytes)")
+        }
+    }
+}
+
 extension ChatMessage { mutating func validate(at path: String) throws(FieldError) {} }
 extension ScoreItem { mutating func validate(at path: String) throws(FieldError) {} }
 extension Cancel { mutating func validate(at path: String) throws(FieldError) {} }
