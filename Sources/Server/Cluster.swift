@@ -123,8 +123,9 @@ extension SelmServer {
                 reason: "version \(f.version) is not the newest (\(held.version)); FetchWeights serves the newest version only"))
         }
         let chunk = Int(f.chunkBytes)
-        if chunk + 1024 > config.maxFrameBytes {
-            return fail(conn, id: id, type: "fetch_weights", .invalid("chunk_bytes", "\(chunk) does not fit in this server's frame limit of \(config.maxFrameBytes) bytes"))
+        if !FetchWeights.chunkBytesRange.contains(f.chunkBytes) || chunk + 1024 > config.maxFrameBytes {
+            return fail(conn, id: id, type: "fetch_weights", .invalid("chunk_bytes",
+                "must be in [4096, 8388608] (or 0 for 1 MiB) and fit in this server's frame limit of \(config.maxFrameBytes) bytes, got \(chunk)"))
         }
         guard let r = begin(conn, id: id, type: "fetch_weights", cancellable: true, subscription: false) else { return }
         cluster.fetchesStarted += 1
