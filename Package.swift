@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "SelmProtoC", dependencies: ["CProtobufC"]),
         .target(name: "Wire", dependencies: ["SelmProtoC", "CProtobufC"]),
         // The `selm serve` RPC server: transport (libuv loop, connections, metrics HTTP), routing, the one edge translation.
-        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser",
+        .target(name: "Server", dependencies: ["Wire", "Engine", "Learner", "PreferenceLog", "ModelBundle", "Model", "Tokenizer", "CUV", "CHTTPParser", "SelmClient",
                                            .product(name: "Logging", package: "swift-log")],
                 exclude: ["README.md"], swiftSettings: fastSwift),
 

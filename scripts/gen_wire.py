@@ -57,7 +57,8 @@ Server, SelmClient, the CLI and the tests use):
     or ill-formed UTF-8 is refused naming its field path (`prompts[0].messages.messages[2].content`,
     `stop[1]`); in replies NULs are kept and ill-formed UTF-8 becomes U+FFFD. A message used in
     both directions is refused by this generator (it would need both decoders).
-11. Every other field maps to its Swift scalar (uint32 → UInt32, float → Float, bool → Bool, ...);
+11. A (singular) `bytes` field is `[UInt8]`, its bytes as sent (repeated `bytes` is refused).
+    Every other field maps to its Swift scalar (uint32 → UInt32, float → Float, bool → Bool, ...);
     repeated scalars to arrays (packed by protobuf-c, as proto3 wants).
 12. Each struct has a memberwise initializer in field order whose parameters all default to what
     an unset field decodes to (proto3's zero, `T()`, `[]`, nil), except required fields (rule 8,
@@ -170,7 +171,7 @@ SCALARS = {  # proto type → (Swift type, zero literal)
     T_DOUBLE: ("Double", "0"), T_FLOAT: ("Float", "0"), T_INT64: ("Int64", "0"), T_UINT64: ("UInt64", "0"),
     T_INT32: ("Int32", "0"), T_FIXED64: ("UInt64", "0"), T_FIXED32: ("UInt32", "0"), T_BOOL: ("Bool", "false"),
     T_UINT32: ("UInt32", "0"), T_SFIXED32: ("Int32", "0"), T_SFIXED64: ("Int64", "0"), T_SINT32: ("Int32", "0"),
-    T_SINT64: ("Int64", "0"), T_STRING: ("String", '""'),
+    T_SINT64: ("Int64", "0"), T_STRING: ("String", '""'), T_BYTES: ("[UInt8]", "[]"),
 }
 
 
@@ -739,6 +740,8 @@ def enc_value(s, f, expr):
     """C value of one (not repeated) value `expr` of field f."""
     if f.type == T_STRING:
         return f"string({expr})"
+    if f.type == T_BYTES:
+        return f"bytes({expr})"
     if f.type == T_BOOL:
         return f"{expr} ? 1 : 0"
     if f.type == T_ENUM:
@@ -763,6 +766,8 @@ def enc_field(s, m, f, expr, indent):
                 f"{indent}    $0.pointee.value = $2",
                 f"{indent}}}"]
     if kind == "list":
+        if f.type == T_BYTES:
+            raise SystemExit(f"gen_wire: repeated {m.name}.{f.name}: repeated bytes is not supported")
         if f.type == T_STRING:
             value = f"strings({expr})"
         elif f.type == T_MESSAGE:
@@ -873,6 +878,8 @@ def dec_value(s, f, expr, path, strict):
     """Swift expression of one (not repeated) C value `expr` of field f; `path` its field path."""
     if f.type == T_STRING:
         return f"try text({expr}, {path})" if strict else f"string({expr})"
+    if f.type == T_BYTES:
+        return f"binary({expr})"
     if f.type == T_BOOL:
         return f"{expr} != 0"
     if f.type == T_ENUM:

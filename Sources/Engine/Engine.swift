@@ -325,6 +325,29 @@ public final class GenerationEngine: @unchecked Sendable {
         return version
     }
 
+    /// Publishes `weights` under a number chosen elsewhere and announces it like a numbered
+    /// publication (a `.published` event once installed): a rollout replica (`selm serve --follow`)
+    /// serves each of its learner's versions under the learner's own number, so a sample's version
+    /// means the same on every replica. `record` runs first, under the publication lock, with the
+    /// version (the replica's `VersionLedger.record`, which fsyncs: the number is on disk before
+    /// anyone sees it); what it throws refuses the publication.
+    /// - Throws: `.staleVersion` unless `version` is above every version this engine has held,
+    ///   `.incompatibleWeights` for another architecture, or what `record` throws.
+    /// Thread: any but the owner's event loop; never waits for a running step.
+    public func publish(weights: ParameterSet, version: UInt64, learnerStep: UInt64, metrics: [String: Double] = [:],
+                        record: (UInt64) throws -> Void) throws {
+        let model = try prepare(weights)
+        publishLock.lock(); defer { publishLock.unlock() }
+        let newest = versions.newestVersion
+        guard version > newest else { throw EngineError.staleVersion(version: version, newest: newest) }
+        try record(version)
+        try versions.publish(model, version: version)
+        outLock.lock()
+        announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics))
+        outLock.unlock()
+        poke()
+    }
+
     /// Wakes an idle engine thread to install a publication.
     private func poke() {
         inboxCond.lock()

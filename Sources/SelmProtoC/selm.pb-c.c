@@ -1318,6 +1318,51 @@ void   selm__v1__status_reply__free_unpacked
   assert(message->base.descriptor == &selm__v1__status_reply__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   selm__v1__staleness_bucket__init
+                     (Selm__V1__StalenessBucket         *message)
+{
+  static const Selm__V1__StalenessBucket init_value = SELM__V1__STALENESS_BUCKET__INIT;
+  *message = init_value;
+}
+size_t selm__v1__staleness_bucket__get_packed_size
+                     (const Selm__V1__StalenessBucket *message)
+{
+  assert(message->base.descriptor == &selm__v1__staleness_bucket__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t selm__v1__staleness_bucket__pack
+                     (const Selm__V1__StalenessBucket *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &selm__v1__staleness_bucket__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t selm__v1__staleness_bucket__pack_to_buffer
+                     (const Selm__V1__StalenessBucket *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &selm__v1__staleness_bucket__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Selm__V1__StalenessBucket *
+       selm__v1__staleness_bucket__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Selm__V1__StalenessBucket *)
+     protobuf_c_message_unpack (&selm__v1__staleness_bucket__descriptor,
+                                allocator, len, data);
+}
+void   selm__v1__staleness_bucket__free_unpacked
+                     (Selm__V1__StalenessBucket *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &selm__v1__staleness_bucket__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   selm__v1__refresh_weights__init
                      (Selm__V1__RefreshWeights         *message)
 {
@@ -1594,6 +1639,186 @@ void   selm__v1__version_event__free_unpacked
   assert(message->base.descriptor == &selm__v1__version_event__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   selm__v1__fetch_weights__init
+                     (Selm__V1__FetchWeights         *message)
+{
+  static const Selm__V1__FetchWeights init_value = SELM__V1__FETCH_WEIGHTS__INIT;
+  *message = init_value;
+}
+size_t selm__v1__fetch_weights__get_packed_size
+                     (const Selm__V1__FetchWeights *message)
+{
+  assert(message->base.descriptor == &selm__v1__fetch_weights__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t selm__v1__fetch_weights__pack
+                     (const Selm__V1__FetchWeights *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &selm__v1__fetch_weights__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t selm__v1__fetch_weights__pack_to_buffer
+                     (const Selm__V1__FetchWeights *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &selm__v1__fetch_weights__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Selm__V1__FetchWeights *
+       selm__v1__fetch_weights__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Selm__V1__FetchWeights *)
+     protobuf_c_message_unpack (&selm__v1__fetch_weights__descriptor,
+                                allocator, len, data);
+}
+void   selm__v1__fetch_weights__free_unpacked
+                     (Selm__V1__FetchWeights *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &selm__v1__fetch_weights__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   selm__v1__weights_chunk__init
+                     (Selm__V1__WeightsChunk         *message)
+{
+  static const Selm__V1__WeightsChunk init_value = SELM__V1__WEIGHTS_CHUNK__INIT;
+  *message = init_value;
+}
+size_t selm__v1__weights_chunk__get_packed_size
+                     (const Selm__V1__WeightsChunk *message)
+{
+  assert(message->base.descriptor == &selm__v1__weights_chunk__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t selm__v1__weights_chunk__pack
+                     (const Selm__V1__WeightsChunk *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &selm__v1__weights_chunk__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t selm__v1__weights_chunk__pack_to_buffer
+                     (const Selm__V1__WeightsChunk *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &selm__v1__weights_chunk__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Selm__V1__WeightsChunk *
+       selm__v1__weights_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Selm__V1__WeightsChunk *)
+     protobuf_c_message_unpack (&selm__v1__weights_chunk__descriptor,
+                                allocator, len, data);
+}
+void   selm__v1__weights_chunk__free_unpacked
+                     (Selm__V1__WeightsChunk *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &selm__v1__weights_chunk__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   selm__v1__tensor_layout__init
+                     (Selm__V1__TensorLayout         *message)
+{
+  static const Selm__V1__TensorLayout init_value = SELM__V1__TENSOR_LAYOUT__INIT;
+  *message = init_value;
+}
+size_t selm__v1__tensor_layout__get_packed_size
+                     (const Selm__V1__TensorLayout *message)
+{
+  assert(message->base.descriptor == &selm__v1__tensor_layout__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t selm__v1__tensor_layout__pack
+                     (const Selm__V1__TensorLayout *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &selm__v1__tensor_layout__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t selm__v1__tensor_layout__pack_to_buffer
+                     (const Selm__V1__TensorLayout *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &selm__v1__tensor_layout__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Selm__V1__TensorLayout *
+       selm__v1__tensor_layout__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Selm__V1__TensorLayout *)
+     protobuf_c_message_unpack (&selm__v1__tensor_layout__descriptor,
+                                allocator, len, data);
+}
+void   selm__v1__tensor_layout__free_unpacked
+                     (Selm__V1__TensorLayout *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &selm__v1__tensor_layout__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   selm__v1__weights_done__init
+                     (Selm__V1__WeightsDone         *message)
+{
+  static const Selm__V1__WeightsDone init_value = SELM__V1__WEIGHTS_DONE__INIT;
+  *message = init_value;
+}
+size_t selm__v1__weights_done__get_packed_size
+                     (const Selm__V1__WeightsDone *message)
+{
+  assert(message->base.descriptor == &selm__v1__weights_done__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t selm__v1__weights_done__pack
+                     (const Selm__V1__WeightsDone *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &selm__v1__weights_done__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t selm__v1__weights_done__pack_to_buffer
+                     (const Selm__V1__WeightsDone *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &selm__v1__weights_done__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Selm__V1__WeightsDone *
+       selm__v1__weights_done__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Selm__V1__WeightsDone *)
+     protobuf_c_message_unpack (&selm__v1__weights_done__descriptor,
+                                allocator, len, data);
+}
+void   selm__v1__weights_done__free_unpacked
+                     (Selm__V1__WeightsDone *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &selm__v1__weights_done__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   selm__v1__error__init
                      (Selm__V1__Error         *message)
 {
@@ -1639,7 +1864,7 @@ void   selm__v1__error__free_unpacked
   assert(message->base.descriptor == &selm__v1__error__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor selm__v1__envelope__field_descriptors[26] =
+static const ProtobufCFieldDescriptor selm__v1__envelope__field_descriptors[29] =
 {
   {
     "id",
@@ -1781,6 +2006,18 @@ static const ProtobufCFieldDescriptor selm__v1__envelope__field_descriptors[26] 
     offsetof(Selm__V1__Envelope, body_case),
     offsetof(Selm__V1__Envelope, subscribe_versions),
     &selm__v1__subscribe_versions__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "fetch_weights",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__Envelope, body_case),
+    offsetof(Selm__V1__Envelope, fetch_weights),
+    &selm__v1__fetch_weights__descriptor,
     NULL,
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
@@ -1953,41 +2190,68 @@ static const ProtobufCFieldDescriptor selm__v1__envelope__field_descriptors[26] 
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "weights_chunk",
+    54,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__Envelope, body_case),
+    offsetof(Selm__V1__Envelope, weights_chunk),
+    &selm__v1__weights_chunk__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "weights_done",
+    55,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__Envelope, body_case),
+    offsetof(Selm__V1__Envelope, weights_done),
+    &selm__v1__weights_done__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__envelope__field_indices_by_name[] = {
   3,   /* field[3] = cancel */
-  17,   /* field[17] = cancel_reply */
+  18,   /* field[18] = cancel_reply */
   6,   /* field[6] = detokenize */
-  20,   /* field[20] = detokenize_reply */
-  12,   /* field[12] = error */
+  21,   /* field[21] = detokenize_reply */
+  13,   /* field[13] = error */
+  12,   /* field[12] = fetch_weights */
   2,   /* field[2] = generate */
-  14,   /* field[14] = generate_chunk */
-  16,   /* field[16] = generate_done */
+  15,   /* field[15] = generate_chunk */
+  17,   /* field[17] = generate_done */
   1,   /* field[1] = hello */
-  13,   /* field[13] = hello_reply */
+  14,   /* field[14] = hello_reply */
   0,   /* field[0] = id */
-  21,   /* field[21] = preference_ack */
+  22,   /* field[22] = preference_ack */
   9,   /* field[9] = refresh_weights */
-  23,   /* field[23] = refresh_weights_reply */
-  15,   /* field[15] = sample_result */
+  24,   /* field[24] = refresh_weights_reply */
+  16,   /* field[16] = sample_result */
   10,   /* field[10] = save_checkpoint */
-  24,   /* field[24] = save_checkpoint_reply */
+  25,   /* field[25] = save_checkpoint_reply */
   4,   /* field[4] = score */
-  18,   /* field[18] = score_reply */
+  19,   /* field[19] = score_reply */
   8,   /* field[8] = status */
-  22,   /* field[22] = status_reply */
+  23,   /* field[23] = status_reply */
   7,   /* field[7] = submit_preferences */
   11,   /* field[11] = subscribe_versions */
   5,   /* field[5] = tokenize */
-  19,   /* field[19] = tokenize_reply */
-  25,   /* field[25] = version_event */
+  20,   /* field[20] = tokenize_reply */
+  26,   /* field[26] = version_event */
+  27,   /* field[27] = weights_chunk */
+  28,   /* field[28] = weights_done */
 };
 static const ProtobufCIntRange selm__v1__envelope__number_ranges[3 + 1] =
 {
   { 1, 0 },
   { 10, 1 },
-  { 40, 12 },
-  { 0, 26 }
+  { 40, 13 },
+  { 0, 29 }
 };
 const ProtobufCMessageDescriptor selm__v1__envelope__descriptor =
 {
@@ -1997,7 +2261,7 @@ const ProtobufCMessageDescriptor selm__v1__envelope__descriptor =
   "Selm__V1__Envelope",
   "selm.v1",
   sizeof(Selm__V1__Envelope),
-  26,
+  29,
   selm__v1__envelope__field_descriptors,
   selm__v1__envelope__field_indices_by_name,
   3,  selm__v1__envelope__number_ranges,
@@ -3701,7 +3965,7 @@ const ProtobufCMessageDescriptor selm__v1__detokenize_reply__descriptor =
   (ProtobufCMessageInit) selm__v1__detokenize_reply__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__preference_row__field_descriptors[6] =
+static const ProtobufCFieldDescriptor selm__v1__preference_row__field_descriptors[7] =
 {
   {
     "prompt",
@@ -3775,6 +4039,18 @@ static const ProtobufCFieldDescriptor selm__v1__preference_row__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "version",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Selm__V1__PreferenceRow, optional_version_case),
+    offsetof(Selm__V1__PreferenceRow, version),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__preference_row__field_indices_by_name[] = {
   1,   /* field[1] = chosen */
@@ -3782,12 +4058,13 @@ static const unsigned selm__v1__preference_row__field_indices_by_name[] = {
   3,   /* field[3] = reference */
   2,   /* field[2] = rejected */
   5,   /* field[5] = source */
+  6,   /* field[6] = version */
   4,   /* field[4] = weight */
 };
 static const ProtobufCIntRange selm__v1__preference_row__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor selm__v1__preference_row__descriptor =
 {
@@ -3797,7 +4074,7 @@ const ProtobufCMessageDescriptor selm__v1__preference_row__descriptor =
   "Selm__V1__PreferenceRow",
   "selm.v1",
   sizeof(Selm__V1__PreferenceRow),
-  6,
+  7,
   selm__v1__preference_row__field_descriptors,
   selm__v1__preference_row__field_indices_by_name,
   1,  selm__v1__preference_row__number_ranges,
@@ -3855,7 +4132,7 @@ const ProtobufCMessageDescriptor selm__v1__submit_preferences__descriptor =
   (ProtobufCMessageInit) selm__v1__submit_preferences__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__preference_ack__field_descriptors[3] =
+static const ProtobufCFieldDescriptor selm__v1__preference_ack__field_descriptors[4] =
 {
   {
     "first_sequence",
@@ -3893,16 +4170,29 @@ static const ProtobufCFieldDescriptor selm__v1__preference_ack__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stale_rows",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__PreferenceAck, stale_rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__preference_ack__field_indices_by_name[] = {
   0,   /* field[0] = first_sequence */
   1,   /* field[1] = last_sequence */
   2,   /* field[2] = rows */
+  3,   /* field[3] = stale_rows */
 };
 static const ProtobufCIntRange selm__v1__preference_ack__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor selm__v1__preference_ack__descriptor =
 {
@@ -3912,7 +4202,7 @@ const ProtobufCMessageDescriptor selm__v1__preference_ack__descriptor =
   "Selm__V1__PreferenceAck",
   "selm.v1",
   sizeof(Selm__V1__PreferenceAck),
-  3,
+  4,
   selm__v1__preference_ack__field_descriptors,
   selm__v1__preference_ack__field_indices_by_name,
   1,  selm__v1__preference_ack__number_ranges,
@@ -3988,7 +4278,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__learner_metrics_entry__
   (ProtobufCMessageInit) selm__v1__status_reply__learner_metrics_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[17] =
+static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[21] =
 {
   {
     "policy_version",
@@ -4194,6 +4484,54 @@ static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "staleness",
+    20,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__StatusReply, n_staleness),
+    offsetof(Selm__V1__StatusReply, staleness),
+    &selm__v1__staleness_bucket__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "stale_rows_dropped",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, stale_rows_dropped),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "role",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, role),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "following",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, following),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   15,   /* field[15] = checkpoints */
@@ -4201,6 +4539,7 @@ static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   13,   /* field[13] = data_dir_bytes */
   14,   /* field[14] = disk_free_bytes */
   16,   /* field[16] = engine_precision */
+  20,   /* field[20] = following */
   9,   /* field[9] = generated_tokens_per_second */
   8,   /* field[8] = kv_blocks_total */
   7,   /* field[7] = kv_blocks_used */
@@ -4208,7 +4547,10 @@ static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   1,   /* field[1] = learner_step */
   11,   /* field[11] = live_versions */
   0,   /* field[0] = policy_version */
+  19,   /* field[19] = role */
   6,   /* field[6] = running_sequences */
+  18,   /* field[18] = stale_rows_dropped */
+  17,   /* field[17] = staleness */
   10,   /* field[10] = uptime_seconds */
   5,   /* field[5] = waiting_requests */
   4,   /* field[4] = wal_consumed_sequence */
@@ -4219,7 +4561,7 @@ static const ProtobufCIntRange selm__v1__status_reply__number_ranges[3 + 1] =
   { 1, 0 },
   { 5, 3 },
   { 8, 5 },
-  { 0, 17 }
+  { 0, 21 }
 };
 const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
 {
@@ -4229,11 +4571,62 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
   "Selm__V1__StatusReply",
   "selm.v1",
   sizeof(Selm__V1__StatusReply),
-  17,
+  21,
   selm__v1__status_reply__field_descriptors,
   selm__v1__status_reply__field_indices_by_name,
   3,  selm__v1__status_reply__number_ranges,
   (ProtobufCMessageInit) selm__v1__status_reply__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor selm__v1__staleness_bucket__field_descriptors[2] =
+{
+  {
+    "le",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StalenessBucket, le),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rows",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StalenessBucket, rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned selm__v1__staleness_bucket__field_indices_by_name[] = {
+  0,   /* field[0] = le */
+  1,   /* field[1] = rows */
+};
+static const ProtobufCIntRange selm__v1__staleness_bucket__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor selm__v1__staleness_bucket__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "selm.v1.StalenessBucket",
+  "StalenessBucket",
+  "Selm__V1__StalenessBucket",
+  "selm.v1",
+  sizeof(Selm__V1__StalenessBucket),
+  2,
+  selm__v1__staleness_bucket__field_descriptors,
+  selm__v1__staleness_bucket__field_indices_by_name,
+  1,  selm__v1__staleness_bucket__number_ranges,
+  (ProtobufCMessageInit) selm__v1__staleness_bucket__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor selm__v1__refresh_weights__field_descriptors[1] =
@@ -4573,6 +4966,314 @@ const ProtobufCMessageDescriptor selm__v1__version_event__descriptor =
   (ProtobufCMessageInit) selm__v1__version_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor selm__v1__fetch_weights__field_descriptors[2] =
+{
+  {
+    "version",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__FetchWeights, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "chunk_bytes",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__FetchWeights, chunk_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned selm__v1__fetch_weights__field_indices_by_name[] = {
+  1,   /* field[1] = chunk_bytes */
+  0,   /* field[0] = version */
+};
+static const ProtobufCIntRange selm__v1__fetch_weights__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor selm__v1__fetch_weights__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "selm.v1.FetchWeights",
+  "FetchWeights",
+  "Selm__V1__FetchWeights",
+  "selm.v1",
+  sizeof(Selm__V1__FetchWeights),
+  2,
+  selm__v1__fetch_weights__field_descriptors,
+  selm__v1__fetch_weights__field_indices_by_name,
+  1,  selm__v1__fetch_weights__number_ranges,
+  (ProtobufCMessageInit) selm__v1__fetch_weights__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor selm__v1__weights_chunk__field_descriptors[3] =
+{
+  {
+    "offset",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsChunk, offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "data",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsChunk, data),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "crc32c",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsChunk, crc32c),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned selm__v1__weights_chunk__field_indices_by_name[] = {
+  2,   /* field[2] = crc32c */
+  1,   /* field[1] = data */
+  0,   /* field[0] = offset */
+};
+static const ProtobufCIntRange selm__v1__weights_chunk__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor selm__v1__weights_chunk__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "selm.v1.WeightsChunk",
+  "WeightsChunk",
+  "Selm__V1__WeightsChunk",
+  "selm.v1",
+  sizeof(Selm__V1__WeightsChunk),
+  3,
+  selm__v1__weights_chunk__field_descriptors,
+  selm__v1__weights_chunk__field_indices_by_name,
+  1,  selm__v1__weights_chunk__number_ranges,
+  (ProtobufCMessageInit) selm__v1__weights_chunk__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor selm__v1__tensor_layout__field_descriptors[4] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__TensorLayout, name),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shape",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(Selm__V1__TensorLayout, n_shape),
+    offsetof(Selm__V1__TensorLayout, shape),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "offset",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__TensorLayout, offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "length",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__TensorLayout, length),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned selm__v1__tensor_layout__field_indices_by_name[] = {
+  3,   /* field[3] = length */
+  0,   /* field[0] = name */
+  2,   /* field[2] = offset */
+  1,   /* field[1] = shape */
+};
+static const ProtobufCIntRange selm__v1__tensor_layout__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor selm__v1__tensor_layout__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "selm.v1.TensorLayout",
+  "TensorLayout",
+  "Selm__V1__TensorLayout",
+  "selm.v1",
+  sizeof(Selm__V1__TensorLayout),
+  4,
+  selm__v1__tensor_layout__field_descriptors,
+  selm__v1__tensor_layout__field_indices_by_name,
+  1,  selm__v1__tensor_layout__number_ranges,
+  (ProtobufCMessageInit) selm__v1__tensor_layout__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor selm__v1__weights_done__field_descriptors[7] =
+{
+  {
+    "version",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dtype",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, dtype),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "tensors",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Selm__V1__WeightsDone, n_tensors),
+    offsetof(Selm__V1__WeightsDone, tensors),
+    &selm__v1__tensor_layout__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "total_bytes",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, total_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "crc32c",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, crc32c),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "chunks",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, chunks),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "learner_step",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__WeightsDone, learner_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned selm__v1__weights_done__field_indices_by_name[] = {
+  5,   /* field[5] = chunks */
+  4,   /* field[4] = crc32c */
+  1,   /* field[1] = dtype */
+  6,   /* field[6] = learner_step */
+  2,   /* field[2] = tensors */
+  3,   /* field[3] = total_bytes */
+  0,   /* field[0] = version */
+};
+static const ProtobufCIntRange selm__v1__weights_done__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor selm__v1__weights_done__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "selm.v1.WeightsDone",
+  "WeightsDone",
+  "Selm__V1__WeightsDone",
+  "selm.v1",
+  sizeof(Selm__V1__WeightsDone),
+  7,
+  selm__v1__weights_done__field_descriptors,
+  selm__v1__weights_done__field_indices_by_name,
+  1,  selm__v1__weights_done__number_ranges,
+  (ProtobufCMessageInit) selm__v1__weights_done__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCFieldDescriptor selm__v1__error__field_descriptors[3] =
 {
   {
@@ -4699,7 +5400,7 @@ const ProtobufCEnumDescriptor selm__v1__finish_reason__descriptor =
   selm__v1__finish_reason__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue selm__v1__error_code__enum_values_by_number[14] =
+static const ProtobufCEnumValue selm__v1__error_code__enum_values_by_number[15] =
 {
   { "ERROR_CODE_UNSPECIFIED", "SELM__V1__ERROR_CODE__ERROR_CODE_UNSPECIFIED", 0 },
   { "ERROR_CODE_INVALID_ARGUMENT", "SELM__V1__ERROR_CODE__ERROR_CODE_INVALID_ARGUMENT", 1 },
@@ -4715,13 +5416,15 @@ static const ProtobufCEnumValue selm__v1__error_code__enum_values_by_number[14] 
   { "ERROR_CODE_INTERNAL", "SELM__V1__ERROR_CODE__ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_UNAVAILABLE", "SELM__V1__ERROR_CODE__ERROR_CODE_UNAVAILABLE", 12 },
   { "ERROR_CODE_OUT_OF_RANGE", "SELM__V1__ERROR_CODE__ERROR_CODE_OUT_OF_RANGE", 13 },
+  { "ERROR_CODE_FAILED_PRECONDITION", "SELM__V1__ERROR_CODE__ERROR_CODE_FAILED_PRECONDITION", 14 },
 };
 static const ProtobufCIntRange selm__v1__error_code__value_ranges[] = {
-{0, 0},{0, 14}
+{0, 0},{0, 15}
 };
-static const ProtobufCEnumValueIndex selm__v1__error_code__enum_values_by_name[14] =
+static const ProtobufCEnumValueIndex selm__v1__error_code__enum_values_by_name[15] =
 {
   { "ERROR_CODE_CANCELLED", 10 },
+  { "ERROR_CODE_FAILED_PRECONDITION", 14 },
   { "ERROR_CODE_FRAME_TOO_LARGE", 5 },
   { "ERROR_CODE_INTERNAL", 11 },
   { "ERROR_CODE_INVALID_ARGUMENT", 1 },
@@ -4743,9 +5446,9 @@ const ProtobufCEnumDescriptor selm__v1__error_code__descriptor =
   "ErrorCode",
   "Selm__V1__ErrorCode",
   "selm.v1",
-  14,
+  15,
   selm__v1__error_code__enum_values_by_number,
-  14,
+  15,
   selm__v1__error_code__enum_values_by_name,
   1,
   selm__v1__error_code__value_ranges,

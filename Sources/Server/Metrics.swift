@@ -228,6 +228,7 @@ extension ErrorCode {
         case .internal: "internal"
         case .unavailable: "unavailable"
         case .outOfRange: "out_of_range"
+        case .failedPrecondition: "failed_precondition"
         case .unrecognized(let v): "code_\(v)"
         }
     }

@@ -18,7 +18,7 @@ extension SelmServer {
         } else if r.path != "/metrics" {
             httpError(conn, h, APIError(status: 404, message: "try /metrics"))
         } else {
-            let body = metrics.render(liveFigures())
+            let body = metrics.render(liveFigures()) + renderClusterMetrics()
             httpRespond(conn, h, status: 200, body: Array(body.utf8), contentType: "text/plain; version=0.0.4; charset=utf-8",
                         headOnly: r.method == "HEAD")
         }

@@ -206,7 +206,7 @@ struct APIError: Error {
         switch reply.code {
         case .invalidArgument, .outOfRange, .malformed, .unknownBody, .unsupportedVersion, .unspecified, .unrecognized: 400
         case .unauthenticated: 401
-        case .permissionDenied: 403
+        case .permissionDenied, .failedPrecondition: 403
         case .notFound: 404
         case .frameTooLarge: 413
         // A field's value beyond what the server can hold is the request's fault; without one, load.

@@ -34,6 +34,7 @@ extension SelmServer {
                  .refused(code: .unauthenticated, field: "", reason: "send Hello\(config.authToken == nil ? "" : " with the auth token") first"))
             return
         }
+        if let refusal = roleRefusal(envelope.body) { return fail(conn, id: id, type: envelope.body.name, refusal) }
         switch envelope.body {
         case .hello: break
         case .status:
@@ -48,6 +49,7 @@ extension SelmServer {
         case .refreshWeights(let r): refreshWeights(conn, id: id, r)
         case .saveCheckpoint(let s): saveCheckpoint(conn, id: id, s)
         case .subscribeVersions: subscribe(conn, id: id)
+        case .fetchWeights(let f): fetchWeights(conn, id: id, f)
         }
     }
 
@@ -183,7 +185,8 @@ extension SelmServer {
                            generatedTokensPerSecond: f.tokensPerSecond, uptimeSeconds: f.uptime,
                            liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections),
                            dataDirBytes: disk.dataDirBytes, diskFreeBytes: disk.freeBytes, checkpoints: UInt32(clamping: disk.checkpoints),
-                           enginePrecision: f.enginePrecision)
+                           enginePrecision: f.enginePrecision, staleness: stalenessBuckets, staleRowsDropped: cluster.staleDropped,
+                           role: cluster.role.rawValue, following: cluster.following ?? "")
     }
 
     private func cancel(_ conn: Connection, id: UInt64, target: UInt64) {
@@ -336,8 +339,14 @@ extension SelmServer {
     /// Rows are tokenized and checked on the thread pool (batches in parallel), then appended to
     /// the log in the order the connection sent them: a connection's batches get increasing
     /// sequence numbers in submission order.
-    private func submitPreferences(_ conn: Connection, id: UInt64, _ p: SubmitPreferences) {
+    private func submitPreferences(_ conn: Connection, id: UInt64, _ preferences: SubmitPreferences) {
         guard let r = begin(conn, id: id, type: "submit_preferences") else { return }
+        let (p, stale): (SubmitPreferences, Int)
+        do throws(ServerError) { (p, stale) = try admitStaleness(preferences) } catch { return end(conn, r, error: error) }
+        if p.rows.isEmpty {  // every row too stale: nothing to log
+            send(conn, Envelope(id: id, body: .preferenceAck(PreferenceAck(rows: 0, staleRows: UInt32(stale)))))
+            return end(conn, r, outcome: "ok")
+        }
         let ticket = conn.nextPreferenceTicket
         conn.nextPreferenceTicket += 1
         let enc = encoder
@@ -353,7 +362,7 @@ extension SelmServer {
                 let mailbox = self.mailbox!
                 logInOrder(conn, ticket) { [self] in
                     log.append(pairs, sources: sources) { [self] appended in
-                        mailbox.post { [self] in preferencesLogged(conn, r, rows: rows, appended) }
+                        mailbox.post { [self] in preferencesLogged(conn, r, rows: rows, stale: stale, appended) }
                     }
                 }
             }
@@ -371,13 +380,13 @@ extension SelmServer {
     }
 
     /// Loop thread: the log thread has written (and fsynced) a batch, or failed to.
-    private func preferencesLogged(_ conn: Connection, _ r: Request, rows: Int, _ result: Result<UInt64, ServerError>) {
+    private func preferencesLogged(_ conn: Connection, _ r: Request, rows: Int, stale: Int = 0, _ result: Result<UInt64, ServerError>) {
         metrics.walAck.observe(Date().timeIntervalSince1970 - r.received)
         if case .success = result { metrics.preferenceRows += UInt64(rows) }
         guard alive(conn, r) else { return }
         switch result {
         case .success(let seq):
-            send(conn, Envelope(id: r.id, body: .preferenceAck(PreferenceAck(firstSequence: seq, lastSequence: seq, rows: UInt32(rows)))))
+            send(conn, Envelope(id: r.id, body: .preferenceAck(PreferenceAck(firstSequence: seq, lastSequence: seq, rows: UInt32(rows), staleRows: UInt32(stale)))))
             end(conn, r, outcome: "ok")
         case .failure(let e):
             end(conn, r, error: e)
@@ -468,11 +477,17 @@ extension SelmServer {
         guard let engine else {
             let version: UInt64
             do { version = try dataDirectory.versions.issue() } catch { throw ServerError(error) }
+            cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: weights.copy()))
             let p = Publication(version: version, learnerStep: learnerStep, metrics: metrics)
             mailbox.post { [self] in versionPublished(p) }
             return version
         }
-        do { return try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics) } catch let e as PreferenceLogError {
+        do {
+            let version = try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics)
+            // A learner keeps an f32 copy of its newest version for FetchWeights (read during this call only).
+            cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: weights.copy()))
+            return version
+        } catch let e as PreferenceLogError {
             throw ServerError(e)
         } catch {
             // Only a caller bug gets here (weights of another shape are refused before).

@@ -57,6 +57,12 @@ public struct ServerConfiguration: Sendable {
     public var handleSignals = true
     /// Log every connection.
     public var verbose = false
+    /// What this process is in a deployment (`selm serve --role`); see `ServerRole`.
+    public var role: ServerRole = .all
+    /// The learner a rollout replica follows ("HOST:PORT", `--follow`), or nil.
+    public var follow: String? = nil
+    /// Preference rows more than this many versions behind the newest are dropped (`--max-staleness`).
+    public var maxStaleness: UInt64? = nil
     /// Reported in HelloReply.server_version.
     public var serverVersion = "selm-server \(SelmVersion.string)"
 
@@ -132,6 +138,8 @@ public final class SelmServer: @unchecked Sendable {
     let readBuffer: UnsafeMutableRawPointer
     static let readBufferSize = 64 << 10
     var shutdownSignal: LoopSignal!
+    /// Role, weights served to followers, staleness (Cluster.swift).
+    let cluster: ClusterState
 
     enum State { case created, running, draining, closing, stopped }
 
@@ -156,6 +164,10 @@ public final class SelmServer: @unchecked Sendable {
         self.log = log
         self.dataDirectory = dataDirectory
         lastVersionEvent = VersionEvent(version: engine?.currentVersion ?? 0, unixTime: Date().timeIntervalSince1970)
+        cluster = ClusterState(configuration)
+        if configuration.role == .learner {  // the learner's starting weights, before it trains them in place
+            cluster.published = PublishedWeights(.init(version: lastVersionEvent.version, learnerStep: 0, weights: bundle.model.weights.copy()))
+        }
         do { try dataDirectory.versions.record(lastVersionEvent.version) } catch { throw ServerError(error) }  // numbers after it never repeat it
         let ledger = dataDirectory.versions
         engine?.setVersionIssuer { newest in try ledger.issue(after: newest) }
@@ -595,6 +607,7 @@ public final class SelmServer: @unchecked Sendable {
             if !conn.closing { close(conn, reason: "write failed: \(uvErrorText(status))") }
             return
         }
+        if cluster.streams[conn.id] != nil { pumpWeights(conn) }
         if conn.pausedForOutput && conn.queuedBytes <= config.maxOutputBytes / 4 {
             conn.pausedForOutput = false
             startReading(conn)
@@ -619,6 +632,7 @@ public final class SelmServer: @unchecked Sendable {
             metrics.countRequest(request.type, outcome: "disconnected")
         }
         conn.requests.removeAll()
+        cluster.streams[conn.id] = nil
         connections[conn.id] = nil
         preAuth[conn.id] = nil
         httpConnections[conn.id] = nil

@@ -85,6 +85,14 @@ final class Arena {
         }
     }
 
+    /// A copy of `bytes` (a `bytes` field), or an empty value.
+    func bytes(_ bytes: [UInt8]) -> ProtobufCBinaryData {
+        guard !bytes.isEmpty else { return ProtobufCBinaryData(len: 0, data: nil) }
+        let p = raw(bytes.count, alignment: 1).bindMemory(to: UInt8.self, capacity: bytes.count)
+        bytes.withUnsafeBytes { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        return ProtobufCBinaryData(len: bytes.count, data: p)
+    }
+
     /// A NUL-terminated copy of `string`'s UTF-8, for map keys (the one `string` left in the C code;
     /// a key is cut at a NUL — the server's metric names have none).
     func cString(_ string: String) -> UnsafeMutablePointer<CChar> {
@@ -212,6 +220,13 @@ enum Unpacked {
     static func string(_ b: ProtobufCBinaryData) -> String {
         guard b.len > 0, let data = b.data else { return "" }
         return String(decoding: UnsafeBufferPointer(start: data, count: b.len), as: UTF8.self)
+    }
+
+    /// A `bytes` field's bytes, as they are.
+    @inline(__always)
+    static func binary(_ b: ProtobufCBinaryData) -> [UInt8] {
+        guard b.len > 0, let data = b.data else { return [] }
+        return Array(UnsafeBufferPointer(start: data, count: b.len))
     }
 
     /// A map key (the only C string left in the generated code); NULL → "".

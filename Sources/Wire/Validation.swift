@@ -140,6 +140,18 @@ extension SaveCheckpoint {
 }
 
 // Request types without rules of their own (a role is checked with its conversation, below).
+extension FetchWeights {
+    /// The default chunk size (the wire's 0).
+    public static let defaultChunkBytes: UInt32 = 1 << 20
+    /// The chunk sizes a server accepts (besides 0).
+    public static let chunkBytesRange: ClosedRange<UInt32> = 4096...(8 << 20)
+    /// Turns the wire's `chunk_bytes` 0 into `defaultChunkBytes` (the range is the server's check:
+    /// it depends on its frame limit).
+    mutating func validate(at path: String) throws(FieldError) {
+        if chunkBytes == 0 { chunkBytes = Self.defaultChunkBytes }
+    }
+}
+
 extension ChatMessage { mutating func validate(at path: String) throws(FieldError) {} }
 extension ScoreItem { mutating func validate(at path: String) throws(FieldError) {} }
 extension Cancel { mutating func validate(at path: String) throws(FieldError) {} }

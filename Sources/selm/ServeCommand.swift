@@ -82,6 +82,16 @@ struct Serve: ParsableCommand, LogLevelCommand {
     @Option(help: "How engine and learner share the two cores' BLAS: adaptive (one BLAS thread each while both compute, all threads for a lone one), split (always one each), priority (one BLAS lock, rollouts first) or fifo (one lock, first come first served).")
     var computeSharing: String = "adaptive"
     @OptionGroup var logOptions: LogOptions
+    @Option(help: "What this process is in a deployment: all (engine, preference log and learner: one machine), rollout (an engine only: preferences and checkpoints are refused; with --follow it serves its learner's versions) or learner (log, learner, an engine for its own evaluation, and FetchWeights for rollout replicas; keeps an f32 copy of its newest version).")
+    var role: String = "all"
+    @Option(help: "Rollout replicas: the learner (--role learner) to follow, HOST:PORT. The replica starts on the learner's newest version, fetched before it serves, and publishes every newer one under the learner's number.")
+    var follow: String?
+    @Option(help: "File holding the learner's --auth-token-file secret, for --follow.")
+    var followAuthTokenFile: String?
+    @Option(help: "With --follow: seconds between attempts to reach the learner after a failure.")
+    var followRetrySeconds: Double = 0.5
+    @Option(help: "Drop preference rows whose version (PreferenceRow.version) is more than K versions behind the newest (counted in Status and metrics); unset = keep them all.")
+    var maxStaleness: UInt64?
     @OptionGroup var lossOptions: LossOptions
     @OptionGroup var optimizerOptions: OptimizerOptions
     @OptionGroup var learnerPrecision: LearnerPrecisionOptions
@@ -102,6 +112,12 @@ struct Serve: ParsableCommand, LogLevelCommand {
         if tcpAddress == "none" && unix == nil { throw ValidationError("--address none needs --unix") }
         if !["adaptive", "priority", "fifo", "split"].contains(computeSharing) { throw ValidationError("--compute-sharing: expected adaptive, priority, fifo or split") }
         if publishEvery < 1 { throw ValidationError("--publish-every: must be ≥ 1") }
+        guard let r = ServerRole(rawValue: role) else { throw ValidationError("--role: expected all, rollout or learner") }
+        if follow != nil && r != .rollout { throw ValidationError("--follow: only a rollout replica follows a learner (add --role rollout)") }
+        if followAuthTokenFile != nil && follow == nil { throw ValidationError("--follow-auth-token-file: needs --follow") }
+        if !(followRetrySeconds > 0 && followRetrySeconds <= 3600) { throw ValidationError("--follow-retry-seconds: must be in (0, 3600]") }
+        if r == .learner && noLearner { throw ValidationError("--role learner: cannot be combined with --no-learner") }
+        if r == .rollout && maxStaleness != nil { throw ValidationError("--max-staleness: a rollout replica receives no preferences (it applies on the learner)") }
         if checkpointEvery < 0 { throw ValidationError("--checkpoint-every: must be ≥ 0") }
         if keepCheckpoints < 0 { throw ValidationError("--keep-checkpoints: must be ≥ 0") }
         _ = try parseCheckpointDType(checkpointDtype)
@@ -140,6 +156,11 @@ struct Serve: ParsableCommand, LogLevelCommand {
         config.maxConnections = maxConnections
         config.helloTimeoutSeconds = helloTimeout
         if let f = authTokenFile { config.authToken = try readToken(f) }
+        let role = ServerRole(rawValue: self.role)!
+        config.role = role
+        config.follow = follow
+        config.maxStaleness = maxStaleness
+        let noLearner = self.noLearner || role == .rollout
 
         let bundle = try model.load()
         try requireFinite(bundle.model, option: "--model", path: bundle.path)
@@ -190,7 +211,7 @@ struct Serve: ParsableCommand, LogLevelCommand {
             resumedVersion = control.resumedVersion
             learner = control
         }
-        if noLearner {
+        if noLearner && follow == nil {
             // Nothing trains: the engine's copy is the only one kept (the f32 weights are freed).
             engineModel = try precisionOptions.inferenceModel(bundle.model)
             bundle.replaceModel(engineModel)
@@ -199,6 +220,25 @@ struct Serve: ParsableCommand, LogLevelCommand {
         let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
             + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
         serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
+        // A follower starts on its learner's newest version, under the learner's number.
+        var follower: WeightFollower? = nil
+        var followed: WeightFollower.Fetched? = nil
+        if let follow {
+            guard bundle.tokenizerIfAny != nil else { throw ServerError.configuration(option: "--follow", reason: "\(bundle.path) has no tokenizer: a replica without an engine has nothing to follow for") }
+            let f = WeightFollower(address: follow, token: try followAuthTokenFile.map { try readToken($0, option: "--follow-auth-token-file") },
+                                   retrySeconds: followRetrySeconds, config: bundle.model.config)
+            let first = f.fetchFirst()
+            let highest = dataDirectory.versions.highest
+            guard first.version >= highest else {
+                throw ServerError.configuration(option: "--follow", reason: "the learner's newest version \(first.version) is below version \(highest), which this data directory has already served (another learner?); numbers never go back: use a fresh --data-dir")
+            }
+            do { engineModel = try LlamaModel.inference(from: first.weights, precision: precisionOptions.precision) } catch {
+                throw CLIError.failed("cannot convert the learner's weights to --engine-precision \(precisionOptions.precision)", error)
+            }
+            bundle.replaceModel(engineModel)
+            try dataDirectory.versions.record(first.version)
+            (follower, followed) = (f, first)
+        }
         var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
@@ -208,7 +248,7 @@ struct Serve: ParsableCommand, LogLevelCommand {
             ec.decodingStepTokens = decodingStepTokens
             // Numbers never go back across restarts: the resumed weights keep theirs only when no
             // later version was issued (DATA/version), else the next number.
-            let engineVersion = try dataDirectory.versions.begin(resumedVersion: resumedVersion)
+            let engineVersion = try followed?.version ?? dataDirectory.versions.begin(resumedVersion: resumedVersion)
             do {
                 engine = try GenerationEngine(model: engineModel, version: engineVersion, tokenizer: tok, template: bundle.template, config: ec)
             } catch { throw CLIError.failed("cannot start the engine", error) }
@@ -218,6 +258,8 @@ struct Serve: ParsableCommand, LogLevelCommand {
         let server = try SelmServer(configuration: config, bundle: bundle, engine: engine, learner: learner, log: log,
                                     dataDirectory: dataDirectory)
         dataDirectory.usage.refresh()  // Status reports it from the start (measured off the loop later)
+        if let follower, let engine, let followed { follower.start(engine: engine, ledger: dataDirectory.versions, from: followed.version) }
+        serveLog.info("role \(role.rawValue)\(follow.map { ", following \($0) from version \(followed!.version)" } ?? "")")
         try server.run()
     }
 
@@ -238,12 +280,12 @@ struct Serve: ParsableCommand, LogLevelCommand {
     }
 
     /// The token in `path` (surrounding whitespace dropped). Never printed.
-    private func readToken(_ path: String) throws -> String {
+    private func readToken(_ path: String, option: String = "--auth-token-file") throws -> String {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw CLIError.file(path: path, reason: "cannot read --auth-token-file")
+            throw CLIError.file(path: path, reason: "cannot read \(option)")
         }
         let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard !token.isEmpty else { throw CLIError.file(path: path, reason: "--auth-token-file is empty") }
+        guard !token.isEmpty else { throw CLIError.file(path: path, reason: "\(option) is empty") }
         if let attrs = try? FileManager.default.attributesOfItem(atPath: path),
            let mode = (attrs[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0 {
             serveLog.warning("\(path) is readable by other users (mode \(String(mode, radix: 8)))")

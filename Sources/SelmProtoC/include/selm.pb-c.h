@@ -45,6 +45,7 @@ typedef struct Selm__V1__PreferenceAck Selm__V1__PreferenceAck;
 typedef struct Selm__V1__StatusRequest Selm__V1__StatusRequest;
 typedef struct Selm__V1__StatusReply Selm__V1__StatusReply;
 typedef struct Selm__V1__StatusReply__LearnerMetricsEntry Selm__V1__StatusReply__LearnerMetricsEntry;
+typedef struct Selm__V1__StalenessBucket Selm__V1__StalenessBucket;
 typedef struct Selm__V1__RefreshWeights Selm__V1__RefreshWeights;
 typedef struct Selm__V1__RefreshWeightsReply Selm__V1__RefreshWeightsReply;
 typedef struct Selm__V1__SaveCheckpoint Selm__V1__SaveCheckpoint;
@@ -52,6 +53,10 @@ typedef struct Selm__V1__SaveCheckpointReply Selm__V1__SaveCheckpointReply;
 typedef struct Selm__V1__SubscribeVersions Selm__V1__SubscribeVersions;
 typedef struct Selm__V1__VersionEvent Selm__V1__VersionEvent;
 typedef struct Selm__V1__VersionEvent__MetricsEntry Selm__V1__VersionEvent__MetricsEntry;
+typedef struct Selm__V1__FetchWeights Selm__V1__FetchWeights;
+typedef struct Selm__V1__WeightsChunk Selm__V1__WeightsChunk;
+typedef struct Selm__V1__TensorLayout Selm__V1__TensorLayout;
+typedef struct Selm__V1__WeightsDone Selm__V1__WeightsDone;
 typedef struct Selm__V1__Error Selm__V1__Error;
 
 
@@ -156,7 +161,11 @@ typedef enum _Selm__V1__ErrorCode {
   /*
    * a value exceeds a model limit (token id ≥ vocab, prompt > context, text too long to fit)
    */
-  SELM__V1__ERROR_CODE__ERROR_CODE_OUT_OF_RANGE = 13
+  SELM__V1__ERROR_CODE__ERROR_CODE_OUT_OF_RANGE = 13,
+  /*
+   * this server's role does not serve the request (preferences to a rollout replica, FetchWeights to a server not started with --role learner)
+   */
+  SELM__V1__ERROR_CODE__ERROR_CODE_FAILED_PRECONDITION = 14
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SELM__V1__ERROR_CODE)
 } Selm__V1__ErrorCode;
 
@@ -175,6 +184,7 @@ typedef enum {
   SELM__V1__ENVELOPE__BODY_REFRESH_WEIGHTS = 18,
   SELM__V1__ENVELOPE__BODY_SAVE_CHECKPOINT = 19,
   SELM__V1__ENVELOPE__BODY_SUBSCRIBE_VERSIONS = 20,
+  SELM__V1__ENVELOPE__BODY_FETCH_WEIGHTS = 21,
   SELM__V1__ENVELOPE__BODY_ERROR = 40,
   SELM__V1__ENVELOPE__BODY_HELLO_REPLY = 41,
   SELM__V1__ENVELOPE__BODY_GENERATE_CHUNK = 42,
@@ -188,7 +198,9 @@ typedef enum {
   SELM__V1__ENVELOPE__BODY_STATUS_REPLY = 50,
   SELM__V1__ENVELOPE__BODY_REFRESH_WEIGHTS_REPLY = 51,
   SELM__V1__ENVELOPE__BODY_SAVE_CHECKPOINT_REPLY = 52,
-  SELM__V1__ENVELOPE__BODY_VERSION_EVENT = 53
+  SELM__V1__ENVELOPE__BODY_VERSION_EVENT = 53,
+  SELM__V1__ENVELOPE__BODY_WEIGHTS_CHUNK = 54,
+  SELM__V1__ENVELOPE__BODY_WEIGHTS_DONE = 55
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SELM__V1__ENVELOPE__BODY__CASE)
 } Selm__V1__Envelope__BodyCase;
 
@@ -254,6 +266,10 @@ struct  Selm__V1__Envelope
      */
     Selm__V1__SubscribeVersions *subscribe_versions;
     /*
+     * → WeightsChunk…, WeightsDone (selm serve --role learner)
+     */
+    Selm__V1__FetchWeights *fetch_weights;
+    /*
      * Server → client replies and pushes: field numbers 40–79.
      */
     /*
@@ -312,6 +328,14 @@ struct  Selm__V1__Envelope
      * push for SubscribeVersions
      */
     Selm__V1__VersionEvent *version_event;
+    /*
+     * streamed bytes of a FetchWeights
+     */
+    Selm__V1__WeightsChunk *weights_chunk;
+    /*
+     * last reply to a FetchWeights
+     */
+    Selm__V1__WeightsDone *weights_done;
   };
 };
 #define SELM__V1__ENVELOPE__INIT \
@@ -1067,6 +1091,12 @@ struct  Selm__V1__DetokenizeReply
     , {0,NULL} }
 
 
+typedef enum {
+  SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION__NOT_SET = 0,
+  SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION_VERSION = 7
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION__CASE)
+} Selm__V1__PreferenceRow__OptionalVersionCase;
+
 /*
  * One preference: for `prompt`, `chosen` is preferred to `rejected`.
  */
@@ -1097,10 +1127,14 @@ struct  Selm__V1__PreferenceRow
    * free-form provenance ("pairrm", "human", a dataset name), kept in the WAL
    */
   ProtobufCBinaryData source;
+  Selm__V1__PreferenceRow__OptionalVersionCase optional_version_case;
+  union {
+    uint64_t version;
+  };
 };
 #define SELM__V1__PREFERENCE_ROW__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__preference_row__descriptor) \
-    , NULL, NULL, NULL, NULL, 0, {0,NULL} }
+    , NULL, NULL, NULL, NULL, 0, {0,NULL}, SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION__NOT_SET, {0} }
 
 
 /*
@@ -1139,13 +1173,17 @@ struct  Selm__V1__PreferenceAck
    */
   uint64_t last_sequence;
   /*
-   * rows accepted
+   * rows accepted (written to the log)
    */
   uint32_t rows;
+  /*
+   * rows dropped as too stale (selm serve --max-staleness); not in the log
+   */
+  uint32_t stale_rows;
 };
 #define SELM__V1__PREFERENCE_ACK__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__preference_ack__descriptor) \
-    , 0, 0, 0 }
+    , 0, 0, 0, 0 }
 
 
 /*
@@ -1250,10 +1288,50 @@ struct  Selm__V1__StatusReply
    * as HelloReply.engine_precision
    */
   ProtobufCBinaryData engine_precision;
+  /*
+   * Staleness of the preference rows received with a `version` (the learner's newest version
+   * minus the row's, at intake), as a histogram: one bucket per upper bound 0, 1, 2, 4, 8, 16, 32,
+   * 64 and 2^64-1 (the rest), each counting the rows whose staleness is at most its bound and above
+   * the previous one (not cumulative). Empty until a row with a version arrives.
+   */
+  size_t n_staleness;
+  Selm__V1__StalenessBucket **staleness;
+  /*
+   * rows dropped by --max-staleness since the server started
+   */
+  uint64_t stale_rows_dropped;
+  /*
+   * "all", "rollout" or "learner" (selm serve --role)
+   */
+  ProtobufCBinaryData role;
+  /*
+   * the learner a rollout replica follows (--follow HOST:PORT), else empty
+   */
+  ProtobufCBinaryData following;
 };
 #define SELM__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__status_reply__descriptor) \
-    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL} }
+    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL}, 0,NULL, 0, {0,NULL}, {0,NULL} }
+
+
+/*
+ * One bucket of `StatusReply.staleness`.
+ */
+struct  Selm__V1__StalenessBucket
+{
+  ProtobufCMessage base;
+  /*
+   * upper bound, versions (inclusive); 2^64-1 for the last bucket
+   */
+  uint64_t le;
+  /*
+   * rows in (previous bound, le]
+   */
+  uint64_t rows;
+};
+#define SELM__V1__STALENESS_BUCKET__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&selm__v1__staleness_bucket__descriptor) \
+    , 0, 0 }
 
 
 /*
@@ -1388,6 +1466,124 @@ struct  Selm__V1__VersionEvent
 #define SELM__V1__VERSION_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__version_event__descriptor) \
     , 0, 0, 0,NULL, 0 }
+
+
+/*
+ * Stream the weights of the learner's newest published version (only a server started with
+ * `selm serve --role learner` serves it; others answer FAILED_PRECONDITION). Replies: `WeightsChunk`s
+ * in order of offset, then one `WeightsDone` describing what they hold. A rollout replica started
+ * with `--follow` uses it to copy each new version and publish it under the same number.
+ */
+struct  Selm__V1__FetchWeights
+{
+  ProtobufCMessage base;
+  /*
+   * The version wanted: 0 = the newest; otherwise it must be the newest (older ones are not kept:
+   * NOT_FOUND names the newest).
+   */
+  uint64_t version;
+  /*
+   * Bytes of weights per chunk, 4096…8 MiB and below the server's frame limit; 0 = 1 MiB.
+   */
+  uint32_t chunk_bytes;
+};
+#define SELM__V1__FETCH_WEIGHTS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&selm__v1__fetch_weights__descriptor) \
+    , 0, 0 }
+
+
+/*
+ * A piece of the weights (FetchWeights).
+ */
+struct  Selm__V1__WeightsChunk
+{
+  ProtobufCMessage base;
+  /*
+   * byte offset of `data` in the weights (chunks arrive in order, without gaps)
+   */
+  uint64_t offset;
+  /*
+   * the bytes
+   */
+  ProtobufCBinaryData data;
+  /*
+   * CRC-32C (Castagnoli) of `data`; a receiver refuses a chunk that does not match
+   */
+  uint32_t crc32c;
+};
+#define SELM__V1__WEIGHTS_CHUNK__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&selm__v1__weights_chunk__descriptor) \
+    , 0, {0,NULL}, 0 }
+
+
+/*
+ * One tensor's place in the weights (WeightsDone.tensors).
+ */
+struct  Selm__V1__TensorLayout
+{
+  ProtobufCMessage base;
+  /*
+   * Hugging Face name ("model.layers.0.self_attn.q_proj.weight")
+   */
+  ProtobufCBinaryData name;
+  /*
+   * dimensions, outermost first
+   */
+  size_t n_shape;
+  uint64_t *shape;
+  /*
+   * byte offset in the weights
+   */
+  uint64_t offset;
+  /*
+   * byte length
+   */
+  uint64_t length;
+};
+#define SELM__V1__TENSOR_LAYOUT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&selm__v1__tensor_layout__descriptor) \
+    , {0,NULL}, 0,NULL, 0, 0 }
+
+
+/*
+ * Last reply to FetchWeights: what the chunks hold.
+ */
+struct  Selm__V1__WeightsDone
+{
+  ProtobufCMessage base;
+  /*
+   * the learner's version number of these weights
+   */
+  uint64_t version;
+  /*
+   * element type: "f32" (little-endian IEEE 754 binary32)
+   */
+  ProtobufCBinaryData dtype;
+  /*
+   * every tensor, in offset order, without gaps
+   */
+  size_t n_tensors;
+  Selm__V1__TensorLayout **tensors;
+  /*
+   * bytes sent in all chunks
+   */
+  uint64_t total_bytes;
+  /*
+   * CRC-32C of all the bytes, in order
+   */
+  uint32_t crc32c;
+  /*
+   * chunks sent
+   */
+  uint32_t chunks;
+  /*
+   * the learner step the version came from (0: loaded weights)
+   */
+  uint64_t learner_step;
+};
+#define SELM__V1__WEIGHTS_DONE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&selm__v1__weights_done__descriptor) \
+    , 0, {0,NULL}, 0,NULL, 0, 0, 0, 0 }
 
 
 /*
@@ -1968,6 +2164,25 @@ Selm__V1__StatusReply *
 void   selm__v1__status_reply__free_unpacked
                      (Selm__V1__StatusReply *message,
                       ProtobufCAllocator *allocator);
+/* Selm__V1__StalenessBucket methods */
+void   selm__v1__staleness_bucket__init
+                     (Selm__V1__StalenessBucket         *message);
+size_t selm__v1__staleness_bucket__get_packed_size
+                     (const Selm__V1__StalenessBucket   *message);
+size_t selm__v1__staleness_bucket__pack
+                     (const Selm__V1__StalenessBucket   *message,
+                      uint8_t             *out);
+size_t selm__v1__staleness_bucket__pack_to_buffer
+                     (const Selm__V1__StalenessBucket   *message,
+                      ProtobufCBuffer     *buffer);
+Selm__V1__StalenessBucket *
+       selm__v1__staleness_bucket__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   selm__v1__staleness_bucket__free_unpacked
+                     (Selm__V1__StalenessBucket *message,
+                      ProtobufCAllocator *allocator);
 /* Selm__V1__RefreshWeights methods */
 void   selm__v1__refresh_weights__init
                      (Selm__V1__RefreshWeights         *message);
@@ -2085,6 +2300,82 @@ Selm__V1__VersionEvent *
 void   selm__v1__version_event__free_unpacked
                      (Selm__V1__VersionEvent *message,
                       ProtobufCAllocator *allocator);
+/* Selm__V1__FetchWeights methods */
+void   selm__v1__fetch_weights__init
+                     (Selm__V1__FetchWeights         *message);
+size_t selm__v1__fetch_weights__get_packed_size
+                     (const Selm__V1__FetchWeights   *message);
+size_t selm__v1__fetch_weights__pack
+                     (const Selm__V1__FetchWeights   *message,
+                      uint8_t             *out);
+size_t selm__v1__fetch_weights__pack_to_buffer
+                     (const Selm__V1__FetchWeights   *message,
+                      ProtobufCBuffer     *buffer);
+Selm__V1__FetchWeights *
+       selm__v1__fetch_weights__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   selm__v1__fetch_weights__free_unpacked
+                     (Selm__V1__FetchWeights *message,
+                      ProtobufCAllocator *allocator);
+/* Selm__V1__WeightsChunk methods */
+void   selm__v1__weights_chunk__init
+                     (Selm__V1__WeightsChunk         *message);
+size_t selm__v1__weights_chunk__get_packed_size
+                     (const Selm__V1__WeightsChunk   *message);
+size_t selm__v1__weights_chunk__pack
+                     (const Selm__V1__WeightsChunk   *message,
+                      uint8_t             *out);
+size_t selm__v1__weights_chunk__pack_to_buffer
+                     (const Selm__V1__WeightsChunk   *message,
+                      ProtobufCBuffer     *buffer);
+Selm__V1__WeightsChunk *
+       selm__v1__weights_chunk__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   selm__v1__weights_chunk__free_unpacked
+                     (Selm__V1__WeightsChunk *message,
+                      ProtobufCAllocator *allocator);
+/* Selm__V1__TensorLayout methods */
+void   selm__v1__tensor_layout__init
+                     (Selm__V1__TensorLayout         *message);
+size_t selm__v1__tensor_layout__get_packed_size
+                     (const Selm__V1__TensorLayout   *message);
+size_t selm__v1__tensor_layout__pack
+                     (const Selm__V1__TensorLayout   *message,
+                      uint8_t             *out);
+size_t selm__v1__tensor_layout__pack_to_buffer
+                     (const Selm__V1__TensorLayout   *message,
+                      ProtobufCBuffer     *buffer);
+Selm__V1__TensorLayout *
+       selm__v1__tensor_layout__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   selm__v1__tensor_layout__free_unpacked
+                     (Selm__V1__TensorLayout *message,
+                      ProtobufCAllocator *allocator);
+/* Selm__V1__WeightsDone methods */
+void   selm__v1__weights_done__init
+                     (Selm__V1__WeightsDone         *message);
+size_t selm__v1__weights_done__get_packed_size
+                     (const Selm__V1__WeightsDone   *message);
+size_t selm__v1__weights_done__pack
+                     (const Selm__V1__WeightsDone   *message,
+                      uint8_t             *out);
+size_t selm__v1__weights_done__pack_to_buffer
+                     (const Selm__V1__WeightsDone   *message,
+                      ProtobufCBuffer     *buffer);
+Selm__V1__WeightsDone *
+       selm__v1__weights_done__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   selm__v1__weights_done__free_unpacked
+                     (Selm__V1__WeightsDone *message,
+                      ProtobufCAllocator *allocator);
 /* Selm__V1__Error methods */
 void   selm__v1__error__init
                      (Selm__V1__Error         *message);
@@ -2196,6 +2487,9 @@ typedef void (*Selm__V1__StatusReply__LearnerMetricsEntry_Closure)
 typedef void (*Selm__V1__StatusReply_Closure)
                  (const Selm__V1__StatusReply *message,
                   void *closure_data);
+typedef void (*Selm__V1__StalenessBucket_Closure)
+                 (const Selm__V1__StalenessBucket *message,
+                  void *closure_data);
 typedef void (*Selm__V1__RefreshWeights_Closure)
                  (const Selm__V1__RefreshWeights *message,
                   void *closure_data);
@@ -2216,6 +2510,18 @@ typedef void (*Selm__V1__VersionEvent__MetricsEntry_Closure)
                   void *closure_data);
 typedef void (*Selm__V1__VersionEvent_Closure)
                  (const Selm__V1__VersionEvent *message,
+                  void *closure_data);
+typedef void (*Selm__V1__FetchWeights_Closure)
+                 (const Selm__V1__FetchWeights *message,
+                  void *closure_data);
+typedef void (*Selm__V1__WeightsChunk_Closure)
+                 (const Selm__V1__WeightsChunk *message,
+                  void *closure_data);
+typedef void (*Selm__V1__TensorLayout_Closure)
+                 (const Selm__V1__TensorLayout *message,
+                  void *closure_data);
+typedef void (*Selm__V1__WeightsDone_Closure)
+                 (const Selm__V1__WeightsDone *message,
                   void *closure_data);
 typedef void (*Selm__V1__Error_Closure)
                  (const Selm__V1__Error *message,
@@ -2259,6 +2565,7 @@ extern const ProtobufCMessageDescriptor selm__v1__preference_ack__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__status_request__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__status_reply__learner_metrics_entry__descriptor;
+extern const ProtobufCMessageDescriptor selm__v1__staleness_bucket__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__refresh_weights__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__refresh_weights_reply__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__save_checkpoint__descriptor;
@@ -2266,6 +2573,10 @@ extern const ProtobufCMessageDescriptor selm__v1__save_checkpoint_reply__descrip
 extern const ProtobufCMessageDescriptor selm__v1__subscribe_versions__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__version_event__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__version_event__metrics_entry__descriptor;
+extern const ProtobufCMessageDescriptor selm__v1__fetch_weights__descriptor;
+extern const ProtobufCMessageDescriptor selm__v1__weights_chunk__descriptor;
+extern const ProtobufCMessageDescriptor selm__v1__tensor_layout__descriptor;
+extern const ProtobufCMessageDescriptor selm__v1__weights_done__descriptor;
 extern const ProtobufCMessageDescriptor selm__v1__error__descriptor;
 
 PROTOBUF_C__END_DECLS

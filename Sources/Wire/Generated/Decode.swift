@@ -33,6 +33,8 @@ extension Unpacked {
             return .saveCheckpoint(try decodeSaveCheckpoint(e.save_checkpoint!.pointee, at: ""))
         case SELM__V1__ENVELOPE__BODY_SUBSCRIBE_VERSIONS:
             return .subscribeVersions(try decodeSubscribeVersions(e.subscribe_versions!.pointee, at: ""))
+        case SELM__V1__ENVELOPE__BODY_FETCH_WEIGHTS:
+            return .fetchWeights(try decodeFetchWeights(e.fetch_weights!.pointee, at: ""))
         default:
             return nil
         }
@@ -69,6 +71,10 @@ extension Unpacked {
             return .saveCheckpointReply(decodeSaveCheckpointReply(e.save_checkpoint_reply!.pointee))
         case SELM__V1__ENVELOPE__BODY_VERSION_EVENT:
             return .versionEvent(decodeVersionEvent(e.version_event!.pointee))
+        case SELM__V1__ENVELOPE__BODY_WEIGHTS_CHUNK:
+            return .weightsChunk(decodeWeightsChunk(e.weights_chunk!.pointee))
+        case SELM__V1__ENVELOPE__BODY_WEIGHTS_DONE:
+            return .weightsDone(decodeWeightsDone(e.weights_done!.pointee))
         default:
             return nil
         }
@@ -362,9 +368,10 @@ extension Unpacked {
             _reference = try decodeResponse(q.pointee, at: fieldPath(path, "reference"))
         }
         let _source = try text(m.source, fieldPath(path, "source"))
+        let _version = m.optional_version_case == SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION_VERSION ? m.version : nil
         var v = PreferenceRow(
             prompt: _prompt, chosen: _chosen, rejected: _rejected, reference: _reference, weight: m.weight,
-            source: _source)
+            source: _source, version: _version)
         try v.validate(at: path)
         return v
     }
@@ -381,7 +388,8 @@ extension Unpacked {
     }
 
     static func decodePreferenceAck(_ m: Selm__V1__PreferenceAck) -> PreferenceAck {
-        return PreferenceAck(firstSequence: m.first_sequence, lastSequence: m.last_sequence, rows: m.rows)
+        return PreferenceAck(
+            firstSequence: m.first_sequence, lastSequence: m.last_sequence, rows: m.rows, staleRows: m.stale_rows)
     }
 
     static func decodeStatusRequest(_ m: Selm__V1__StatusRequest, at path: String) throws(FieldError) -> StatusRequest {
@@ -396,6 +404,11 @@ extension Unpacked {
             let entry = m.learner_metrics[i]!.pointee
             _learnerMetrics[cString(entry.key)] = entry.value
         }
+        var _staleness: [StalenessBucket] = []
+        _staleness.reserveCapacity(m.n_staleness)
+        for i in 0..<m.n_staleness {
+            _staleness.append(decodeStalenessBucket(m.staleness[i]!.pointee))
+        }
         return StatusReply(
             policyVersion: m.policy_version, learnerStep: m.learner_step, learnerMetrics: _learnerMetrics,
             walLastSequence: m.wal_last_sequence, walConsumedSequence: m.wal_consumed_sequence,
@@ -403,7 +416,12 @@ extension Unpacked {
             kvBlocksTotal: m.kv_blocks_total, generatedTokensPerSecond: m.generated_tokens_per_second,
             uptimeSeconds: m.uptime_seconds, liveVersions: m.live_versions, connections: m.connections,
             dataDirBytes: m.data_dir_bytes, diskFreeBytes: m.disk_free_bytes, checkpoints: m.checkpoints,
-            enginePrecision: string(m.engine_precision))
+            enginePrecision: string(m.engine_precision), staleness: _staleness, staleRowsDropped: m.stale_rows_dropped,
+            role: string(m.role), following: string(m.following))
+    }
+
+    static func decodeStalenessBucket(_ m: Selm__V1__StalenessBucket) -> StalenessBucket {
+        return StalenessBucket(le: m.le, rows: m.rows)
     }
 
     static func decodeRefreshWeights(_ m: Selm__V1__RefreshWeights, at path: String) throws(FieldError) -> RefreshWeights {
@@ -442,6 +460,32 @@ extension Unpacked {
             _metrics[cString(entry.key)] = entry.value
         }
         return VersionEvent(version: m.version, learnerStep: m.learner_step, metrics: _metrics, unixTime: m.unix_time)
+    }
+
+    static func decodeFetchWeights(_ m: Selm__V1__FetchWeights, at path: String) throws(FieldError) -> FetchWeights {
+        var v = FetchWeights(version: m.version, chunkBytes: m.chunk_bytes)
+        try v.validate(at: path)
+        return v
+    }
+
+    static func decodeWeightsChunk(_ m: Selm__V1__WeightsChunk) -> WeightsChunk {
+        return WeightsChunk(offset: m.offset, data: binary(m.data), crc32c: m.crc32c)
+    }
+
+    static func decodeTensorLayout(_ m: Selm__V1__TensorLayout) -> TensorLayout {
+        let _shape = array(m.shape, m.n_shape)
+        return TensorLayout(name: string(m.name), shape: _shape, offset: m.offset, length: m.length)
+    }
+
+    static func decodeWeightsDone(_ m: Selm__V1__WeightsDone) -> WeightsDone {
+        var _tensors: [TensorLayout] = []
+        _tensors.reserveCapacity(m.n_tensors)
+        for i in 0..<m.n_tensors {
+            _tensors.append(decodeTensorLayout(m.tensors[i]!.pointee))
+        }
+        return WeightsDone(
+            version: m.version, dtype: string(m.dtype), tensors: _tensors, totalBytes: m.total_bytes, crc32c: m.crc32c,
+            chunks: m.chunks, learnerStep: m.learner_step)
     }
 
     static func decodeErrorReply(_ m: Selm__V1__Error) -> ErrorReply {

@@ -45,6 +45,9 @@ extension Arena {
         case .subscribeVersions(let m):
             p.pointee.body_case = SELM__V1__ENVELOPE__BODY_SUBSCRIBE_VERSIONS
             p.pointee.subscribe_versions = encodeSubscribeVersions(m)
+        case .fetchWeights(let m):
+            p.pointee.body_case = SELM__V1__ENVELOPE__BODY_FETCH_WEIGHTS
+            p.pointee.fetch_weights = encodeFetchWeights(m)
         }
         return p
     }
@@ -96,6 +99,12 @@ extension Arena {
         case .versionEvent(let m):
             p.pointee.body_case = SELM__V1__ENVELOPE__BODY_VERSION_EVENT
             p.pointee.version_event = encodeVersionEvent(m)
+        case .weightsChunk(let m):
+            p.pointee.body_case = SELM__V1__ENVELOPE__BODY_WEIGHTS_CHUNK
+            p.pointee.weights_chunk = encodeWeightsChunk(m)
+        case .weightsDone(let m):
+            p.pointee.body_case = SELM__V1__ENVELOPE__BODY_WEIGHTS_DONE
+            p.pointee.weights_done = encodeWeightsDone(m)
         }
         return p
     }
@@ -408,6 +417,10 @@ extension Arena {
         p.pointee.reference = v.reference.map { encodeResponse($0) }
         p.pointee.weight = v.weight
         p.pointee.source = string(v.source)
+        if let v = v.version {
+            p.pointee.optional_version_case = SELM__V1__PREFERENCE_ROW__OPTIONAL_VERSION_VERSION
+            p.pointee.version = v
+        }
         return p
     }
 
@@ -426,6 +439,7 @@ extension Arena {
         p.pointee.first_sequence = v.firstSequence
         p.pointee.last_sequence = v.lastSequence
         p.pointee.rows = v.rows
+        p.pointee.stale_rows = v.staleRows
         return p
     }
 
@@ -459,6 +473,19 @@ extension Arena {
         p.pointee.disk_free_bytes = v.diskFreeBytes
         p.pointee.checkpoints = v.checkpoints
         p.pointee.engine_precision = string(v.enginePrecision)
+        p.pointee.n_staleness = v.staleness.count
+        p.pointee.staleness = pointers(v.staleness) { encodeStalenessBucket($0) }
+        p.pointee.stale_rows_dropped = v.staleRowsDropped
+        p.pointee.role = string(v.role)
+        p.pointee.following = string(v.following)
+        return p
+    }
+
+    func encodeStalenessBucket(_ v: StalenessBucket) -> UnsafeMutablePointer<Selm__V1__StalenessBucket> {
+        let p = new(Selm__V1__StalenessBucket.self)
+        selm__v1__staleness_bucket__init(p)
+        p.pointee.le = v.le
+        p.pointee.rows = v.rows
         return p
     }
 
@@ -510,6 +537,48 @@ extension Arena {
             $0.pointee.value = $2
         }
         p.pointee.unix_time = v.unixTime
+        return p
+    }
+
+    func encodeFetchWeights(_ v: FetchWeights) -> UnsafeMutablePointer<Selm__V1__FetchWeights> {
+        let p = new(Selm__V1__FetchWeights.self)
+        selm__v1__fetch_weights__init(p)
+        p.pointee.version = v.version
+        p.pointee.chunk_bytes = v.chunkBytes
+        return p
+    }
+
+    func encodeWeightsChunk(_ v: WeightsChunk) -> UnsafeMutablePointer<Selm__V1__WeightsChunk> {
+        let p = new(Selm__V1__WeightsChunk.self)
+        selm__v1__weights_chunk__init(p)
+        p.pointee.offset = v.offset
+        p.pointee.data = bytes(v.data)
+        p.pointee.crc32c = v.crc32c
+        return p
+    }
+
+    func encodeTensorLayout(_ v: TensorLayout) -> UnsafeMutablePointer<Selm__V1__TensorLayout> {
+        let p = new(Selm__V1__TensorLayout.self)
+        selm__v1__tensor_layout__init(p)
+        p.pointee.name = string(v.name)
+        p.pointee.n_shape = v.shape.count
+        p.pointee.shape = array(v.shape)
+        p.pointee.offset = v.offset
+        p.pointee.length = v.length
+        return p
+    }
+
+    func encodeWeightsDone(_ v: WeightsDone) -> UnsafeMutablePointer<Selm__V1__WeightsDone> {
+        let p = new(Selm__V1__WeightsDone.self)
+        selm__v1__weights_done__init(p)
+        p.pointee.version = v.version
+        p.pointee.dtype = string(v.dtype)
+        p.pointee.n_tensors = v.tensors.count
+        p.pointee.tensors = pointers(v.tensors) { encodeTensorLayout($0) }
+        p.pointee.total_bytes = v.totalBytes
+        p.pointee.crc32c = v.crc32c
+        p.pointee.chunks = v.chunks
+        p.pointee.learner_step = v.learnerStep
         return p
     }
 

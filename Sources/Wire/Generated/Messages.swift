@@ -47,6 +47,8 @@ public enum ClientMessage: Sendable, Equatable {
     case saveCheckpoint(SaveCheckpoint)
     /// Field 20: → VersionEvent now and on every new version
     case subscribeVersions(SubscribeVersions)
+    /// Field 21: → WeightsChunk…, WeightsDone (selm serve --role learner)
+    case fetchWeights(FetchWeights)
 
     /// The proto field name of this case ("submit_preferences"), for logs and metrics.
     public var name: String {
@@ -62,6 +64,7 @@ public enum ClientMessage: Sendable, Equatable {
         case .refreshWeights: "refresh_weights"
         case .saveCheckpoint: "save_checkpoint"
         case .subscribeVersions: "subscribe_versions"
+        case .fetchWeights: "fetch_weights"
         }
     }
 }
@@ -96,6 +99,10 @@ public enum ServerMessage: Sendable, Equatable {
     case saveCheckpointReply(SaveCheckpointReply)
     /// Field 53: push for SubscribeVersions
     case versionEvent(VersionEvent)
+    /// Field 54: streamed bytes of a FetchWeights
+    case weightsChunk(WeightsChunk)
+    /// Field 55: last reply to a FetchWeights
+    case weightsDone(WeightsDone)
 
     /// The proto field name of this case ("submit_preferences"), for logs and metrics.
     public var name: String {
@@ -114,6 +121,8 @@ public enum ServerMessage: Sendable, Equatable {
         case .refreshWeightsReply: "refresh_weights_reply"
         case .saveCheckpointReply: "save_checkpoint_reply"
         case .versionEvent: "version_event"
+        case .weightsChunk: "weights_chunk"
+        case .weightsDone: "weights_done"
         }
     }
 }
@@ -597,17 +606,23 @@ public struct PreferenceRow: Sendable, Equatable {
     public var weight: Float
     /// free-form provenance ("pairrm", "human", a dataset name), kept in the WAL
     public var source: String
+    /// The weight version that produced the responses (SampleResult.version); unset = unknown. The
+    /// learner counts it in its staleness histogram (StatusReply.staleness) and, with
+    /// `selm serve --max-staleness K`, drops the row when it is more than K versions behind the
+    /// learner's newest version. Must not be newer than that version. (A one-field oneof = `optional`.)
+    public var version: UInt64?
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
                 prompt: Prompt, chosen: Response, rejected: Response, reference: Response? = nil, weight: Float = 1,
-                source: String = "") {
+                source: String = "", version: UInt64? = nil) {
         self.prompt = prompt
         self.chosen = chosen
         self.rejected = rejected
         self.reference = reference
         self.weight = weight
         self.source = source
+        self.version = version
     }
 }
 
@@ -633,14 +648,17 @@ public struct PreferenceAck: Sendable, Equatable {
     public var firstSequence: UInt64
     /// WAL sequence number of the last record written
     public var lastSequence: UInt64
-    /// rows accepted
+    /// rows accepted (written to the log)
     public var rows: UInt32
+    /// rows dropped as too stale (selm serve --max-staleness); not in the log
+    public var staleRows: UInt32
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
-    public init(firstSequence: UInt64 = 0, lastSequence: UInt64 = 0, rows: UInt32 = 0) {
+    public init(firstSequence: UInt64 = 0, lastSequence: UInt64 = 0, rows: UInt32 = 0, staleRows: UInt32 = 0) {
         self.firstSequence = firstSequence
         self.lastSequence = lastSequence
         self.rows = rows
+        self.staleRows = staleRows
     }
 }
 
@@ -688,6 +706,17 @@ public struct StatusReply: Sendable, Equatable {
     public var checkpoints: UInt32
     /// as HelloReply.engine_precision
     public var enginePrecision: String
+    /// Staleness of the preference rows received with a `version` (the learner's newest version
+    /// minus the row's, at intake), as a histogram: one bucket per upper bound 0, 1, 2, 4, 8, 16, 32,
+    /// 64 and 2^64-1 (the rest), each counting the rows whose staleness is at most its bound and above
+    /// the previous one (not cumulative). Empty until a row with a version arrives.
+    public var staleness: [StalenessBucket]
+    /// rows dropped by --max-staleness since the server started
+    public var staleRowsDropped: UInt64
+    /// "all", "rollout" or "learner" (selm serve --role)
+    public var role: String
+    /// the learner a rollout replica follows (--follow HOST:PORT), else empty
+    public var following: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
@@ -696,7 +725,8 @@ public struct StatusReply: Sendable, Equatable {
                 runningSequences: UInt32 = 0, kvBlocksUsed: UInt32 = 0, kvBlocksTotal: UInt32 = 0,
                 generatedTokensPerSecond: Double = 0, uptimeSeconds: Double = 0, liveVersions: UInt32 = 0,
                 connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0,
-                enginePrecision: String = "") {
+                enginePrecision: String = "", staleness: [StalenessBucket] = [], staleRowsDropped: UInt64 = 0,
+                role: String = "", following: String = "") {
         self.policyVersion = policyVersion
         self.learnerStep = learnerStep
         self.learnerMetrics = learnerMetrics
@@ -714,6 +744,25 @@ public struct StatusReply: Sendable, Equatable {
         self.diskFreeBytes = diskFreeBytes
         self.checkpoints = checkpoints
         self.enginePrecision = enginePrecision
+        self.staleness = staleness
+        self.staleRowsDropped = staleRowsDropped
+        self.role = role
+        self.following = following
+    }
+}
+
+/// One bucket of `StatusReply.staleness`.
+/// (`selm.v1.StalenessBucket`)
+public struct StalenessBucket: Sendable, Equatable {
+    /// upper bound, versions (inclusive); 2^64-1 for the last bucket
+    public var le: UInt64
+    /// rows in (previous bound, le]
+    public var rows: UInt64
+
+    /// Creates the message; omitted arguments take the values an unset field decodes to.
+    public init(le: UInt64 = 0, rows: UInt64 = 0) {
+        self.le = le
+        self.rows = rows
     }
 }
 
@@ -805,6 +854,96 @@ public struct VersionEvent: Sendable, Equatable {
         self.learnerStep = learnerStep
         self.metrics = metrics
         self.unixTime = unixTime
+    }
+}
+
+/// Stream the weights of the learner's newest published version (only a server started with
+/// `selm serve --role learner` serves it; others answer FAILED_PRECONDITION). Replies: `WeightsChunk`s
+/// in order of offset, then one `WeightsDone` describing what they hold. A rollout replica started
+/// with `--follow` uses it to copy each new version and publish it under the same number.
+/// (`selm.v1.FetchWeights`)
+public struct FetchWeights: Sendable, Equatable {
+    /// The version wanted: 0 = the newest; otherwise it must be the newest (older ones are not kept:
+    /// NOT_FOUND names the newest).
+    public var version: UInt64
+    /// Bytes of weights per chunk, 4096…8 MiB and below the server's frame limit; 0 = 1 MiB.
+    public var chunkBytes: UInt32
+
+    /// Creates the message; omitted arguments take the values an unset field decodes to.
+    public init(version: UInt64 = 0, chunkBytes: UInt32 = 0) {
+        self.version = version
+        self.chunkBytes = chunkBytes
+    }
+}
+
+/// A piece of the weights (FetchWeights).
+/// (`selm.v1.WeightsChunk`)
+public struct WeightsChunk: Sendable, Equatable {
+    /// byte offset of `data` in the weights (chunks arrive in order, without gaps)
+    public var offset: UInt64
+    /// the bytes
+    public var data: [UInt8]
+    /// CRC-32C (Castagnoli) of `data`; a receiver refuses a chunk that does not match
+    public var crc32c: UInt32
+
+    /// Creates the message; omitted arguments take the values an unset field decodes to.
+    public init(offset: UInt64 = 0, data: [UInt8] = [], crc32c: UInt32 = 0) {
+        self.offset = offset
+        self.data = data
+        self.crc32c = crc32c
+    }
+}
+
+/// One tensor's place in the weights (WeightsDone.tensors).
+/// (`selm.v1.TensorLayout`)
+public struct TensorLayout: Sendable, Equatable {
+    /// Hugging Face name ("model.layers.0.self_attn.q_proj.weight")
+    public var name: String
+    /// dimensions, outermost first
+    public var shape: [UInt64]
+    /// byte offset in the weights
+    public var offset: UInt64
+    /// byte length
+    public var length: UInt64
+
+    /// Creates the message; omitted arguments take the values an unset field decodes to.
+    public init(name: String = "", shape: [UInt64] = [], offset: UInt64 = 0, length: UInt64 = 0) {
+        self.name = name
+        self.shape = shape
+        self.offset = offset
+        self.length = length
+    }
+}
+
+/// Last reply to FetchWeights: what the chunks hold.
+/// (`selm.v1.WeightsDone`)
+public struct WeightsDone: Sendable, Equatable {
+    /// the learner's version number of these weights
+    public var version: UInt64
+    /// element type: "f32" (little-endian IEEE 754 binary32)
+    public var dtype: String
+    /// every tensor, in offset order, without gaps
+    public var tensors: [TensorLayout]
+    /// bytes sent in all chunks
+    public var totalBytes: UInt64
+    /// CRC-32C of all the bytes, in order
+    public var crc32c: UInt32
+    /// chunks sent
+    public var chunks: UInt32
+    /// the learner step the version came from (0: loaded weights)
+    public var learnerStep: UInt64
+
+    /// Creates the message; omitted arguments take the values an unset field decodes to.
+    public init(
+                version: UInt64 = 0, dtype: String = "", tensors: [TensorLayout] = [], totalBytes: UInt64 = 0,
+                crc32c: UInt32 = 0, chunks: UInt32 = 0, learnerStep: UInt64 = 0) {
+        self.version = version
+        self.dtype = dtype
+        self.tensors = tensors
+        self.totalBytes = totalBytes
+        self.crc32c = crc32c
+        self.chunks = chunks
+        self.learnerStep = learnerStep
     }
 }
 
@@ -911,6 +1050,8 @@ public enum ErrorCode: Sendable, Equatable, Hashable {
     case unavailable
     /// a value exceeds a model limit (token id ≥ vocab, prompt > context, text too long to fit)
     case outOfRange
+    /// this server's role does not serve the request (preferences to a rollout replica, FetchWeights to a server not started with --role learner)
+    case failedPrecondition
     /// A value this build does not know (sent by a newer peer); kept so it can be re-encoded.
     case unrecognized(Int32)
 
@@ -931,6 +1072,7 @@ public enum ErrorCode: Sendable, Equatable, Hashable {
         case .`internal`: 11
         case .unavailable: 12
         case .outOfRange: 13
+        case .failedPrecondition: 14
         case .unrecognized(let v): v
         }
     }
@@ -953,6 +1095,7 @@ public enum ErrorCode: Sendable, Equatable, Hashable {
         case .`internal`: "INTERNAL"
         case .unavailable: "UNAVAILABLE"
         case .outOfRange: "OUT_OF_RANGE"
+        case .failedPrecondition: "FAILED_PRECONDITION"
         case .unrecognized(let v): "ERROR_CODE_\(v)"
         }
     }
@@ -974,6 +1117,7 @@ public enum ErrorCode: Sendable, Equatable, Hashable {
         case 11: self = .`internal`
         case 12: self = .unavailable
         case 13: self = .outOfRange
+        case 14: self = .failedPrecondition
         default: self = .unrecognized(rawValue)
         }
     }

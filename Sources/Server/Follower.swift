@@ -1,0 +1,176 @@
+import Engine
+import Foundation
+import Model
+import PreferenceLog
+import SelmClient
+
+/// A rollout replica's link to its learner (`selm serve --role rollout --follow HOST:PORT`): it
+/// subscribes to the learner's versions (`SubscribeVersions`: a push per publication, no polling)
+/// and, whenever the learner announces a version newer than the one served here, pulls the newest
+/// with `FetchWeights` — each chunk checked against its CRC-32C, then the whole against the total
+/// CRC, the size and the tensor layout — and publishes it in the local engine under the learner's
+/// number (`GenerationEngine.publish(weights:version:learnerStep:metrics:record:)`, recorded in the
+/// replica's own `VersionLedger` first, so its numbers never go back across restarts).
+///
+/// A replica that falls behind (several versions announced while it fetched) fetches only the
+/// newest; one that loses the learner reconnects every `retrySeconds` and catches up from the
+/// subscription's first event (the learner's current version). Weights that fail a check are
+/// refused (nothing published, logged) and fetched again.
+///
+/// Thread: `fetchFirst` blocks the calling thread; `start` runs the loop on a thread of its own.
+public final class WeightFollower: @unchecked Sendable {
+    /// "HOST:PORT" of the learner.
+    public let address: String
+    private let token: String?
+    /// Seconds between attempts after a failure (and the subscription's poll for `stop`).
+    public let retrySeconds: Double
+    private let config: LlamaConfig
+    private let layout: ParameterLayout
+    private let lock = NSLock()
+    private var stopped = false
+    private var thread: Thread?
+
+    /// One verified download.
+    public struct Fetched: @unchecked Sendable {
+        public let version: UInt64
+        public let learnerStep: UInt64
+        public let weights: ParameterSet
+        public let bytes: Int
+        public let seconds: Double
+    }
+
+    /// A check the learner's weights failed (nothing is published).
+    public struct Refusal: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public init(address: String, token: String?, retrySeconds: Double, config: LlamaConfig) {
+        self.address = address
+        self.token = token
+        self.retrySeconds = retrySeconds
+        self.config = config
+        layout = ParameterLayout(config: config)
+    }
+
+    private var isStopped: Bool { lock.withLock { stopped } }
+
+    private func connect() throws -> SelmClient {
+        try SelmClient(endpoint: try Endpoint(address: address), token: token, timeout: 120, clientName: "selm-follower")
+    }
+
+    /// Downloads the learner's newest version and checks it. Thread: any (blocks).
+    /// - Throws: `Refusal` for weights that fail a check, `SelmClientError` for the link.
+    public func fetch(_ client: SelmClient) throws -> Fetched {
+        let started = Date()
+        let weights = ParameterSet(config: config)
+        let total = layout.totalCount * 4
+        let dst = UnsafeMutableRawPointer(weights.data)
+        let stream = try client.stream(.fetchWeights(FetchWeights()))
+        defer { stream.close() }
+        var offset = 0, crc: UInt32 = 0, chunks: UInt32 = 0
+        while true {
+            switch try stream.next() {
+            case .weightsChunk(let c):
+                guard c.offset == UInt64(offset), offset + c.data.count <= total else {
+                    throw Refusal(description: "weights chunk \(chunks) at offset \(c.offset) (\(c.data.count) bytes) does not continue the \(offset) bytes received (of \(total))")
+                }
+                let got = c.data.withUnsafeBytes { CRC32C.update(0, $0) }
+                guard got == c.crc32c else {
+                    throw Refusal(description: String(format: "weights chunk %u at offset %d: CRC32C 0x%08x of the bytes received does not match 0x%08x sent; refused", chunks, offset, got, c.crc32c))
+                }
+                crc = c.data.withUnsafeBytes { CRC32C.update(crc, $0) }
+                c.data.withUnsafeBytes { (dst + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                offset += c.data.count
+                chunks += 1
+            case .weightsDone(let d):
+                try check(d, received: offset, crc: crc, chunks: chunks)
+                if let bad = weights.firstNonFinite() {
+                    throw Refusal(description: "version \(d.version) refused: a non-finite weight: \(bad)")
+                }
+                return Fetched(version: d.version, learnerStep: d.learnerStep, weights: weights, bytes: total,
+                               seconds: Date().timeIntervalSince(started))
+            case let other:
+                throw Refusal(description: "unexpected \(other.name) in a FetchWeights stream")
+            }
+        }
+    }
+
+    private func check(_ d: WeightsDone, received: Int, crc: UInt32, chunks: UInt32) throws {
+        func refuse(_ s: String) -> Refusal { Refusal(description: "version \(d.version) refused: \(s)") }
+        guard d.dtype == "f32" else { throw refuse("dtype \"\(d.dtype)\" (this replica reads f32)") }
+        guard d.totalBytes == UInt64(layout.totalCount * 4), UInt64(received) == d.totalBytes, d.chunks == chunks else {
+            throw refuse("\(received) bytes in \(chunks) chunks received; the learner sent \(d.totalBytes) in \(d.chunks), this model has \(layout.totalCount * 4)")
+        }
+        guard crc == d.crc32c else { throw refuse(String(format: "CRC32C 0x%08x of all bytes does not match 0x%08x", crc, d.crc32c)) }
+        guard d.tensors.count == layout.entries.count else {
+            throw refuse("\(d.tensors.count) tensors, this model has \(layout.entries.count) (another architecture?)")
+        }
+        for (t, e) in zip(d.tensors, layout.entries) {
+            guard t.name == e.name, t.shape == e.shape.map({ UInt64($0) }), t.offset == UInt64(e.offset * 4), t.length == UInt64(e.count * 4) else {
+                throw refuse("tensor \(t.name) \(t.shape) at \(t.offset) does not match this model's \(e.name) \(e.shape) at \(e.offset * 4)")
+            }
+        }
+    }
+
+    /// The learner's newest version, retried every `retrySeconds` until it arrives and passes
+    /// every check (logged) — a replica starts on its learner's weights, never on its own.
+    public func fetchFirst() -> Fetched {
+        while true {
+            do {
+                let client = try connect()
+                defer { client.close() }
+                let f = try fetch(client)
+                serverLog("follow \(address): version \(f.version) fetched (\(f.bytes) bytes in \(String(format: "%.3f", f.seconds)) s)")
+                return f
+            } catch {
+                serverLog("follow \(address): \(error); retrying in \(retrySeconds) s")
+                Thread.sleep(forTimeInterval: retrySeconds)
+            }
+        }
+    }
+
+    /// Follows the learner on a thread of its own from `version` (the one the engine serves).
+    public func start(engine: GenerationEngine, ledger: VersionLedger, from version: UInt64) {
+        let t = Thread { [self] in run(engine: engine, ledger: ledger, local: version) }
+        t.name = "selm-follower"
+        lock.withLock { thread = t }
+        t.start()
+    }
+
+    /// Ends the loop (at its next poll). Thread: any.
+    public func stop() { lock.withLock { stopped = true } }
+
+    private func run(engine: GenerationEngine, ledger: VersionLedger, local start: UInt64) {
+        var local = start
+        while !isStopped {
+            do {
+                let client = try connect()
+                defer { client.close() }
+                let subscription = try client.subscribeVersions()
+                var target = local
+                while !isStopped {
+                    // Take every announced version (a replica that fell behind skips to the newest).
+                    var wait: Double? = target > local ? 0 : retrySeconds
+                    while let e = try subscription.next(timeout: wait) {
+                        target = max(target, e.version)
+                        wait = 0
+                    }
+                    if subscription.isClosed { throw Refusal(description: "the learner ended the version subscription") }
+                    guard target > local else { continue }
+                    let f = try fetch(client)
+                    if f.version > local {
+                        let t0 = Date()
+                        try engine.publish(weights: f.weights, version: f.version, learnerStep: f.learnerStep) { v in try ledger.record(v) }
+                        serverLog("follow \(address): version \(f.version) fetched (\(f.bytes) bytes in \(String(format: "%.3f", f.seconds)) s) and published (\(String(format: "%.3f", Date().timeIntervalSince(t0))) s)")
+                        local = f.version
+                    }
+                    if f.version < target { Thread.sleep(forTimeInterval: min(retrySeconds, 0.05)) }  // announced before it was stored
+                }
+            } catch {
+                if isStopped { return }
+                serverLog("follow \(address): \(error); retrying in \(retrySeconds) s")
+                Thread.sleep(forTimeInterval: retrySeconds)
+            }
+        }
+    }
+}
