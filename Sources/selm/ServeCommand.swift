@@ -198,6 +198,7 @@ struct Serve: ParsableCommand {
         case .f32: return "OpenBLAS"
         case .bf16: return String(cString: ck_path_name(Int32(CK_BF16)))
         case .q8: return String(cString: ck_path_name(Int32(CK_Q8)))
+        case .q4: return String(cString: ck_path_name(Int32(CK_Q4)))
         }
     }
 
