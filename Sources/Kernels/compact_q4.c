@@ -208,31 +208,32 @@ INLINE T512 void q4_tile512(const int MR, int nr, int kb, ck_q8x x, const uint8_
     for (int b = 0; b < kb; b++) {
         const uint8_t *blk = wb + (size_t)b * Q4_BLOCK_BYTES;
         if (b + 4 < kb) _mm_prefetch((const char *)(blk + 4 * Q4_BLOCK_BYTES), _MM_HINT_T0);
-        __m512i lo[4], hi[4];
-        for (int g = 0; g < 4; g++) {
-            __m512i v = _mm512_load_si512(blk + 64 * g);
-            lo[g] = _mm512_and_si512(v, mask);
-            hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
-        }
         const int32_t *xq = x.xq + (size_t)b * 8 * as;
         __m512i s[Q4_MR512];
         if (MR <= 4) {
             // Few rows: two chains per row (low and high nibbles) hide vpdpbusd's latency.
             __m512i t[4];
             for (int r = 0; r < MR; r++) s[r] = t[r] = _mm512_setzero_si512();
-            for (int g = 0; g < 4; g++)
+            for (int g = 0; g < 4; g++) {
+                __m512i v = _mm512_load_si512(blk + 64 * g);
+                __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
                 for (int r = 0; r < MR; r++) {
-                    s[r] = _mm512_dpbusd_epi32(s[r], lo[g], _mm512_set1_epi32(xq[g * as + r]));
-                    t[r] = _mm512_dpbusd_epi32(t[r], hi[g], _mm512_set1_epi32(xq[(g + 4) * as + r]));
+                    s[r] = _mm512_dpbusd_epi32(s[r], lo, _mm512_set1_epi32(xq[g * as + r]));
+                    t[r] = _mm512_dpbusd_epi32(t[r], hi, _mm512_set1_epi32(xq[(g + 4) * as + r]));
                 }
+            }
             for (int r = 0; r < MR; r++) s[r] = _mm512_add_epi32(s[r], t[r]);
         } else {
+            // One group's nibbles at a time: 12 int32 and 12 f32 accumulators stay in registers.
             for (int r = 0; r < MR; r++) s[r] = _mm512_setzero_si512();
-            for (int g = 0; g < 4; g++)
+            for (int g = 0; g < 4; g++) {
+                __m512i v = _mm512_load_si512(blk + 64 * g);
+                __m512i lo = _mm512_and_si512(v, mask), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
                 for (int r = 0; r < MR; r++) {
-                    s[r] = _mm512_dpbusd_epi32(s[r], lo[g], _mm512_set1_epi32(xq[g * as + r]));
-                    s[r] = _mm512_dpbusd_epi32(s[r], hi[g], _mm512_set1_epi32(xq[(g + 4) * as + r]));
+                    s[r] = _mm512_dpbusd_epi32(s[r], lo, _mm512_set1_epi32(xq[g * as + r]));
+                    s[r] = _mm512_dpbusd_epi32(s[r], hi, _mm512_set1_epi32(xq[(g + 4) * as + r]));
                 }
+            }
         }
         __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 256)));
         __m512 mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 288)));
