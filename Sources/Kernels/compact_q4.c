@@ -46,6 +46,7 @@ uint16_t ck_q4_quantize_block(const float *src, int n, uint8_t q[32], uint16_t *
     memset(q, 0, 32);
     if (!finite || fabsf(lo) > 65504.0f) goto nan;
     uint16_t mh = dequant_f16_bits(lo);
+    if (mh == 0x8000) mh = 0;               // a zero minimum is stored as +0 (one byte pattern)
     float m = dequant_f16_value(mh);
     float range = hi - m;
     if (range < 0) range = 0;               // the minimum rounded up past every value
@@ -79,42 +80,49 @@ static inline uint8_t *q4_block(const ck_weights *w, int panel, int b) {
     return (uint8_t *)w->data + ((size_t)panel * (w->kpad / 32) + b) * Q4_BLOCK_BYTES;
 }
 
+/// One row's block: the 16 packed bytes (byte j: q of column j | q of column j + 16 << 4), d, m;
+/// returns 1 for a bad block. src[idx …] holds the block's n values (CK_F32 or CK_BF16).
+typedef int (*q4_block_fn)(const void *src, int type, size_t idx, int n, uint8_t bytes[16], uint16_t *d, uint16_t *m);
+
+static int q4_block_scalar(const void *src, int type, size_t idx, int n, uint8_t bytes[16], uint16_t *d, uint16_t *m) {
+    float tmp[32];
+    const float *s;
+    if (type == CK_F32) {
+        s = (const float *)src + idx;
+    } else {
+        const uint16_t *h = (const uint16_t *)src + idx;
+        for (int i = 0; i < n; i++) tmp[i] = ck_bf16_f32(h[i]);
+        s = tmp;
+    }
+    uint8_t q[32];
+    int bad = 0;
+    *d = ck_q4_quantize_block(s, n, q, m, &bad);
+    for (int j = 0; j < 16; j++) bytes[j] = (uint8_t)(q[j] | q[j + 16] << 4);
+    return bad;
+}
+
+#if defined(__x86_64__)
+static int q4_block_avx512(const void *src, int type, size_t idx, int n, uint8_t bytes[16], uint16_t *d, uint16_t *m);
+#endif
+
 long ck_q4_pack_rows(ck_weights *w, const void *src, int type, size_t ld, int rb, int re) {
     const int kb = w->kpad / 32, K = w->K;
+    q4_block_fn quant = q4_block_scalar;
+#if defined(__x86_64__)
+    if (ck_isa() >= CK_ISA_AVX512VNNI) quant = q4_block_avx512;
+#endif
     long bad = 0;
-    float tmp[32];
     for (int p = rb / Q4_NR; p * Q4_NR < re; p++) {
         int row0 = p * Q4_NR, rows = re - row0 < Q4_NR ? re - row0 : Q4_NR;
-        for (int b = 0; b < kb; b++) {
-            uint8_t *blk = q4_block(w, p, b);
-            uint8_t *words = blk;
-            uint16_t d[Q4_NR], m[Q4_NR];
-            int n = K - b * 32 < 32 ? K - b * 32 : 32;
-            for (int r = 0; r < Q4_NR; r++) {
-                uint8_t q[32];
-                if (r >= rows) {
-                    memset(q, 0, 32);
-                    d[r] = m[r] = 0;
-                } else {
-                    const float *s;
-                    if (type == CK_F32) {
-                        s = (const float *)src + (size_t)(row0 + r) * ld + (size_t)b * 32;
-                    } else {
-                        const uint16_t *h = (const uint16_t *)src + (size_t)(row0 + r) * ld + (size_t)b * 32;
-                        for (int i = 0; i < n; i++) tmp[i] = ck_bf16_f32(h[i]);
-                        s = tmp;
-                    }
-                    int isbad = 0;
-                    d[r] = ck_q4_quantize_block(s, n, q, &m[r], &isbad);
-                    bad += isbad;
-                }
-                for (int g = 0; g < 4; g++)
-                    for (int i = 0; i < 4; i++)
-                        words[(g * Q4_NR + r) * 4 + i] = (uint8_t)(q[4 * g + i] | q[16 + 4 * g + i] << 4);
+        for (int r = 0; r < Q4_NR; r++)
+            for (int b = 0; b < kb; b++) {
+                uint8_t *blk = q4_block(w, p, b), bytes[16] = {0};
+                uint16_t d = 0, m = 0;
+                if (r < rows) bad += quant(src, type, (size_t)(row0 + r) * ld + (size_t)b * 32, K - b * 32 < 32 ? K - b * 32 : 32, bytes, &d, &m);
+                for (int g = 0; g < 4; g++) memcpy(blk + (g * Q4_NR + r) * 4, bytes + 4 * g, 4);
+                memcpy(blk + 256 + 2 * r, &d, 2);
+                memcpy(blk + 288 + 2 * r, &m, 2);
             }
-            memcpy(blk + 256, d, sizeof d);
-            memcpy(blk + 288, m, sizeof m);
-        }
     }
     return bad;
 }
@@ -323,6 +331,57 @@ INLINE TAVX2 void q4_tile2(const int R, int nr, int kb, ck_q8x x, const uint8_t 
         q4_tile2(n, nr, kb, x, wb, c, ldc, acc); \
     }
 Q4_TILE2(1) Q4_TILE2(2) Q4_TILE2(3) Q4_TILE2(4)
+
+/// The scalar quantiser's arithmetic on 32 lanes (same float operations, F16C conversions =
+/// dequant_f16_bits/_value, cvtps with the default nearest-even rounding = nearbyintf).
+static T512 int q4_block_avx512(const void *src, int type, size_t idx, int n, uint8_t bytes[16], uint16_t *dp, uint16_t *mp) {
+    __mmask16 m0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+    __mmask16 m1 = n >= 32 ? 0xFFFF : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+    __m512 v0, v1;
+    if (type == CK_BF16) {
+        const uint16_t *h = (const uint16_t *)src + idx;
+        v0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, h)), 16));
+        v1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, h + 16)), 16));
+    } else {
+        const float *f = (const float *)src + idx;
+        v0 = _mm512_maskz_loadu_ps(m0, f);
+        v1 = _mm512_maskz_loadu_ps(m1, f + 16);
+    }
+    const __m512 big = _mm512_set1_ps(3.4028235e38f);
+    __mmask16 nf = (_mm512_mask_cmp_ps_mask(m0, _mm512_abs_ps(v0), big, _CMP_NLE_UQ)) |
+                   (_mm512_mask_cmp_ps_mask(m1, _mm512_abs_ps(v1), big, _CMP_NLE_UQ));
+    memset(bytes, 0, 16);
+    float lo = _mm512_mask_reduce_min_ps(m0, v0), hi = _mm512_mask_reduce_max_ps(m0, v0);
+    if (m1) {
+        float lo1 = _mm512_mask_reduce_min_ps(m1, v1), hi1 = _mm512_mask_reduce_max_ps(m1, v1);
+        lo = lo1 < lo ? lo1 : lo;
+        hi = hi1 > hi ? hi1 : hi;
+    }
+    if (nf || fabsf(lo) > 65504.0f) goto nan;
+    uint16_t mh = _cvtss_sh(lo, _MM_FROUND_TO_NEAREST_INT);
+    if (mh == 0x8000) mh = 0;
+    float m = _cvtsh_ss(mh);
+    float range = hi - m;
+    if (range < 0) range = 0;
+    float dr = range / 15.0f;
+    if (!(dr <= 65504.0f)) goto nan;
+    uint16_t dh = _cvtss_sh(dr, _MM_FROUND_TO_NEAREST_INT);
+    float d = _cvtsh_ss(dh);
+    float id = d == 0.0f ? 0.0f : 1.0f / d;
+    const __m512 vm = _mm512_set1_ps(m), vid = _mm512_set1_ps(id);
+    const __m512i zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
+    __m512i q0 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v0, vm), vid)), zero), fifteen);
+    __m512i q1 = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(v1, vm), vid)), zero), fifteen);
+    q0 = _mm512_maskz_mov_epi32(m0, q0);
+    q1 = _mm512_maskz_mov_epi32(m1, q1);
+    _mm_storeu_si128((__m128i *)bytes, _mm512_cvtepi32_epi8(_mm512_or_si512(q0, _mm512_slli_epi32(q1, 4))));
+    *dp = dh;
+    *mp = mh;
+    return 0;
+nan:
+    *dp = *mp = 0x7E00;
+    return 1;
+}
 
 static void q4_ukr_avx2(int mr, int nr, int kb, ck_q8x x, const uint8_t *wb, float *c, size_t ldc, int acc) {
     switch (mr) {

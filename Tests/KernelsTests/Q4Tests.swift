@@ -11,13 +11,14 @@ final class Q4Tests: XCTestCase {
 
     override func tearDown() { ck_set_threads(0) }
 
-    /// The q4 quantiser of compact.h, in f32 arithmetic: m = f16(min), d = f16(max(max − m, 0)/15),
+    /// The q4 quantiser of compact.h, in f32 arithmetic: m = f16(min) (+0 for a zero), d = f16(max(max − m, 0)/15),
     /// q = clamp(rne((w − m)·(1/d)), 0, 15). nil for a bad block.
     static func q4Weights(_ w: ArraySlice<Float>) -> (d: Float16, m: Float16, q: [UInt8])? {
         if w.contains(where: { !$0.isFinite }) { return nil }
         let lo = w.min()!, hi = w.max()!
         if lo.magnitude > 65504 { return nil }
-        let m = Float16(lo)
+        var m = Float16(lo)
+        if m == 0 { m = 0 }   // a zero minimum is +0
         let dr = max(hi - Float(m), 0) / 15
         if dr > 65504 { return nil }
         let d = Float16(dr)
@@ -43,6 +44,7 @@ final class Q4Tests: XCTestCase {
         }
         out.append([Float](repeating: 0.3, count: 32))
         out.append([Float](repeating: 0, count: 32))
+        out.append([-0.0, 0.5, 0, 0.25, -1e-9] + [Float](repeating: 0.125, count: 27))   // minimum rounds to −0: stored +0
         out.append(Array(rng.floats(32)[0..<13]))   // a partial block (K not a multiple of 32)
         return out
     }
@@ -107,6 +109,19 @@ final class Q4Tests: XCTestCase {
                     }
                 }
             }
+        }
+        // The quantiser's special blocks (tiny, constant, signed zeros, bad) as rows: the same bytes
+        // and counts on every path.
+        var special = Self.blocks(&rng).filter { $0.count == 32 }
+        special += [[Float](repeating: .nan, count: 32), [1e6, -60000] + [Float](repeating: 0, count: 30)]
+        let flat = special.flatMap { $0 }
+        let bytes = Int(ck_weights_bytes(Int32(CK_Q4), Int32(special.count), 32))
+        var firstSpecial: [UInt8]? = nil
+        forEachISA { _, isa in
+            let p = Weights(format: Int32(CK_Q4), n: special.count, k: 32)
+            XCTAssertEqual(flat.withUnsafeBufferPointer { ck_pack_f32(&p.w, $0.baseAddress, 32, 0, Int32(special.count)) }, 2, isa)
+            let got = Array(UnsafeRawBufferPointer(start: p.w.data, count: bytes).bindMemory(to: UInt8.self))
+            if let firstSpecial { XCTAssertEqual(got, firstSpecial, "\(isa): special blocks packed as on the first path") } else { firstSpecial = got }
         }
         // Non-finite and out-of-range blocks: counted, their rows' blocks NaN, the others intact.
         var w = rng.floats(20 * 64)

@@ -28,8 +28,8 @@
 //            one — so a mask, or a shift and a mask, of one 64-byte load is vpdpbusd's unsigned
 //            operand for 16 rows × 4 columns), then the 16 scales, then the 16 minimums. K is padded
 //            to 32, N to 16. 20 bytes per 32 weights (0.625 bytes per weight), as GGUF's Q4_1.
-//            Quantiser (f32 arithmetic): m = f16(min w), d = f16(max(max w − m, 0) / 15) (nearest
-//            even, subnormals kept), q = clamp(rne((w − m)·(1/d)), 0, 15) (0 when d = 0); so
+//            Quantiser (f32 arithmetic): m = f16(min w) (a zero as +0), d = f16(max(max w − m, 0)
+//            / 15) (nearest even, subnormals kept), q = clamp(rne((w − m)·(1/d)), 0, 15) (0 when d = 0); so
 //            |w − (d·q + m)| ≤ ε_w = 0.501·d + 2^-11·|m| + 2^-21 (the last term: half float16
 //            subnormal steps of m and of 15·d). A block with a NaN or ±Inf, |min w| > 65504 or
 //            (max w − m)/15 > 65504 gets d = m = NaN and is counted. Blocks of
