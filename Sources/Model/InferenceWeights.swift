@@ -275,7 +275,7 @@ final class CompactStore: @unchecked Sendable {
 
 extension LlamaModel {
     /// An inference model in `precision` made from `weights`, on the calling thread only: for f32 a
-    /// copy of them (products bit-for-bit the learner's forward), for bf16/q8 the packed linear
+    /// copy of them (products bit-for-bit the learner's forward), for bf16/q8/q4 the packed linear
     /// weights plus f32 copies of the embedding table and the norms — no f32 linear weights are kept.
     /// Reads `weights` during the call only (the caller may go on changing them afterwards).
     /// `packSeconds` of the result is the time this took. Counts as compute for the cores' sharing
