@@ -35,13 +35,13 @@ bench-learner: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench learner --model $(MODEL)
 
-# ARGS="--engine-product bf16|q8": the product the ceilings replay (default f32: OpenBLAS sgemm);
+# ARGS="--engine-product bf16|q8|q4": the product the ceilings replay (default f32: OpenBLAS sgemm);
 # ARGS=--trace-only: the 32-prompt admission step by step (--decoding-step-tokens N to try a budget).
 bench-engine: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench engine --model $(MODEL) $(ARGS)
 
-# The precision contract: each compact engine precision (bf16, q8) against the f32 engine — mean and
+# The precision contract: each compact engine precision (bf16, q8, q4) against the f32 engine — mean and
 # max |Δ log-prob| per token over Tests/ModelTests/Fixtures/precision_text.txt (1000 tokens), greedy
 # agreement on 16 chat prompts × 64 tokens — with snapshot size, snapshot-making time, decode speed.
 bench-precision: deps model

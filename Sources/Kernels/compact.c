@@ -114,6 +114,7 @@ static const ck_impl *impl_for_packing(void) { return impl_for_q8(); }
 const char *ck_path_name(int format) {
     if (format == CK_Q8) return impl_for_q8()->q8_name;
     if (format == CK_BF16) return impl_for_bf16()->bf16_name;
+    if (format == CK_Q4) return ck_q4_path_name();
     return NULL;
 }
 
@@ -259,6 +260,7 @@ static void ck_run(ck_job_fn fn, void *ctx, int nth) {
 }
 
 void ck_run_job(ck_job_fn fn, void *ctx, int nth) { ck_run(fn, ctx, nth > 0 ? nth : call_threads()); }
+int ck_call_threads(void) { return call_threads(); }
 
 /// Waits until *count reaches n (work items other participants claimed are being finished).
 static void wait_count(_Atomic int *count, int n) {
@@ -304,10 +306,12 @@ static void *scratch(int which, size_t bytes) {
     return t->p[which];
 }
 
+void *ck_scratch_shared(size_t bytes) { return scratch(BUF_SHARED, bytes); }
+
 // ---------------------------------------------------------------------------------------------
 // Formats
 
-int ck_panel_rows(int format) { return format == CK_BF16 ? CK_BF16_NR : format == CK_Q8 ? CK_Q8_NR : 0; }
+int ck_panel_rows(int format) { return format == CK_BF16 ? CK_BF16_NR : format == CK_Q8 || format == CK_Q4 ? CK_Q8_NR : 0; }
 
 static int kpad_of(int format, int K) {
     return format == CK_BF16 ? (K + 1) & ~1 : (K + CK_Q8_BLOCK - 1) / CK_Q8_BLOCK * CK_Q8_BLOCK;
@@ -329,6 +333,7 @@ size_t ck_weights_bytes(int format, int N, int K) {
         size_t scales = panels * kb * CK_Q8_NR * 2;
         return q8_quant_bytes(N, K) + ((scales + 63) & ~(size_t)63);
     }
+    if (format == CK_Q4) return ck_q4_bytes(N, K);
     return 0;
 }
 
@@ -471,13 +476,21 @@ static void pack_bf16_rows(ck_weights *w, const void *src, int type, size_t ld, 
 long ck_pack_f32(ck_weights *w, const float *src, size_t ld, int row_begin, int row_end) {
     if (!w || !src || !range_ok(w, row_begin, row_end) || ld < (size_t)w->K) return -1;
     if (w->format == CK_BF16) { pack_bf16_rows(w, src, CK_F32, ld, row_begin, row_end); return 0; }
+    if (w->format == CK_Q4) return ck_q4_pack_rows(w, src, CK_F32, ld, row_begin, row_end);
     return pack_q8_rows(w, src, CK_F32, ld, row_begin, row_end);
 }
 
 long ck_pack_bf16(ck_weights *w, const uint16_t *src, size_t ld, int row_begin, int row_end) {
     if (!w || !src || !range_ok(w, row_begin, row_end) || ld < (size_t)w->K) return -1;
     if (w->format == CK_BF16) { pack_bf16_rows(w, src, CK_BF16, ld, row_begin, row_end); return 0; }
+    if (w->format == CK_Q4) return ck_q4_pack_rows(w, src, CK_BF16, ld, row_begin, row_end);
     return pack_q8_rows(w, src, CK_BF16, ld, row_begin, row_end);
+}
+
+long ck_pack_q4_1(ck_weights *w, const void *src, size_t ld, int row_begin, int row_end) {
+    if (!w || !src || w->format != CK_Q4 || w->K % 32 || !range_ok(w, row_begin, row_end) || ld < (size_t)w->K / 32 * 20)
+        return -1;
+    return ck_q4_pack_q4_1(w, src, ld, row_begin, row_end);
 }
 
 long ck_pack_q8_0(ck_weights *w, const void *src, size_t ld, int row_begin, int row_end) {
@@ -507,6 +520,7 @@ long ck_pack_q8_0(ck_weights *w, const void *src, size_t ld, int row_begin, int 
 }
 
 void ck_unpack_row(const ck_weights *w, int n, float *out) {
+    if (w->format == CK_Q4) { ck_q4_unpack_row(w, n, out); return; }
     if (w->format == CK_BF16) {
         const uint32_t *panel = (const uint32_t *)w->data + (size_t)(n / CK_BF16_NR) * (w->kpad / 2) * CK_BF16_NR;
         int lane = n % CK_BF16_NR;
@@ -914,6 +928,7 @@ static void q8_linear(float *y, size_t ldy, const float *x, size_t ldx, int M, c
 void ck_linear(float *y, size_t ldy, const float *x, size_t ldx, int M, const ck_weights *w, int accumulate) {
     if (M <= 0) return;
     if (w->format == CK_Q8) { q8_linear(y, ldy, x, ldx, M, w, accumulate); return; }
+    if (w->format == CK_Q4) { ck_q4_linear(y, ldy, x, ldx, M, w, accumulate); return; }
     ck_operand A = {x, CK_F32, 0, ldx}, B = {w, CK_PACKED, 0, 0};
     bf16_gemm(M, w->N, w->K, A, B, w, y, ldy, accumulate);
 }

@@ -59,6 +59,19 @@ long ck_pack_q8_panel_generic(uint32_t *wq, uint16_t *wd, const void *src, int t
 /// a product called from this thread would use); see the pool in compact.c.
 void ck_run_job(void (*fn)(void *ctx, int tid), void *ctx, int nth);
 
+/// A 64-byte aligned scratch buffer of the calling thread (the one the q8 driver uses for its x tiles).
+void *ck_scratch_shared(size_t bytes);
+/// Threads a product called from this thread may use (ck_threads() capped by ck_set_thread_max).
+int ck_call_threads(void);
+
+// CK_Q4 (compact_q4.c): layout, packing, unpacking, the product, the path's name.
+size_t ck_q4_bytes(int N, int K);
+long ck_q4_pack_rows(ck_weights *w, const void *src, int type, size_t ld, int row_begin, int row_end);
+long ck_q4_pack_q4_1(ck_weights *w, const void *src, size_t ld, int row_begin, int row_end);
+void ck_q4_unpack_row(const ck_weights *w, int n, float *out);
+void ck_q4_linear(float *y, size_t ldy, const float *x, size_t ldx, int M, const ck_weights *w, int acc);
+const char *ck_q4_path_name(void);
+
 // Bit-exact scalar conversions.
 static inline uint32_t ck_f32_bits(float f) { union { float f; uint32_t u; } v = {f}; return v.u; }
 static inline float ck_f32_from(uint32_t u) { union { uint32_t u; float f; } v = {u}; return v.f; }

@@ -11,10 +11,15 @@ import Kernels
 /// - `q8`: 8-bit blocks of 32 weights with one float16 scale (GGUF Q8_0-like), activations
 ///   quantised the same way per block, exact integer block sums (AVX-512 VNNI where the CPU has
 ///   it). 1.0625 bytes per weight.
+/// - `q4`: 4-bit blocks of 32 weights with a float16 scale and a float16 minimum (GGUF Q4_1-like),
+///   activations quantised as for q8, exact integer block sums (AVX-512 VNNI `vpdpbusd` on the
+///   nibbles where the CPU has it). 0.625 bytes per weight; the output head stays q8 (`headFormat`).
+///   The choice for memory-bound batch-1 decoding, with a larger deviation from f32 than q8 on
+///   weights that were not Q4_1 already.
 ///
 /// Sources/Kernels/include/compact.h states the formats and the error bound of each product.
 public enum EnginePrecision: String, Sendable, CaseIterable, CustomStringConvertible {
-    case f32, bf16, q8
+    case f32, bf16, q8, q4
 
     /// The serving default: the fastest precision whose log-prob deviation from f32 is small
     /// (README "Precision contract"). bf16: on SmolLM2 it rolls out the 32 × (64 + 128) job as fast
@@ -31,18 +36,28 @@ public enum EnginePrecision: String, Sendable, CaseIterable, CustomStringConvert
         case .f32: return nil
         case .bf16: return Int32(CK_BF16)
         case .q8: return Int32(CK_Q8)
+        case .q4: return Int32(CK_Q4)
         }
     }
 
+    /// The output head's format when it differs from `compactFormat`: q4 keeps the head (the tied
+    /// embedding table on SmolLM2: 49152×576, a fifth of the weights) in q8, as llama.cpp's Q4_1
+    /// files keep it in Q8_0 — in 4 bits it alone quadruples q4's log-prob deviation (SmolLM2: mean
+    /// |Δ log-prob| 0.28 against 0.07 per token).
+    var headFormat: Int32? { self == .q4 ? Int32(CK_Q8) : nil }
+
     /// The relative error bound of one product term in this format, against the largest magnitude
     /// it rounds with: both operands are rounded — to bf16 (2 × 2^-9 = 2^-8 of the term), or to
-    /// 8-bit blocks (2 × half a step of 1/127 of the block's largest magnitude = 1/127). 0 for f32.
+    /// 8-bit blocks (2 × half a step of 1/127 of the block's largest magnitude = 1/127), or to 4-bit
+    /// blocks (half a step of (max − min)/15 ≤ 2/15 of the largest magnitude, 1/15, plus the 8-bit
+    /// activation's 1/254). 0 for f32.
     /// Tests bound the log-prob deviation from f32 by a multiple of it.
     public var productRelativeError: Double {
         switch self {
         case .f32: return 0
         case .bf16: return 1.0 / 256
         case .q8: return 1.0 / 127
+        case .q4: return 1.0 / 15 + 1.0 / 254
         }
     }
 }
@@ -132,7 +147,8 @@ final class CompactMemory: @unchecked Sendable {
         mats = .allocate(capacity: matCount)
         var made = 0
         for (i, s) in shapes.enumerated() {
-            if ck_weights_alloc(mats + i, format, Int32(s.n), Int32(s.k)) != 0 {
+            let f = i == shapes.count - 1 ? precision.headFormat ?? format : format
+            if ck_weights_alloc(mats + i, f, Int32(s.n), Int32(s.k)) != 0 {
                 for j in 0..<made { ck_weights_free(mats + j) }
                 mats.deallocate()
                 throw ModelError.badInput(field: "engine_precision", reason: "cannot allocate \(precision) weights of \(s.n)×\(s.k)")
@@ -308,7 +324,7 @@ public final class PackPacing: @unchecked Sendable {
 
 extension LlamaModel {
     /// An inference model in `precision` made from `weights`, on the calling thread only: for f32 a
-    /// copy of them (products bit-for-bit the learner's forward), for bf16/q8 the packed linear
+    /// copy of them (products bit-for-bit the learner's forward), for bf16/q8/q4 the packed linear
     /// weights plus f32 copies of the embedding table and the norms — no f32 linear weights are kept.
     /// Reads `weights` during the call only (the caller may go on changing them afterwards).
     /// `packSeconds` of the result is the time this took. Counts as compute for the cores' sharing

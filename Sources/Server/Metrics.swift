@@ -187,7 +187,7 @@ final class ServerMetrics {
         o += "selm_compute_sharing_info{mode=\"\(modes.indices.contains(mode) ? modes[mode] : "unknown")\"} 1\n"
         gauge("selm_blas_threads", "OpenBLAS threads per call (the most; adaptive sharing uses one each while both compute).", Double(kernels_blas_threads()))
         if !live.enginePrecision.isEmpty {
-            o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16 or q8), what the KV cache holds keys and values in (f32 or f16), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"
+            o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16, q8 or q4), what the KV cache holds keys and values in (f32 or f16), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"
             o += "selm_engine_info{precision=\"\(live.enginePrecision)\",kv_cache=\"\(live.kvCachePrecision)\",snapshot_bytes=\"\(live.snapshotBytes)\"} 1\n"
             gauge("selm_publish_pack_seconds", "Seconds the last publication took to convert the weights to the engine's precision (on the publishing thread).", live.lastPublishPackSeconds)
             counter("selm_publish_packs_total", "Publications converted to the engine's precision.", live.publishPacks)

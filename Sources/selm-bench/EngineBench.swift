@@ -34,7 +34,7 @@ struct Loaded {
         tokenizer = isDir.boolValue ? try Tokenizer.load(huggingFaceDirectory: path) : try Tokenizer.load(gguf: GGUFFile(path: path))
         let name = option("--engine-precision", EnginePrecision.servingDefault.rawValue)
         guard let p = EnginePrecision(rawValue: name) else {
-            print("error: --engine-precision: expected f32, bf16 or q8"); exit(2)
+            print("error: --engine-precision: expected f32, bf16, q8 or q4"); exit(2)
         }
         precision = p
         model = p == .f32 ? source : try LlamaModel.inference(from: source.weights, precision: p)
@@ -212,7 +212,7 @@ struct EngineProduct {
     static func compact(_ model: LlamaModel, format: Int32) -> EngineProduct {
         let layers = forwardLinears(model)
         let packed = Packed(layers, format: format)
-        let name = format == Int32(CK_BF16) ? "bf16" : "q8"
+        let name = format == Int32(CK_BF16) ? "bf16" : format == Int32(CK_Q4) ? "q4" : "q8"
         return EngineProduct(name: "ck_linear (\(name) weights, \(String(cString: ck_path_name(format))))", layers: layers,
                              weightBytes: Double(layers.reduce(0) { $0 + ck_weights_bytes(format, Int32($1.n), Int32($1.k)) })) { i, y, x, T in
             let l = layers[i]
@@ -220,19 +220,20 @@ struct EngineProduct {
         }
     }
 
-    /// `f32` (default: what the engine runs today), `bf16` or `q8`.
+    /// `f32` (default: what the engine runs today), `bf16`, `q8` or `q4`.
     static func named(_ name: String, _ model: LlamaModel) throws -> EngineProduct {
         switch name {
         case "f32", "sgemm": return sgemm(model)
         case "bf16": return compact(model, format: Int32(CK_BF16))
         case "q8": return compact(model, format: Int32(CK_Q8))
+        case "q4": return compact(model, format: Int32(CK_Q4))
         default: throw ProductError(name: name)
         }
     }
 
     struct ProductError: Error, CustomStringConvertible {
         var name: String
-        var description: String { "--engine-product \(name): expected f32, bf16 or q8" }
+        var description: String { "--engine-product \(name): expected f32, bf16, q8 or q4" }
     }
 
     /// Seconds and FLOPs of one forward's linear layers for `T` tokens of which `headRows` want
@@ -419,7 +420,7 @@ func benchEngine(_ modelPath: String) throws {
     }
 
     // Ceilings, measured in this run: the forward's linear layers replayed through the product the
-    // engine uses (by default the one of its precision; `--engine-product f32|bf16|q8`, f32 = OpenBLAS
+    // engine uses (by default the one of its precision; `--engine-product f32|bf16|q8|q4`, f32 = OpenBLAS
     // sgemm), and the memory bandwidth of a streaming read.
     let product = try EngineProduct.named(option("--engine-product", bundle.precision.rawValue), bundle.source)
     let bandwidth = ck_stream_read_gbs(256 << 20, ck_threads(), 5)

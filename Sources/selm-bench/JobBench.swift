@@ -1,7 +1,7 @@
 // job: the two jobs of bench-vs-llamacpp on the engine in-process, as one JSON line — batch-1 decode
 // (one 64-token prompt, 128 new tokens) and B × (64-token prompt + 128 new tokens) submitted at once,
 // the shapes llama.cpp's `llama-batched-bench -npp 64 -ntg 128 -npl 1,B` runs. scripts/bench_vs_llamacpp.py
-// runs it alternately with llama.cpp and prints the ratios. --engine-precision f32|bf16|q8 (default:
+// runs it alternately with llama.cpp and prints the ratios. --engine-precision f32|bf16|q8|q4 (default:
 // the server's) chooses the engine's precision.
 import Engine
 import Foundation

@@ -72,7 +72,7 @@ private func sgemmOnly() {
 
 func benchKernels(_ args: [String]) throws {
     if args.contains("--paths") {
-        print("paths: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8))))")
+        print("paths: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))), q4 \(String(cString: ck_path_name(Int32(CK_Q4))))")
         return
     }
     if args.contains("--sgemm-only") { sgemmOnly(); return }
@@ -84,7 +84,7 @@ func benchKernels(_ args: [String]) throws {
     let threads = Int(ck_threads())
     print("== bench-kernels (compact-precision products, Sources/Kernels/compact*.c)")
     print("CPU: \(cpuModel()); instruction set \(String(cString: ck_isa_name(ck_isa()))) (detected \(String(cString: ck_isa_name(ck_isa_detected())))); "
-          + "paths: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))); \(threads) threads")
+          + "paths: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))), q4 \(String(cString: ck_path_name(Int32(CK_Q4)))); \(threads) threads")
     print("OpenBLAS core \(String(cString: kernels_blas_core())) (best by cpuid: \(kernels_best_core_for_cpu().map { String(cString: $0) } ?? "-")), \(kernels_blas_threads()) threads")
     if let best = kernels_best_core_for_cpu(), kernels_core_rank(kernels_blas_core()) < kernels_core_rank(best) {
         print("note: OpenBLAS runs on \(String(cString: kernels_blas_core())) (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "unset")), "
@@ -101,13 +101,14 @@ func benchKernels(_ args: [String]) throws {
                  peakBF, peakBF1, peakVNNI, stream, stream1, sgemm1024))
 
     // Engine products: y = x·Wᵀ on the model's shapes.
-    print("\n-- y (M×N) = x (M×K) · Wᵀ: OpenBLAS sgemm (sgemv at M = 1) vs bf16 and q8 weights")
-    print("   K     N     M |  sgemm GF/s  GB/s |  bf16 GF/s  %peak  GB/s  %bw |   q8 GF/s  %peak  GB/s  %bw")
+    print("\n-- y (M×N) = x (M×K) · Wᵀ: OpenBLAS sgemm (sgemv at M = 1) vs bf16, q8 and q4 weights")
+    print("   K     N     M |  sgemm GF/s  GB/s |  bf16 GF/s  %peak  GB/s  %bw |   q8 GF/s  %peak  GB/s  %bw |   q4 GF/s  %peak  GB/s  %bw")
     let ms = quick ? [1, 32, 256] : [1, 8, 32, 256, 1536]
     let engineShapes = [(576, 576), (576, 192), (576, 1536), (576, 49152), (1536, 576)]
     for (k, n) in engineShapes {
         let w = randomFloats(n * k, scale: 0.05, seed: UInt64(n * k))
         let bf = Packed(w, format: Int32(CK_BF16), n: n, k: k), q8 = Packed(w, format: Int32(CK_Q8), n: n, k: k)
+        let q4 = Packed(w, format: Int32(CK_Q4), n: n, k: k)
         for m in ms {
             let x = randomFloats(m * k, scale: 1, seed: UInt64(m))
             var y = [Float](repeating: 0, count: m * n)
@@ -115,20 +116,23 @@ func benchKernels(_ args: [String]) throws {
             let ts = timeIt { matmul_forward(&y, x, w, Int32(m), Int32(k), Int32(n), 0) }
             let tb = timeIt { ck_linear(&y, n, x, k, Int32(m), &bf.w, 0) }
             let tq = timeIt { ck_linear(&y, n, x, k, Int32(m), &q8.w, 0) }
+            let t4 = timeIt { ck_linear(&y, n, x, k, Int32(m), &q4.w, 0) }
+            let q4Bytes = Double(ck_weights_bytes(Int32(CK_Q4), Int32(n), Int32(k)))
             let bfBytes = Double(ck_weights_bytes(Int32(CK_BF16), Int32(n), Int32(k))), qBytes = Double(ck_weights_bytes(Int32(CK_Q8), Int32(n), Int32(k)))
-            print(String(format: "%5d %5d %5d | %10.1f %5.1f | %9.1f %5.0f%% %5.1f %4.0f%% | %8.1f %5.0f%% %5.1f %4.0f%%",
+            print(String(format: "%5d %5d %5d | %10.1f %5.1f | %9.1f %5.0f%% %5.1f %4.0f%% | %8.1f %5.0f%% %5.1f %4.0f%% | %8.1f %5.0f%% %5.1f %4.0f%%",
                          k, n, m, flops / ts / 1e9, 4 * Double(n * k) / ts / 1e9,
                          flops / tb / 1e9, 100 * flops / tb / 1e9 / peakBF, bfBytes / tb / 1e9, 100 * bfBytes / tb / 1e9 / stream,
-                         flops / tq / 1e9, 100 * flops / tq / 1e9 / peakVNNI, qBytes / tq / 1e9, 100 * qBytes / tq / 1e9 / stream))
+                         flops / tq / 1e9, 100 * flops / tq / 1e9 / peakVNNI, qBytes / tq / 1e9, 100 * qBytes / tq / 1e9 / stream,
+                         flops / t4 / 1e9, 100 * flops / t4 / 1e9 / peakVNNI, q4Bytes / t4 / 1e9, 100 * q4Bytes / t4 / 1e9 / stream))
         }
     }
 
     // A whole decode step's products: every layer's 7 matrices and the output head, weights from
-    // memory (270 MB bf16 / 143 MB q8 ≫ the caches) — the kernels' ceiling for decode tokens/s.
+    // memory (270 MB bf16 / 143 MB q8 / 84 MB q4 ≫ the caches) — the kernels' ceiling for decode tokens/s.
     print("\n-- one forward's linear layers (30 × 7 matrices + 49152×576 head), weights from memory")
     var layerW: [[Float]] = layerShapes.map { randomFloats($0.n * $0.k, scale: 0.05, seed: UInt64($0.n + $0.k)) }
     let headW = randomFloats(vocab * dim, scale: 0.05, seed: 99)
-    for (fmt, name) in [(Int32(CK_BF16), "bf16"), (Int32(CK_Q8), "q8")] {
+    for (fmt, name) in [(Int32(CK_BF16), "bf16"), (Int32(CK_Q8), "q8"), (Int32(CK_Q4), "q4")] {
         var mats: [Packed] = []
         for _ in 0..<nLayers { for (i, s) in layerShapes.enumerated() { mats.append(Packed(layerW[i], format: fmt, n: s.n, k: s.k)) } }
         let head = Packed(headW, format: fmt, n: vocab, k: dim)
@@ -154,7 +158,7 @@ func benchKernels(_ args: [String]) throws {
     var sources = layerShapes.map { randomFloats($0.n * $0.k, scale: 0.05, seed: UInt64($0.n * 7 + $0.k)) }
     sources.append(headW)
     let shapes = layerShapes.map { ($0.n, $0.k) } + [(vocab, dim)]
-    for (fmt, name) in [(Int32(CK_BF16), "bf16"), (Int32(CK_Q8), "q8")] {
+    for (fmt, name) in [(Int32(CK_BF16), "bf16"), (Int32(CK_Q8), "q8"), (Int32(CK_Q4), "q4")] {
         let dst = shapes.map { s -> Packed in Packed([Float](repeating: 0, count: s.0 * s.1), format: fmt, n: s.0, k: s.1) }
         var params = 0.0
         let t = timeIt(samples: 3, minTime: 0) {

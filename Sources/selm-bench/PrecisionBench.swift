@@ -25,7 +25,7 @@ func benchPrecision(_ modelPath: String) throws {
     let encoder = try bundle.textEncoder()
     let prompts = try PrecisionContract.chatPrompts.map { try encoder.chat([.user($0)]) }
     print("== bench-precision: \((modelPath as NSString).lastPathComponent), \(ids.count - 1) scored tokens of \((textPath as NSString).lastPathComponent), \(prompts.count) chat prompts × \(greedyTokens) greedy tokens")
-    print("kernels: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))), \(ck_threads()) threads; f32: OpenBLAS \(String(cString: kernels_blas_core())), \(kernels_blas_threads()) threads")
+    print("kernels: bf16 \(String(cString: ck_path_name(Int32(CK_BF16)))), q8 \(String(cString: ck_path_name(Int32(CK_Q8)))), q4 \(String(cString: ck_path_name(Int32(CK_Q4)))), \(ck_threads()) threads; f32: OpenBLAS \(String(cString: kernels_blas_core())), \(kernels_blas_threads()) threads")
 
     struct Run { var lp: [Float]; var greedy: [[Int32]]; var decodeTPS: Double; var pack: Double; var mb: Double }
     func run(_ p: EnginePrecision) throws -> Run {
@@ -53,7 +53,7 @@ func benchPrecision(_ modelPath: String) throws {
                      g.prompts, g.meanPrefix, g.tokens))
     }
     line(.f32, ref)
-    for p in [EnginePrecision.bf16, .q8] { line(p, try run(p)) }
+    for p in [EnginePrecision.bf16, .q8, .q4] { line(p, try run(p)) }
     print("(batch-1 decode here: the offline generator, prefill included; f32 snapshot: a copy of the weights. The default engine precision is \(EnginePrecision.servingDefault).)")
     print(String(format: "peak RSS %.0f MB", peakRSSMB()))
 }

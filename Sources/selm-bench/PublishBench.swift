@@ -11,7 +11,7 @@ import Model
 func benchPublish(_ modelPath: String) throws {
     let every = Double(option("--every", "1")) ?? 1
     let name = option("--engine-precision", EnginePrecision.servingDefault.rawValue)
-    guard let precision = EnginePrecision(rawValue: name) else { print("error: --engine-precision: expected f32, bf16 or q8"); exit(2) }
+    guard let precision = EnginePrecision(rawValue: name) else { print("error: --engine-precision: expected f32, bf16, q8 or q4"); exit(2) }
     // As selm serve's default --compute-sharing: the publishing thread's packing counts as compute.
     kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
     let loaded = try Loaded(path: modelPath)

@@ -31,11 +31,11 @@ struct ModelOptions: ParsableArguments {
 /// the offline tools (`selm generate`, `selm logits`) so they reproduce exactly what the server
 /// computes. Same default everywhere.
 struct PrecisionOptions: ParsableArguments {
-    @Option(name: .long, help: "Precision of the linear layers' products: f32 (the learner's own weights and forward, bit for bit), bf16 or q8 (8-bit blocks, Q8_0-like). Embeddings and norms stay f32. README \"Precision contract\".")
+    @Option(name: .long, help: "Precision of the linear layers' products: f32 (the learner's own weights and forward, bit for bit), bf16, q8 (8-bit blocks, Q8_0-like) or q4 (4-bit blocks, Q4_1-like: fastest batch-1 decoding, largest deviation). Embeddings and norms stay f32. README \"Precision contract\".")
     var enginePrecision: String = EnginePrecision.servingDefault.rawValue
 
     func validate() throws {
-        if EnginePrecision(rawValue: enginePrecision) == nil { throw ValidationError("--engine-precision: expected f32, bf16 or q8") }
+        if EnginePrecision(rawValue: enginePrecision) == nil { throw ValidationError("--engine-precision: expected f32, bf16, q8 or q4") }
     }
 
     var precision: EnginePrecision { EnginePrecision(rawValue: enginePrecision) ?? EnginePrecision.servingDefault }

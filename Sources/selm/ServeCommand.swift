@@ -41,7 +41,7 @@ struct Serve: ParsableCommand, LogLevelCommand {
     var dataDir: String = "selm-data"
     @Option(help: "Paged KV cache size, MB.")
     var kvCacheMb: Int = 512
-    @Option(help: "What the KV cache holds keys and values in: auto (f32 for --engine-precision f32, bit for bit; f16 for bf16 and q8: half the memory per token, attention read in place on both cores), f32 or f16.")
+    @Option(help: "What the KV cache holds keys and values in: auto (f32 for --engine-precision f32, bit for bit; f16 for bf16, q8 and q4: half the memory per token, attention read in place on both cores), f32 or f16.")
     var kvCachePrecision: String = "auto"
     @Option(help: "Tokens one engine step carries while sequences are decoding (decodes first, then chunks of waiting prompts); lower keeps inter-token latency lower under admission, higher admits faster. ≥ 1.")
     var decodingStepTokens: Int = EngineConfig().decodingStepTokens
@@ -269,6 +269,7 @@ struct Serve: ParsableCommand, LogLevelCommand {
         case .f32: return "OpenBLAS"
         case .bf16: return String(cString: ck_path_name(Int32(CK_BF16)))
         case .q8: return String(cString: ck_path_name(Int32(CK_Q8)))
+        case .q4: return String(cString: ck_path_name(Int32(CK_Q4)))
         }
     }
 

@@ -21,6 +21,24 @@
 //            when it rounded down), q = round-to-nearest-even(w / d); so |q| ≤ 127 and
 //            |w − d·q| ≤ d/2 (+ one float rounding). A block with a NaN or ±Inf, or whose
 //            max|w| exceeds 65504·127, gets d = NaN (its products are NaN) and is counted.
+//   CK_Q4    Q4_1-like: blocks of 32 consecutive columns of a row share a float16 scale d and a
+//            float16 minimum m; w ≈ d·q + m with q a 4-bit unsigned integer in [0, 15]. Panels of
+//            16 rows; panel p, block b is 320 contiguous bytes: 4 groups of 16 rows × 4 bytes (byte
+//            i of group g, row r: q of column 4g+i in the low nibble, of column 16+4g+i in the high
+//            one — so a mask, or a shift and a mask, of one 64-byte load is vpdpbusd's unsigned
+//            operand for 16 rows × 4 columns), then the 16 scales, then the 16 minimums. K is padded
+//            to 32, N to 16. 20 bytes per 32 weights (0.625 bytes per weight), as GGUF's Q4_1.
+//            Quantiser (f32 arithmetic): m = f16(min w) (a zero as +0), d = f16(max(max w − m, 0)
+//            / 15) (nearest even, subnormals kept), q = clamp(rne((w − m)·(1/d)), 0, 15) (0 when d = 0); so
+//            |w − (d·q + m)| ≤ ε_w = 0.501·d + 2^-11·|m| + 2^-21 (the last term: half float16
+//            subnormal steps of m and of 15·d). A block with a NaN or ±Inf, |min w| > 65504 or
+//            (max w − m)/15 > 65504 gets d = m = NaN and is counted. Blocks of
+//            GGUF's Q4_1 (llama.cpp's quantiser: the same m, d = f16((max−min)/15)) come back
+//            exactly: packing their dequantised values gives their d, m and q (ck_pack_q4_1 copies
+//            them). Why Q4_1 rather than Q4_0 (4.5 bits): the minimum uses all 16 levels on a
+//            block's actual range (Q4_0 spends half of them on the sign's side the block does not
+//            use), and the model files the engine serves are mostly Q4_1 already, so a q4 engine
+//            started from one computes with the file's own weights.
 //
 // Products with CK_Q8 weights quantise x the same way per 32-column block of each row (scale kept
 // in f32, d_x = max|x|/127, q = rne(x/d_x)) and compute Σ_b d_w·d_x·Σ q_w·q_x with exact int32 block
@@ -32,10 +50,16 @@
 //          operands below 2^-126 in magnitude count as zero (vdpbf16ps flushes subnormals).
 //   q8:    |y − Σ x·w| ≤ Σ_b [ d_x,b/2 · Σ_{k∈b} |ŵ_k| + d_w,b/2 · Σ_{k∈b} |x_k| ] + (Kb+2)·u·Σ_b |d_w·d_x·I_b|
 //          (ŵ = d_w·q_w, I_b the exact integer block sums, Kb = ⌈K/32⌉ blocks).
+//   q4:    x quantised as for q8; y = Σ_b [ d_w·d_x·I_b + m_w·d_x·S_b ] (I_b = Σ q_w·q_x exact,
+//          S_b = Σ q_x), and
+//          |y − Σ x·w| ≤ Σ_b [ d_x,b/2 · Σ_{k∈b} |ŵ_k| + ε_w,b · Σ_{k∈b} |x_k| ]
+//                        + (2Kb+4)·u·Σ_b (|d_w·d_x·I_b| + |m_w·d_x·S_b|)   (ŵ = d_w·q_w + m_w).
 //
 // Implementations (chosen once, at first use, from cpuid; SELM_KERNELS caps the instruction set):
 //   bf16 products: "avx512bf16" (vdpbf16ps), "avx2" (AVX2+FMA, bf16 widened to f32), "scalar".
 //   q8 products:   "avx512vnni" (vpdpbusd),  "avx2" (vpmaddubsw), "scalar".
+//   q4 products:   "avx512vnni" (vpdpbusd on the nibbles), "avx2" (vpmaddubsw), "scalar"; every M
+//                  (decode and prefill) runs the same integer kernels.
 // SELM_KERNELS=avx512bf16|avx512vnni|avx2|scalar is the highest level used: avx512vnni runs q8 on
 // VNNI and bf16 on AVX2 (there is no AVX-512 bf16 path without the BF16 instructions). All
 // implementations give the same results within the bounds above (the packed data are identical).
@@ -86,19 +110,19 @@ void ck_set_thread_max(int n);
 // ---------------------------------------------------------------------------------------------
 // Compact weights
 
-enum { CK_BF16 = 1, CK_Q8 = 2 };
+enum { CK_BF16 = 1, CK_Q8 = 2, CK_Q4 = 4 };
 
 typedef struct {
-    int format;      ///< CK_BF16 or CK_Q8
+    int format;      ///< CK_BF16, CK_Q8 or CK_Q4
     int N, K;        ///< rows (outputs) and columns (inputs)
-    int panels;      ///< ⌈N / panel rows⌉ (32 for bf16, 16 for q8)
-    int kpad;        ///< K padded (to 2 for bf16, to 32 for q8)
+    int panels;      ///< ⌈N / panel rows⌉ (32 for bf16, 16 for q8 and q4)
+    int kpad;        ///< K padded (to 2 for bf16, to 32 for q8 and q4)
     void *data;      ///< packed payload, 64-byte aligned (ck_weights_bytes)
-    uint16_t *scales;///< q8: float16 scales [panel][block][16] (inside data); NULL for bf16
+    uint16_t *scales;///< q8: float16 scales [panel][block][16] (inside data); NULL for bf16 and q4
     int owned;       ///< data was allocated by ck_weights_alloc
 } ck_weights;
 
-/// Rows per panel of a format (32 for CK_BF16, 16 for CK_Q8), 0 if unknown.
+/// Rows per panel of a format (32 for CK_BF16, 16 for CK_Q8 and CK_Q4), 0 if unknown.
 int ck_panel_rows(int format);
 /// Bytes of the packed payload of an N×K matrix in `format`.
 size_t ck_weights_bytes(int format, int N, int K);
@@ -112,7 +136,7 @@ void ck_weights_free(ck_weights *w);
 /// Packs rows [row_begin, row_end) of the f32 matrix src (row r at src + r·ld; the whole matrix is
 /// W[0..N) so row_begin/row_end index it) into w. row_begin must be a multiple of
 /// ck_panel_rows(format) and row_end either one too or N (so calls on consecutive ranges may run
-/// on different threads). Runs on the calling thread only. Returns the number of q8 blocks that
+/// on different threads). Runs on the calling thread only. Returns the number of q8/q4 blocks that
 /// were non-finite or out of range (scale NaN; 0 for bf16 — NaN/Inf stay NaN/Inf in bf16), or −1
 /// for a bad range.
 long ck_pack_f32(ck_weights *w, const float *src, size_t ld, int row_begin, int row_end);
@@ -122,6 +146,9 @@ long ck_pack_bf16(ck_weights *w, const uint16_t *src, size_t ld, int row_begin, 
 /// multiple of 32): exact, except that q = −128 (never written by llama.cpp's quantiser) becomes
 /// −127. Returns the number of values so changed, or −1 for a bad range or format.
 long ck_pack_q8_0(ck_weights *w, const void *src, size_t ld, int row_begin, int row_end);
+/// CK_Q4 from GGUF Q4_1 blocks (20 bytes: f16 d, f16 m, u8 qs[16]; row r at src + r·ld bytes, K a
+/// multiple of 32): exact. Returns 0, or −1 for a bad range or format.
+long ck_pack_q4_1(ck_weights *w, const void *src, size_t ld, int row_begin, int row_end);
 /// Row n of w as f32 (K values): the weights the products use (embedding lookup of a tied table).
 void ck_unpack_row(const ck_weights *w, int n, float *out);
 
@@ -161,6 +188,9 @@ void ck_bf16_to_f32(const uint16_t *src, float *dst, size_t n);
 /// The weight quantiser on one block of n ≤ 32 values (the rest count as 0): q[0..32), returns
 /// the float16 bits of d. *bad = 1 if the block is non-finite or out of range (d = NaN).
 uint16_t ck_q8_quantize_block(const float *src, int n, int8_t q[32], int *bad);
+/// The q4 weight quantiser on one block of n ≤ 32 values (1 ≤ n): q[0..32) in [0, 15] (0 past n),
+/// *m the float16 bits of the minimum; returns those of d. *bad = 1 for a bad block (d = m = NaN).
+uint16_t ck_q4_quantize_block(const float *src, int n, uint8_t q[32], uint16_t *m, int *bad);
 /// The activation quantiser of q8 products on one block of n ≤ 32 values: q[0..32), returns d_x.
 float ck_q8_quantize_act_block(const float *src, int n, int8_t q[32]);
 
