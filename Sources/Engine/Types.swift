@@ -59,9 +59,9 @@ public struct EngineConfig: Sendable, Equatable {
     /// pause of `publishPackPause` between them while requests are running (`PackPacing`): each
     /// engine step loses at most one slice to the publisher instead of running at half speed for
     /// the whole packing. 0 = pack in one pass. The f32 copy is not paced.
-    public var publishPackSlice: Double = 0.008
+    public var publishPackSlice: Double = 0.004
     /// The pause between two slices of a paced publication, seconds.
-    public var publishPackPause: Double = 0.016
+    public var publishPackPause: Double = 0.012
     /// What the KV cache holds keys and values in; nil = `KVCachePrecision.default(for:)` of the
     /// engine's precision (f32 for the f32 engine, f16 for the compact ones).
     public var kvCachePrecision: KVCachePrecision? = nil

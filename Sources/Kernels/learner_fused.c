@@ -169,25 +169,36 @@ void lf_scaled_exp_row(float *d, const float *x, int n, float l, float s) {
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: h = silu(g)·u;  backward: du += dh·silu(g), dg += dh·u·σ(g)·(1 + g·(1 − σ(g)))
 
-T512 static void swiglu_fwd512(float *h, const float *gate, const float *up, size_t n) {
+// The elementwise passes treat their last partial vector with masks (AVX-512) or through a padded
+// copy (AVX2), never with a scalar formula: every element gets the same arithmetic wherever a
+// thread split puts it (kernels_parallel halves N), so results do not depend on the split — an
+// exact resume recomputes activations in batches of another size and must get the same bits.
+T512 static inline void swiglu_fwd16(float *h, const float *gate, const float *up, __mmask16 k) {
     const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 g = _mm512_maskz_loadu_ps(k, gate);
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_mask_storeu_ps(h, k, _mm512_mul_ps(_mm512_mul_ps(g, s), _mm512_maskz_loadu_ps(k, up)));
+}
+T512 static void swiglu_fwd512(float *h, const float *gate, const float *up, size_t n) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 g = _mm512_loadu_ps(gate + i);
-        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(g, s), _mm512_loadu_ps(up + i)));
-    }
-    for (; i < n; i++) { float g = gate[i]; h[i] = g / (1.0f + expf(-g)) * up[i]; }
+    for (; i + 16 <= n; i += 16) swiglu_fwd16(h + i, gate + i, up + i, 0xFFFF);
+    if (i < n) swiglu_fwd16(h + i, gate + i, up + i, (__mmask16)((1u << (n - i)) - 1));
+}
+TAVX2 static inline void swiglu_fwd8(float *h, const float *gate, const float *up) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 g = _mm256_loadu_ps(gate);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    _mm256_storeu_ps(h, _mm256_mul_ps(_mm256_mul_ps(g, s), _mm256_loadu_ps(up)));
 }
 TAVX2 static void swiglu_fwd256(float *h, const float *gate, const float *up, size_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i);
-        __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-        _mm256_storeu_ps(h + i, _mm256_mul_ps(_mm256_mul_ps(g, s), _mm256_loadu_ps(up + i)));
+    for (; i + 8 <= n; i += 8) swiglu_fwd8(h + i, gate + i, up + i);
+    if (i < n) {
+        float hb[8] = {0}, gb[8] = {0}, ub[8] = {0};
+        for (size_t k = 0; k < n - i; k++) { gb[k] = gate[i + k]; ub[k] = up[i + k]; }
+        swiglu_fwd8(hb, gb, ub);
+        for (size_t k = 0; k < n - i; k++) h[i + k] = hb[k];
     }
-    for (; i < n; i++) { float g = gate[i]; h[i] = g / (1.0f + expf(-g)) * up[i]; }
 }
 
 void lf_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
@@ -197,38 +208,38 @@ void lf_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
     else for (size_t i = 0; i < n; i++) { float g = gate[i]; h[i] = g / (1.0f + lf_exp_scalar(-g)) * up[i]; }
 }
 
-T512 static void swiglu_bwd512(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+T512 static inline void swiglu_bwd16(float *dgate, float *dup, const float *dh, const float *gate, const float *up, __mmask16 k) {
     const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 g = _mm512_maskz_loadu_ps(k, gate), d = _mm512_maskz_loadu_ps(k, dh), u = _mm512_maskz_loadu_ps(k, up);
+    __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    __m512 silu = _mm512_mul_ps(g, s);
+    _mm512_mask_storeu_ps(dup, k, _mm512_fmadd_ps(d, silu, _mm512_maskz_loadu_ps(k, dup)));
+    __m512 t = _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one);   // 1 + g(1 − s)
+    _mm512_mask_storeu_ps(dgate, k, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), s), t, _mm512_maskz_loadu_ps(k, dgate)));
+}
+T512 static void swiglu_bwd512(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 g = _mm512_loadu_ps(gate + i), d = _mm512_loadu_ps(dh + i), u = _mm512_loadu_ps(up + i);
-        __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-        __m512 silu = _mm512_mul_ps(g, s);
-        _mm512_storeu_ps(dup + i, _mm512_fmadd_ps(d, silu, _mm512_loadu_ps(dup + i)));
-        __m512 t = _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one);   // 1 + g(1 − s)
-        _mm512_storeu_ps(dgate + i, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), s), t, _mm512_loadu_ps(dgate + i)));
-    }
-    for (; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        dup[i] += dh[i] * g * s;
-        dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
-    }
+    for (; i + 16 <= n; i += 16) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, 0xFFFF);
+    if (i < n) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, (__mmask16)((1u << (n - i)) - 1));
+}
+TAVX2 static inline void swiglu_bwd8(float *dgate, float *dup, const float *dh, const float *gate, const float *up) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 g = _mm256_loadu_ps(gate), d = _mm256_loadu_ps(dh), u = _mm256_loadu_ps(up);
+    __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    __m256 silu = _mm256_mul_ps(g, s);
+    _mm256_storeu_ps(dup, _mm256_fmadd_ps(d, silu, _mm256_loadu_ps(dup)));
+    __m256 t = _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one);
+    _mm256_storeu_ps(dgate, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, u), s), t, _mm256_loadu_ps(dgate)));
 }
 TAVX2 static void swiglu_bwd256(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f);
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i), d = _mm256_loadu_ps(dh + i), u = _mm256_loadu_ps(up + i);
-        __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
-        __m256 silu = _mm256_mul_ps(g, s);
-        _mm256_storeu_ps(dup + i, _mm256_fmadd_ps(d, silu, _mm256_loadu_ps(dup + i)));
-        __m256 t = _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one);
-        _mm256_storeu_ps(dgate + i, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, u), s), t, _mm256_loadu_ps(dgate + i)));
-    }
-    for (; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        dup[i] += dh[i] * g * s;
-        dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
+    for (; i + 8 <= n; i += 8) swiglu_bwd8(dgate + i, dup + i, dh + i, gate + i, up + i);
+    if (i < n) {
+        float a[8] = {0}, b[8] = {0}, c[8] = {0}, e[8] = {0}, f[8] = {0};
+        const size_t r = n - i;
+        for (size_t k = 0; k < r; k++) { a[k] = dgate[i + k]; b[k] = dup[i + k]; c[k] = dh[i + k]; e[k] = gate[i + k]; f[k] = up[i + k]; }
+        swiglu_bwd8(a, b, c, e, f);
+        for (size_t k = 0; k < r; k++) { dgate[i + k] = a[k]; dup[i + k] = b[k]; }
     }
 }
 

@@ -91,6 +91,8 @@ public enum Checkpoint {
                             log: TrainingLog = TrainingLog()) throws {
         let fm = FileManager.default
         if pathExists(directory) && !isCheckpoint(directory) { throw CheckpointError.notACheckpoint(path: directory) }
+        // A checkpoint is a boundary of the reference cache, so resuming from it is exact (clearCache).
+        learner.reference.clearCache()
         let tmp = directory + ".partial-\(getpid())"
         try? fm.removeItem(atPath: tmp)
         do {

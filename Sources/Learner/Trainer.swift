@@ -64,6 +64,12 @@ public final class ReferencePolicy {
         scorer = SequenceScorer(model: model, training: false)
     }
 
+    /// Forgets the cached log-probs (the reference is unchanged). A checkpoint calls it: a run resumed
+    /// from a checkpoint starts with nothing cached, and the forward's results depend in the last
+    /// bits on how rows are batched (OpenBLAS's kernels for the batch's shape), so the run that goes
+    /// on past the checkpoint must recompute exactly where the resumed one will.
+    public func clearCache() { cache.removeAll() }
+
     /// Replaces the reference weights with a copy of `weights` (SELM's iteration boundary).
     public func refresh(from weights: ParameterSet) {
         model.weights.data.update(from: weights.data, count: weights.count)

@@ -35,7 +35,7 @@ func benchJob(_ modelPath: String) throws {
         "b1_decode_tps": Double(one.itl.count) / one.itl.reduce(0, +),
         "b1_ttft_ms": 1000 * percentile(one.ttft, 50),
         "job_seconds": many.seconds, "job_cpu_seconds": jobCPU, "job_tokens": Double(many.tokens),
-        "job_tps": Double(many.tokens) / many.seconds,
+        "job_tps": many.seconds > 0 ? Double(many.tokens) / many.seconds : 0,
         "ttft_p50_ms": 1000 * percentile(many.ttft, 50), "ttft_p99_ms": 1000 * percentile(many.ttft, 99),
         "itl_p50_ms": 1000 * percentile(many.itl, 50), "itl_p99_ms": 1000 * percentile(many.itl, 99),
         "peak_rss_mb": peakRSSMB(), "decoding_step_tokens": Double(config.decodingStepTokens),

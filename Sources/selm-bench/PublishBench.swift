@@ -15,7 +15,7 @@ func benchPublish(_ modelPath: String) throws {
     // As selm serve's default --compute-sharing: the publishing thread's packing counts as compute.
     kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
     let loaded = try Loaded(path: modelPath)
-    let live = loaded.model.weights                 // the learner's weights
+    let live = loaded.source.weights                // the learner's weights (f32)
     let prompts = benchPrompts(loaded.tokenizer, count: 32, length: 64)
     var params = SamplerSettings()
     params.temperature = 1.0; params.topP = 0.95; params.seed = 42
