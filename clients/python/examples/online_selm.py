@@ -211,7 +211,7 @@ def drive(address: str, loop: Loop) -> None:
             batch = loop.next_batch()
             msgs = [messages(p) for p in batch]
             t0 = time.time()
-            sampled = client.generate(msgs, chat=True, n=args.k, temperature=args.temperature,
+            sampled = client.generate(msgs, chat=True, n=args.n, temperature=args.temperature,
                                       max_tokens=args.max_tokens, seed=loop.rng.randrange(1 << 31))
             greedy = client.generate(msgs, chat=True, temperature=0.0, max_tokens=args.max_tokens)
             rows, scores = loop.rows(batch, sampled, greedy, [client.tokenize(m, chat=True) for m in msgs])
@@ -240,7 +240,7 @@ async def drive_async(address: str, loop: Loop) -> None:
                 msgs = [messages(p) for p in batch]
                 t0 = time.time()
                 sampled, greedy, *prompt_ids = await asyncio.gather(
-                    client.generate(msgs, chat=True, n=args.k, temperature=args.temperature,
+                    client.generate(msgs, chat=True, n=args.n, temperature=args.temperature,
                                     max_tokens=args.max_tokens, seed=loop.rng.randrange(1 << 31)),
                     client.generate(msgs, chat=True, temperature=0.0, max_tokens=args.max_tokens),
                     *(client.tokenize(m, chat=True) for m in msgs))

@@ -174,7 +174,7 @@ def test_online_example_runs_on_the_async_client(tmp_path) -> None:  # type: ign
     """`examples/online_selm.py --async`: starts its own `selm serve`, one short round on selm_client.aio."""
     r = subprocess.run([sys.executable, str(EXAMPLES / "online_selm.py"), "--async", "--selm", str(selm_binary()),
                         "--model", str(model_path()), "--out", str(tmp_path), "--rounds", "1", "--batch", "2",
-                        "-k", "2", "--max-tokens", "4"],
+                        "-n", "2", "--max-tokens", "4"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "round   1: rollouts from version" in r.stdout, r.stdout
