@@ -22,10 +22,10 @@ public enum EnginePrecision: String, Sendable, CaseIterable, CustomStringConvert
     case f32, bf16, q8, q4
 
     /// The serving default: the fastest precision whose log-prob deviation from f32 is small
-    /// (README "Precision contract"). bf16: on SmolLM2 it rolls out the 32 × (64 + 128) job as fast
-    /// as q8 (selm/llama.cpp time 0.53 both) with a sixth of q8's deviation (mean |Δ log-prob|
-    /// 0.012 against 0.068 per token, max 0.08 against 1.28; greedy 9/16 against 2/16 identical
-    /// over 64 tokens); q8 wins only memory-bound batch-1 decoding (1.3×).
+    /// (README "Precision contract"). bf16: on SmolLM2 it rolls out the compute-bound 32 × (64 + 128)
+    /// job as fast as q8 with a sixth of q8's deviation (mean |Δ log-prob| 0.012 against 0.067 per
+    /// token; greedy 8/16 against 2/16 identical over 64 tokens); q8 and q4 win memory-bound batch-1
+    /// decoding (bf16 108, q8 156, q4 222 tokens/s on the benchmark machine).
     public static let servingDefault: EnginePrecision = .bf16
 
     public var description: String { rawValue }

@@ -80,6 +80,8 @@ def start_server(args, alpha: float, data_dir: pathlib.Path, log_path: pathlib.P
     cmd = [args.selm, "serve", "--model", args.model, "--address", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
            "--alpha", str(alpha), "--beta", str(args.beta), "--lr", str(args.lr), "--batch-size", str(args.batch),
            "--publish-every", "1", "--warmup-steps", "0"]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     log(f"starting: {' '.join(cmd)}")
     logf = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -333,6 +335,7 @@ def main() -> None:
     p.add_argument("-n", type=int, default=4, help="samples per prompt (as selm client generate -n and the API's n)")
     p.add_argument("-k", dest="n", type=int, action=DeprecatedSpelling, new="-n")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--precision", choices=["f32", "bf16"], help="the learner's products (selm serve --precision; default: the server's)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="run SELM and DPO from the same start and plot both")
