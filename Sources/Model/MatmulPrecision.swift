@@ -17,8 +17,9 @@ import Kernels
 public enum MatmulPrecision: String, Sendable, CaseIterable, Codable, CustomStringConvertible {
     case f32, bf16
 
-    /// The default of `selm train` and `selm serve` (README "Learner precision").
-    public static let learnerDefault: MatmulPrecision = .f32
+    /// The default of `selm train` and `selm serve` (README "Learner precision"): bf16 halves the
+    /// step and follows f32's online reward curve; library callers default to f32.
+    public static let learnerDefault: MatmulPrecision = .bf16
 
     public var description: String { rawValue }
 
