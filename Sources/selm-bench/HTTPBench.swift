@@ -20,23 +20,7 @@ private final class HTTPClient {
     private var scratch = [UInt8](repeating: 0, count: 1 << 16)
 
     init(port: Int, timeout: Double = 600) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            let e = String(cString: strerror(errno))
-            Glibc.close(fd)
-            throw LoadFailure(code: "DISCONNECTED", detail: "connect: \(e)")
-        }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
-        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        fd = try connectLoopback(port: port, timeout: timeout)
     }
 
     deinit { Glibc.close(fd) }

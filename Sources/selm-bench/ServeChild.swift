@@ -109,23 +109,7 @@ final class FrameClient: @unchecked Sendable {
 
     /// Connects, says Hello. `timeout`: seconds a receive may wait before failing with TIMEOUT.
     init(port: Int, timeout: Double = 600) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = UInt16(port).bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            let e = String(cString: strerror(errno))
-            Glibc.close(fd)
-            throw LoadFailure(code: "DISCONNECTED", detail: "connect: \(e)")
-        }
-        var one: Int32 = 1
-        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
-        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        fd = try connectLoopback(port: port, timeout: timeout)
         guard case .helloReply(let h) = try call(.hello(Hello(clientName: "selm-bench"))) else {
             throw LoadFailure(code: "PROTOCOL", detail: "Hello not answered with HelloReply")
         }
@@ -199,4 +183,27 @@ func option(_ name: String, _ fallback: String) -> String {
     let a = CommandLine.arguments
     if let i = a.firstIndex(of: name), i + 1 < a.count { return a[i + 1] }
     return fallback
+}
+
+/// A TCP connection to 127.0.0.1:`port` with Nagle off and receives that fail after `timeout`
+/// seconds (the load and HTTP benchmarks' clients). Throws DISCONNECTED when it cannot connect.
+func connectLoopback(port: Int, timeout: Double) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = UInt16(port).bigEndian
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else {
+        let e = String(cString: strerror(errno))
+        Glibc.close(fd)
+        throw LoadFailure(code: "DISCONNECTED", detail: "connect: \(e)")
+    }
+    var one: Int32 = 1
+    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4))
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return fd
 }
