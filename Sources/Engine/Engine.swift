@@ -274,7 +274,8 @@ public final class GenerationEngine: @unchecked Sendable {
         }
         let model: LlamaModel
         let pacing = config.publishPackSlice > 0 && precision != .f32
-            ? PackPacing(slice: config.publishPackSlice, pause: config.publishPackPause, busy: { [weak self] in self?.isBusy ?? false })
+            ? PackPacing(slice: config.publishPackSlice, pause: config.publishPackPause, maxPause: config.publishPackMaxPause,
+                         busy: { [weak self] in self?.isBusy ?? false }, steps: { [weak self] in self?.completedSteps ?? 0 })
             : nil
         do { model = try LlamaModel.inference(from: weights, precision: precision, pacing: pacing) } catch {
             throw EngineError.incompatibleWeights(reason: "cannot be served in \(precision): \(error)")
@@ -285,6 +286,12 @@ public final class GenerationEngine: @unchecked Sendable {
         packs.total += model.packSeconds
         packLock.unlock()
         return model
+    }
+
+    /// Steps that did work so far (a publisher's packing paces itself by them).
+    var completedSteps: UInt64 {
+        inboxCond.lock(); defer { inboxCond.unlock() }
+        return lastStatus.steps
     }
 
     /// Whether requests are admitted and unfinished (a publisher's packing yields to them).

@@ -56,12 +56,15 @@ public struct EngineConfig: Sendable, Equatable {
     /// of the others, so results do not depend on it). 1 keeps all work on the step thread.
     public var samplingThreads: Int = min(2, ProcessInfo.processInfo.activeProcessorCount)
     /// A publication's compact copy is made in slices of this many seconds of packing, with a
-    /// pause of `publishPackPause` between them while requests are running (`PackPacing`): each
-    /// engine step loses at most one slice to the publisher instead of running at half speed for
-    /// the whole packing. 0 = pack in one pass. The f32 copy is not paced.
+    /// pause between them while requests are running (`PackPacing`) that lasts until the engine
+    /// step the slice overlapped has completed: each engine step loses at most one slice to the
+    /// publisher instead of running at half speed for the whole packing. 0 = pack in one pass. The
+    /// f32 copy is not paced.
     public var publishPackSlice: Double = 0.004
-    /// The pause between two slices of a paced publication, seconds.
-    public var publishPackPause: Double = 0.012
+    /// The shortest pause between two slices of a paced publication, seconds.
+    public var publishPackPause: Double = 0.004
+    /// The longest pause (a step longer than this does not hold the publication up further), seconds.
+    public var publishPackMaxPause: Double = 0.1
     /// What the KV cache holds keys and values in; nil = `KVCachePrecision.default(for:)` of the
     /// engine's precision (f32 for the f32 engine, f16 for the compact ones).
     public var kvCachePrecision: KVCachePrecision? = nil

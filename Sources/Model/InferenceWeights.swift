@@ -284,24 +284,32 @@ final class CompactStore: @unchecked Sendable {
 }
 
 /// How a publisher's packing yields the cores to a busy engine: it packs in slices of about
-/// `slice` seconds and, while `busy()` says the engine has work, pauses `pause` seconds between
-/// them with its compute share released (`kernels_compute_exit`), so that under `adaptive` sharing
-/// only the steps overlapping a slice run their products on one thread, and each loses at most a
-/// slice. Nil or `slice` ≤ 0: one pass, no pauses. The packing's own time excludes the pauses.
+/// `slice` seconds and, while `busy()` says the engine has work, pauses between them with its compute
+/// share released (`kernels_compute_exit`), so that under `adaptive` sharing only the steps
+/// overlapping a slice run their products on one thread. A pause lasts at least `pause` seconds and,
+/// given the engine's count of completed steps (`steps`), until the step that was running when the
+/// slice ended has completed (at most `maxPause`): each engine step then overlaps at most one slice,
+/// so a step loses at most about one slice to the publisher however short the steps are. Nil or
+/// `slice` ≤ 0: one pass, no pauses. The packing's own time excludes the pauses.
 public final class PackPacing: @unchecked Sendable {
     public let slice: Double
     public let pause: Double
+    public let maxPause: Double
     public let busy: @Sendable () -> Bool
+    public let steps: (@Sendable () -> UInt64)?
     private var sliceStart: UInt64 = 0
     /// Seconds paused so far (subtracted from the packing's own time), and how many pauses.
     public private(set) var paused: Double = 0
     public private(set) var pauses = 0
+    /// The engine's completed-step count when each slice after a pause began (with `steps`).
+    public private(set) var slicesAtStep: [UInt64] = []
 
-    public init(slice: Double, pause: Double, busy: @escaping @Sendable () -> Bool) {
-        self.slice = slice; self.pause = pause; self.busy = busy
+    public init(slice: Double, pause: Double, maxPause: Double = 0.1, busy: @escaping @Sendable () -> Bool,
+                steps: (@Sendable () -> UInt64)? = nil) {
+        self.slice = slice; self.pause = pause; self.maxPause = max(pause, maxPause); self.busy = busy; self.steps = steps
     }
 
-    func start() { sliceStart = DispatchTime.now().uptimeNanoseconds; paused = 0; pauses = 0 }
+    func start() { sliceStart = DispatchTime.now().uptimeNanoseconds; paused = 0; pauses = 0; slicesAtStep = [] }
 
     /// Between two pieces of work: pauses when the slice is used up and the engine is busy.
     func tick() {
@@ -309,8 +317,16 @@ public final class PackPacing: @unchecked Sendable {
         let now = DispatchTime.now().uptimeNanoseconds
         guard Double(now - sliceStart) * 1e-9 >= slice else { return }
         if pause > 0 && busy() {
+            let running = steps?()
             kernels_compute_exit()
             Thread.sleep(forTimeInterval: pause)
+            if let running, let steps {
+                // Until the step our slice overlapped is done: the next slice starts in a new step.
+                while steps() == running && busy() && Double(DispatchTime.now().uptimeNanoseconds - now) * 1e-9 < maxPause {
+                    Thread.sleep(forTimeInterval: 0.0003)
+                }
+                slicesAtStep.append(steps())
+            }
             kernels_compute_enter()
             let after = DispatchTime.now().uptimeNanoseconds
             paused += Double(after - now) * 1e-9

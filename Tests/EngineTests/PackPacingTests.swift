@@ -35,6 +35,7 @@ final class PackPacingTests: XCTestCase {
         config.kvCacheMB = 1
         config.publishPackSlice = 1e-9
         config.publishPackPause = 0.005
+        config.publishPackMaxPause = 0.005   // the engine is not stepped: its step count stays put
         let engine = try GenerationEngine(model: LlamaModel.inference(from: base.weights, precision: .bf16),
                                           tokenizer: Fixtures.tinyTokenizer, config: config)
         defer { engine.stop() }
@@ -47,5 +48,41 @@ final class PackPacingTests: XCTestCase {
         let busyWall = Date().timeIntervalSince(t0)
         XCTAssertGreaterThanOrEqual(busyWall, 15 * 0.005, "paused between slices while a request runs")
         XCTAssertLessThan(engine.status().lastPublishPackSeconds, busyWall - 14 * 0.005)
+    }
+
+    /// A pause lasts until the engine step the slice overlapped has completed, so no step overlaps two
+    /// slices however short the pauses are: here steps take 15 ms and the minimum pause is 1 ms (the
+    /// old timed pacing started a slice every ~1 ms, about fifteen per step).
+    func testEachEngineStepOverlapsAtMostOneSlice() throws {
+        final class Counter: @unchecked Sendable {
+            let lock = NSLock(); var n: UInt64 = 0; var stop = false
+            func get() -> UInt64 { lock.lock(); defer { lock.unlock() }; return n }
+        }
+        let counter = Counter()
+        let ticker = Thread {
+            while true {
+                Thread.sleep(forTimeInterval: 0.015)
+                counter.lock.lock(); counter.n += 1; let s = counter.stop; counter.lock.unlock()
+                if s { break }
+            }
+        }
+        ticker.start()
+        defer { counter.lock.lock(); counter.stop = true; counter.lock.unlock() }
+        let base = try Fixtures.tiny()
+        let pacing = PackPacing(slice: 1e-9, pause: 0.001, maxPause: 1, busy: { true }, steps: { counter.get() })
+        _ = try LlamaModel.inference(from: base.weights, precision: .bf16, pacing: pacing)
+        XCTAssertEqual(pacing.pauses, 15)
+        XCTAssertEqual(pacing.slicesAtStep.count, 15)
+        for (a, b) in zip(pacing.slicesAtStep, pacing.slicesAtStep.dropFirst()) {
+            XCTAssertLessThan(a, b, "two slices began in the same engine step: \(pacing.slicesAtStep)")
+        }
+        XCTAssertGreaterThanOrEqual(pacing.paused, 14 * 0.010, "each pause waited for a step boundary")
+
+        // A stalled engine (no step completes) holds each pause for at most maxPause.
+        let stalled = PackPacing(slice: 1e-9, pause: 0.001, maxPause: 0.004, busy: { true }, steps: { 7 })
+        let t0 = Date()
+        _ = try LlamaModel.inference(from: base.weights, precision: .bf16, pacing: stalled)
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 15 * 0.004 + 0.5)
+        XCTAssertGreaterThanOrEqual(stalled.paused, 15 * 0.004)
     }
 }
