@@ -197,12 +197,11 @@ static void pa_item_scalar(const pa_ctx *c, const ck_paged_seq *s, int g, float 
 }
 
 #if defined(__x86_64__)
-// hd a multiple of 16, M ≤ PA_TILE rows at a time. Scores four keys at a time: each key row is
+// hd a multiple of 64 (four 16-float chunks per group), M ≤ PA_TILE rows at a time. Scores four keys at a time: each key row is
 // converted once for all rows, the 4 × rows dot products accumulate in registers and are reduced
 // together (one shuffle tree per four keys instead of one horizontal sum per key and row). P·V:
 // each value row converted once, accumulated into every row's output in registers.
 #define PA_TILE 4
-#define PA_CMAX 8   // hd ≤ 128 on this path
 
 // The four horizontal sums of a0 … a3, as lanes 0 … 3.
 __attribute__((target("avx512f")))
