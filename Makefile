@@ -20,6 +20,7 @@ test: deps model
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_tests.sh -q
+	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_ray_tests.sh -q
 	SELM_BIN=$(CURDIR)/.build/debug/selm scripts/check_checkpoint.sh
 
 # The main job: `selm serve` on the default model with a fresh data directory, driven by the online
