@@ -163,3 +163,23 @@ def run(cluster) -> None:  # type: ignore[no-untyped-def]
     print("kill -9 → new replica in use: %.1f s; %d batches acknowledged, %d samples, versions %d..%d" % (
         replaced_after, len(acks), len(samples), min(published), newest))
     subscription.close()
+
+
+def test_online_example_runs_on_ray(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`examples/online_selm.py --ray 2`: its own local Ray instance, a learner and two replicas, three
+    short rounds driven through the Cluster; both replicas served rollouts, the learner counted the
+    rows' staleness."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "online_selm.py"
+    r = subprocess.run([sys.executable, str(example), "--ray", "2", "--selm", str(selm_binary()),
+                        "--model", str(TINY_CHAT), "--out", str(tmp_path), "--rounds", "3", "--batch", "4",
+                        "-n", "4", "--max-tokens", "30", "--temperature", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "round   3: rollouts from version" in r.stdout, r.stdout
+    served = [int(n) for n in re.findall(r"replica \S+: (\d+) requests", r.stdout)]
+    assert len(served) == 2 and min(served) > 0, r.stdout
+    assert re.search(r"learner: step \d+, version \d+, row staleness", r.stdout), r.stdout
