@@ -226,7 +226,8 @@ struct Serve: ParsableCommand, LogLevelCommand {
         if let follow {
             guard bundle.tokenizerIfAny != nil else { throw ServerError.configuration(option: "--follow", reason: "\(bundle.path) has no tokenizer: a replica without an engine has nothing to follow for") }
             let f = WeightFollower(address: follow, token: try followAuthTokenFile.map { try readToken($0, option: "--follow-auth-token-file") },
-                                   retrySeconds: followRetrySeconds, config: bundle.model.config)
+                                   retrySeconds: followRetrySeconds, config: bundle.model.config,
+                                   enginePrecision: precisionOptions.precision)
             let first = f.fetchFirst()
             let highest = dataDirectory.versions.highest
             guard first.version >= highest else {
