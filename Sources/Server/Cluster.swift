@@ -122,8 +122,10 @@ extension SelmServer {
         }
         let held = store.current
         if f.version != 0 && f.version != held.version {
-            return fail(conn, id: id, type: "fetch_weights", .refused(code: .notFound, field: "version",
-                reason: "version \(f.version) is not the newest (\(held.version)); FetchWeights serves the newest version only"))
+            let reason = f.version > held.version
+                ? "version \(f.version) is not stored yet (the newest stored is \(held.version)); retry"
+                : "version \(f.version) is not the newest (\(held.version)); FetchWeights serves the newest version only"
+            return fail(conn, id: id, type: "fetch_weights", .refused(code: .notFound, field: "version", reason: reason))
         }
         let chunk = Int(f.chunkBytes)
         if !FetchWeights.chunkBytesRange.contains(f.chunkBytes) || chunk + 1024 > config.maxFrameBytes {

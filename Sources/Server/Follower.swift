@@ -31,6 +31,11 @@ public final class WeightFollower: @unchecked Sendable {
     public let dtype: WeightsWire.DType
     private let lock = NSLock()
     private var stopped = false
+    /// The memory the last fetch was received into, reused by the next (the engine's `publish` and
+    /// `LlamaModel.inference(from:)` read a fetch's weights during the call only): 4 bytes per
+    /// parameter not allocated, zeroed and faulted in again per version. Fetches run one at a time
+    /// (`fetchFirst`, then the follower's thread).
+    private var spare: ParameterSet?
     private var thread: Thread?
 
     /// One verified download.
@@ -66,14 +71,18 @@ public final class WeightFollower: @unchecked Sendable {
 
     /// Downloads the learner's newest version and checks it. Thread: any (blocks).
     /// - Throws: `Refusal` for weights that fail a check, `SelmClientError` for the link.
-    public func fetch(_ client: SelmClient) throws -> Fetched {
+    public func fetch(_ client: SelmClient, version: UInt64 = 0) throws -> Fetched {
         let started = Date()
-        let weights = ParameterSet(config: config)
+        let weights = lock.withLock { () -> ParameterSet in
+            defer { spare = nil }
+            return spare ?? ParameterSet(config: config)
+        }
+        defer { lock.withLock { spare = weights } }
         // Received into the weights' own memory (the wire bytes are never more than the f32 ones),
         // then decoded in place: no second copy of the model.
         let total = layout.totalCount * 4
         let dst = UnsafeMutableRawPointer(weights.data)
-        let stream = try client.stream(.fetchWeights(FetchWeights(dtype: dtype == .f32 ? "" : dtype.rawValue)))
+        let stream = try client.stream(.fetchWeights(FetchWeights(version: version, dtype: dtype == .f32 ? "" : dtype.rawValue)))
         defer { stream.close() }
         var offset = 0, crc: UInt32 = 0, chunks: UInt32 = 0
         while true {
@@ -176,14 +185,19 @@ public final class WeightFollower: @unchecked Sendable {
                     }
                     if subscription.isClosed { throw Refusal(description: "the learner ended the version subscription") }
                     guard target > local else { continue }
-                    let f = try fetch(client)
+                    // The version announced, by number: NOT_FOUND costs no bytes when the learner has
+                    // not stored it yet (retried shortly) or has a newer one (announced next).
+                    let f: Fetched
+                    do { f = try fetch(client, version: target) } catch SelmClientError.server(code: .notFound, _, _, _) {
+                        Thread.sleep(forTimeInterval: min(retrySeconds, 0.02))
+                        continue
+                    }
                     if f.version > local {
                         let t0 = Date()
                         try engine.publish(weights: f.weights, version: f.version, learnerStep: f.learnerStep) { v in try ledger.record(v) }
                         serverLog("follow \(address): version \(f.version) fetched (\(f.bytes) bytes of \(f.dtype) in \(String(format: "%.3f", f.seconds)) s) and published (\(String(format: "%.3f", Date().timeIntervalSince(t0))) s)")
                         local = f.version
                     }
-                    if f.version < target { Thread.sleep(forTimeInterval: min(retrySeconds, 0.05)) }  // announced before it was stored
                 }
             } catch {
                 if isStopped { return }
