@@ -2,18 +2,19 @@
 """bench-cluster: one learner and rollout replicas as plain `selm serve` processes on this machine
 (release build, SmolLM2 by default), driven through `selm_client.Cluster`. Prints:
 
-1. **Publish → first sample.** While one client per replica keeps asking for short generations
-   (1 prompt, 4 new tokens, back to back), the learner publishes a version (RefreshWeights of a
-   checkpoint saved at the start: a new version number, the same weights), `--publications` times.
-   Measured per publication and replica, from the moment the learner's own version subscription
-   announces it: when the replica announces it (fetched, checked and installed), and when the first
-   sample produced by that version comes back.
+1. **Publish → first sample.** The learner publishes a version (RefreshWeights of a checkpoint
+   saved at the start: a new version number, the same weights), `--publications` times, with the
+   replicas idle (each gets one short request — 1 prompt, 4 new tokens — as soon as it announces
+   the version), then again while one client per replica keeps asking for such generations back to
+   back. Measured per publication and replica, from the moment the learner's own version
+   subscription announces it: when the replica announces it (fetched, checked and installed), and
+   when the first sample produced by that version comes back.
 2. **Bytes per version**, measured: the learner's `selm_weights_served_bytes_total` (FetchWeights
    payload bytes it sent) per fetch, and the bytes each replica's log says it fetched, for replicas
    with a bf16 engine (the default: the linear layers travel in bf16) and with an f32 engine.
 3. **Rollout throughput with 1 and with 2 replicas**: `--clients` threads each generating
    8 prompts × n 4 × `--max-tokens` new tokens (sampled, ignore EOS) through the Cluster for
-   `--seconds`; generated tokens per second. The learner runs beside them, idle. On this 2-core
+   `--seconds`, `--rounds` times alternately; generated tokens per second. The learner runs beside them, idle. On this 2-core
    machine two replicas share the same two cores as one (each engine would use both), so the
    figure shows the cost of the split, not a speed-up; on separate machines rollout throughput
    adds up per replica (README "Deployment").
@@ -99,9 +100,9 @@ def fmt_ms(xs: List[float]) -> str:
     return "median %.0f ms (min %.0f, max %.0f, n=%d)" % (statistics.median(xs) * 1e3, min(xs) * 1e3, max(xs) * 1e3, len(xs))
 
 
-def publish_latency(cluster: Cluster, replicas: List[Proc], publications: int, gap: float) -> None:
-    """Phase 1 (see the module doc)."""
-    cluster.save_checkpoint("bench")
+def publish_latency(cluster: Cluster, replicas: List[Proc], publications: int, gap: float, busy: bool) -> None:
+    """Phase 1 (see the module doc). `busy`: the replicas generate back to back meanwhile; else
+    each replica gets one short request as soon as it announces the version."""
     learner_versions = cluster.subscribe_versions()
     learner_versions.get(timeout=30)
     announced: Dict[str, Dict[int, float]] = {r.address: {} for r in replicas}
@@ -118,6 +119,11 @@ def publish_latency(cluster: Cluster, replicas: List[Proc], publications: int, g
     def sample(address: str) -> None:
         with Client(address, timeout=300) as c:
             while not stop.is_set():
+                if not busy:
+                    newest = max(announced[address], default=0)
+                    if newest in first_sample[address] or not announced[address]:
+                        time.sleep(0.001)
+                        continue
                 for s in c.generate(PROMPTS[0], chat=True, max_tokens=4, temperature=1.0):
                     first_sample[address].setdefault(s.version, time.monotonic())
 
@@ -150,8 +156,9 @@ def publish_latency(cluster: Cluster, replicas: List[Proc], publications: int, g
             later = [t for x, t in first_sample[r.address].items() if x >= v]
             if later:
                 to_sample.append(min(later) - t0)
-    print("publish → replica serves it (fetched, checked, installed, announced): %s" % fmt_ms(to_install))
-    print("publish → first sample of that version back from a replica:            %s" % fmt_ms(to_sample))
+    what = "replicas generating meanwhile" if busy else "replicas idle"
+    print("publish → replica serves it (fetched, checked, installed, announced), %s: %s" % (what, fmt_ms(to_install)))
+    print("publish → first sample of that version back from a replica,           %s: %s" % (what, fmt_ms(to_sample)))
 
 
 def throughput(cluster: Cluster, clients: int, seconds: float, max_tokens: int) -> float:
@@ -191,7 +198,8 @@ def main() -> None:
     p.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     p.add_argument("--publications", type=int, default=5)
     p.add_argument("--gap", type=float, default=1.0, help="seconds between a publication's last sample and the next")
-    p.add_argument("--seconds", type=float, default=30.0, help="per throughput phase")
+    p.add_argument("--seconds", type=float, default=20.0, help="per throughput phase")
+    p.add_argument("--rounds", type=int, default=3, help="throughput rounds (1 and 2 replicas alternately)")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--engine-precision", default="bf16", help="the replicas' and the learner's engines")
@@ -224,7 +232,9 @@ def main() -> None:
 
         with Cluster([r.address for r in replicas], learner.address, timeout=600, version_timeout=300) as cluster:
             served0 = metric(metrics_address, "selm_weights_served_bytes_total")
-            publish_latency(cluster, replicas, args.publications, args.gap)
+            cluster.save_checkpoint("bench")
+            publish_latency(cluster, replicas, args.publications, args.gap, busy=False)
+            publish_latency(cluster, replicas, args.publications, args.gap, busy=True)
             fetches = sum(len(fetched_bytes(r.log())) for r in replicas)
             served = metric(metrics_address, "selm_weights_served_bytes_total") - served0
             per = served / max(1, fetches - 2)  # the two start-up fetches came before served0
@@ -242,13 +252,22 @@ def main() -> None:
             f32.stop()
             procs.remove(f32)
 
+            # 1 and 2 replicas alternately (the machine's other load drifts), warm-up first.
+            results: Dict[int, List[float]] = {1: [], 2: []}
+            throughput(cluster, args.clients, 5, args.max_tokens)
+            for rnd in range(args.rounds):
+                for n in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                    cluster.set_replicas([r.address for r in replicas[:n]])
+                    cluster.wait_for_version(cluster.status().policy_version, timeout=300)
+                    tps = throughput(cluster, args.clients, args.seconds, args.max_tokens)
+                    results[n].append(tps)
+                    print("round %d: %d replica%s %.1f generated tokens/s" % (rnd + 1, n, "" if n == 1 else "s", tps))
             for n in (1, 2):
-                cluster.set_replicas([r.address for r in replicas[:n]])
-                cluster.wait_for_version(cluster.status().policy_version, timeout=300)
-                throughput(cluster, args.clients, 5, args.max_tokens)  # warm-up
-                tps = throughput(cluster, args.clients, args.seconds, args.max_tokens)
-                print("rollout throughput, %d replica%s: %.1f generated tokens/s (%d clients × 8 prompts × n 4 × %d tokens, %.0f s)"
-                      % (n, "" if n == 1 else "s", tps, args.clients, args.max_tokens, args.seconds))
+                print("rollout throughput, %d replica%s: median %.1f generated tokens/s over %d rounds (%d clients × 8 prompts × n 4 × %d tokens, %.0f s each)"
+                      % (n, "" if n == 1 else "s", statistics.median(results[n]), args.rounds, args.clients,
+                         args.max_tokens, args.seconds))
+            print("2 replicas / 1 replica: %.2f (both replicas on these same 2 cores)"
+                  % (statistics.median(results[2]) / statistics.median(results[1])))
     finally:
         for pr in procs:
             pr.stop()
