@@ -216,10 +216,6 @@ struct Serve: ParsableCommand, LogLevelCommand {
             engineModel = try precisionOptions.inferenceModel(bundle.model)
             bundle.replaceModel(engineModel)
         }
-        let kvText = kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision
-        let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
-            + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
-        serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
         // A follower starts on its learner's newest version, under the learner's number.
         var follower: WeightFollower? = nil
         var followed: WeightFollower.Fetched? = nil
@@ -240,6 +236,11 @@ struct Serve: ParsableCommand, LogLevelCommand {
             try dataDirectory.versions.record(first.version)
             (follower, followed) = (f, first)
         }
+        // (After --follow: a replica's engine is made from its learner's weights.)
+        let kvText = kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision
+        let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
+            + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
+        serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
         var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()
