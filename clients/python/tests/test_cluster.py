@@ -107,11 +107,25 @@ def test_require_version_waits_for_a_replica_that_has_it(deployment) -> None:  #
     with Cluster([a.address, b.address], learner.address, timeout=REPLY_TIMEOUT, version_timeout=60) as cluster:
         start = cluster.status().policy_version
         cluster.wait_for_version(start)
-        # Asked right after the learner publishes (the replicas are still fetching it): the call
-        # waits for a replica that serves it instead of failing.
-        v = publish(cluster, "c1")
-        assert v > start
-        samples = cluster.generate(PROMPT, n=2, max_tokens=4, require_version=v)
+        # Asked while no replica has the new version (both stopped with SIGSTOP before the learner
+        # publishes it): the call waits for a replica that serves it instead of failing.
+        for s in (a, b):
+            os.kill(s.process.pid, signal.SIGSTOP)
+        try:
+            v = publish(cluster, "c1")
+            assert v > start
+            result: list = []
+            t = threading.Thread(target=lambda: result.append(cluster.generate(PROMPT, n=2, max_tokens=4,
+                                                                                 require_version=v)))
+            t.start()
+            time.sleep(1.0)
+            # Nothing was sent to a replica that lacks the version: the call waits in the cluster.
+            assert not result and all(r.version < v and r.outstanding == 0 for r in cluster.replicas())
+        finally:
+            for s in (a, b):
+                os.kill(s.process.pid, signal.SIGCONT)
+        t.join(timeout=REPLY_TIMEOUT)
+        samples = result[0]
         assert [s.version for s in samples] == [v, v]
         assert cluster.score([(PROMPT, [30, 31])], version=v).version == v
         assert {r.address for r in cluster.replicas() if r.version >= v} != set()
