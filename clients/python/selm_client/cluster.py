@@ -209,7 +209,8 @@ class Cluster:
 
         A replica that goes away while the request runs (its connection fails, or it shuts down
         and returns cancelled samples) has the request sent again, whole, to another one, so the
-        samples returned all come from one replica. With ``require_version`` the call waits for a
+        samples returned all come from one replica (after 2 × replicas + 2 such failures in a row
+        the last error is raised). With ``require_version`` the call waits for a
         replica that has reached that version (see the module's doc). With ``stream=True`` a
         :class:`ClusterGenerateStream` is returned; it fails over only before its first event (the
         chunks already read cannot be taken back), later it raises the replica's error.
@@ -460,17 +461,22 @@ class Cluster:
         """Runs ``call`` on a picked replica; fails over when the replica goes away."""
         deadline = time.monotonic() + self.version_timeout
         refused: set = set()
+        failures = 0
         while True:
             with self._cond:
                 r, client = self._pick(version, refused, deadline)
                 r.outstanding += weight
                 r.requests += 1
+                attempts = 2 * len(self._replicas) + 2
             try:
                 return call(client)
             except _GONE as e:
                 with self._cond:
                     r.failovers += 1
                 self._disconnect(r, "%s: %s" % (type(e).__name__, e), client=client)
+                failures += 1
+                if failures >= attempts:  # replicas that keep dying under this request: give up
+                    raise
                 deadline = max(deadline, time.monotonic() + self.version_timeout)
             except NotFound as e:
                 if version is None or e.field not in ("require_version", "version", ""):

@@ -281,14 +281,15 @@ def launch(replicas: int, *, model: str, selm: Optional[str] = None, learner_arg
     base = {"num_cpus": 1, "max_restarts": max_restarts, "max_concurrency": 4}
     learner = SelmProcess.options(**dict(base, **(learner_options or {}))).remote(
         "learner", selm, model, os.path.join(work_dir, "learner"), token, host, None, list(learner_args), startup_timeout)
+    actors: List[Any] = []
     try:
         learner_address = ray.get(learner.address.remote(), timeout=startup_timeout + 60)
-        actors = [SelmProcess.options(**dict(base, **(replica_options or {}))).remote(
+        actors += [SelmProcess.options(**dict(base, **(replica_options or {}))).remote(
             "rollout", selm, model, os.path.join(work_dir, "replicas"), token, host, learner_address,
             list(replica_args), startup_timeout) for _ in range(replicas)]
         ray.get([a.address.remote() for a in actors], timeout=startup_timeout + 60)
     except BaseException:
-        for a in [learner] + (actors if "actors" in locals() else []):
+        for a in [learner] + actors:
             try:
                 ray.get(a.stop.remote(), timeout=30)
             except Exception:
