@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-vs-llamacpp bench-load bench-http soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-cluster bench-vs-llamacpp bench-load bench-http soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -20,6 +20,7 @@ test: deps model
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_tests.sh -q
+	SELM_BIN=$(CURDIR)/.build/debug/selm clients/python/run_ray_tests.sh -q
 	SELM_BIN=$(CURDIR)/.build/debug/selm scripts/check_checkpoint.sh
 
 # The main job: `selm serve` on the default model with a fresh data directory, driven by the online
@@ -119,6 +120,13 @@ fuzz-seeds: deps
 bench-sharing: deps model build
 	scripts/demo.sh --version >/dev/null 2>&1 || true
 	.venv-demo/bin/python scripts/bench_sharing.py
+
+# One learner and rollout replicas (plain processes, release build) through selm_client.Cluster:
+# publish → first sample at a replica, bytes per version (bf16 and f32 engines), rollout throughput
+# with 1 and 2 replicas. ARGS go to scripts/bench_cluster.py (--seconds, --clients, --publications).
+bench-cluster: deps model build
+	scripts/demo.sh --version >/dev/null 2>&1 || true
+	.venv-demo/bin/python scripts/bench_cluster.py $(ARGS)
 
 clean:
 	rm -rf .build .build-fuzz

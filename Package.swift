@@ -48,7 +48,9 @@ let package = Package(
         .target(name: "Learner", dependencies: ["Model", "Kernels", "DurableFile", "Tokenizer", .product(name: "Logging", package: "swift-log")], exclude: ["README.md"], swiftSettings: fastSwift),
         // The durable preference log (records, CRC, group commit, replay), the data directory and the
         // version ledger; records are opaque bytes (Foundation and DurableFile only).
-        .target(name: "PreferenceLog", dependencies: ["DurableFile"], exclude: ["README.md"]),
+        .target(name: "PreferenceLog", dependencies: ["DurableFile", "CRC32CHW"], exclude: ["README.md"]),
+        // CRC-32C with the SSE4.2 instruction where the CPU has it (a table elsewhere): log records, weight chunks.
+        .target(name: "CRC32CHW", exclude: ["README.md"], cSettings: fastC),
 
         // Wire protocol: protobuf-c code generated from Proto/selm.proto by scripts/gen_proto.sh (committed),
         // and the Swift value types + framing built on it (the only user of the generated C code).

@@ -4966,7 +4966,7 @@ const ProtobufCMessageDescriptor selm__v1__version_event__descriptor =
   (ProtobufCMessageInit) selm__v1__version_event__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__fetch_weights__field_descriptors[2] =
+static const ProtobufCFieldDescriptor selm__v1__fetch_weights__field_descriptors[3] =
 {
   {
     "version",
@@ -4992,15 +4992,28 @@ static const ProtobufCFieldDescriptor selm__v1__fetch_weights__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "dtype",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__FetchWeights, dtype),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__fetch_weights__field_indices_by_name[] = {
   1,   /* field[1] = chunk_bytes */
+  2,   /* field[2] = dtype */
   0,   /* field[0] = version */
 };
 static const ProtobufCIntRange selm__v1__fetch_weights__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor selm__v1__fetch_weights__descriptor =
 {
@@ -5010,7 +5023,7 @@ const ProtobufCMessageDescriptor selm__v1__fetch_weights__descriptor =
   "Selm__V1__FetchWeights",
   "selm.v1",
   sizeof(Selm__V1__FetchWeights),
-  2,
+  3,
   selm__v1__fetch_weights__field_descriptors,
   selm__v1__fetch_weights__field_indices_by_name,
   1,  selm__v1__fetch_weights__number_ranges,
@@ -5081,7 +5094,7 @@ const ProtobufCMessageDescriptor selm__v1__weights_chunk__descriptor =
   (ProtobufCMessageInit) selm__v1__weights_chunk__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__tensor_layout__field_descriptors[4] =
+static const ProtobufCFieldDescriptor selm__v1__tensor_layout__field_descriptors[5] =
 {
   {
     "name",
@@ -5131,8 +5144,21 @@ static const ProtobufCFieldDescriptor selm__v1__tensor_layout__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "dtype",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__TensorLayout, dtype),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__tensor_layout__field_indices_by_name[] = {
+  4,   /* field[4] = dtype */
   3,   /* field[3] = length */
   0,   /* field[0] = name */
   2,   /* field[2] = offset */
@@ -5141,7 +5167,7 @@ static const unsigned selm__v1__tensor_layout__field_indices_by_name[] = {
 static const ProtobufCIntRange selm__v1__tensor_layout__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor selm__v1__tensor_layout__descriptor =
 {
@@ -5151,7 +5177,7 @@ const ProtobufCMessageDescriptor selm__v1__tensor_layout__descriptor =
   "Selm__V1__TensorLayout",
   "selm.v1",
   sizeof(Selm__V1__TensorLayout),
-  4,
+  5,
   selm__v1__tensor_layout__field_descriptors,
   selm__v1__tensor_layout__field_indices_by_name,
   1,  selm__v1__tensor_layout__number_ranges,

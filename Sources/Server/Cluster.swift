@@ -43,15 +43,18 @@ final class WeightStream {
     let held: PublishedWeights.Held
     let chunkBytes: Int
     let corrupt: Bool
+    /// The bytes' layout (f32, or the linear layers in bf16).
+    let wire: WeightsWire
     var offset = 0
     var chunks: UInt32 = 0
     var crc: UInt32 = 0
 
-    init(request: Request, held: PublishedWeights.Held, chunkBytes: Int, corrupt: Bool) {
+    init(request: Request, held: PublishedWeights.Held, chunkBytes: Int, corrupt: Bool, wire: WeightsWire) {
         self.request = request
         self.held = held
         self.chunkBytes = chunkBytes
         self.corrupt = corrupt
+        self.wire = wire
     }
 }
 
@@ -119,17 +122,23 @@ extension SelmServer {
         }
         let held = store.current
         if f.version != 0 && f.version != held.version {
-            return fail(conn, id: id, type: "fetch_weights", .refused(code: .notFound, field: "version",
-                reason: "version \(f.version) is not the newest (\(held.version)); FetchWeights serves the newest version only"))
+            let reason = f.version > held.version
+                ? "version \(f.version) is not stored yet (the newest stored is \(held.version)); retry"
+                : "version \(f.version) is not the newest (\(held.version)); FetchWeights serves the newest version only"
+            return fail(conn, id: id, type: "fetch_weights", .refused(code: .notFound, field: "version", reason: reason))
         }
         let chunk = Int(f.chunkBytes)
         if !FetchWeights.chunkBytesRange.contains(f.chunkBytes) || chunk + 1024 > config.maxFrameBytes {
             return fail(conn, id: id, type: "fetch_weights", .invalid("chunk_bytes",
                 "must be in [4096, 8388608] (or 0 for 1 MiB) and fit in this server's frame limit of \(config.maxFrameBytes) bytes, got \(chunk)"))
         }
+        guard let dtype = f.dtype.isEmpty ? .f32 : WeightsWire.DType(rawValue: f.dtype) else {
+            return fail(conn, id: id, type: "fetch_weights", .invalid("dtype", "must be \"f32\" or \"bf16\" (or empty for f32), got \"\(f.dtype)\""))
+        }
         guard let r = begin(conn, id: id, type: "fetch_weights", cancellable: true, subscription: false) else { return }
         cluster.fetchesStarted += 1
-        let stream = WeightStream(request: r, held: held, chunkBytes: chunk, corrupt: cluster.fetchesStarted == cluster.corruptFetch)
+        let stream = WeightStream(request: r, held: held, chunkBytes: chunk, corrupt: cluster.fetchesStarted == cluster.corruptFetch,
+                                  wire: WeightsWire(layout: held.weights.layout, dtype: dtype))
         cluster.streams[conn.id, default: []].append(stream)
         pumpWeights(conn)
     }
@@ -145,11 +154,13 @@ extension SelmServer {
                 list.removeFirst()
                 continue
             }
-            let total = s.held.weights.count * 4
-            let base = UnsafeRawPointer(s.held.weights.data)
+            let total = s.wire.totalBytes
             while s.offset < total && conn.output.count + conn.queuedBytes < budget && !conn.closing {
                 let n = min(s.chunkBytes, total - s.offset)
-                var data = [UInt8](UnsafeRawBufferPointer(start: base + s.offset, count: n))
+                var data = [UInt8](unsafeUninitializedCapacity: n) { buf, made in
+                    s.wire.encode(s.held.weights, offset: s.offset, count: n, into: buf.baseAddress!)
+                    made = n
+                }
                 let crc = data.withUnsafeBytes { CRC32C.update(0, $0) }
                 s.crc = data.withUnsafeBytes { CRC32C.update(s.crc, $0) }
                 if s.corrupt && s.chunks == 0 { data[n / 2] ^= 0x40 }
@@ -159,11 +170,12 @@ extension SelmServer {
                 cluster.weightBytesServed += UInt64(n)
             }
             guard s.offset >= total else { break }  // resumes when writes complete
-            let layout = s.held.weights.layout.entries.map {
-                TensorLayout(name: $0.name, shape: $0.shape.map { UInt64($0) }, offset: UInt64($0.offset * 4), length: UInt64($0.count * 4))
+            let layout = s.wire.segments.map {
+                TensorLayout(name: $0.entry.name, shape: $0.entry.shape.map { UInt64($0) }, offset: UInt64($0.offset),
+                             length: UInt64($0.length), dtype: $0.dtype)
             }
             send(conn, Envelope(id: s.request.id, body: .weightsDone(WeightsDone(
-                version: s.held.version, dtype: "f32", tensors: layout, totalBytes: UInt64(total), crc32c: s.crc,
+                version: s.held.version, dtype: s.wire.dtype.rawValue, tensors: layout, totalBytes: UInt64(total), crc32c: s.crc,
                 chunks: s.chunks, learnerStep: s.held.learnerStep))))
             end(conn, s.request, outcome: "ok")
             list.removeFirst()

@@ -483,9 +483,12 @@ extension SelmServer {
             return version
         }
         do {
+            // A learner keeps an f32 copy of its newest version for FetchWeights (read during this
+            // call only), made before the engine may announce the version, so a replica told of it
+            // finds it stored (it asks for that version and retries while it is not yet).
+            let copy = cluster.published == nil ? nil : weights.copy()
             let version = try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics)
-            // A learner keeps an f32 copy of its newest version for FetchWeights (read during this call only).
-            cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: weights.copy()))
+            if let copy { cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: copy)) }
             return version
         } catch let e as PreferenceLogError {
             throw ServerError(e)

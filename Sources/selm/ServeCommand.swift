@@ -216,17 +216,14 @@ struct Serve: ParsableCommand, LogLevelCommand {
             engineModel = try precisionOptions.inferenceModel(bundle.model)
             bundle.replaceModel(engineModel)
         }
-        let kvText = kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision
-        let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
-            + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
-        serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
         // A follower starts on its learner's newest version, under the learner's number.
         var follower: WeightFollower? = nil
         var followed: WeightFollower.Fetched? = nil
         if let follow {
             guard bundle.tokenizerIfAny != nil else { throw ServerError.configuration(option: "--follow", reason: "\(bundle.path) has no tokenizer: a replica without an engine has nothing to follow for") }
             let f = WeightFollower(address: follow, token: try followAuthTokenFile.map { try readToken($0, option: "--follow-auth-token-file") },
-                                   retrySeconds: followRetrySeconds, config: bundle.model.config)
+                                   retrySeconds: followRetrySeconds, config: bundle.model.config,
+                                   enginePrecision: precisionOptions.precision)
             let first = f.fetchFirst()
             let highest = dataDirectory.versions.highest
             guard first.version >= highest else {
@@ -239,6 +236,11 @@ struct Serve: ParsableCommand, LogLevelCommand {
             try dataDirectory.versions.record(first.version)
             (follower, followed) = (f, first)
         }
+        // (After --follow: a replica's engine is made from its learner's weights.)
+        let kvText = kvCachePrecision == "auto" ? KVCachePrecision.default(for: engineModel.precision).rawValue : kvCachePrecision
+        let snapshotText = String(format: "%.1f MB per weight snapshot", Double(engineModel.weightBytes) / 1_048_576)
+            + (engineModel.packSeconds > 0 ? String(format: ", made in %.3f s", engineModel.packSeconds) : "")
+        serveLog.info("engine precision \(engineModel.precision) (kernels: \(kernelPath(engineModel.precision))), KV cache \(kvText), decoding steps carry ≤ \(decodingStepTokens) tokens, \(snapshotText)")
         var engine: GenerationEngine? = nil
         if let tok = bundle.tokenizerIfAny {
             var ec = EngineConfig()

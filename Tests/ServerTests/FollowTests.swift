@@ -90,6 +90,8 @@ final class FollowTests: XCTestCase {
         XCTAssertEqual(try status(fc).following, "127.0.0.1:\(learner.port)")
         XCTAssertEqual(try generatedVersion(fc), v1)
         XCTAssertEqual(try score(fc), try score(lc))
+        // Both engines compute in f32 (ServerProcess's default): the replica fetched f32.
+        XCTAssertTrue(follower.log.contains("bytes of f32"), follower.log)
 
         // A publication on the learner reaches the replica.
         let before = try score(lc)
@@ -207,5 +209,92 @@ final class FollowTests: XCTestCase {
         XCTAssertEqual(none.staleRows, 1)
         assertError(try c.call(12, .submitPreferences(SubmitPreferences(rows: [row(newest), row(newest + 1)]))), .invalidArgument,
                     field: "rows[1].version")
+    }
+
+    /// `FetchWeights(dtype: "bf16")`: the linear layers' weights as bfloat16 rounded to nearest even
+    /// from the f32 stream's values (checked here with a rounding written in the test, not the
+    /// kernels'), the embedding table and the norms byte for byte the f32 stream's; layout and sizes
+    /// say so. An unknown dtype is refused by name. A replica whose engine computes in bf16 fetches
+    /// bf16 and scores exactly as the learner's bf16 engine (which packed the f32 weights); one in
+    /// f32 fetches f32 (and scores differently: the comparison is not vacuous).
+    func testBF16TransferServesTheLearnersBF16EngineExactly() throws {
+        let dir = try temporaryDirectory()
+        let learner = try ServerProcess(model: Self.tinyChat, dataDir: dir + "/learner",
+                                        args: ["--role", "learner", "--engine-precision", "bf16"])
+        defer { _ = learner.stop() }
+        let lc = try connect(learner)
+        let v = try publish(learner, lc, seed: 21)
+
+        func fetch(_ id: UInt64, _ dtype: String) throws -> ([UInt8], WeightsDone) {
+            try lc.send(id, .fetchWeights(FetchWeights(version: v, chunkBytes: 4097, dtype: dtype)))  // odd: splits elements
+            var bytes: [UInt8] = []
+            while true {
+                switch try lc.receive(id) {
+                case .weightsChunk(let c):
+                    XCTAssertEqual(c.offset, UInt64(bytes.count))
+                    bytes += c.data
+                case .weightsDone(let d): return (bytes, d)
+                case let other: throw TestError("unexpected \(other)")
+                }
+            }
+        }
+        let (f32, f32Done) = try fetch(90, "")
+        let (bf16, bf16Done) = try fetch(91, "bf16")
+        XCTAssertEqual(f32Done.dtype, "f32")
+        XCTAssertEqual(bf16Done.dtype, "bf16")
+        XCTAssertEqual(f32Done.tensors.map(\.name), bf16Done.tensors.map(\.name))
+        XCTAssertEqual(UInt64(f32.count), f32Done.totalBytes)
+        XCTAssertEqual(UInt64(bf16.count), bf16Done.totalBytes)
+        func f32At(_ t: TensorLayout, _ j: Int) -> UInt32 {
+            let o = Int(t.offset) + 4 * j
+            return UInt32(f32[o]) | UInt32(f32[o + 1]) << 8 | UInt32(f32[o + 2]) << 16 | UInt32(f32[o + 3]) << 24
+        }
+        var linearElements: UInt64 = 0, checked = 0
+        for (t32, t16) in zip(f32Done.tensors, bf16Done.tensors) {
+            XCTAssertEqual(t32.dtype, "f32")
+            let linear = t32.shape.count == 2 && t32.name != "model.embed_tokens.weight"
+            XCTAssertEqual(t16.dtype, linear ? "bf16" : "f32", t16.name)
+            let count = Int(t32.shape.reduce(1, *))
+            XCTAssertEqual(t16.length, UInt64(count * (linear ? 2 : 4)), t16.name)
+            if linear {
+                linearElements += UInt64(count)
+                for j in 0..<count {
+                    let x = f32At(t32, j)
+                    let rounded = UInt16((x &+ 0x7FFF &+ ((x >> 16) & 1)) >> 16)  // nearest even (finite x)
+                    let o = Int(t16.offset) + 2 * j
+                    XCTAssertEqual(UInt16(bf16[o]) | UInt16(bf16[o + 1]) << 8, rounded, "\(t16.name)[\(j)]")
+                    checked += 1
+                }
+            } else {
+                XCTAssertEqual(Array(bf16[Int(t16.offset)..<Int(t16.offset + t16.length)]),
+                               Array(f32[Int(t32.offset)..<Int(t32.offset + t32.length)]), t16.name)
+            }
+        }
+        XCTAssertGreaterThan(checked, 0)
+        XCTAssertEqual(bf16Done.totalBytes, f32Done.totalBytes - 2 * linearElements)
+        assertError(try lc.call(92, .fetchWeights(FetchWeights(dtype: "f16"))), .invalidArgument, field: "dtype")
+
+        func replica(_ name: String, _ precision: String) throws -> ServerProcess {
+            try ServerProcess(model: Self.tinyChat, dataDir: dir + "/" + name,
+                              args: ["--role", "rollout", "--follow", "127.0.0.1:\(learner.port)",
+                                     "--follow-retry-seconds", "0.2", "--engine-precision", precision])
+        }
+        let bf16Replica = try replica("bf16", "bf16")
+        defer { _ = bf16Replica.stop() }
+        let f32Replica = try replica("f32", "f32")
+        defer { _ = f32Replica.stop() }
+        let bc = try connect(bf16Replica), fc = try connect(f32Replica)
+        XCTAssertEqual(try status(bc).policyVersion, v)
+        XCTAssertEqual(try status(fc).policyVersion, v)
+        XCTAssertTrue(bf16Replica.log.contains("\(bf16Done.totalBytes) bytes of bf16"), bf16Replica.log)
+        XCTAssertTrue(f32Replica.log.contains("\(f32Done.totalBytes) bytes of f32"), f32Replica.log)
+        let learnerScores = try score(lc).items
+        XCTAssertEqual(try score(bc).items, learnerScores)
+        XCTAssertNotEqual(try score(fc).items.map(\.logprobs), learnerScores.map(\.logprobs))
+
+        // And a publication after start: the bf16 replica follows it with the same exactness.
+        let v2 = try publish(learner, lc, seed: 22)
+        try waitFor("version \(v2) on the bf16 replica") { try status(bc).policyVersion == v2 }
+        XCTAssertEqual(try score(bc).items, try score(lc).items)
     }
 }

@@ -38,6 +38,18 @@ final class PreferenceLogTests: XCTestCase {
         let whole = CRC32C.checksum(bytes)
         let a = bytes[..<333].withUnsafeBytes { CRC32C.update(0, $0) }
         XCTAssertEqual(bytes[333...].withUnsafeBytes { CRC32C.update(a, $0) }, whole)
+        // The hardware path against the Swift tables, over lengths and alignments.
+        var rng = SystemRandomNumberGenerator()
+        let data = (0..<4099).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        data.withUnsafeBytes { all in
+            for start in 0..<9 {
+                for length in [0, 1, 7, 8, 9, 15, 16, 63, 64, 1000, 4090 - start] {
+                    let slice = UnsafeRawBufferPointer(rebasing: all[start..<start + length])
+                    XCTAssertEqual(CRC32C.update(0, slice), CRC32C.portableUpdate(0, slice), "start \(start), length \(length)")
+                    XCTAssertEqual(CRC32C.update(0x1234_5678, slice), CRC32C.portableUpdate(0x1234_5678, slice))
+                }
+            }
+        }
     }
 
     func testAppendReadBackAndReopen() throws {

@@ -1486,10 +1486,18 @@ struct  Selm__V1__FetchWeights
    * Bytes of weights per chunk, 4096…8 MiB and below the server's frame limit; 0 = 1 MiB.
    */
   uint32_t chunk_bytes;
+  /*
+   * The element type wanted: "" or "f32" = every tensor in f32; "bf16" = the linear layers' weights
+   * (the 2-D tensors other than the embedding table: what a bf16 engine keeps in bfloat16) as
+   * bfloat16, rounded to nearest even from the learner's f32, the embedding table and the norms in
+   * f32 — what a replica whose engine computes in bf16 needs, bit for bit, in ~0.6 of the bytes.
+   * Anything else: INVALID_ARGUMENT naming `dtype`.
+   */
+  ProtobufCBinaryData dtype;
 };
 #define SELM__V1__FETCH_WEIGHTS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__fetch_weights__descriptor) \
-    , 0, 0 }
+    , 0, 0, {0,NULL} }
 
 
 /*
@@ -1539,10 +1547,14 @@ struct  Selm__V1__TensorLayout
    * byte length
    */
   uint64_t length;
+  /*
+   * its elements: "f32" (little-endian binary32) or "bf16" (little-endian bfloat16 bits)
+   */
+  ProtobufCBinaryData dtype;
 };
 #define SELM__V1__TENSOR_LAYOUT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__tensor_layout__descriptor) \
-    , {0,NULL}, 0,NULL, 0, 0 }
+    , {0,NULL}, 0,NULL, 0, 0, {0,NULL} }
 
 
 /*
@@ -1556,7 +1568,7 @@ struct  Selm__V1__WeightsDone
    */
   uint64_t version;
   /*
-   * element type: "f32" (little-endian IEEE 754 binary32)
+   * what was asked for: "f32" (every tensor little-endian IEEE 754 binary32) or "bf16" (see FetchWeights.dtype; each tensor's in TensorLayout.dtype)
    */
   ProtobufCBinaryData dtype;
   /*

@@ -463,7 +463,8 @@ extension Unpacked {
     }
 
     static func decodeFetchWeights(_ m: Selm__V1__FetchWeights, at path: String) throws(FieldError) -> FetchWeights {
-        var v = FetchWeights(version: m.version, chunkBytes: m.chunk_bytes)
+        let _dtype = try text(m.dtype, fieldPath(path, "dtype"))
+        var v = FetchWeights(version: m.version, chunkBytes: m.chunk_bytes, dtype: _dtype)
         try v.validate(at: path)
         return v
     }
@@ -474,7 +475,8 @@ extension Unpacked {
 
     static func decodeTensorLayout(_ m: Selm__V1__TensorLayout) -> TensorLayout {
         let _shape = array(m.shape, m.n_shape)
-        return TensorLayout(name: string(m.name), shape: _shape, offset: m.offset, length: m.length)
+        return TensorLayout(
+            name: string(m.name), shape: _shape, offset: m.offset, length: m.length, dtype: string(m.dtype))
     }
 
     static func decodeWeightsDone(_ m: Selm__V1__WeightsDone) -> WeightsDone {

@@ -545,6 +545,7 @@ extension Arena {
         selm__v1__fetch_weights__init(p)
         p.pointee.version = v.version
         p.pointee.chunk_bytes = v.chunkBytes
+        p.pointee.dtype = string(v.dtype)
         return p
     }
 
@@ -565,6 +566,7 @@ extension Arena {
         p.pointee.shape = array(v.shape)
         p.pointee.offset = v.offset
         p.pointee.length = v.length
+        p.pointee.dtype = string(v.dtype)
         return p
     }
 

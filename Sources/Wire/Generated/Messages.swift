@@ -868,11 +868,18 @@ public struct FetchWeights: Sendable, Equatable {
     public var version: UInt64
     /// Bytes of weights per chunk, 4096…8 MiB and below the server's frame limit; 0 = 1 MiB.
     public var chunkBytes: UInt32
+    /// The element type wanted: "" or "f32" = every tensor in f32; "bf16" = the linear layers' weights
+    /// (the 2-D tensors other than the embedding table: what a bf16 engine keeps in bfloat16) as
+    /// bfloat16, rounded to nearest even from the learner's f32, the embedding table and the norms in
+    /// f32 — what a replica whose engine computes in bf16 needs, bit for bit, in ~0.6 of the bytes.
+    /// Anything else: INVALID_ARGUMENT naming `dtype`.
+    public var dtype: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
-    public init(version: UInt64 = 0, chunkBytes: UInt32 = 0) {
+    public init(version: UInt64 = 0, chunkBytes: UInt32 = 0, dtype: String = "") {
         self.version = version
         self.chunkBytes = chunkBytes
+        self.dtype = dtype
     }
 }
 
@@ -905,13 +912,16 @@ public struct TensorLayout: Sendable, Equatable {
     public var offset: UInt64
     /// byte length
     public var length: UInt64
+    /// its elements: "f32" (little-endian binary32) or "bf16" (little-endian bfloat16 bits)
+    public var dtype: String
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
-    public init(name: String = "", shape: [UInt64] = [], offset: UInt64 = 0, length: UInt64 = 0) {
+    public init(name: String = "", shape: [UInt64] = [], offset: UInt64 = 0, length: UInt64 = 0, dtype: String = "") {
         self.name = name
         self.shape = shape
         self.offset = offset
         self.length = length
+        self.dtype = dtype
     }
 }
 
@@ -920,7 +930,7 @@ public struct TensorLayout: Sendable, Equatable {
 public struct WeightsDone: Sendable, Equatable {
     /// the learner's version number of these weights
     public var version: UInt64
-    /// element type: "f32" (little-endian IEEE 754 binary32)
+    /// what was asked for: "f32" (every tensor little-endian IEEE 754 binary32) or "bf16" (see FetchWeights.dtype; each tensor's in TensorLayout.dtype)
     public var dtype: String
     /// every tensor, in offset order, without gaps
     public var tensors: [TensorLayout]

@@ -13,6 +13,8 @@ learner's metrics are printed as a growing table. At the end: a PNG plot and a J
     python examples/online_selm.py --compare             # SELM and DPO from the same start
     python examples/online_selm.py --address 127.0.0.1:7070   # use a running server
     python examples/online_selm.py --async               # the same loop on selm_client.aio (asyncio)
+    python examples/online_selm.py --ray 2               # a learner and 2 rollout replicas on Ray
+                                                         # (pip install selm-client[ray]; selm_client.ray)
 """
 from __future__ import annotations
 
@@ -78,10 +80,7 @@ def free_port() -> int:
 def start_server(args, alpha: float, data_dir: pathlib.Path, log_path: pathlib.Path):
     port = free_port()
     cmd = [args.selm, "serve", "--model", args.model, "--address", f"127.0.0.1:{port}", "--data-dir", str(data_dir),
-           "--alpha", str(alpha), "--beta", str(args.beta), "--lr", str(args.lr), "--batch-size", str(args.batch),
-           "--publish-every", "1", "--warmup-steps", "0"]
-    if args.precision:
-        cmd += ["--precision", args.precision]
+           *learner_options(args, alpha)]
     log(f"starting: {' '.join(cmd)}")
     logf = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -172,7 +171,9 @@ class Loop:
             if best_r <= worst_r:
                 continue  # no preference to learn from
             rows.append({"prompt_ids": prompt_ids[i], "chosen_ids": best.token_ids, "rejected_ids": worst.token_ids,
-                         "reference_ids": greedy[i].token_ids})
+                         "reference_ids": greedy[i].token_ids,
+                         # the version the responses came from: the learner counts the row's staleness
+                         "version": min(best.version, worst.version, greedy[i].version)})
         return rows, scores
 
     def record_round(self, sampled, rows, scores, ack, t0: float) -> None:
@@ -201,31 +202,31 @@ class Loop:
         print_row(self.label, row)
 
 
-def drive(address: str, loop: Loop) -> None:
-    """The online loop on the blocking client: one call after another."""
+def drive(client, loop: Loop) -> None:
+    """The online loop on the blocking client (a `Client`, or a `Cluster` of rollout replicas and
+    their learner: the same calls): one call after another."""
     args = loop.args
-    with Client(address) as client:
-        subscription = client.subscribe_versions()
-        first = subscription.get(timeout=30)
-        version = first.version if first else client.hello.policy_version
-        loop.first_row(version, evaluate(client, loop.judge, version, args.max_tokens))
-        while loop.more():
-            batch = loop.next_batch()
-            msgs = [messages(p) for p in batch]
-            t0 = time.time()
-            sampled = client.generate(msgs, chat=True, n=args.n, temperature=args.temperature,
-                                      max_tokens=args.max_tokens, seed=loop.rng.randrange(1 << 31))
-            greedy = client.generate(msgs, chat=True, temperature=0.0, max_tokens=args.max_tokens)
-            rows, scores = loop.rows(batch, sampled, greedy, [client.tokenize(m, chat=True) for m in msgs])
-            ack = client.submit_preferences(rows) if rows else None
-            loop.record_round(sampled, rows, scores, ack, t0)
-            # Evaluate the newest version published since the last look.
-            newest, ev = None, subscription.get(timeout=0)
-            while ev is not None:
-                newest, ev = ev, subscription.get(timeout=0)
-            if loop.is_new(newest):
-                loop.record_version(newest, evaluate(client, loop.judge, newest.version, args.max_tokens))
-        subscription.close()
+    subscription = client.subscribe_versions()
+    first = subscription.get(timeout=30)
+    version = first.version if first else client.hello.policy_version
+    loop.first_row(version, evaluate(client, loop.judge, version, args.max_tokens))
+    while loop.more():
+        batch = loop.next_batch()
+        msgs = [messages(p) for p in batch]
+        t0 = time.time()
+        sampled = client.generate(msgs, chat=True, n=args.n, temperature=args.temperature,
+                                  max_tokens=args.max_tokens, seed=loop.rng.randrange(1 << 31))
+        greedy = client.generate(msgs, chat=True, temperature=0.0, max_tokens=args.max_tokens)
+        rows, scores = loop.rows(batch, sampled, greedy, [client.tokenize(m, chat=True) for m in msgs])
+        ack = client.submit_preferences(rows) if rows else None
+        loop.record_round(sampled, rows, scores, ack, t0)
+        # Evaluate the newest version published since the last look.
+        newest, ev = None, subscription.get(timeout=0)
+        while ev is not None:
+            newest, ev = ev, subscription.get(timeout=0)
+        if loop.is_new(newest):
+            loop.record_version(newest, evaluate(client, loop.judge, newest.version, args.max_tokens))
+    subscription.close()
 
 
 async def drive_async(address: str, loop: Loop) -> None:
@@ -256,24 +257,72 @@ async def drive_async(address: str, loop: Loop) -> None:
                     loop.record_version(newest, await evaluate_async(client, loop.judge, newest.version, args.max_tokens))
 
 
+def learner_options(args, alpha: float) -> List[str]:
+    """The learner's `selm serve` options of this run."""
+    opts = ["--alpha", str(alpha), "--beta", str(args.beta), "--lr", str(args.lr), "--batch-size", str(args.batch),
+            "--publish-every", "1", "--warmup-steps", "0"]
+    if args.precision:
+        opts += ["--precision", args.precision]
+    return opts
+
+
+def launch_on_ray(args, alpha: float, out_dir: pathlib.Path, label: str):
+    """A learner and `args.ray` rollout replicas as Ray actors (selm_client.ray); returns the Cluster."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from selm_client.ray import launch
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # an existing cluster
+        else:
+            # A local instance on this machine, kept on the loopback interface.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(num_cpus=args.ray + 2, include_dashboard=False, log_to_driver=False)
+    work = out_dir / f"ray-{label}"
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"starting on Ray: 1 learner + {args.ray} rollout replicas of {args.model} (logs in {work})")
+    cluster = launch(args.ray, model=args.model, selm=args.selm, learner_args=learner_options(args, alpha),
+                     work_dir=str(work), timeout=600)
+    log(f"learner {cluster.learner_address}, replicas {[r.address for r in cluster.replicas()]}")
+    return cluster
+
+
 def run(args, label: str, alpha: float, out_dir: pathlib.Path, judge: Judge) -> List[Dict]:
     """One online run; returns the per-version table rows. Writes every round to the JSONL."""
     data_dir = out_dir / f"data-{label}"
     shutil.rmtree(data_dir, ignore_errors=True)
+    loop = Loop(args, label, judge, out_dir / "rounds.jsonl")
+    if args.ray:
+        cluster = launch_on_ray(args, alpha, out_dir, label)
+        try:
+            drive(cluster, loop)
+            report_cluster(cluster, label)
+        finally:
+            cluster.close()
+        return loop.table
     proc = None
     address = args.address
     if not address:
         proc, address = start_server(args, alpha, data_dir, out_dir / f"server-{label}.log")
-    loop = Loop(args, label, judge, out_dir / "rounds.jsonl")
     try:
         if args.use_async:
             asyncio.run(drive_async(address, loop))
         else:
-            drive(address, loop)
+            with Client(address) as client:
+                drive(client, loop)
     finally:
         if proc is not None:
             stop_server(proc)
     return loop.table
+
+
+def report_cluster(cluster, label: str) -> None:
+    """Where the rollouts ran and how stale the learner's rows were."""
+    for r in cluster.replicas():
+        log(f"[{label}] replica {r.address}: {r.requests} requests, version {r.version}, {r.failovers} failed over")
+    status = cluster.status()
+    hist = ", ".join(f"≤{le if le < 2**63 else '∞'}: {n}" for le, n in status.staleness.items() if n)
+    log(f"[{label}] learner: step {status.learner_step}, version {status.policy_version}, row staleness (versions) {hist or '-'}")
 
 
 def fmt(x: Optional[float], spec: str) -> str:
@@ -342,7 +391,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="run this many rounds (instead of the --minutes budget)")
     p.add_argument("--async", dest="use_async", action="store_true",
                    help="drive the loop with the asyncio client (selm_client.aio): each round's rollouts concurrently")
+    p.add_argument("--ray", type=int, metavar="N",
+                   help="run on Ray: a learner and N rollout replicas as actors (selm_client.ray; "
+                        "pip install selm-client[ray]); joins RAY_ADDRESS's cluster, else starts a local one")
     args = p.parse_args()
+    if args.ray is not None and (args.address or args.use_async or args.ray < 1):
+        p.error("--ray N (N ≥ 1) starts its own servers and drives them with the blocking Cluster: "
+                "not with --address or --async")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "rounds.jsonl").unlink(missing_ok=True)

@@ -8,10 +8,13 @@
 
 See :class:`Client` for every call, :mod:`selm_client.errors` for the exceptions and
 :mod:`selm_client.types` for the result types; :mod:`selm_client.aio` has the same calls for asyncio
-(``AsyncClient``).
+(``AsyncClient``). :class:`Cluster` spreads generation over rollout replicas and sends preferences
+to their learner; :mod:`selm_client.ray` (``pip install selm-client[ray]``) starts such a deployment
+on Ray.
 """
 
 from .client import DEFAULT_ADDRESS, PROTOCOL_VERSION, Client, GenerateStream, VersionSubscription
+from .cluster import Cluster, ClusterGenerateStream, ReplicaInfo
 from .errors import (Cancelled, ConnectionClosed, FrameTooLarge, Internal, InvalidArgument, Malformed, NotFound,
                      OutOfRange, PermissionDenied, ProtocolError, ResourceExhausted, SelmError, Timeout,
                      Unauthenticated, UnknownBody, Unavailable, UnsupportedVersion)
@@ -22,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client", "GenerateStream", "VersionSubscription", "DEFAULT_ADDRESS", "PROTOCOL_VERSION",
+    "Cluster", "ClusterGenerateStream", "ReplicaInfo",
     "SelmError", "InvalidArgument", "Unauthenticated", "NotFound", "ResourceExhausted", "FrameTooLarge",
     "Malformed", "UnknownBody", "UnsupportedVersion", "PermissionDenied", "Cancelled", "Internal", "Unavailable",
     "OutOfRange", "ConnectionClosed", "Timeout", "ProtocolError",

@@ -256,6 +256,8 @@ def preferences_request(rows: Sequence[Mapping[str, Any]], *, chat: bool = False
                 _fill_response(getattr(r, part), value, "%s.%s" % (f, part))
         if row.get("weight") is not None:
             _set_scalar(r, "weight", row["weight"], f + ".weight")
+        if row.get("version") is not None:
+            _set_scalar(r, "version", row["version"], f + ".version")
         src = row.get("source", source)
         if src:
             r.source = str(src)
@@ -280,7 +282,8 @@ def status_result(m: "pb.StatusReply") -> Status:
                   kv_blocks_total=m.kv_blocks_total, generated_tokens_per_second=m.generated_tokens_per_second,
                   uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
                   data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints,
-                  engine_precision=m.engine_precision)
+                  engine_precision=m.engine_precision, staleness={b.le: b.rows for b in m.staleness},
+                  stale_rows_dropped=m.stale_rows_dropped, role=m.role, following=m.following)
 
 
 def checkpoint_result(m: "pb.SaveCheckpointReply") -> Checkpoint:
@@ -660,7 +663,10 @@ class Client:
         text or a list of messages ending with the assistant's (the server encodes those as TRL's
         ``DPOTrainer`` does: the rendered turns after the prompt, no EOS added) — or with token
         ids: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``reference_ids``. Optional
-        ``weight`` (≥ 0; 0 = 1.0) and ``source`` (provenance). Other keys are ignored.
+        ``weight`` (≥ 0; 0 = 1.0), ``source`` (provenance) and ``version`` (the weight version that
+        produced the responses, :attr:`Sample.version`: the learner counts the row's staleness and,
+        with ``selm serve --max-staleness K``, drops it when more than K versions old — see
+        :attr:`PreferenceAck.stale_rows`). Other keys are ignored.
 
         Args:
             rows: the rows (at least one).
@@ -836,5 +842,6 @@ class Client:
 
 
 def _ack(m: "pb.PreferenceAck") -> PreferenceAck:
-    return PreferenceAck(first_sequence=m.first_sequence, last_sequence=m.last_sequence, rows=m.rows)
+    return PreferenceAck(first_sequence=m.first_sequence, last_sequence=m.last_sequence, rows=m.rows,
+                         stale_rows=m.stale_rows)
 

@@ -98,7 +98,8 @@ class PreferenceAck:
     """The rows are durable in the server's write-ahead log (fsynced) under these sequence numbers."""
     first_sequence: int
     last_sequence: int
-    rows: int
+    rows: int            #: rows written to the log
+    stale_rows: int = 0  #: rows dropped as too stale (``selm serve --max-staleness``); not in the log
 
 
 @dataclass
@@ -121,6 +122,13 @@ class Status:
     disk_free_bytes: int = 0   #: bytes free on the data directory's filesystem
     checkpoints: int = 0       #: checkpoint directories in DATA/checkpoints
     engine_precision: str = "" #: as ``HelloInfo.engine_precision``
+    #: Staleness of the preference rows received with a ``version`` (the learner's newest version
+    #: minus the row's, at intake): upper bound in versions (inclusive; 2**64-1 for the last bucket)
+    #: → rows in (previous bound, bound]. Empty until a row with a version arrives.
+    staleness: Dict[int, int] = field(default_factory=dict)
+    stale_rows_dropped: int = 0  #: rows dropped by ``--max-staleness`` since the server started
+    role: str = ""              #: "all", "rollout" or "learner" (``selm serve --role``)
+    following: str = ""         #: the learner a rollout replica follows (``--follow``), else ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The tiny random chat model of the Swift tests (2 layers, 64 wide, vocabulary 601, context 256): loads
+#: and generates in milliseconds, for tests that run several servers.
+TINY_CHAT = REPO / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
 #: Seconds a test waits for any single reply (a hung server fails the test instead of hanging it).
 REPLY_TIMEOUT = 120.0
 
@@ -51,13 +54,14 @@ def model_path() -> Path:
 class Server:
     """A running `selm serve` process."""
 
-    def __init__(self, extra_args: Optional[List[str]] = None, token: Optional[str] = None) -> None:
+    def __init__(self, extra_args: Optional[List[str]] = None, token: Optional[str] = None,
+                 model: Optional[Path] = None, address: str = "127.0.0.1:0") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="selm-pytest-"))
         self.data_dir = self.dir / "data"
         self.unix = str(self.dir / "selm.sock")
         self.log_path = self.dir / "serve.log"
         self.token = token
-        args = [str(selm_binary()), "serve", "--model", str(model_path()), "--address", "127.0.0.1:0",
+        args = [str(selm_binary()), "serve", "--model", str(model or model_path()), "--address", address,
                 "--unix", self.unix, "--data-dir", str(self.data_dir)]
         if token is not None:
             token_file = self.dir / "token"
@@ -67,6 +71,7 @@ class Server:
         args += extra_args or []
         if "--engine-precision" not in args:
             args += ["--engine-precision", "f32"]  # parity checks compare with the f32 forward
+        self.args = args
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.address = self._wait_listening(timeout=120)
