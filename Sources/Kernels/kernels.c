@@ -157,6 +157,21 @@ static double mono_now(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+// Per-thread seconds in the passes outside the linear layers' products (kernels.h KS_*).
+static __thread double thread_sections[KS_COUNT];
+static inline void section_end(int s, double t0) { thread_sections[s] += mono_now() - t0; }
+double kernels_thread_section_seconds(int section) {
+    return section >= 0 && section < KS_COUNT ? thread_sections[section] : 0;
+}
+const char *kernels_section_name(int section) {
+    static const char *names[KS_COUNT] = {
+        "attention forward", "attention backward", "RMSNorm forward", "RMSNorm backward", "SwiGLU forward",
+        "SwiGLU backward", "RoPE", "log-softmax forward", "log-softmax backward", "embedding", "row gathers",
+        "AdamW + gradient norm",
+    };
+    return section >= 0 && section < KS_COUNT ? names[section] : "?";
+}
+
 void kernels_compute_enter(void) {
     if (thread_depth++ == 0) __atomic_add_fetch(&active_compute, 1, __ATOMIC_SEQ_CST);
 }
@@ -327,15 +342,19 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
 // Embedding
 
 void embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
+    double _t0 = mono_now();
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * C);
+    section_end(KS_EMBEDDING, _t0);
 }
 
 void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int T, int C) {
+    double _t0 = mono_now();
     for (int t = 0; t < T; t++) {
         float *row = dtable + (size_t)tokens[t] * C;
         const float *g = dout + (size_t)t * C;
         for (int i = 0; i < C; i++) row[i] += g[i];
     }
+    section_end(KS_EMBEDDING, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,12 +377,15 @@ static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
 }
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
+    double _t0 = mono_now();
     struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, C, eps};
     kernels_parallel((size_t)T, 64, rmsnorm_forward_rows, &c);
+    section_end(KS_RMSNORM_FWD, _t0);
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C) {
+    double _t0 = mono_now();
     // y_i = w_i * x_i * r,  r = (mean(x^2) + eps)^(-1/2)
     // dx_j = r * w_j * dy_j - r^3 / C * x_j * sum_i(dy_i * w_i * x_i)
     // (the weight gradient sums over rows, so this stays on one thread)
@@ -381,6 +403,7 @@ void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const floa
         if (dweight)
             for (int i = 0; i < C; i++) dweight[i] += dy[i] * x[i] * r;
     }
+    section_end(KS_RMSNORM_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,11 +445,15 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int T,
 }
 
 void rope_forward(float *x, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    double _t0 = mono_now();
     rope_rotate(x, cos_t, sin_t, T, nHeads, hd, rowStride, 1.0f);
+    section_end(KS_ROPE, _t0);
 }
 
 void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    double _t0 = mono_now();
     rope_rotate(dx, cos_t, sin_t, T, nHeads, hd, rowStride, -1.0f);
+    section_end(KS_ROPE, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -562,6 +589,7 @@ static void attention_group_direct(float *P, float *og, const float *qg, const f
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                        float *scratch) {
+    double _t0 = mono_now();
     if (n == 0) return;
     const int G = nH / nKV, L = p0 + n, M = n * G;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -590,12 +618,14 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
         sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride, 0.0f, og, hd);
         group_scatter(out, og, n, g, G, hd, oStride, 0);
     }
+    section_end(KS_ATTENTION_FWD, _t0);
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout,
                         const float *probs, const float *q, const float *k, const float *v,
                         int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                         float *scratch) {
+    double _t0 = mono_now();
     if (n == 0) return;
     const int G = nH / nKV, L = p0 + n, M = n * G;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -626,6 +656,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
         sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f, dk + (size_t)g * hd, kvStride);
         group_scatter(dq, dqg, n, g, G, hd, qStride, 1);
     }
+    section_end(KS_ATTENTION_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,8 +670,10 @@ static void swiglu_forward_range(void *p, size_t b, size_t e) {
 }
 
 void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
+    double _t0 = mono_now();
     struct swiglu_ctx c = {h, NULL, NULL, NULL, gate, up};
     kernels_parallel(N, 1 << 16, swiglu_forward_range, &c);
+    section_end(KS_SWIGLU_FWD, _t0);
 }
 
 static void swiglu_backward_range(void *p, size_t b, size_t e) {
@@ -649,8 +682,10 @@ static void swiglu_backward_range(void *p, size_t b, size_t e) {
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
+    double _t0 = mono_now();
     struct swiglu_ctx c = {NULL, dgate, dup, dh, gate, up};
     kernels_parallel(N, 1 << 16, swiglu_backward_range, &c);
+    section_end(KS_SWIGLU_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +696,9 @@ void add_forward(float *out, const float *a, const float *b, size_t N) {
 }
 
 void gather_rows(float *dst, const float *src, const int32_t *rows, int n, int C) {
+    double _t0 = mono_now();
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * C, sizeof(float) * C);
+    section_end(KS_GATHER, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,8 +721,10 @@ void logsumexp_rows(float *lse, const float *logits, int R, int V) {
 }
 
 void logprob_gather_forward(float *logp, float *lse, const float *logits, const int32_t *targets, int R, int V) {
+    double _t0 = mono_now();
     logsumexp_rows(lse, logits, R, V);
     for (int r = 0; r < R; r++) logp[r] = logits[(size_t)r * V + targets[r]] - lse[r];
+    section_end(KS_LOGSOFTMAX_FWD, _t0);
 }
 
 static void logprob_backward_range(void *p, size_t b, size_t e) {
@@ -702,8 +741,10 @@ static void logprob_backward_range(void *p, size_t b, size_t e) {
 
 void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
                              const int32_t *targets, int R, int V) {
+    double _t0 = mono_now();
     struct lse_ctx c = {NULL, dlogits, logits, dlogp, lse, targets, V};
     kernels_parallel((size_t)R, 8, logprob_backward_range, &c);
+    section_end(KS_LOGSOFTMAX_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -727,8 +768,10 @@ static void adamw_range(void *ctx, size_t b, size_t e) {
 
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
                   float eps, float shrink, float step, float bc2sqrt) {
+    double _t0 = mono_now();
     struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt};
     kernels_parallel(n, 1 << 16, adamw_range, &c);
+    section_end(KS_OPTIMIZER, _t0);
 }
 
 struct ss_ctx { const float *x; double part[2]; size_t mid; };
@@ -741,7 +784,10 @@ static void ss_range(void *ctx, size_t b, size_t e) {
 }
 
 double sum_squares(const float *x, size_t n) {
+    double _t0 = mono_now();
     struct ss_ctx c = {x, {0, 0}, 0};
     kernels_parallel(n, 1 << 16, ss_range, &c);
-    return c.part[0] + c.part[1];
+    double r = c.part[0] + c.part[1];
+    section_end(KS_OPTIMIZER, _t0);
+    return r;
 }

@@ -58,6 +58,26 @@ double kernels_thread_blas_seconds(void);
 /// Seconds the calling thread has spent inside the linear layers' products (matmul_forward,
 /// matmul_backward and their _bf16 forms; attention's own products are not counted), for measurements.
 double kernels_thread_product_seconds(void);
+/// Seconds the calling thread has spent in each pass of the learner outside those products (for
+/// bench-learner's breakdown): the functions of this header named in the comments, timed as wholes
+/// (their helper thread's share included).
+enum {
+    KS_ATTENTION_FWD = 0,   // attention_forward, attention_forward_batch
+    KS_ATTENTION_BWD,       // attention_backward, attention_backward_batch
+    KS_RMSNORM_FWD,         // rmsnorm_forward
+    KS_RMSNORM_BWD,         // rmsnorm_backward
+    KS_SWIGLU_FWD,          // swiglu_forward
+    KS_SWIGLU_BWD,          // swiglu_backward
+    KS_ROPE,                // rope_forward, rope_backward
+    KS_LOGSOFTMAX_FWD,      // logprob_gather_forward
+    KS_LOGSOFTMAX_BWD,      // logprob_gather_backward
+    KS_EMBEDDING,           // embedding_forward, embedding_backward
+    KS_GATHER,              // gather_rows
+    KS_OPTIMIZER,           // adamw_update, sum_squares
+    KS_COUNT
+};
+double kernels_thread_section_seconds(int section);
+const char *kernels_section_name(int section);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
