@@ -461,10 +461,6 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int
 
 size_t attention_scratch_floats(int n, int nH, int hd) { return (size_t)2 * n * nH * hd; }
 
-size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd) {
-    int G = nH / nKV;
-    return (size_t)n * G * (3 * (size_t)hd + (size_t)L);
-}
 
 // Copy the G query heads of group g for n tokens into a contiguous (n*G, hd) matrix, or back.
 static void group_gather(float *dst, const float *src, int n, int g, int G, int hd, int stride) {
@@ -507,6 +503,7 @@ static void group_scatter(float *dst, const float *src, int n, int g, int G, int
         float sum = 0.0f;                                                                              \
         for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }                 \
         const float inv = 1.0f / sum;                                                                  \
+        if (lse) lse[r] = mx + logf(sum);                                                              \
         for (int j = 0; j < valid; j++) row[j] *= inv;                                                 \
         for (int j = valid; j < L; j++) row[j] = 0.0f;                                                 \
         float *o = og + (size_t)r * hd;                                                                \
@@ -518,14 +515,14 @@ static void group_scatter(float *dst, const float *src, int n, int g, int G, int
     }
 
 static void attention_group_direct_generic(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                           int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                           int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     ATTENTION_DIRECT_BODY
 }
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma")))
 static void attention_group_direct_avx2(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                        int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                        int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     ATTENTION_DIRECT_BODY
 }
 
@@ -533,7 +530,7 @@ static void attention_group_direct_avx2(float *P, float *og, const float *qg, co
 // accumulates each output row in registers.
 __attribute__((target("avx512f")))
 static void attention_group_direct_avx512(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                          int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                          int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     const int C = hd / 16;
     const int validMax = p0 + (M - 1) / G + 1;
     for (int j = 0; j < validMax; j++) {
@@ -554,6 +551,7 @@ static void attention_group_direct_avx512(float *P, float *og, const float *qg, 
         float sum = 0.0f;
         for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
         const float inv = 1.0f / sum;
+        if (lse) lse[r] = mx + logf(sum);
         for (int j = 0; j < valid; j++) row[j] *= inv;
         for (int j = valid; j < L; j++) row[j] = 0.0f;
         float *o = og + (size_t)r * hd;
@@ -572,7 +570,7 @@ static void attention_group_direct_avx512(float *P, float *og, const float *qg, 
 #endif
 
 static void attention_group_direct(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                   int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                   int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
 #if defined(__x86_64__)
     static int detected = -1;  // 2: AVX-512F, 1: AVX2+FMA, 0: portable; set once (engine and learner threads)
     int level = __atomic_load_n(&detected, __ATOMIC_RELAXED);
@@ -580,10 +578,92 @@ static void attention_group_direct(float *P, float *og, const float *qg, const f
         level = __builtin_cpu_supports("avx512f") ? 2 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
         __atomic_store_n(&detected, level, __ATOMIC_RELAXED);
     }
-    if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
-    if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
+    if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse); return; }
+    if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse); return; }
 #endif
-    attention_group_direct_generic(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale);
+    attention_group_direct_generic(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse);
+}
+
+// Dynamic task scheduling over the calling thread and kernels_parallel's helper: each takes the next
+// task index until none is left. Tasks must write disjoint outputs; then results do not depend on
+// which thread ran which task (or on the helper being busy, when the caller runs them all).
+typedef void (*task_fn)(void *ctx, size_t task);
+struct task_ctx { size_t n, next; task_fn fn; void *user; };
+static void task_worker(void *p, size_t b, size_t e) {
+    (void)b; (void)e;
+    struct task_ctx *c = p;
+    size_t i;
+    while ((i = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED)) < c->n) c->fn(c->user, i);
+}
+static void parallel_tasks(size_t n, task_fn fn, void *user) {
+    if (n == 0) return;
+    if (n == 1) { fn(user, 0); return; }
+    struct task_ctx c = {n, 0, fn, user};
+    kernels_parallel(2, 2, task_worker, &c);
+}
+
+// Query tokens per forward task: a sequence's rows of one KV group are cut into chunks this long
+// (each row's result is the same whatever the cut: learner_fused.c).
+#define ATTENTION_CHUNK_TOKENS 128
+
+struct att_task { int seq, g, t0, t1; double cost; };
+static int att_task_cmp(const void *a, const void *b) {
+    double x = ((const struct att_task *)a)->cost, y = ((const struct att_task *)b)->cost;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+struct att_fwd_ctx {
+    float *out, *lse; const float *q, *k, *v; const int32_t *start, *count; const struct att_task *tasks;
+    int n1, p0, nH, nKV, hd, qStride, kvStride, oStride, lseStride;   // n1: the token count without `count`
+};
+static void att_fwd_task(void *p, size_t i) {
+    const struct att_fwd_ctx *c = p;
+    const struct att_task *t = &c->tasks[i];
+    const size_t s0 = c->start ? (size_t)c->start[t->seq] : 0;
+    const int n = c->count ? c->count[t->seq] : c->n1;
+    const int G = c->nH / c->nKV, M = n * G, L = c->p0 + n;
+    float *out = c->out + s0 * c->oStride;
+    const float *q = c->q + s0 * c->qStride, *k = c->k + s0 * c->kvStride, *v = c->v + s0 * c->kvStride;
+    float *lse = c->lse ? c->lse + s0 * c->lseStride : NULL;
+    if (M <= ATTENTION_DIRECT_ROWS) {   // decoding sizes: the direct path, as attention_forward
+        float *ws = lf_workspace((size_t)M * L + 2 * (size_t)M * c->hd + 16);
+        float *P = ws, *qg = P + (size_t)M * L, *og = qg + (size_t)M * c->hd;
+        float lg[ATTENTION_DIRECT_ROWS];
+        group_gather(qg, q, n, t->g, G, c->hd, c->qStride);
+        attention_group_direct(P, og, qg, k + (size_t)t->g * c->hd, v + (size_t)t->g * c->hd, M, L, c->hd, c->kvStride,
+                               c->p0, G, 1.0f / sqrtf((float)c->hd), lse ? lg : NULL);
+        group_scatter(out, og, n, t->g, G, c->hd, c->oStride, 0);
+        if (lse)
+            for (int r = 0; r < M; r++) lse[(size_t)(r / G) * c->lseStride + t->g * G + r % G] = lg[r];
+        return;
+    }
+    lf_attention_forward_rows(out, lse, q, k, v, t->t0, t->t1, c->p0, t->g, c->nH, c->nKV, c->hd,
+                              c->qStride, c->kvStride, c->oStride, c->lseStride);
+}
+
+// Tasks (sequence, group, chunk of query tokens), the costliest first.
+static struct att_task *att_fwd_tasks(const int32_t *count, int nSeq, int n1, int p0, int nH, int nKV, size_t *nt) {
+    size_t cap = 0;
+    for (int s = 0; s < nSeq; s++) {
+        int n = count ? count[s] : n1;
+        cap += (size_t)nKV * ((n + ATTENTION_CHUNK_TOKENS - 1) / ATTENTION_CHUNK_TOKENS);
+    }
+    struct att_task *t = malloc(sizeof *t * (cap ? cap : 1));
+    size_t k = 0;
+    const int G = nH / nKV;
+    for (int s = 0; s < nSeq; s++) {
+        int n = count ? count[s] : n1;
+        if (n <= 0) continue;
+        int direct = n * G <= ATTENTION_DIRECT_ROWS;
+        for (int g = 0; g < nKV; g++)
+            for (int t0 = 0; t0 < n; t0 += direct ? n : ATTENTION_CHUNK_TOKENS) {
+                int t1 = direct || t0 + ATTENTION_CHUNK_TOKENS > n ? n : t0 + ATTENTION_CHUNK_TOKENS;
+                t[k++] = (struct att_task){s, g, t0, t1, (double)(t1 - t0) * (p0 + (t0 + t1) / 2.0 + 1)};
+            }
+    }
+    qsort(t, k, sizeof *t, att_task_cmp);
+    *nt = k;
+    return t;
 }
 
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
@@ -592,70 +672,66 @@ void attention_forward(float *out, float *probs, const float *q, const float *k,
     double _t0 = mono_now();
     if (n == 0) return;
     const int G = nH / nKV, L = p0 + n, M = n * G;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *qg = scratch;                      // (M, hd)
-    float *og = scratch + (size_t)M * hd;     // (M, hd)
-    for (int g = 0; g < nKV; g++) {
-        float *P = probs + (size_t)g * M * L;  // (M, L)
-        group_gather(qg, q, n, g, G, hd, qStride);
-        if (M <= ATTENTION_DIRECT_ROWS) {
-            attention_group_direct(P, og, qg, k + (size_t)g * hd, v + (size_t)g * hd, M, L, hd, kvStride, p0, G, scale);
+    if (M <= ATTENTION_DIRECT_ROWS) {
+        const float scale = 1.0f / sqrtf((float)hd);
+        float *qg = scratch;                      // (M, hd)
+        float *og = scratch + (size_t)M * hd;     // (M, hd)
+        for (int g = 0; g < nKV; g++) {
+            float *P = probs + (size_t)g * M * L;  // (M, L)
+            group_gather(qg, q, n, g, G, hd, qStride);
+            attention_group_direct(P, og, qg, k + (size_t)g * hd, v + (size_t)g * hd, M, L, hd, kvStride, p0, G, scale, NULL);
             group_scatter(out, og, n, g, G, hd, oStride, 0);
-            continue;
         }
-        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride, 0.0f, P, L);
-        for (int r = 0; r < M; r++) {
-            float *row = P + (size_t)r * L;
-            int valid = p0 + r / G + 1;  // keys 0 .. p0 + t
-            float mx = -INFINITY;
-            for (int j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0.0f;
-            for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < valid; j++) row[j] *= inv;
-            for (int j = valid; j < L; j++) row[j] = 0.0f;
-        }
-        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride, 0.0f, og, hd);
-        group_scatter(out, og, n, g, G, hd, oStride, 0);
+    } else {
+        size_t nt;
+        struct att_task *tasks = att_fwd_tasks(NULL, 1, n, p0, nH, nKV, &nt);
+        struct att_fwd_ctx c = {out, NULL, q, k, v, NULL, NULL, tasks, n, p0, nH, nKV, hd, qStride, kvStride, oStride, 0};
+        parallel_tasks(nt, att_fwd_task, &c);
+        free(tasks);
     }
     section_end(KS_ATTENTION_FWD, _t0);
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                        const float *probs, const float *q, const float *k, const float *v,
-                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
-                        float *scratch) {
+void attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                             int qStride, int kvStride, int oStride) {
     double _t0 = mono_now();
-    if (n == 0) return;
-    const int G = nH / nKV, L = p0 + n, M = n * G;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *qg = scratch;                        // (M, hd)
-    float *dog = qg + (size_t)M * hd;           // (M, hd)
-    float *dqg = dog + (size_t)M * hd;          // (M, hd)
-    float *dP = dqg + (size_t)M * hd;           // (M, L)
-    for (int g = 0; g < nKV; g++) {
-        const float *P = probs + (size_t)g * M * L;
-        group_gather(qg, q, n, g, G, hd, qStride);
-        group_gather(dog, dout, n, g, G, hd, oStride);
-        // dP = dO · V^T ;  dV += P^T · dO
-        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, 1.0f, dog, hd, v + (size_t)g * hd, kvStride, 0.0f, dP, L);
-        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, 1.0f, P, L, dog, hd, 1.0f, dv + (size_t)g * hd, kvStride);
-        // dS = P ⊙ (dP − rowsum(P ⊙ dP))   (masked entries have P = 0)
-        for (int r = 0; r < M; r++) {
-            const float *pr = P + (size_t)r * L;
-            float *dr = dP + (size_t)r * L;
-            int valid = p0 + r / G + 1;
-            double dot = 0.0;
-            for (int j = 0; j < valid; j++) dot += (double)pr[j] * dr[j];
-            float fd = (float)dot;
-            for (int j = 0; j < valid; j++) dr[j] = pr[j] * (dr[j] - fd);
-            for (int j = valid; j < L; j++) dr[j] = 0.0f;
-        }
-        // dQ = scale · dS · K ;  dK += scale · dS^T · Q
-        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, scale, dP, L, k + (size_t)g * hd, kvStride, 0.0f, dqg, hd);
-        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f, dk + (size_t)g * hd, kvStride);
-        group_scatter(dq, dqg, n, g, G, hd, qStride, 1);
-    }
+    size_t nt;
+    struct att_task *tasks = att_fwd_tasks(count, nSeq, 0, 0, nH, nKV, &nt);
+    struct att_fwd_ctx c = {out, lse, q, k, v, tokenStart, count, tasks, 0, 0, nH, nKV, hd, qStride, kvStride, oStride, nH};
+    parallel_tasks(nt, att_fwd_task, &c);
+    free(tasks);
+    section_end(KS_ATTENTION_FWD, _t0);
+}
+
+struct att_bwd_ctx {
+    float *dq, *dk, *dv; const float *dout, *out, *lse, *q, *k, *v; const int32_t *start, *count;
+    const struct att_task *tasks; int nH, nKV, hd, qStride, kvStride, oStride;
+};
+static void att_bwd_task(void *p, size_t i) {
+    const struct att_bwd_ctx *c = p;
+    const struct att_task *t = &c->tasks[i];
+    const size_t s0 = (size_t)c->start[t->seq];
+    lf_attention_backward_group(c->dq + s0 * c->qStride, c->dk + s0 * c->kvStride, c->dv + s0 * c->kvStride,
+                                c->dout + s0 * c->oStride, c->out + s0 * c->oStride, c->lse + s0 * c->nH,
+                                c->q + s0 * c->qStride, c->k + s0 * c->kvStride, c->v + s0 * c->kvStride,
+                                c->count[t->seq], 0, t->g, c->nH, c->nKV, c->hd, c->qStride, c->kvStride, c->oStride, c->nH);
+}
+
+void attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                              int qStride, int kvStride, int oStride) {
+    double _t0 = mono_now();
+    struct att_task *tasks = malloc(sizeof *tasks * (size_t)(nSeq * nKV > 0 ? nSeq * nKV : 1));
+    size_t nt = 0;
+    for (int s = 0; s < nSeq; s++)
+        for (int g = 0; g < nKV && count[s] > 0; g++)
+            tasks[nt++] = (struct att_task){s, g, 0, count[s], (double)count[s] * count[s]};
+    qsort(tasks, nt, sizeof *tasks, att_task_cmp);
+    struct att_bwd_ctx c = {dq, dk, dv, dout, out, lse, q, k, v, tokenStart, count, tasks, nH, nKV, hd, qStride, kvStride, oStride};
+    parallel_tasks(nt, att_bwd_task, &c);
+    free(tasks);
     section_end(KS_ATTENTION_BWD, _t0);
 }
 

@@ -16,14 +16,13 @@ public final class BackwardScratch: @unchecked Sendable {
     private(set) var dh: UnsafeMutablePointer<Float>! = nil     // (T, hidden)
     private(set) var dgate: UnsafeMutablePointer<Float>! = nil  // (T, hidden)
     private(set) var dup: UnsafeMutablePointer<Float>! = nil    // (T, hidden)
-    private(set) var attScratch: UnsafeMutablePointer<Float>! = nil
 
     public init(config: LlamaConfig) { self.config = config }
     deinit { slab?.deallocate() }
 
-    func prepare(T: Int, R: Int, attention: Int) {
+    func prepare(T: Int, R: Int) {
         let c = config
-        let need = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim) + 2 * R * c.dim + attention
+        let need = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim) + 2 * R * c.dim
         if need > capacity {
             slab?.deallocate()
             slab = .allocate(capacity: need)
@@ -34,7 +33,6 @@ public final class BackwardScratch: @unchecked Sendable {
         dx = take(T * c.dim); dxn = take(T * c.dim); dxf = take(R * c.dim); dxnF = take(R * c.dim)
         datt = take(T * c.qDim); dq = take(T * c.qDim); dk = take(T * c.kvDim); dv = take(T * c.kvDim)
         dh = take(T * c.hiddenDim); dgate = take(T * c.hiddenDim); dup = take(T * c.hiddenDim)
-        attScratch = take(attention)
     }
 }
 
@@ -57,11 +55,7 @@ extension LlamaModel {
         let T = batch.tokens.count, R = batch.logitRows.count
         let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim)
         let hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
-        var attNeed = 0
-        for s in batch.sequences {
-            attNeed = max(attNeed, attention_backward_scratch_floats(Int32(s.count), Int32(s.startPos + s.count), nH, nKV, hd))
-        }
-        scratch.prepare(T: T, R: R, attention: attNeed)
+        scratch.prepare(T: T, R: R)
         let s = scratch
 
         // Output head and final norm, for the rows that have logits.
@@ -94,12 +88,8 @@ extension LlamaModel {
             s.dq.update(repeating: 0, count: T * c.qDim)
             s.dk.update(repeating: 0, count: T * c.kvDim)
             s.dv.update(repeating: 0, count: T * c.kvDim)
-            for (i, sq) in batch.sequences.enumerated() {
-                let t0 = sq.tokenStart
-                attention_backward(s.dq + t0 * c.qDim, s.dk + t0 * c.kvDim, s.dv + t0 * c.kvDim, s.datt + t0 * c.qDim,
-                                   a.probs + acts.probOffsets[i], a.q + t0 * c.qDim, a.k + t0 * c.kvDim, a.v + t0 * c.kvDim,
-                                   Int32(sq.count), 0, nH, nKV, hd, qDim, kvDim, qDim, s.attScratch)
-            }
+            attention_backward_batch(s.dq, s.dk, s.dv, s.datt, a.att, a.lse, a.q, a.k, a.v, acts.seqStart, acts.seqCount,
+                                     Int32(acts.seqStart.count), nH, nKV, hd, qDim, kvDim, qDim)
             rope_backward(s.dq, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_backward(s.dk, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
             s.dxn.update(repeating: 0, count: T * c.dim)

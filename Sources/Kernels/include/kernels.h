@@ -3,7 +3,8 @@
 // outputs are ACCUMULATED (+=) so that several uses of one parameter add up).
 //
 // All buffers are row-major float32. Shapes are given as comments: (T, C) = T rows of C floats.
-// Every matrix product goes through cblas_sgemm.
+// The linear layers' products go through cblas_sgemm (or the bf16 kernels of compact.h); attention
+// has its own fused kernels (learner_fused.c).
 #ifndef SELM_KERNELS_H
 #define SELM_KERNELS_H
 #include <stddef.h>
@@ -63,7 +64,7 @@ double kernels_thread_product_seconds(void);
 /// (their helper thread's share included).
 enum {
     KS_ATTENTION_FWD = 0,   // attention_forward, attention_forward_batch
-    KS_ATTENTION_BWD,       // attention_backward, attention_backward_batch
+    KS_ATTENTION_BWD,       // attention_backward_batch
     KS_RMSNORM_FWD,         // rmsnorm_forward
     KS_RMSNORM_BWD,         // rmsnorm_backward
     KS_SWIGLU_FWD,          // swiglu_forward
@@ -130,19 +131,30 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int
 //   q     (n, qStride)   query heads at columns h*hd, h < nH          (after RoPE)
 //   k, v  (L, kvStride)  key/value heads at columns g*hd, g < nKV     (after RoPE for k)
 //   out   (n, oStride)   head outputs at columns h*hd
-//   probs (nKV, n*G, L)  softmax probabilities (G = nH/nKV; row t*G+j is head g*G+j of token t);
-//                        kept for the backward when the caller passes storage, may be scratch.
+//   probs (nKV, n*G, L)  scratch (G = nH/nKV) for decoding sizes (n*G <= 8 query rows per KV group:
+//                        direct dot products); larger ones run the fused kernel of learner_fused.c
+//                        over chunks of query tokens, on the calling thread and kernels_parallel's
+//                        helper.
 //   scratch              attention_scratch_floats(n, nH, hd) floats.
 size_t attention_scratch_floats(int n, int nH, int hd);
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                        float *scratch);
-// Gradients: dq (n, qStride), dk/dv (L, kvStride), accumulated.  scratch: attention_backward_scratch_floats.
-size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd);
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                        const float *probs, const float *q, const float *k, const float *v,
-                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
-                        float *scratch);
+// The learner's attention: the sequences of a batch laid end to end (sequence s is rows
+// tokenStart[s] ..< tokenStart[s] + count[s] of q, k, v, out; every one starts at position 0), each
+// (sequence, KV group, chunk of query tokens) a task of the fused kernel, spread over the calling
+// thread and kernels_parallel's helper (results do not depend on the split). Bit for bit what
+// attention_forward computes for each sequence alone. Also writes lse (T, nH): each query row's
+// log Σ_j exp(q·k_j/√hd), all the backward keeps of the softmax.
+void attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                             int qStride, int kvStride, int oStride);
+// Its gradients, one fused task per (sequence, KV group): dq (T, qStride), dk/dv (T, kvStride)
+// ACCUMULATED, from dout, the forward's out and lse (the probabilities are recomputed).
+void attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                              int qStride, int kvStride, int oStride);
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: h = silu(gate) * up, silu(x) = x * sigmoid(x).  All (N) with N = T * hidden.
