@@ -360,7 +360,29 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *tokens,
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-struct rms_ctx { float *out, *rstd, *dinp, *dweight; const float *inp, *weight, *dout; int C; float eps; };
+struct rms_ctx { float *out, *rstd, *dinp, *partial; const float *inp, *weight, *dout; int T, C; float eps; };
+
+// Σ x_i² and Σ a_i·b_i·c_i in double, with eight partial sums combined in a fixed order (a serial
+// double sum waits on each addition; these are the per-row reductions of RMSNorm, 576 values for
+// SmolLM2).
+static inline double sumsq8(const float *x, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[i + k] * x[i + k];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+static inline double dot3_8(const float *x, const float *y, const float *z, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[i + k] * y[i + k] * z[i + k];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * y[i] * z[i];
+    return s;
+}
 
 static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
     struct rms_ctx *c = p;
@@ -368,8 +390,7 @@ static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
     for (size_t t = b; t < e; t++) {
         const float *x = inp + (size_t)t * C;
         float *o = out + (size_t)t * C;
-        double ss = 0.0;
-        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        double ss = sumsq8(x, C);
         float r = 1.0f / sqrtf((float)(ss / C) + eps);
         for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
         if (rstd) rstd[t] = r;
@@ -378,30 +399,51 @@ static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
     double _t0 = mono_now();
-    struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, C, eps};
+    struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, T, C, eps};
     kernels_parallel((size_t)T, 64, rmsnorm_forward_rows, &c);
     section_end(KS_RMSNORM_FWD, _t0);
+}
+
+// Rows per chunk of the backward: each chunk sums its rows' weight gradient on its own, the chunks'
+// sums are added in order afterwards, so the result does not depend on which thread ran which chunk.
+#define RMS_CHUNK_ROWS 32
+
+// y_i = w_i · x_i · r,  r = (mean(x²) + eps)^(−1/2):
+// dx_j = r · w_j · dy_j − r³/C · x_j · Σ_i dy_i · w_i · x_i;   dw_j = Σ_rows dy_j · x_j · r
+static void rmsnorm_backward_chunks(void *p, size_t b, size_t e) {
+    struct rms_ctx *c = p;
+    const int C = c->C;
+    for (size_t ch = b; ch < e; ch++) {
+        const int t0 = (int)ch * RMS_CHUNK_ROWS, t1 = t0 + RMS_CHUNK_ROWS < c->T ? t0 + RMS_CHUNK_ROWS : c->T;
+        float *dw = c->partial ? c->partial + ch * (size_t)C : NULL;
+        if (dw) memset(dw, 0, sizeof(float) * C);
+        for (int t = t0; t < t1; t++) {
+            const float *x = c->inp + (size_t)t * C, *dy = c->dout + (size_t)t * C, *w = c->weight;
+            const float r = c->rstd[t];
+            if (c->dinp) {
+                const float k = (float)(dot3_8(dy, w, x, C) * r * r * r / C);
+                float *dx = c->dinp + (size_t)t * C;
+                for (int i = 0; i < C; i++) dx[i] += r * w[i] * dy[i] - k * x[i];
+            }
+            if (dw)
+                for (int i = 0; i < C; i++) dw[i] += dy[i] * x[i] * r;
+        }
+    }
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C) {
     double _t0 = mono_now();
-    // y_i = w_i * x_i * r,  r = (mean(x^2) + eps)^(-1/2)
-    // dx_j = r * w_j * dy_j - r^3 / C * x_j * sum_i(dy_i * w_i * x_i)
-    // (the weight gradient sums over rows, so this stays on one thread)
-    for (int t = 0; t < T; t++) {
-        const float *x = inp + (size_t)t * C;
-        const float *dy = dout + (size_t)t * C;
-        float r = rstd[t];
-        double dot = 0.0;
-        for (int i = 0; i < C; i++) dot += (double)dy[i] * weight[i] * x[i];
-        float k = (float)(dot * r * r * r / C);
-        if (dinp) {
-            float *dx = dinp + (size_t)t * C;
-            for (int i = 0; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
+    const size_t chunks = ((size_t)T + RMS_CHUNK_ROWS - 1) / RMS_CHUNK_ROWS;
+    float *partial = dweight ? malloc(sizeof(float) * chunks * (size_t)C) : NULL;
+    struct rms_ctx c = {NULL, (float *)rstd, dinp, partial, inp, weight, dout, T, C, 0};
+    kernels_parallel(chunks, 2, rmsnorm_backward_chunks, &c);
+    if (partial) {
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const float *src = partial + ch * (size_t)C;
+            for (int i = 0; i < C; i++) dweight[i] += src[i];
         }
-        if (dweight)
-            for (int i = 0; i < C; i++) dweight[i] += dy[i] * x[i] * r;
+        free(partial);
     }
     section_end(KS_RMSNORM_BWD, _t0);
 }
@@ -754,7 +796,7 @@ void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
 
 static void swiglu_backward_range(void *p, size_t b, size_t e) {
     struct swiglu_ctx *c = p;
-    lf_swiglu_backward(c->dgate + b, c->dup + b, c->dh + b, c->gate + b, c->up + b, e - b);   // learner_fused.c
+    lf_swiglu_backward(c->dgate + b, c->dup + b, c->dh + b, c->gate + b, c->up + b, e - b, 0);   // learner_fused.c
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
@@ -826,14 +868,14 @@ void logprob_gather_backward(float *dlogits, const float *dlogp, const float *lo
 // ---------------------------------------------------------------------------------------------
 // Optimizer
 
-struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2; };
+struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2, gscale; };
 
 static void adamw_range(void *ctx, size_t b, size_t e) {
     struct adamw_ctx *c = ctx;
     float *p = c->p, *m = c->m, *v = c->v; const float *g = c->g;
-    float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2;
+    float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2, gs = c->gscale;
     for (size_t i = b; i < e; i++) {
-        float gi = g[i];
+        float gi = g[i] * gs;
         float mi = b1 * m[i] + (1.0f - b1) * gi;
         float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
         m[i] = mi; v[i] = vi;
@@ -843,27 +885,35 @@ static void adamw_range(void *ctx, size_t b, size_t e) {
 }
 
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
-                  float eps, float shrink, float step, float bc2sqrt) {
+                  float eps, float shrink, float step, float bc2sqrt, float gscale) {
     double _t0 = mono_now();
-    struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt};
+    struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt, gscale};
     kernels_parallel(n, 1 << 16, adamw_range, &c);
     section_end(KS_OPTIMIZER, _t0);
 }
 
-struct ss_ctx { const float *x; double part[2]; size_t mid; };
+// Fixed chunks of SS_CHUNK values, each summed with eight partial sums, the chunks' sums added in
+// order: the same result whatever the thread split.
+#define SS_CHUNK ((size_t)1 << 16)
+struct ss_ctx { const float *x; size_t n; double *part; };
 
 static void ss_range(void *ctx, size_t b, size_t e) {
     struct ss_ctx *c = ctx;
-    double s = 0;
-    for (size_t i = b; i < e; i++) s += (double)c->x[i] * c->x[i];
-    c->part[b == 0 ? 0 : 1] = s;
+    for (size_t ch = b; ch < e; ch++) {
+        size_t lo = ch * SS_CHUNK, hi = lo + SS_CHUNK < c->n ? lo + SS_CHUNK : c->n;
+        c->part[ch] = sumsq8(c->x + lo, (int)(hi - lo));
+    }
 }
 
 double sum_squares(const float *x, size_t n) {
     double _t0 = mono_now();
-    struct ss_ctx c = {x, {0, 0}, 0};
-    kernels_parallel(n, 1 << 16, ss_range, &c);
-    double r = c.part[0] + c.part[1];
+    size_t chunks = (n + SS_CHUNK - 1) / SS_CHUNK;
+    double stack[64], *part = chunks <= 64 ? stack : malloc(sizeof(double) * chunks);
+    struct ss_ctx c = {x, n, part};
+    kernels_parallel(chunks, 2, ss_range, &c);
+    double r = 0;
+    for (size_t ch = 0; ch < chunks; ch++) r += part[ch];
+    if (part != stack) free(part);
     section_end(KS_OPTIMIZER, _t0);
     return r;
 }

@@ -208,49 +208,58 @@ void lf_swiglu_forward(float *h, const float *gate, const float *up, size_t n) {
     else for (size_t i = 0; i < n; i++) { float g = gate[i]; h[i] = g / (1.0f + lf_exp_scalar(-g)) * up[i]; }
 }
 
-T512 static inline void swiglu_bwd16(float *dgate, float *dup, const float *dh, const float *gate, const float *up, __mmask16 k) {
+T512 static inline void swiglu_bwd16(float *dgate, float *dup, const float *dh, const float *gate, const float *up, __mmask16 k,
+                                     int acc) {
     const __m512 one = _mm512_set1_ps(1.0f);
     __m512 g = _mm512_maskz_loadu_ps(k, gate), d = _mm512_maskz_loadu_ps(k, dh), u = _mm512_maskz_loadu_ps(k, up);
     __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
     __m512 silu = _mm512_mul_ps(g, s);
-    _mm512_mask_storeu_ps(dup, k, _mm512_fmadd_ps(d, silu, _mm512_maskz_loadu_ps(k, dup)));
+    __m512 up0 = acc ? _mm512_maskz_loadu_ps(k, dup) : _mm512_setzero_ps();
+    __m512 g0 = acc ? _mm512_maskz_loadu_ps(k, dgate) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(dup, k, _mm512_fmadd_ps(d, silu, up0));
     __m512 t = _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one);   // 1 + g(1 − s)
-    _mm512_mask_storeu_ps(dgate, k, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), s), t, _mm512_maskz_loadu_ps(k, dgate)));
+    _mm512_mask_storeu_ps(dgate, k, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(d, u), s), t, g0));
 }
-T512 static void swiglu_bwd512(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+T512 static void swiglu_bwd512(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n, int acc) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, 0xFFFF);
-    if (i < n) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, (__mmask16)((1u << (n - i)) - 1));
+    for (; i + 16 <= n; i += 16) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, 0xFFFF, acc);
+    if (i < n) swiglu_bwd16(dgate + i, dup + i, dh + i, gate + i, up + i, (__mmask16)((1u << (n - i)) - 1), acc);
 }
-TAVX2 static inline void swiglu_bwd8(float *dgate, float *dup, const float *dh, const float *gate, const float *up) {
+TAVX2 static inline void swiglu_bwd8(float *dgate, float *dup, const float *dh, const float *gate, const float *up, int acc) {
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 g = _mm256_loadu_ps(gate), d = _mm256_loadu_ps(dh), u = _mm256_loadu_ps(up);
     __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
     __m256 silu = _mm256_mul_ps(g, s);
-    _mm256_storeu_ps(dup, _mm256_fmadd_ps(d, silu, _mm256_loadu_ps(dup)));
+    __m256 up0 = acc ? _mm256_loadu_ps(dup) : _mm256_setzero_ps(), g0 = acc ? _mm256_loadu_ps(dgate) : _mm256_setzero_ps();
+    _mm256_storeu_ps(dup, _mm256_fmadd_ps(d, silu, up0));
     __m256 t = _mm256_fmadd_ps(g, _mm256_sub_ps(one, s), one);
-    _mm256_storeu_ps(dgate, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, u), s), t, _mm256_loadu_ps(dgate)));
+    _mm256_storeu_ps(dgate, _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(d, u), s), t, g0));
 }
-TAVX2 static void swiglu_bwd256(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+TAVX2 static void swiglu_bwd256(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n, int acc) {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) swiglu_bwd8(dgate + i, dup + i, dh + i, gate + i, up + i);
+    for (; i + 8 <= n; i += 8) swiglu_bwd8(dgate + i, dup + i, dh + i, gate + i, up + i, acc);
     if (i < n) {
         float a[8] = {0}, b[8] = {0}, c[8] = {0}, e[8] = {0}, f[8] = {0};
         const size_t r = n - i;
-        for (size_t k = 0; k < r; k++) { a[k] = dgate[i + k]; b[k] = dup[i + k]; c[k] = dh[i + k]; e[k] = gate[i + k]; f[k] = up[i + k]; }
-        swiglu_bwd8(a, b, c, e, f);
+        for (size_t k = 0; k < r; k++) {
+            if (acc) { a[k] = dgate[i + k]; b[k] = dup[i + k]; }
+            c[k] = dh[i + k]; e[k] = gate[i + k]; f[k] = up[i + k];
+        }
+        swiglu_bwd8(a, b, c, e, f, acc);
         for (size_t k = 0; k < r; k++) { dgate[i + k] = a[k]; dup[i + k] = b[k]; }
     }
 }
 
-void lf_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n) {
+void lf_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n,
+                        int accumulate) {
     int lv = lf_level();
-    if (lv == 2) swiglu_bwd512(dgate, dup, dh, gate, up, n);
-    else if (lv == 1) swiglu_bwd256(dgate, dup, dh, gate, up, n);
+    if (lv == 2) swiglu_bwd512(dgate, dup, dh, gate, up, n, accumulate);
+    else if (lv == 1) swiglu_bwd256(dgate, dup, dh, gate, up, n, accumulate);
     else for (size_t i = 0; i < n; i++) {
         float g = gate[i], s = 1.0f / (1.0f + lf_exp_scalar(-g));
-        dup[i] += dh[i] * g * s;
-        dgate[i] += dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
+        float u0 = accumulate ? dup[i] : 0.0f, g0 = accumulate ? dgate[i] : 0.0f;
+        dup[i] = u0 + dh[i] * g * s;
+        dgate[i] = g0 + dh[i] * up[i] * s * (1.0f + g * (1.0f - s));
     }
 }
 

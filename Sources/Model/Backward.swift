@@ -74,9 +74,7 @@ extension LlamaModel {
             // MLP: x_{l+1} = xmid + down(silu(gate(xn2)) * up(xn2)),  xn2 = rmsnorm(xmid)
             s.dh.update(repeating: 0, count: T * c.hiddenDim)
             products.backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T: T, C: c.hiddenDim, OC: c.dim)
-            s.dgate.update(repeating: 0, count: T * c.hiddenDim)
-            s.dup.update(repeating: 0, count: T * c.hiddenDim)
-            swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)
+            swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)   // writes dgate, dup
             s.dxn.update(repeating: 0, count: T * c.dim)
             products.backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T: T, C: c.dim, OC: c.hiddenDim)
             products.backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T: T, C: c.dim, OC: c.hiddenDim)

@@ -159,6 +159,8 @@ void attention_backward_batch(float *dq, float *dk, float *dv, const float *dout
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: h = silu(gate) * up, silu(x) = x * sigmoid(x).  All (N) with N = T * hidden.
 void swiglu_forward(float *h, const float *gate, const float *up, size_t N);
+// dgate, dup are WRITTEN (not accumulated: gate and up feed nothing else, so the backward need not
+// clear them first).
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N);
 
 // ---------------------------------------------------------------------------------------------
@@ -169,11 +171,13 @@ typedef void (*kernels_range_fn)(void *ctx, size_t begin, size_t end);
 void kernels_parallel(size_t n, size_t min_parallel, kernels_range_fn fn, void *ctx);
 
 // AdamW (PyTorch semantics) over a contiguous segment: p = p·shrink − step·m̂/(sqrt(v̂)+eps) with
-// m, v updated in place.  shrink = 1 − lr·wd (1 for no decay), step = lr / (1 − β1^t),
-// bc2sqrt = sqrt(1 − β2^t).
+// m, v updated in place, for the gradient g·gscale (gradient clipping's factor, 1 for none; the
+// same float product a separate scaling pass would store).  shrink = 1 − lr·wd (1 for no decay),
+// step = lr / (1 − β1^t), bc2sqrt = sqrt(1 − β2^t).
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
-                  float eps, float shrink, float step, float bc2sqrt);
-// Sum of squares of n floats (double accumulation), parallel.
+                  float eps, float shrink, float step, float bc2sqrt, float gscale);
+// Sum of squares of n floats (double accumulation over fixed chunks, so the same whatever the
+// thread split), parallel.
 double sum_squares(const float *x, size_t n);
 
 // ---------------------------------------------------------------------------------------------

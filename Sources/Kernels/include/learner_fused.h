@@ -16,8 +16,10 @@ float lf_logsumexp_row(const float *x, int n);
 void lf_scaled_exp_row(float *d, const float *x, int n, float l, float s);
 /// h = silu(gate) · up over n values.
 void lf_swiglu_forward(float *h, const float *gate, const float *up, size_t n);
-/// dup += dh · silu(gate);  dgate += dh · up · σ(gate) · (1 + gate · (1 − σ(gate))).
-void lf_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n);
+/// dup += dh · silu(gate);  dgate += dh · up · σ(gate) · (1 + gate · (1 − σ(gate))); with
+/// accumulate = 0 they are written instead (the same bits as adding to zeros).
+void lf_swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t n,
+                        int accumulate);
 /// exp(x) as the vector paths compute it (for tests).
 float lf_exp(float x);
 
