@@ -318,7 +318,7 @@ float *lf_workspace(size_t floats) {
 
 static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-#define ATT_RB 16       // query rows per block (scores for ATT_RB rows × all their keys at once)
+#define ATT_RB 32       // query rows per block (scores for ATT_RB rows × all their keys at once)
 #define ATT_KB 32       // keys are padded to a multiple of this
 
 // ----- AVX-512: scores of 8 rows × 32 keys: S[r][j] = scale · Σ_i A[r][i] · Bt[i][j]
