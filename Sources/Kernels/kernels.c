@@ -384,17 +384,35 @@ static inline double dot3_8(const float *x, const float *y, const float *z, int 
     return s;
 }
 
+// out = weight ⊙ (x · r), one row: the forward and rmsnorm_apply share it, so a recomputed output has
+// the forward's bits.
+static inline void rms_scale_row(float *o, const float *x, const float *weight, float r, int C) {
+    for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
+}
+
 static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
     struct rms_ctx *c = p;
     float *out = c->out, *rstd = c->rstd; const float *inp = c->inp, *weight = c->weight; int C = c->C; float eps = c->eps;
     for (size_t t = b; t < e; t++) {
         const float *x = inp + (size_t)t * C;
-        float *o = out + (size_t)t * C;
         double ss = sumsq8(x, C);
         float r = 1.0f / sqrtf((float)(ss / C) + eps);
-        for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
+        rms_scale_row(out + (size_t)t * C, x, weight, r, C);
         if (rstd) rstd[t] = r;
     }
+}
+
+static void rmsnorm_apply_rows(void *p, size_t b, size_t e) {
+    struct rms_ctx *c = p;
+    for (size_t t = b; t < e; t++)
+        rms_scale_row(c->out + t * (size_t)c->C, c->inp + t * (size_t)c->C, c->weight, c->rstd[t], c->C);
+}
+
+void rmsnorm_apply(float *out, const float *inp, const float *weight, const float *rstd, int T, int C) {
+    double _t0 = mono_now();
+    struct rms_ctx c = {out, (float *)rstd, NULL, NULL, inp, weight, NULL, T, C, 0};
+    kernels_parallel((size_t)T, 64, rmsnorm_apply_rows, &c);
+    section_end(KS_RMSNORM_BWD, _t0);
 }
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {

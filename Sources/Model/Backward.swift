@@ -72,9 +72,12 @@ extension LlamaModel {
         for l in stride(from: c.nLayers - 1, through: 0, by: -1) {
             let a = acts.layers[l], p = w.layers[l], g = grads.layers[l]
             // MLP: x_{l+1} = xmid + down(silu(gate(xn2)) * up(xn2)),  xn2 = rmsnorm(xmid)
+            // (h and xn2 are recomputed: every layer's forward wrote the same buffers; the same bits)
+            swiglu_forward(a.h, a.gate, a.up, T * c.hiddenDim)
             s.dh.update(repeating: 0, count: T * c.hiddenDim)
             products.backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T: T, C: c.hiddenDim, OC: c.dim)
             swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)   // writes dgate, dup
+            rmsnorm_apply(a.xn2, a.xmid, p.mlpNorm, a.rstd2, T32, dim)
             s.dxn.update(repeating: 0, count: T * c.dim)
             products.backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T: T, C: c.dim, OC: c.hiddenDim)
             products.backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T: T, C: c.dim, OC: c.hiddenDim)
@@ -90,6 +93,7 @@ extension LlamaModel {
                                      Int32(acts.seqStart.count), nH, nKV, hd, qDim, kvDim, qDim)
             rope_backward(s.dq, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_backward(s.dk, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
+            rmsnorm_apply(a.xn, a.x, p.attnNorm, a.rstd1, T32, dim)
             s.dxn.update(repeating: 0, count: T * c.dim)
             products.backward(s.dxn, g.wq, s.dq, a.xn, p.wq, T: T, C: c.dim, OC: c.qDim)
             products.backward(s.dxn, g.wk, s.dk, a.xn, p.wk, T: T, C: c.dim, OC: c.kvDim)

@@ -160,8 +160,10 @@ public final class ContiguousKVStore: KVStore, @unchecked Sendable {
 }
 
 /// Activations of one forward pass (llama2.c's RunState). For inference one set of per-layer
-/// buffers is reused by every layer; with `keepForBackward` every layer keeps its own, as the
-/// backward pass needs them. Buffers grow on demand and are reused across calls.
+/// buffers is reused by every layer; with `keepForBackward` every layer keeps its own of what the
+/// backward reads — except the two norm outputs and SwiGLU's output, which all layers share and the
+/// backward recomputes, bit for bit, from what is kept (`recomputedInBackward`). Buffers grow on
+/// demand and are reused across calls.
 public final class Activations: @unchecked Sendable {
     public let config: LlamaConfig
     public let keepForBackward: Bool
@@ -169,7 +171,7 @@ public final class Activations: @unchecked Sendable {
     /// Per-layer views (all layers share one set unless keepForBackward).
     public struct Layer {
         public var x: UnsafeMutablePointer<Float>       // (T, dim)     layer input (residual stream)
-        public var xn: UnsafeMutablePointer<Float>      // (T, dim)     input_layernorm output
+        public var xn: UnsafeMutablePointer<Float>      // (T, dim)     input_layernorm output (shared: recomputed in the backward)
         public var rstd1: UnsafeMutablePointer<Float>   // (T)
         public var q: UnsafeMutablePointer<Float>       // (T, qDim)    after RoPE
         public var k: UnsafeMutablePointer<Float>       // (T, kvDim)   after RoPE
@@ -178,11 +180,11 @@ public final class Activations: @unchecked Sendable {
         public var lse: UnsafeMutablePointer<Float>     // (T, nH)      log-sum-exp of each query row's scores (no KV store)
         public var probs: UnsafeMutablePointer<Float>   // attention scratch of the KV-store path (all layers share it)
         public var xmid: UnsafeMutablePointer<Float>    // (T, dim)     residual after attention
-        public var xn2: UnsafeMutablePointer<Float>     // (T, dim)     post_attention_layernorm output
+        public var xn2: UnsafeMutablePointer<Float>     // (T, dim)     post_attention_layernorm output (shared: recomputed)
         public var rstd2: UnsafeMutablePointer<Float>   // (T)
         public var gate: UnsafeMutablePointer<Float>    // (T, hidden)
         public var up: UnsafeMutablePointer<Float>      // (T, hidden)
-        public var h: UnsafeMutablePointer<Float>       // (T, hidden)  silu(gate) * up
+        public var h: UnsafeMutablePointer<Float>       // (T, hidden)  silu(gate) * up (shared: recomputed)
     }
 
     public private(set) var layers: [Layer] = []
@@ -235,10 +237,14 @@ public final class Activations: @unchecked Sendable {
 
         // Per layer (each its own with keepForBackward): the activations the backward reads, and the
         // attention's log-sum-exp per query row (T · nH floats; its probabilities are recomputed).
-        let perLayer = T * (4 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim + 2 + c.nHeads)
+        // The norm outputs xn, xn2 and SwiGLU's h are one set for all layers (recomputed in the
+        // backward from x, xmid, the rstds, gate and up): 2·dim + hidden floats per token and layer
+        // fewer, −495 MB on bench-learner's 1 536-token step.
+        let perLayer = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + 2 + c.nHeads)
+        let shared = T * (2 * c.dim + c.hiddenDim)
         let nLayerSets = keepForBackward ? c.nLayers : 1
         let half = c.headDim / 2
-        let total = nLayerSets * perLayer + probsMax + T * c.dim + R * (2 * c.dim + 1 + c.vocabSize) + 2 * T * half + scratchN + 64
+        let total = nLayerSets * perLayer + shared + probsMax + T * c.dim + R * (2 * c.dim + 1 + c.vocabSize) + 2 * T * half + scratchN + 64
         if total > slabCount {
             slab?.deallocate()
             slab = .allocate(capacity: total)
@@ -247,13 +253,14 @@ public final class Activations: @unchecked Sendable {
         var p = slab!
         func take(_ n: Int) -> UnsafeMutablePointer<Float> { defer { p += n }; return p }
         let probs = take(probsMax)
+        let xn = take(T * c.dim), xn2 = take(T * c.dim), h = take(T * c.hiddenDim)
         var sets: [Layer] = []
         for _ in 0..<nLayerSets {
             sets.append(Layer(
-                x: take(T * c.dim), xn: take(T * c.dim), rstd1: take(T), q: take(T * c.qDim),
+                x: take(T * c.dim), xn: xn, rstd1: take(T), q: take(T * c.qDim),
                 k: take(T * c.kvDim), v: take(T * c.kvDim), att: take(T * c.qDim), lse: take(T * c.nHeads), probs: probs,
-                xmid: take(T * c.dim), xn2: take(T * c.dim), rstd2: take(T), gate: take(T * c.hiddenDim),
-                up: take(T * c.hiddenDim), h: take(T * c.hiddenDim)))
+                xmid: take(T * c.dim), xn2: xn2, rstd2: take(T), gate: take(T * c.hiddenDim),
+                up: take(T * c.hiddenDim), h: h))
         }
         if keepForBackward {
             layers = sets

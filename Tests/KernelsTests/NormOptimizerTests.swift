@@ -8,7 +8,8 @@ import XCTest
 /// and against the separate scaling pass they replace.
 final class NormOptimizerTests: XCTestCase {
     /// dx_j = r·w_j·dy_j − r³/C·x_j·Σ_i dy_i·w_i·x_i and dw_j = Σ_rows dy_j·x_j·r, both accumulated, for
-    /// row counts around the chunk size; and the forward's r = (mean x² + eps)^(−1/2).
+    /// row counts around the chunk size; the forward's r = (mean x² + eps)^(−1/2); and rmsnorm_apply
+    /// (the backward's recomputation of the output) equal to the forward's output bit for bit.
     func testRMSNormMatchesTheDefinition() {
         var rng = TestRNG(5)
         let C = 83
@@ -16,6 +17,10 @@ final class NormOptimizerTests: XCTestCase {
             let x = rng.floats(T * C, scale: 3), w = rng.floats(C), dy = rng.floats(T * C)
             var out = [Float](repeating: 0, count: T * C), rstd = [Float](repeating: 0, count: T)
             rmsnorm_forward(&out, &rstd, x, w, Int32(T), Int32(C), 1e-5)
+            // The backward's recomputation of the output from rstd has the forward's bits.
+            var again = [Float](repeating: .nan, count: T * C)
+            rmsnorm_apply(&again, x, w, rstd, Int32(T), Int32(C))
+            XCTAssertEqual(again.map(\.bitPattern), out.map(\.bitPattern), "T \(T): recomputed output")
             var dx = [Float](repeating: 0.5, count: T * C), dw = [Float](repeating: -0.25, count: C)
             rmsnorm_backward(&dx, &dw, dy, x, w, rstd, Int32(T), Int32(C))
             var wantDW = [Double](repeating: -0.25, count: C)

@@ -66,7 +66,7 @@ enum {
     KS_ATTENTION_FWD = 0,   // attention_forward, attention_forward_batch
     KS_ATTENTION_BWD,       // attention_backward_batch
     KS_RMSNORM_FWD,         // rmsnorm_forward
-    KS_RMSNORM_BWD,         // rmsnorm_backward
+    KS_RMSNORM_BWD,         // rmsnorm_backward, rmsnorm_apply (the backward's recomputation)
     KS_SWIGLU_FWD,          // swiglu_forward
     KS_SWIGLU_BWD,          // swiglu_backward
     KS_ROPE,                // rope_forward, rope_backward
@@ -116,6 +116,9 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *tokens,
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps);
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C);
+// out = inp * rstd * weight again from the forward's rstd: the forward's output, bit for bit (the
+// learner recomputes the norm outputs in the backward instead of keeping them per layer).
+void rmsnorm_apply(float *out, const float *inp, const float *weight, const float *rstd, int T, int C);
 
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding, Hugging Face "rotate_half" layout: within each head, element i pairs
