@@ -157,6 +157,21 @@ static double mono_now(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+// Per-thread seconds in the passes outside the linear layers' products (kernels.h KS_*).
+static __thread double thread_sections[KS_COUNT];
+static inline void section_end(int s, double t0) { thread_sections[s] += mono_now() - t0; }
+double kernels_thread_section_seconds(int section) {
+    return section >= 0 && section < KS_COUNT ? thread_sections[section] : 0;
+}
+const char *kernels_section_name(int section) {
+    static const char *names[KS_COUNT] = {
+        "attention forward", "attention backward", "RMSNorm forward", "RMSNorm backward", "SwiGLU forward",
+        "SwiGLU backward", "RoPE", "log-softmax forward", "log-softmax backward", "embedding", "row gathers",
+        "AdamW + gradient norm",
+    };
+    return section >= 0 && section < KS_COUNT ? names[section] : "?";
+}
+
 void kernels_compute_enter(void) {
     if (thread_depth++ == 0) __atomic_add_fetch(&active_compute, 1, __ATOMIC_SEQ_CST);
 }
@@ -327,60 +342,128 @@ void matmul_backward(float *dinp, float *dweight, const float *dout, const float
 // Embedding
 
 void embedding_forward(float *out, const int32_t *tokens, const float *table, int T, int C) {
+    double _t0 = mono_now();
     for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)tokens[t] * C, sizeof(float) * C);
+    section_end(KS_EMBEDDING, _t0);
 }
 
 void embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int T, int C) {
+    double _t0 = mono_now();
     for (int t = 0; t < T; t++) {
         float *row = dtable + (size_t)tokens[t] * C;
         const float *g = dout + (size_t)t * C;
         for (int i = 0; i < C; i++) row[i] += g[i];
     }
+    section_end(KS_EMBEDDING, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-struct rms_ctx { float *out, *rstd, *dinp, *dweight; const float *inp, *weight, *dout; int C; float eps; };
+struct rms_ctx { float *out, *rstd, *dinp, *partial; const float *inp, *weight, *dout; int T, C; float eps; };
+
+// Σ x_i² and Σ a_i·b_i·c_i in double, with eight partial sums combined in a fixed order (a serial
+// double sum waits on each addition; these are the per-row reductions of RMSNorm, 576 values for
+// SmolLM2).
+static inline double sumsq8(const float *x, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[i + k] * x[i + k];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+static inline double dot3_8(const float *x, const float *y, const float *z, int n) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += (double)x[i + k] * y[i + k] * z[i + k];
+    double s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    for (; i < n; i++) s += (double)x[i] * y[i] * z[i];
+    return s;
+}
+
+// out = weight ⊙ (x · r), one row: the forward and rmsnorm_apply share it, so a recomputed output has
+// the forward's bits.
+static inline void rms_scale_row(float *o, const float *x, const float *weight, float r, int C) {
+    for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
+}
 
 static void rmsnorm_forward_rows(void *p, size_t b, size_t e) {
     struct rms_ctx *c = p;
     float *out = c->out, *rstd = c->rstd; const float *inp = c->inp, *weight = c->weight; int C = c->C; float eps = c->eps;
     for (size_t t = b; t < e; t++) {
         const float *x = inp + (size_t)t * C;
-        float *o = out + (size_t)t * C;
-        double ss = 0.0;
-        for (int i = 0; i < C; i++) ss += (double)x[i] * x[i];
+        double ss = sumsq8(x, C);
         float r = 1.0f / sqrtf((float)(ss / C) + eps);
-        for (int i = 0; i < C; i++) o[i] = weight[i] * (x[i] * r);
+        rms_scale_row(out + (size_t)t * C, x, weight, r, C);
         if (rstd) rstd[t] = r;
     }
 }
 
+static void rmsnorm_apply_rows(void *p, size_t b, size_t e) {
+    struct rms_ctx *c = p;
+    for (size_t t = b; t < e; t++)
+        rms_scale_row(c->out + t * (size_t)c->C, c->inp + t * (size_t)c->C, c->weight, c->rstd[t], c->C);
+}
+
+void rmsnorm_apply(float *out, const float *inp, const float *weight, const float *rstd, int T, int C) {
+    double _t0 = mono_now();
+    struct rms_ctx c = {out, (float *)rstd, NULL, NULL, inp, weight, NULL, T, C, 0};
+    kernels_parallel((size_t)T, 64, rmsnorm_apply_rows, &c);
+    section_end(KS_RMSNORM_BWD, _t0);
+}
+
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps) {
-    struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, C, eps};
+    double _t0 = mono_now();
+    struct rms_ctx c = {out, rstd, NULL, NULL, inp, weight, NULL, T, C, eps};
     kernels_parallel((size_t)T, 64, rmsnorm_forward_rows, &c);
+    section_end(KS_RMSNORM_FWD, _t0);
+}
+
+// Rows per chunk of the backward: each chunk sums its rows' weight gradient on its own, the chunks'
+// sums are added in order afterwards, so the result does not depend on which thread ran which chunk.
+#define RMS_CHUNK_ROWS 32
+
+// y_i = w_i · x_i · r,  r = (mean(x²) + eps)^(−1/2):
+// dx_j = r · w_j · dy_j − r³/C · x_j · Σ_i dy_i · w_i · x_i;   dw_j = Σ_rows dy_j · x_j · r
+static void rmsnorm_backward_chunks(void *p, size_t b, size_t e) {
+    struct rms_ctx *c = p;
+    const int C = c->C;
+    for (size_t ch = b; ch < e; ch++) {
+        const int t0 = (int)ch * RMS_CHUNK_ROWS, t1 = t0 + RMS_CHUNK_ROWS < c->T ? t0 + RMS_CHUNK_ROWS : c->T;
+        float *dw = c->partial ? c->partial + ch * (size_t)C : NULL;
+        if (dw) memset(dw, 0, sizeof(float) * C);
+        for (int t = t0; t < t1; t++) {
+            const float *x = c->inp + (size_t)t * C, *dy = c->dout + (size_t)t * C, *w = c->weight;
+            const float r = c->rstd[t];
+            if (c->dinp) {
+                const float k = (float)(dot3_8(dy, w, x, C) * r * r * r / C);
+                float *dx = c->dinp + (size_t)t * C;
+                for (int i = 0; i < C; i++) dx[i] += r * w[i] * dy[i] - k * x[i];
+            }
+            if (dw)
+                for (int i = 0; i < C; i++) dw[i] += dy[i] * x[i] * r;
+        }
+    }
 }
 
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C) {
-    // y_i = w_i * x_i * r,  r = (mean(x^2) + eps)^(-1/2)
-    // dx_j = r * w_j * dy_j - r^3 / C * x_j * sum_i(dy_i * w_i * x_i)
-    // (the weight gradient sums over rows, so this stays on one thread)
-    for (int t = 0; t < T; t++) {
-        const float *x = inp + (size_t)t * C;
-        const float *dy = dout + (size_t)t * C;
-        float r = rstd[t];
-        double dot = 0.0;
-        for (int i = 0; i < C; i++) dot += (double)dy[i] * weight[i] * x[i];
-        float k = (float)(dot * r * r * r / C);
-        if (dinp) {
-            float *dx = dinp + (size_t)t * C;
-            for (int i = 0; i < C; i++) dx[i] += r * weight[i] * dy[i] - k * x[i];
+    double _t0 = mono_now();
+    const size_t chunks = ((size_t)T + RMS_CHUNK_ROWS - 1) / RMS_CHUNK_ROWS;
+    float *partial = dweight ? malloc(sizeof(float) * chunks * (size_t)C) : NULL;
+    struct rms_ctx c = {NULL, (float *)rstd, dinp, partial, inp, weight, dout, T, C, 0};
+    kernels_parallel(chunks, 2, rmsnorm_backward_chunks, &c);
+    if (partial) {
+        for (size_t ch = 0; ch < chunks; ch++) {
+            const float *src = partial + ch * (size_t)C;
+            for (int i = 0; i < C; i++) dweight[i] += src[i];
         }
-        if (dweight)
-            for (int i = 0; i < C; i++) dweight[i] += dy[i] * x[i] * r;
+        free(partial);
     }
+    section_end(KS_RMSNORM_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,11 +505,15 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int T,
 }
 
 void rope_forward(float *x, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    double _t0 = mono_now();
     rope_rotate(x, cos_t, sin_t, T, nHeads, hd, rowStride, 1.0f);
+    section_end(KS_ROPE, _t0);
 }
 
 void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int nHeads, int hd, int rowStride) {
+    double _t0 = mono_now();
     rope_rotate(dx, cos_t, sin_t, T, nHeads, hd, rowStride, -1.0f);
+    section_end(KS_ROPE, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -434,10 +521,6 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int
 
 size_t attention_scratch_floats(int n, int nH, int hd) { return (size_t)2 * n * nH * hd; }
 
-size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd) {
-    int G = nH / nKV;
-    return (size_t)n * G * (3 * (size_t)hd + (size_t)L);
-}
 
 // Copy the G query heads of group g for n tokens into a contiguous (n*G, hd) matrix, or back.
 static void group_gather(float *dst, const float *src, int n, int g, int G, int hd, int stride) {
@@ -480,6 +563,7 @@ static void group_scatter(float *dst, const float *src, int n, int g, int G, int
         float sum = 0.0f;                                                                              \
         for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }                 \
         const float inv = 1.0f / sum;                                                                  \
+        if (lse) lse[r] = mx + logf(sum);                                                              \
         for (int j = 0; j < valid; j++) row[j] *= inv;                                                 \
         for (int j = valid; j < L; j++) row[j] = 0.0f;                                                 \
         float *o = og + (size_t)r * hd;                                                                \
@@ -491,14 +575,14 @@ static void group_scatter(float *dst, const float *src, int n, int g, int G, int
     }
 
 static void attention_group_direct_generic(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                           int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                           int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     ATTENTION_DIRECT_BODY
 }
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma")))
 static void attention_group_direct_avx2(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                        int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                        int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     ATTENTION_DIRECT_BODY
 }
 
@@ -506,7 +590,7 @@ static void attention_group_direct_avx2(float *P, float *og, const float *qg, co
 // accumulates each output row in registers.
 __attribute__((target("avx512f")))
 static void attention_group_direct_avx512(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                          int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                          int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
     const int C = hd / 16;
     const int validMax = p0 + (M - 1) / G + 1;
     for (int j = 0; j < validMax; j++) {
@@ -527,6 +611,7 @@ static void attention_group_direct_avx512(float *P, float *og, const float *qg, 
         float sum = 0.0f;
         for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
         const float inv = 1.0f / sum;
+        if (lse) lse[r] = mx + logf(sum);
         for (int j = 0; j < valid; j++) row[j] *= inv;
         for (int j = valid; j < L; j++) row[j] = 0.0f;
         float *o = og + (size_t)r * hd;
@@ -545,7 +630,7 @@ static void attention_group_direct_avx512(float *P, float *og, const float *qg, 
 #endif
 
 static void attention_group_direct(float *P, float *og, const float *qg, const float *kg, const float *vg,
-                                   int M, int L, int hd, int kvStride, int p0, int G, float scale) {
+                                   int M, int L, int hd, int kvStride, int p0, int G, float scale, float *lse) {
 #if defined(__x86_64__)
     static int detected = -1;  // 2: AVX-512F, 1: AVX2+FMA, 0: portable; set once (engine and learner threads)
     int level = __atomic_load_n(&detected, __ATOMIC_RELAXED);
@@ -553,79 +638,161 @@ static void attention_group_direct(float *P, float *og, const float *qg, const f
         level = __builtin_cpu_supports("avx512f") ? 2 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
         __atomic_store_n(&detected, level, __ATOMIC_RELAXED);
     }
-    if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
-    if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale); return; }
+    if (level == 2 && hd % 16 == 0) { attention_group_direct_avx512(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse); return; }
+    if (level >= 1) { attention_group_direct_avx2(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse); return; }
 #endif
-    attention_group_direct_generic(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale);
+    attention_group_direct_generic(P, og, qg, kg, vg, M, L, hd, kvStride, p0, G, scale, lse);
+}
+
+// Dynamic task scheduling over the calling thread and kernels_parallel's helper: each takes the next
+// task index until none is left. Tasks must write disjoint outputs; then results do not depend on
+// which thread ran which task (or on the helper being busy, when the caller runs them all).
+typedef void (*task_fn)(void *ctx, size_t task);
+struct task_ctx { size_t n, next; task_fn fn; void *user; };
+static void task_worker(void *p, size_t b, size_t e) {
+    (void)b; (void)e;
+    struct task_ctx *c = p;
+    size_t i;
+    while ((i = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED)) < c->n) c->fn(c->user, i);
+}
+static void parallel_tasks(size_t n, task_fn fn, void *user) {
+    if (n == 0) return;
+    if (n == 1) { fn(user, 0); return; }
+    struct task_ctx c = {n, 0, fn, user};
+    kernels_parallel(2, 2, task_worker, &c);
+}
+
+// Query tokens per forward task: a sequence's rows of one KV group are cut into chunks this long
+// (each row's result is the same whatever the cut: learner_fused.c).
+#define ATTENTION_CHUNK_TOKENS 128
+
+struct att_task { int seq, g, t0, t1; double cost; };
+static int att_task_cmp(const void *a, const void *b) {
+    double x = ((const struct att_task *)a)->cost, y = ((const struct att_task *)b)->cost;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+struct att_fwd_ctx {
+    float *out, *lse; const float *q, *k, *v; const int32_t *start, *count; const struct att_task *tasks;
+    int n1, p0, nH, nKV, hd, qStride, kvStride, oStride, lseStride;   // n1: the token count without `count`
+};
+static void att_fwd_task(void *p, size_t i) {
+    const struct att_fwd_ctx *c = p;
+    const struct att_task *t = &c->tasks[i];
+    const size_t s0 = c->start ? (size_t)c->start[t->seq] : 0;
+    const int n = c->count ? c->count[t->seq] : c->n1;
+    const int G = c->nH / c->nKV, M = n * G, L = c->p0 + n;
+    float *out = c->out + s0 * c->oStride;
+    const float *q = c->q + s0 * c->qStride, *k = c->k + s0 * c->kvStride, *v = c->v + s0 * c->kvStride;
+    float *lse = c->lse ? c->lse + s0 * c->lseStride : NULL;
+    if (M <= ATTENTION_DIRECT_ROWS) {   // decoding sizes: the direct path, as attention_forward
+        float *ws = lf_workspace((size_t)M * L + 2 * (size_t)M * c->hd + 16);
+        float *P = ws, *qg = P + (size_t)M * L, *og = qg + (size_t)M * c->hd;
+        float lg[ATTENTION_DIRECT_ROWS];
+        group_gather(qg, q, n, t->g, G, c->hd, c->qStride);
+        attention_group_direct(P, og, qg, k + (size_t)t->g * c->hd, v + (size_t)t->g * c->hd, M, L, c->hd, c->kvStride,
+                               c->p0, G, 1.0f / sqrtf((float)c->hd), lse ? lg : NULL);
+        group_scatter(out, og, n, t->g, G, c->hd, c->oStride, 0);
+        if (lse)
+            for (int r = 0; r < M; r++) lse[(size_t)(r / G) * c->lseStride + t->g * G + r % G] = lg[r];
+        return;
+    }
+    lf_attention_forward_rows(out, lse, q, k, v, t->t0, t->t1, c->p0, t->g, c->nH, c->nKV, c->hd,
+                              c->qStride, c->kvStride, c->oStride, c->lseStride);
+}
+
+// Tasks (sequence, group, chunk of query tokens), the costliest first.
+static struct att_task *att_fwd_tasks(const int32_t *count, int nSeq, int n1, int p0, int nH, int nKV, size_t *nt) {
+    size_t cap = 0;
+    for (int s = 0; s < nSeq; s++) {
+        int n = count ? count[s] : n1;
+        cap += (size_t)nKV * ((n + ATTENTION_CHUNK_TOKENS - 1) / ATTENTION_CHUNK_TOKENS);
+    }
+    struct att_task *t = malloc(sizeof *t * (cap ? cap : 1));
+    size_t k = 0;
+    const int G = nH / nKV;
+    for (int s = 0; s < nSeq; s++) {
+        int n = count ? count[s] : n1;
+        if (n <= 0) continue;
+        int direct = n * G <= ATTENTION_DIRECT_ROWS;
+        for (int g = 0; g < nKV; g++)
+            for (int t0 = 0; t0 < n; t0 += direct ? n : ATTENTION_CHUNK_TOKENS) {
+                int t1 = direct || t0 + ATTENTION_CHUNK_TOKENS > n ? n : t0 + ATTENTION_CHUNK_TOKENS;
+                t[k++] = (struct att_task){s, g, t0, t1, (double)(t1 - t0) * (p0 + (t0 + t1) / 2.0 + 1)};
+            }
+    }
+    qsort(t, k, sizeof *t, att_task_cmp);
+    *nt = k;
+    return t;
 }
 
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                        float *scratch) {
+    double _t0 = mono_now();
     if (n == 0) return;
     const int G = nH / nKV, L = p0 + n, M = n * G;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *qg = scratch;                      // (M, hd)
-    float *og = scratch + (size_t)M * hd;     // (M, hd)
-    for (int g = 0; g < nKV; g++) {
-        float *P = probs + (size_t)g * M * L;  // (M, L)
-        group_gather(qg, q, n, g, G, hd, qStride);
-        if (M <= ATTENTION_DIRECT_ROWS) {
-            attention_group_direct(P, og, qg, k + (size_t)g * hd, v + (size_t)g * hd, M, L, hd, kvStride, p0, G, scale);
+    if (M <= ATTENTION_DIRECT_ROWS) {
+        const float scale = 1.0f / sqrtf((float)hd);
+        float *qg = scratch;                      // (M, hd)
+        float *og = scratch + (size_t)M * hd;     // (M, hd)
+        for (int g = 0; g < nKV; g++) {
+            float *P = probs + (size_t)g * M * L;  // (M, L)
+            group_gather(qg, q, n, g, G, hd, qStride);
+            attention_group_direct(P, og, qg, k + (size_t)g * hd, v + (size_t)g * hd, M, L, hd, kvStride, p0, G, scale, NULL);
             group_scatter(out, og, n, g, G, hd, oStride, 0);
-            continue;
         }
-        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, scale, qg, hd, k + (size_t)g * hd, kvStride, 0.0f, P, L);
-        for (int r = 0; r < M; r++) {
-            float *row = P + (size_t)r * L;
-            int valid = p0 + r / G + 1;  // keys 0 .. p0 + t
-            float mx = -INFINITY;
-            for (int j = 0; j < valid; j++) mx = row[j] > mx ? row[j] : mx;
-            float sum = 0.0f;
-            for (int j = 0; j < valid; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < valid; j++) row[j] *= inv;
-            for (int j = valid; j < L; j++) row[j] = 0.0f;
-        }
-        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, 1.0f, P, L, v + (size_t)g * hd, kvStride, 0.0f, og, hd);
-        group_scatter(out, og, n, g, G, hd, oStride, 0);
+    } else {
+        size_t nt;
+        struct att_task *tasks = att_fwd_tasks(NULL, 1, n, p0, nH, nKV, &nt);
+        struct att_fwd_ctx c = {out, NULL, q, k, v, NULL, NULL, tasks, n, p0, nH, nKV, hd, qStride, kvStride, oStride, 0};
+        parallel_tasks(nt, att_fwd_task, &c);
+        free(tasks);
     }
+    section_end(KS_ATTENTION_FWD, _t0);
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                        const float *probs, const float *q, const float *k, const float *v,
-                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
-                        float *scratch) {
-    if (n == 0) return;
-    const int G = nH / nKV, L = p0 + n, M = n * G;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *qg = scratch;                        // (M, hd)
-    float *dog = qg + (size_t)M * hd;           // (M, hd)
-    float *dqg = dog + (size_t)M * hd;          // (M, hd)
-    float *dP = dqg + (size_t)M * hd;           // (M, L)
-    for (int g = 0; g < nKV; g++) {
-        const float *P = probs + (size_t)g * M * L;
-        group_gather(qg, q, n, g, G, hd, qStride);
-        group_gather(dog, dout, n, g, G, hd, oStride);
-        // dP = dO · V^T ;  dV += P^T · dO
-        sgemm_shared(CblasNoTrans, CblasTrans, M, L, hd, 1.0f, dog, hd, v + (size_t)g * hd, kvStride, 0.0f, dP, L);
-        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, 1.0f, P, L, dog, hd, 1.0f, dv + (size_t)g * hd, kvStride);
-        // dS = P ⊙ (dP − rowsum(P ⊙ dP))   (masked entries have P = 0)
-        for (int r = 0; r < M; r++) {
-            const float *pr = P + (size_t)r * L;
-            float *dr = dP + (size_t)r * L;
-            int valid = p0 + r / G + 1;
-            double dot = 0.0;
-            for (int j = 0; j < valid; j++) dot += (double)pr[j] * dr[j];
-            float fd = (float)dot;
-            for (int j = 0; j < valid; j++) dr[j] = pr[j] * (dr[j] - fd);
-            for (int j = valid; j < L; j++) dr[j] = 0.0f;
-        }
-        // dQ = scale · dS · K ;  dK += scale · dS^T · Q
-        sgemm_shared(CblasNoTrans, CblasNoTrans, M, hd, L, scale, dP, L, k + (size_t)g * hd, kvStride, 0.0f, dqg, hd);
-        sgemm_shared(CblasTrans, CblasNoTrans, L, hd, M, scale, dP, L, qg, hd, 1.0f, dk + (size_t)g * hd, kvStride);
-        group_scatter(dq, dqg, n, g, G, hd, qStride, 1);
-    }
+void attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                             int qStride, int kvStride, int oStride) {
+    double _t0 = mono_now();
+    size_t nt;
+    struct att_task *tasks = att_fwd_tasks(count, nSeq, 0, 0, nH, nKV, &nt);
+    struct att_fwd_ctx c = {out, lse, q, k, v, tokenStart, count, tasks, 0, 0, nH, nKV, hd, qStride, kvStride, oStride, nH};
+    parallel_tasks(nt, att_fwd_task, &c);
+    free(tasks);
+    section_end(KS_ATTENTION_FWD, _t0);
+}
+
+struct att_bwd_ctx {
+    float *dq, *dk, *dv; const float *dout, *out, *lse, *q, *k, *v; const int32_t *start, *count;
+    const struct att_task *tasks; int nH, nKV, hd, qStride, kvStride, oStride;
+};
+static void att_bwd_task(void *p, size_t i) {
+    const struct att_bwd_ctx *c = p;
+    const struct att_task *t = &c->tasks[i];
+    const size_t s0 = (size_t)c->start[t->seq];
+    lf_attention_backward_group(c->dq + s0 * c->qStride, c->dk + s0 * c->kvStride, c->dv + s0 * c->kvStride,
+                                c->dout + s0 * c->oStride, c->out + s0 * c->oStride, c->lse + s0 * c->nH,
+                                c->q + s0 * c->qStride, c->k + s0 * c->kvStride, c->v + s0 * c->kvStride,
+                                c->count[t->seq], 0, t->g, c->nH, c->nKV, c->hd, c->qStride, c->kvStride, c->oStride, c->nH);
+}
+
+void attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                              int qStride, int kvStride, int oStride) {
+    double _t0 = mono_now();
+    struct att_task *tasks = malloc(sizeof *tasks * (size_t)(nSeq * nKV > 0 ? nSeq * nKV : 1));
+    size_t nt = 0;
+    for (int s = 0; s < nSeq; s++)
+        for (int g = 0; g < nKV && count[s] > 0; g++)
+            tasks[nt++] = (struct att_task){s, g, 0, count[s], (double)count[s] * count[s]};
+    qsort(tasks, nt, sizeof *tasks, att_task_cmp);
+    struct att_bwd_ctx c = {dq, dk, dv, dout, out, lse, q, k, v, tokenStart, count, tasks, nH, nKV, hd, qStride, kvStride, oStride};
+    parallel_tasks(nt, att_bwd_task, &c);
+    free(tasks);
+    section_end(KS_ATTENTION_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,18 +806,22 @@ static void swiglu_forward_range(void *p, size_t b, size_t e) {
 }
 
 void swiglu_forward(float *h, const float *gate, const float *up, size_t N) {
+    double _t0 = mono_now();
     struct swiglu_ctx c = {h, NULL, NULL, NULL, gate, up};
     kernels_parallel(N, 1 << 16, swiglu_forward_range, &c);
+    section_end(KS_SWIGLU_FWD, _t0);
 }
 
 static void swiglu_backward_range(void *p, size_t b, size_t e) {
     struct swiglu_ctx *c = p;
-    lf_swiglu_backward(c->dgate + b, c->dup + b, c->dh + b, c->gate + b, c->up + b, e - b);   // learner_fused.c
+    lf_swiglu_backward(c->dgate + b, c->dup + b, c->dh + b, c->gate + b, c->up + b, e - b, 0);   // learner_fused.c
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N) {
+    double _t0 = mono_now();
     struct swiglu_ctx c = {NULL, dgate, dup, dh, gate, up};
     kernels_parallel(N, 1 << 16, swiglu_backward_range, &c);
+    section_end(KS_SWIGLU_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +832,9 @@ void add_forward(float *out, const float *a, const float *b, size_t N) {
 }
 
 void gather_rows(float *dst, const float *src, const int32_t *rows, int n, int C) {
+    double _t0 = mono_now();
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * C, sizeof(float) * C);
+    section_end(KS_GATHER, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,8 +857,10 @@ void logsumexp_rows(float *lse, const float *logits, int R, int V) {
 }
 
 void logprob_gather_forward(float *logp, float *lse, const float *logits, const int32_t *targets, int R, int V) {
+    double _t0 = mono_now();
     logsumexp_rows(lse, logits, R, V);
     for (int r = 0; r < R; r++) logp[r] = logits[(size_t)r * V + targets[r]] - lse[r];
+    section_end(KS_LOGSOFTMAX_FWD, _t0);
 }
 
 static void logprob_backward_range(void *p, size_t b, size_t e) {
@@ -702,21 +877,23 @@ static void logprob_backward_range(void *p, size_t b, size_t e) {
 
 void logprob_gather_backward(float *dlogits, const float *dlogp, const float *logits, const float *lse,
                              const int32_t *targets, int R, int V) {
+    double _t0 = mono_now();
     struct lse_ctx c = {NULL, dlogits, logits, dlogp, lse, targets, V};
     kernels_parallel((size_t)R, 8, logprob_backward_range, &c);
+    section_end(KS_LOGSOFTMAX_BWD, _t0);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Optimizer
 
-struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2; };
+struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2, gscale; };
 
 static void adamw_range(void *ctx, size_t b, size_t e) {
     struct adamw_ctx *c = ctx;
     float *p = c->p, *m = c->m, *v = c->v; const float *g = c->g;
-    float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2;
+    float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2, gs = c->gscale;
     for (size_t i = b; i < e; i++) {
-        float gi = g[i];
+        float gi = g[i] * gs;
         float mi = b1 * m[i] + (1.0f - b1) * gi;
         float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
         m[i] = mi; v[i] = vi;
@@ -726,22 +903,35 @@ static void adamw_range(void *ctx, size_t b, size_t e) {
 }
 
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
-                  float eps, float shrink, float step, float bc2sqrt) {
-    struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt};
+                  float eps, float shrink, float step, float bc2sqrt, float gscale) {
+    double _t0 = mono_now();
+    struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt, gscale};
     kernels_parallel(n, 1 << 16, adamw_range, &c);
+    section_end(KS_OPTIMIZER, _t0);
 }
 
-struct ss_ctx { const float *x; double part[2]; size_t mid; };
+// Fixed chunks of SS_CHUNK values, each summed with eight partial sums, the chunks' sums added in
+// order: the same result whatever the thread split.
+#define SS_CHUNK ((size_t)1 << 16)
+struct ss_ctx { const float *x; size_t n; double *part; };
 
 static void ss_range(void *ctx, size_t b, size_t e) {
     struct ss_ctx *c = ctx;
-    double s = 0;
-    for (size_t i = b; i < e; i++) s += (double)c->x[i] * c->x[i];
-    c->part[b == 0 ? 0 : 1] = s;
+    for (size_t ch = b; ch < e; ch++) {
+        size_t lo = ch * SS_CHUNK, hi = lo + SS_CHUNK < c->n ? lo + SS_CHUNK : c->n;
+        c->part[ch] = sumsq8(c->x + lo, (int)(hi - lo));
+    }
 }
 
 double sum_squares(const float *x, size_t n) {
-    struct ss_ctx c = {x, {0, 0}, 0};
-    kernels_parallel(n, 1 << 16, ss_range, &c);
-    return c.part[0] + c.part[1];
+    double _t0 = mono_now();
+    size_t chunks = (n + SS_CHUNK - 1) / SS_CHUNK;
+    double stack[64], *part = chunks <= 64 ? stack : malloc(sizeof(double) * chunks);
+    struct ss_ctx c = {x, n, part};
+    kernels_parallel(chunks, 2, ss_range, &c);
+    double r = 0;
+    for (size_t ch = 0; ch < chunks; ch++) r += part[ch];
+    if (part != stack) free(part);
+    section_end(KS_OPTIMIZER, _t0);
+    return r;
 }

@@ -59,8 +59,9 @@ public final class AdamW: @unchecked Sendable {
     /// Restores the step count (moments are restored by writing into `m` and `v`).
     public func restore(step: Int) { self.step = step }
 
-    /// One update of `params` with gradients `grads` at learning rate `lr`.
-    public func update(_ params: ParameterSet, grads: ParameterSet, lr: Float) {
+    /// One update of `params` with gradients `grads` · `gradScale` at learning rate `lr` (gradient
+    /// clipping's factor is applied here, in the same pass: the bits of scaling `grads` first).
+    public func update(_ params: ParameterSet, grads: ParameterSet, lr: Float, gradScale: Float = 1) {
         step += 1
         let b1 = beta1, b2 = beta2, eps = eps
         let bc1 = 1 - Float(pow(Double(b1), Double(step)))
@@ -70,7 +71,7 @@ public final class AdamW: @unchecked Sendable {
         for seg in decayMask {
             let shrink: Float = seg.decay ? 1 - lr * weightDecay : 1
             let o = seg.offset
-            adamw_update(p + o, g + o, m + o, v + o, seg.count, b1, b2, eps, shrink, stepSize, bc2sqrt)
+            adamw_update(p + o, g + o, m + o, v + o, seg.count, b1, b2, eps, shrink, stepSize, bc2sqrt, gradScale)
         }
     }
 }

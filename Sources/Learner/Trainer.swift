@@ -136,6 +136,9 @@ public final class Trainer {
     private let scorer: SequenceScorer
     /// Optimizer steps skipped because of a non-finite loss or gradient.
     public private(set) var skippedSteps = 0
+    /// Whether `grads` may hold anything but zeros: `step` clears them at its end and skips
+    /// clearing them again at its start unless a `microBatch` ran (or anyone else wrote them) since.
+    private var gradsDirty = true
     public var step: Int { optimizer.step + skippedSteps }
     /// The number format of the large products of the policy's forward and backward and of the
     /// reference forward (`--precision`); master weights, gradients and AdamW state stay f32.
@@ -178,6 +181,7 @@ public final class Trainer {
             seqs.append((p.prompt, p.chosen)); seqs.append((p.prompt, p.rejected))
             if let r = p.reference { seqs.append((p.prompt, r)) }
         }
+        gradsDirty = true
         let s = try scorer.score(seqs)
         var logps: [PairLogps] = []
         var j = 0
@@ -205,7 +209,7 @@ public final class Trainer {
     public func step(_ microBatches: [(pairs: [PreferencePair], keys: [UInt64])]) throws -> StepReport {
         let t0 = Date()
         let k = 1.0 / Double(microBatches.count)
-        grads.zero()
+        if gradsDirty { grads.zero() }
         var sums: [String: Double] = [:]
         var tokens = 0
         var finite = true
@@ -223,15 +227,15 @@ public final class Trainer {
         metrics["grad_norm"] = norm
         metrics["learning_rate"] = lr
         if finite {
-            if options.maxGradNorm > 0 && norm > options.maxGradNorm {
-                grads.scale(by: Float(options.maxGradNorm / (norm + 1e-6)))
-            }
-            optimizer.update(policy.weights, grads: grads, lr: Float(lr))
+            // Clipping's factor goes into the update's pass over the gradients.
+            let clip: Float = options.maxGradNorm > 0 && norm > options.maxGradNorm ? Float(options.maxGradNorm / (norm + 1e-6)) : 1
+            optimizer.update(policy.weights, grads: grads, lr: Float(lr), gradScale: clip)
         } else {
             skippedSteps += 1
         }
         metrics["skipped_steps"] = Double(skippedSteps)
         grads.zero()
+        gradsDirty = false
         if options.refRefreshSteps > 0 && finite && optimizer.step % options.refRefreshSteps == 0 {
             reference.refresh(from: policy.weights)
         }

@@ -16,14 +16,13 @@ public final class BackwardScratch: @unchecked Sendable {
     private(set) var dh: UnsafeMutablePointer<Float>! = nil     // (T, hidden)
     private(set) var dgate: UnsafeMutablePointer<Float>! = nil  // (T, hidden)
     private(set) var dup: UnsafeMutablePointer<Float>! = nil    // (T, hidden)
-    private(set) var attScratch: UnsafeMutablePointer<Float>! = nil
 
     public init(config: LlamaConfig) { self.config = config }
     deinit { slab?.deallocate() }
 
-    func prepare(T: Int, R: Int, attention: Int) {
+    func prepare(T: Int, R: Int) {
         let c = config
-        let need = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim) + 2 * R * c.dim + attention
+        let need = T * (2 * c.dim + 2 * c.qDim + 2 * c.kvDim + 3 * c.hiddenDim) + 2 * R * c.dim
         if need > capacity {
             slab?.deallocate()
             slab = .allocate(capacity: need)
@@ -34,7 +33,6 @@ public final class BackwardScratch: @unchecked Sendable {
         dx = take(T * c.dim); dxn = take(T * c.dim); dxf = take(R * c.dim); dxnF = take(R * c.dim)
         datt = take(T * c.qDim); dq = take(T * c.qDim); dk = take(T * c.kvDim); dv = take(T * c.kvDim)
         dh = take(T * c.hiddenDim); dgate = take(T * c.hiddenDim); dup = take(T * c.hiddenDim)
-        attScratch = take(attention)
     }
 }
 
@@ -57,11 +55,7 @@ extension LlamaModel {
         let T = batch.tokens.count, R = batch.logitRows.count
         let dim = Int32(c.dim), qDim = Int32(c.qDim), kvDim = Int32(c.kvDim)
         let hd = Int32(c.headDim), nH = Int32(c.nHeads), nKV = Int32(c.nKVHeads), T32 = Int32(T)
-        var attNeed = 0
-        for s in batch.sequences {
-            attNeed = max(attNeed, attention_backward_scratch_floats(Int32(s.count), Int32(s.startPos + s.count), nH, nKV, hd))
-        }
-        scratch.prepare(T: T, R: R, attention: attNeed)
+        scratch.prepare(T: T, R: R)
         let s = scratch
 
         // Output head and final norm, for the rows that have logits.
@@ -78,11 +72,12 @@ extension LlamaModel {
         for l in stride(from: c.nLayers - 1, through: 0, by: -1) {
             let a = acts.layers[l], p = w.layers[l], g = grads.layers[l]
             // MLP: x_{l+1} = xmid + down(silu(gate(xn2)) * up(xn2)),  xn2 = rmsnorm(xmid)
+            // (h and xn2 are recomputed: every layer's forward wrote the same buffers; the same bits)
+            swiglu_forward(a.h, a.gate, a.up, T * c.hiddenDim)
             s.dh.update(repeating: 0, count: T * c.hiddenDim)
             products.backward(s.dh, g.wDown, s.dx, a.h, p.wDown, T: T, C: c.hiddenDim, OC: c.dim)
-            s.dgate.update(repeating: 0, count: T * c.hiddenDim)
-            s.dup.update(repeating: 0, count: T * c.hiddenDim)
-            swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)
+            swiglu_backward(s.dgate, s.dup, s.dh, a.gate, a.up, T * c.hiddenDim)   // writes dgate, dup
+            rmsnorm_apply(a.xn2, a.xmid, p.mlpNorm, a.rstd2, T32, dim)
             s.dxn.update(repeating: 0, count: T * c.dim)
             products.backward(s.dxn, g.wGate, s.dgate, a.xn2, p.wGate, T: T, C: c.dim, OC: c.hiddenDim)
             products.backward(s.dxn, g.wUp, s.dup, a.xn2, p.wUp, T: T, C: c.dim, OC: c.hiddenDim)
@@ -94,14 +89,11 @@ extension LlamaModel {
             s.dq.update(repeating: 0, count: T * c.qDim)
             s.dk.update(repeating: 0, count: T * c.kvDim)
             s.dv.update(repeating: 0, count: T * c.kvDim)
-            for (i, sq) in batch.sequences.enumerated() {
-                let t0 = sq.tokenStart
-                attention_backward(s.dq + t0 * c.qDim, s.dk + t0 * c.kvDim, s.dv + t0 * c.kvDim, s.datt + t0 * c.qDim,
-                                   a.probs + acts.probOffsets[i], a.q + t0 * c.qDim, a.k + t0 * c.kvDim, a.v + t0 * c.kvDim,
-                                   Int32(sq.count), 0, nH, nKV, hd, qDim, kvDim, qDim, s.attScratch)
-            }
+            attention_backward_batch(s.dq, s.dk, s.dv, s.datt, a.att, a.lse, a.q, a.k, a.v, acts.seqStart, acts.seqCount,
+                                     Int32(acts.seqStart.count), nH, nKV, hd, qDim, kvDim, qDim)
             rope_backward(s.dq, acts.ropeCos, acts.ropeSin, T32, nH, hd, qDim)
             rope_backward(s.dk, acts.ropeCos, acts.ropeSin, T32, nKV, hd, kvDim)
+            rmsnorm_apply(a.xn, a.x, p.attnNorm, a.rstd1, T32, dim)
             s.dxn.update(repeating: 0, count: T * c.dim)
             products.backward(s.dxn, g.wq, s.dq, a.xn, p.wq, T: T, C: c.dim, OC: c.qDim)
             products.backward(s.dxn, g.wk, s.dk, a.xn, p.wk, T: T, C: c.dim, OC: c.kvDim)

@@ -56,6 +56,48 @@ private final class Packed {
     deinit { ck_weights_free(&w) }
 }
 
+/// The learner's fused attention (learner_fused.c) on the bench-learner step's shape: 12 sequences
+/// of 127 tokens, SmolLM2's 9 query heads on 3 KV heads of 64; GFLOP/s of the causal products (a
+/// forward is 2, a backward 5 — the recomputed scores included — products of 2·hd·n(n+1)/2 per
+/// sequence and head), beside sgemm 1024³.
+private func learnerAttention(sgemm: Double) {
+    let nSeq = 12, n = 127, nH = 9, nKV = 3, hd = 64, T = nSeq * n, qDim = nH * hd, kvDim = nKV * hd
+    let q = randomFloats(T * qDim, scale: 1, seed: 3), k = randomFloats(T * kvDim, scale: 1, seed: 4)
+    let v = randomFloats(T * kvDim, scale: 1, seed: 5), dout = randomFloats(T * qDim, scale: 1, seed: 6)
+    let starts = (0..<nSeq).map { Int32($0 * n) }, counts = [Int32](repeating: Int32(n), count: nSeq)
+    var out = [Float](repeating: 0, count: T * qDim), lse = [Float](repeating: 0, count: T * nH)
+    var dq = [Float](repeating: 0, count: T * qDim), dk = [Float](repeating: 0, count: T * kvDim), dv = dk
+    let tf = timeIt {
+        attention_forward_batch(&out, &lse, q, k, v, starts, counts, Int32(nSeq), Int32(nH), Int32(nKV), Int32(hd),
+                                Int32(qDim), Int32(kvDim), Int32(qDim))
+    }
+    let tb = timeIt {
+        attention_backward_batch(&dq, &dk, &dv, dout, out, lse, q, k, v, starts, counts, Int32(nSeq), Int32(nH), Int32(nKV),
+                                 Int32(hd), Int32(qDim), Int32(kvDim), Int32(qDim))
+    }
+    // CPU seconds per call (both threads; steadier than wall time on a shared machine).
+    func cpu(_ reps: Int, _ body: () -> Void) -> Double {
+        var u0 = rusage(), u1 = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &u0)
+        for _ in 0..<reps { body() }
+        getrusage(RUSAGE_SELF.rawValue, &u1)
+        func sec(_ u: rusage) -> Double { Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6 }
+        return (sec(u1) - sec(u0)) / Double(reps)
+    }
+    let cf = cpu(40) {
+        attention_forward_batch(&out, &lse, q, k, v, starts, counts, Int32(nSeq), Int32(nH), Int32(nKV), Int32(hd),
+                                Int32(qDim), Int32(kvDim), Int32(qDim))
+    }
+    let cb = cpu(20) {
+        attention_backward_batch(&dq, &dk, &dv, dout, out, lse, q, k, v, starts, counts, Int32(nSeq), Int32(nH), Int32(nKV),
+                                 Int32(hd), Int32(qDim), Int32(kvDim), Int32(qDim))
+    }
+    let product = Double(nSeq * nH) * 2 * Double(hd) * Double(n * (n + 1) / 2)
+    print("\n-- learner attention (learner_fused.c), 12 sequences × 127 tokens, 9/3 heads of 64, per layer")
+    print(String(format: "forward %.2f ms (%.1f GFLOP/s; %.2f ms of CPU), backward %.2f ms (%.1f GFLOP/s; %.2f ms of CPU); per bench-learner step (2 forwards, 1 backward, 30 layers) %.0f ms; sgemm 1024³ %.0f GFLOP/s",
+                 tf * 1e3, 2 * product / tf / 1e9, cf * 1e3, tb * 1e3, 5 * product / tb / 1e9, cb * 1e3, 30 * (2 * tf + tb) * 1e3, sgemm))
+}
+
 /// Child mode of `--cores`: sgemm GFLOP/s for a few shapes under this process's OpenBLAS core.
 private let coreShapes: [(m: Int, n: Int, k: Int)] = [(1024, 1024, 1024), (1, 576, 576), (32, 1536, 576), (256, 1536, 576),
                                                       (1536, 576, 576), (1536, 576, 1536), (1536, 49152, 576)]
@@ -76,6 +118,7 @@ func benchKernels(_ args: [String]) throws {
         return
     }
     if args.contains("--sgemm-only") { sgemmOnly(); return }
+    if args.contains("--attention-only") { learnerAttention(sgemm: sgemmGFLOPS()); return }
     let quick = args.contains("--quick")
     if let i = args.firstIndex(of: "--threads"), i + 1 < args.count, let n = Int32(args[i + 1]) {
         ck_set_threads(n)
@@ -203,6 +246,8 @@ func benchKernels(_ args: [String]) throws {
     }
     print(String(format: "all of a step's linear-layer products (policy forward + backward, T = %d): sgemm %.0f ms, bf16 %.0f ms (%.2f×); bf16 peak %.0f GFLOP/s, sgemm 1024³ %.0f GFLOP/s",
                  T, totalS * 1e3, totalB * 1e3, totalS / totalB, peakBF, sgemm1024))
+
+    learnerAttention(sgemm: sgemm1024)
 
     // OpenBLAS kernel cores: sgemm under each, in child processes (the core is chosen at load).
     if !quick {

@@ -133,16 +133,24 @@ func benchLearner(_ path: String, _ options: [String]) throws {
     var key: UInt64 = 0
     /// One step in `mode` with fresh keys (the reference forward is part of every measured step, as
     /// for fresh rows): seconds, and seconds inside the linear layers' products (sgemm / bf16 kernels).
+    /// `sections` collects the seconds of each pass outside the products (kernels.h KS_*).
+    var sections: [MatmulPrecision: [Double]] = [:]
     func step(_ mode: MatmulPrecision) throws -> (Double, Double) {
         learner.precision = mode
         let keys = (0..<4).map { _ in key += 1; return key }
         let b0 = kernels_thread_product_seconds()
+        let s0 = (0..<Int(KS_COUNT)).map { kernels_thread_section_seconds(Int32($0)) }
         let t0 = now()
         _ = try learner.step([(pairs, keys)])
-        return (now() - t0, kernels_thread_product_seconds() - b0)
+        let t = now() - t0
+        var acc = sections[mode] ?? [Double](repeating: 0, count: Int(KS_COUNT))
+        for i in 0..<Int(KS_COUNT) { acc[i] += kernels_thread_section_seconds(Int32(i)) - s0[i] }
+        sections[mode] = acc
+        return (t, kernels_thread_product_seconds() - b0)
     }
     var rss: [MatmulPrecision: Double] = [:]
     for m in modes { _ = try step(m); rss[m] = peakRSSMB() }  // warm-up; peak RSS after each mode's first step
+    sections = [:]
     var times: [MatmulPrecision: [(Double, Double)]] = [:]
     for _ in 0..<rounds { for m in modes { times[m, default: []].append(try step(m)) } }  // alternately
     let sgemm = sgemmGFLOPS()
@@ -164,6 +172,20 @@ func benchLearner(_ path: String, _ options: [String]) throws {
                      m == .f32 ? "sgemm" : "bf16 ck_gemm", ceiling, t - inside, 100 * (t - inside) / t, rss[m]!, rss[m]! / (Double(tokens) / 1000)))
     }
     print(String(format: "bf16 / f32 step: %.2f", median[.bf16]! / median[.f32]!))
+    // Where the time outside the products goes (means over the measured rounds; shares of the mean step).
+    for m in modes {
+        let n = Double(times[m]!.count)
+        let step = times[m]!.reduce(0) { $0 + $1.0 } / n, inside = times[m]!.reduce(0) { $0 + $1.1 } / n
+        let secs = sections[m]!.map { $0 / n }
+        var line = String(format: "%@ outside the products (mean of %d steps: %.2f s of %.2f s = %.1f%%):", m.rawValue,
+                          Int(n), step - inside, step, 100 * (step - inside) / step)
+        for i in secs.indices.sorted(by: { secs[$0] > secs[$1] }) where secs[i] >= 0.0005 {
+            line += String(format: " %@ %.3f s (%.1f%%),", String(cString: kernels_section_name(Int32(i))), secs[i], 100 * secs[i] / step)
+        }
+        let rest = step - inside - secs.reduce(0, +)
+        line += String(format: " the rest (zeroing, copies, loss, Swift) %.3f s (%.1f%%)", rest, 100 * rest / step)
+        print(line)
+    }
     guard withTorch else { return }
     guard let python = referenceVenvPython() else {
         print("PyTorch: no reference venv (scripts/check_checkpoint.sh makes it); skipped")

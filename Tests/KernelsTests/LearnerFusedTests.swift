@@ -48,7 +48,7 @@ final class LearnerFusedTests: XCTestCase {
                 var h = [Float](repeating: 0, count: n)
                 var dg = [Float](repeating: 1, count: n), du = [Float](repeating: 2, count: n)
                 lf_swiglu_forward(&h, g, u, n)
-                lf_swiglu_backward(&dg, &du, dh, g, u, n)
+                lf_swiglu_backward(&dg, &du, dh, g, u, n, 1)
                 for i in 0..<n {
                     let gi = Double(g[i]), s = 1 / (1 + Foundation.exp(-gi))
                     XCTAssertEqual(Double(h[i]), gi * s * Double(u[i]), accuracy: 1e-5, "\(name) swiglu n \(n) i \(i)")
@@ -56,6 +56,14 @@ final class LearnerFusedTests: XCTestCase {
                     XCTAssertEqual(Double(dg[i]), 1 + Double(dh[i]) * Double(u[i]) * s * (1 + gi * (1 - s)), accuracy: 1e-5,
                                    "\(name) dgate n \(n) i \(i)")
                 }
+                // Written instead of accumulated (what the backward uses, on buffers holding garbage):
+                // the bits of accumulating onto zeros.
+                var dg0 = [Float](repeating: 0, count: n), du0 = [Float](repeating: 0, count: n)
+                var dgW = [Float](repeating: .nan, count: n), duW = [Float](repeating: .nan, count: n)
+                lf_swiglu_backward(&dg0, &du0, dh, g, u, n, 1)
+                lf_swiglu_backward(&dgW, &duW, dh, g, u, n, 0)
+                XCTAssertEqual(dgW.map(\.bitPattern), dg0.map(\.bitPattern), "\(name) n \(n): written dgate")
+                XCTAssertEqual(duW.map(\.bitPattern), du0.map(\.bitPattern), "\(name) n \(n): written dup")
             }
         }
     }

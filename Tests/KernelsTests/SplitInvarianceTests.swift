@@ -14,7 +14,7 @@ final class SplitInvarianceTests: XCTestCase {
             var whole = [Float](repeating: 0, count: n)
             lf_swiglu_forward(&whole, gate, up, n)
             var dgW = [Float](repeating: 0.5, count: n), duW = [Float](repeating: -0.25, count: n)
-            lf_swiglu_backward(&dgW, &duW, dh, gate, up, n)
+            lf_swiglu_backward(&dgW, &duW, dh, gate, up, n, 1)
             for cut in [1, 5, 8, 13, 16, 27, 50] {
                 var parts = [Float](repeating: 0, count: n)
                 var dg = [Float](repeating: 0.5, count: n), du = [Float](repeating: -0.25, count: n)
@@ -24,9 +24,9 @@ final class SplitInvarianceTests: XCTestCase {
                 }
                 dg.withUnsafeMutableBufferPointer { g in
                     du.withUnsafeMutableBufferPointer { u in
-                        lf_swiglu_backward(g.baseAddress!, u.baseAddress!, dh, gate, up, cut)
+                        lf_swiglu_backward(g.baseAddress!, u.baseAddress!, dh, gate, up, cut, 1)
                         lf_swiglu_backward(g.baseAddress! + cut, u.baseAddress! + cut, Array(dh[cut...]), Array(gate[cut...]),
-                                           Array(up[cut...]), n - cut)
+                                           Array(up[cut...]), n - cut, 1)
                     }
                 }
                 XCTAssertEqual(parts.map(\.bitPattern), whole.map(\.bitPattern), "\(name): forward split at \(cut)")

@@ -112,28 +112,127 @@ def grads_case(root, name, model_dir, loss_type, beta, alpha, seed):
     print(name, metrics["loss"], sorted(grads)[:2], len(grads))
 
 
-def bf16_case(root, name):
-    """The f32 case `name` (its policy, reference, pairs and loss, written by grads_case) under PyTorch
-    CPU autocast to bfloat16: the mixed precision every trainer runs (linear layers and attention's
-    products on bf16 operands, parameters, gradients and the loss f32). The learner's `--precision
-    bf16` is checked against it: loss within 1e-2 relative, each gradient's cosine similarity
-    >= 0.999. Writes NAME.bf16.json (loss, metrics, and the f32 loss for scale) and
-    NAME.bf16.grads.safetensors."""
-    case = json.loads((root / FIX / f"{name}.json").read_text())
-    policy = LlamaForCausalLM.from_pretrained(root / case["model"], dtype=torch.float32).eval()
-    ref = LlamaForCausalLM.from_pretrained(root / FIX / case["ref"], dtype=torch.float32).eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+class _BF16OperandsLinear(torch.autograd.Function):
+    """The learner's `--precision bf16` products written in PyTorch for the study in bf16_case: both
+    operands rounded to bfloat16 (nearest even), f32 accumulation and f32 output, in the forward
+    product and in the backward's two (input and weight gradient); `round_output` also rounds the
+    forward's output to bfloat16 as autocast does."""
+    @staticmethod
+    def forward(ctx, x, w, round_output):
+        xb, wb = x.bfloat16().float(), w.bfloat16().float()
+        ctx.save_for_backward(xb, wb)
+        y = xb @ wb.T
+        return y.bfloat16().float() if round_output else y
+
+    @staticmethod
+    def backward(ctx, g):
+        xb, wb = ctx.saved_tensors
+        gb = g.bfloat16().float()
+        return gb @ wb, gb.reshape(-1, gb.shape[-1]).T @ xb.reshape(-1, xb.shape[-1]), None
+
+
+def _bf16_operands(round_output=False):
+    import contextlib
+
+    @contextlib.contextmanager
+    def patched():
+        orig = torch.nn.Linear.forward
+        torch.nn.Linear.forward = lambda self, x: _BF16OperandsLinear.apply(x, self.weight, round_output)
+        try:
+            yield
+        finally:
+            torch.nn.Linear.forward = orig
+    return patched()
+
+
+def _run_case(root, case, mode):
+    """Loss, gradients (float64, flattened) and every sequence log-prob sum (policy then reference;
+    per pair chosen, rejected, reference response) of an f32 SELM case in `mode`: f64 (the models in
+    float64: the reference every other mode is measured against), f32, autocast (CPU bfloat16),
+    operands (this learner's bf16 mode, emulated) or operands+out (that and autocast's rounding of
+    each linear layer's output)."""
+    import contextlib
+    dt = torch.float64 if mode == "f64" else torch.float32
+    policy = LlamaForCausalLM.from_pretrained(root / case["model"], dtype=dt).eval()
+    ref = LlamaForCausalLM.from_pretrained(root / FIX / case["ref"], dtype=dt).eval()
+    ctx = {"autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16), "operands": lambda: _bf16_operands(False),
+           "operands+out": lambda: _bf16_operands(True)}.get(mode, contextlib.nullcontext)
+    with ctx():
         loss, metrics = pair_loss(policy, ref, case["pairs"], case["loss_type"], case["beta"], case["alpha"])
     loss.backward()
-    grads = {n: p.grad.detach().float().clone().contiguous() for n, p in policy.named_parameters() if p.grad is not None}
+    grads = {n: p.grad.detach().clone() for n, p in policy.named_parameters() if p.grad is not None}
+    logps = []
+    with torch.no_grad(), ctx():
+        for m in (policy, ref):
+            for p in case["pairs"]:
+                for k in ("chosen_ids", "rejected_ids", "reference_ids"):
+                    if p.get(k):
+                        logps.append(seq_logps(m, p["prompt_ids"], p[k]).item())
+    return loss.item(), metrics, grads, logps
+
+
+def _accuracy(grads, logps, ref_grads, ref_logps):
+    """Per tensor: cosine similarity and relative L2 error against the reference gradients; all
+    parameters together: relative L2 error; the sequence log-prob sums: RMS and largest error."""
+    def cos(a, b):
+        return F.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+    names = sorted(ref_grads)
+    allg = torch.cat([grads[n].double().flatten() for n in names])
+    allr = torch.cat([ref_grads[n].double().flatten() for n in names])
+    d = torch.tensor(logps, dtype=torch.float64) - torch.tensor(ref_logps, dtype=torch.float64)
+    return {"cosine": {n: cos(grads[n], ref_grads[n]) for n in names},
+            "rel_err": {n: rel(grads[n], ref_grads[n]) for n in names},
+            "rel_err_all": ((allg - allr).norm() / allr.norm()).item(),
+            "logps_rms_err": d.pow(2).mean().sqrt().item(), "logps_max_err": d.abs().max().item()}
+
+
+def bf16_case(root, name):
+    """The f32 case `name` (its policy, reference, pairs and loss, written by grads_case) under PyTorch
+    CPU autocast to bfloat16: the mixed precision every trainer runs (linear layers and attention in
+    bfloat16 with bfloat16 outputs; parameters, gradients and the loss f32). Writes
+    NAME.bf16.grads.safetensors (autocast's gradients) and NAME.bf16.json: autocast's loss and
+    metrics, every sequence's log-prob sum, and how far autocast is from the same case computed in
+    float64 (per tensor cosine and relative L2 error, all parameters, log-prob sums), the reference
+    the learner's `--precision bf16` is measured against too (README "Learner precision": agree with
+    autocast, and be at least as accurate). The f32 gradients of NAME.grads.safetensors stand in for
+    the float64 ones in the Swift test; `f32_vs_f64` records that they may (their worst cosine and
+    relative error to float64).
+
+    It also prints where the gap between the learner's bf16 mode and autocast comes from: per tensor,
+    the cosines of an emulation of the bf16 mode (bf16 operands, f32 accumulation and outputs), of
+    that emulation with autocast's rounding of the linear layers' outputs added, and of autocast,
+    each against float64 and against autocast."""
+    case = json.loads((root / FIX / f"{name}.json").read_text())
+    loss, metrics, grads, logps = _run_case(root, case, "autocast")
+    save_file({n: g.float().contiguous() for n, g in grads.items()}, str(root / FIX / f"{name}.bf16.grads.safetensors"))
+    f64_loss, _, f64_grads, f64_logps = _run_case(root, case, "f64")
     f32 = safe_open_grads(root / FIX / f"{name}.grads.safetensors")
-    cos = {n: F.cosine_similarity(g.flatten(), f32[n].flatten(), dim=0).item() for n, g in grads.items()}
-    save_file(grads, str(root / FIX / f"{name}.bf16.grads.safetensors"))
+    f32_acc = _accuracy(f32, f64_logps, f64_grads, f64_logps)
+    auto = _accuracy(grads, logps, f64_grads, f64_logps)
     out = {"case": name, "autocast": "cpu bfloat16", "loss": metrics["loss"], "f32_loss": case["metrics"]["loss"],
-           "metrics": metrics, "min_cosine_to_f32": min(cos.values())}
+           "f64_loss": f64_loss, "metrics": metrics, "logps": logps, "f64_logps": f64_logps,
+           "min_cosine_to_f32": min(F.cosine_similarity(grads[n].flatten(), f32[n].flatten(), dim=0).item() for n in f32),
+           "autocast_vs_f64": auto,
+           "f32_vs_f64": {"min_cosine": min(f32_acc["cosine"].values()), "max_rel_err": max(f32_acc["rel_err"].values())}}
     (root / FIX / f"{name}.bf16.json").write_text(json.dumps(out, indent=1))
-    print(f"{name}.bf16: loss {metrics['loss']} (f32 {case['metrics']['loss']}), worst gradient cosine to f32 "
-          f"{min(cos.values()):.6f} ({min(cos, key=cos.get)})")
+    print(f"{name}.bf16: loss {metrics['loss']:.5f} (f64 {f64_loss:.5f}, f32 {case['metrics']['loss']:.5f}); autocast vs f64: "
+          f"gradients rel. err. {auto['rel_err_all']:.4f}, log-prob sums RMS err. {auto['logps_rms_err']:.4f}; "
+          f"f32 vs f64: worst cosine 1 - {1 - out['f32_vs_f64']['min_cosine']:.1e}, rel. err. {out['f32_vs_f64']['max_rel_err']:.1e}")
+    # Where the gap to autocast comes from (printed, not a fixture).
+    study = {m: _run_case(root, case, m) for m in ("operands", "operands+out")}
+    acc = {m: _accuracy(r[2], r[3], f64_grads, f64_logps) for m, r in study.items()}
+    vs_auto = {m: _accuracy(r[2], r[3], grads, logps) for m, r in study.items()}
+    print(f"  {'tensor':46s} cosine to f64: operands  +out      autocast | to autocast: operands  +out")
+    for n in sorted(f64_grads):
+        print(f"  {n:46s} {acc['operands']['cosine'][n]:.6f}  {acc['operands+out']['cosine'][n]:.6f}  "
+              f"{auto['cosine'][n]:.6f} | {vs_auto['operands']['cosine'][n]:.6f}  {vs_auto['operands+out']['cosine'][n]:.6f}")
+    for m in ("operands", "operands+out"):
+        print(f"  {m}: loss {study[m][0]:.5f}; vs f64: gradients rel. err. {acc[m]['rel_err_all']:.4f}, "
+              f"log-prob sums RMS err. {acc[m]['logps_rms_err']:.4f}; worst cosine to autocast "
+              f"{min(vs_auto[m]['cosine'].values()):.6f}")
 
 
 def safe_open_grads(path):

@@ -3,7 +3,8 @@
 // outputs are ACCUMULATED (+=) so that several uses of one parameter add up).
 //
 // All buffers are row-major float32. Shapes are given as comments: (T, C) = T rows of C floats.
-// Every matrix product goes through cblas_sgemm.
+// The linear layers' products go through cblas_sgemm (or the bf16 kernels of compact.h); attention
+// has its own fused kernels (learner_fused.c).
 #ifndef SELM_KERNELS_H
 #define SELM_KERNELS_H
 #include <stddef.h>
@@ -58,6 +59,26 @@ double kernels_thread_blas_seconds(void);
 /// Seconds the calling thread has spent inside the linear layers' products (matmul_forward,
 /// matmul_backward and their _bf16 forms; attention's own products are not counted), for measurements.
 double kernels_thread_product_seconds(void);
+/// Seconds the calling thread has spent in each pass of the learner outside those products (for
+/// bench-learner's breakdown): the functions of this header named in the comments, timed as wholes
+/// (their helper thread's share included).
+enum {
+    KS_ATTENTION_FWD = 0,   // attention_forward, attention_forward_batch
+    KS_ATTENTION_BWD,       // attention_backward_batch
+    KS_RMSNORM_FWD,         // rmsnorm_forward
+    KS_RMSNORM_BWD,         // rmsnorm_backward, rmsnorm_apply (the backward's recomputation)
+    KS_SWIGLU_FWD,          // swiglu_forward
+    KS_SWIGLU_BWD,          // swiglu_backward
+    KS_ROPE,                // rope_forward, rope_backward
+    KS_LOGSOFTMAX_FWD,      // logprob_gather_forward
+    KS_LOGSOFTMAX_BWD,      // logprob_gather_backward
+    KS_EMBEDDING,           // embedding_forward, embedding_backward
+    KS_GATHER,              // gather_rows
+    KS_OPTIMIZER,           // adamw_update, sum_squares
+    KS_COUNT
+};
+double kernels_thread_section_seconds(int section);
+const char *kernels_section_name(int section);
 
 // ---------------------------------------------------------------------------------------------
 // Matrix multiply: out (T, OC) = inp (T, C) · weight (OC, C)^T   (PyTorch nn.Linear, no bias)
@@ -95,6 +116,9 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *tokens,
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int T, int C, float eps);
 void rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                       const float *rstd, int T, int C);
+// out = inp * rstd * weight again from the forward's rstd: the forward's output, bit for bit (the
+// learner recomputes the norm outputs in the backward instead of keeping them per layer).
+void rmsnorm_apply(float *out, const float *inp, const float *weight, const float *rstd, int T, int C);
 
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding, Hugging Face "rotate_half" layout: within each head, element i pairs
@@ -110,23 +134,36 @@ void rope_backward(float *dx, const float *cos_t, const float *sin_t, int T, int
 //   q     (n, qStride)   query heads at columns h*hd, h < nH          (after RoPE)
 //   k, v  (L, kvStride)  key/value heads at columns g*hd, g < nKV     (after RoPE for k)
 //   out   (n, oStride)   head outputs at columns h*hd
-//   probs (nKV, n*G, L)  softmax probabilities (G = nH/nKV; row t*G+j is head g*G+j of token t);
-//                        kept for the backward when the caller passes storage, may be scratch.
+//   probs (nKV, n*G, L)  scratch (G = nH/nKV) for decoding sizes (n*G <= 8 query rows per KV group:
+//                        direct dot products); larger ones run the fused kernel of learner_fused.c
+//                        over chunks of query tokens, on the calling thread and kernels_parallel's
+//                        helper.
 //   scratch              attention_scratch_floats(n, nH, hd) floats.
 size_t attention_scratch_floats(int n, int nH, int hd);
 void attention_forward(float *out, float *probs, const float *q, const float *k, const float *v,
                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
                        float *scratch);
-// Gradients: dq (n, qStride), dk/dv (L, kvStride), accumulated.  scratch: attention_backward_scratch_floats.
-size_t attention_backward_scratch_floats(int n, int L, int nH, int nKV, int hd);
-void attention_backward(float *dq, float *dk, float *dv, const float *dout,
-                        const float *probs, const float *q, const float *k, const float *v,
-                        int n, int p0, int nH, int nKV, int hd, int qStride, int kvStride, int oStride,
-                        float *scratch);
+// The learner's attention: the sequences of a batch laid end to end (sequence s is rows
+// tokenStart[s] ..< tokenStart[s] + count[s] of q, k, v, out; every one starts at position 0), each
+// (sequence, KV group, chunk of query tokens) a task of the fused kernel, spread over the calling
+// thread and kernels_parallel's helper (results do not depend on the split). Bit for bit what
+// attention_forward computes for each sequence alone. Also writes lse (T, nH): each query row's
+// log Σ_j exp(q·k_j/√hd), all the backward keeps of the softmax.
+void attention_forward_batch(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                             int qStride, int kvStride, int oStride);
+// Its gradients, one fused task per (sequence, KV group): dq (T, qStride), dk/dv (T, kvStride)
+// ACCUMULATED, from dout, the forward's out and lse (the probabilities are recomputed).
+void attention_backward_batch(float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *tokenStart, const int32_t *count, int nSeq, int nH, int nKV, int hd,
+                              int qStride, int kvStride, int oStride);
 
 // ---------------------------------------------------------------------------------------------
 // SwiGLU: h = silu(gate) * up, silu(x) = x * sigmoid(x).  All (N) with N = T * hidden.
 void swiglu_forward(float *h, const float *gate, const float *up, size_t N);
+// dgate, dup are WRITTEN (not accumulated: gate and up feed nothing else, so the backward need not
+// clear them first).
 void swiglu_backward(float *dgate, float *dup, const float *dh, const float *gate, const float *up, size_t N);
 
 // ---------------------------------------------------------------------------------------------
@@ -137,11 +174,13 @@ typedef void (*kernels_range_fn)(void *ctx, size_t begin, size_t end);
 void kernels_parallel(size_t n, size_t min_parallel, kernels_range_fn fn, void *ctx);
 
 // AdamW (PyTorch semantics) over a contiguous segment: p = p·shrink − step·m̂/(sqrt(v̂)+eps) with
-// m, v updated in place.  shrink = 1 − lr·wd (1 for no decay), step = lr / (1 − β1^t),
-// bc2sqrt = sqrt(1 − β2^t).
+// m, v updated in place, for the gradient g·gscale (gradient clipping's factor, 1 for none; the
+// same float product a separate scaling pass would store).  shrink = 1 − lr·wd (1 for no decay),
+// step = lr / (1 − β1^t), bc2sqrt = sqrt(1 − β2^t).
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
-                  float eps, float shrink, float step, float bc2sqrt);
-// Sum of squares of n floats (double accumulation), parallel.
+                  float eps, float shrink, float step, float bc2sqrt, float gscale);
+// Sum of squares of n floats (double accumulation over fixed chunks, so the same whatever the
+// thread split), parallel.
 double sum_squares(const float *x, size_t n);
 
 // ---------------------------------------------------------------------------------------------
