@@ -84,6 +84,8 @@ class ScoredItem:
     logprobs: List[float]
     total_logprob: float
     top_logprobs: List[Dict[int, float]]
+    #: per token, with ``score(..., entropy=True)``: entropy (nats) of the full next-token distribution
+    entropies: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Status:
     disk_free_bytes: int = 0   #: bytes free on the data directory's filesystem
     checkpoints: int = 0       #: checkpoint directories in DATA/checkpoints
     engine_precision: str = "" #: as ``HelloInfo.engine_precision``
+    reference_version: int = 0  #: as :attr:`VersionEvent.reference_version` of the current version
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,7 @@ class VersionEvent:
     learner_step: int
     metrics: Dict[str, float]
     unix_time: float
+    #: the version serving the reference policy the learner trained this version against (the frozen
+    #: start version, or the previous iteration's with ``--ref-refresh-steps``); kept alive by the
+    #: server so :meth:`Client.score` can name it. 0 = none served.
+    reference_version: int = 0

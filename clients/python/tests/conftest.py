@@ -27,6 +27,11 @@ MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPLY_TIMEOUT = 120.0
 
 
+#: The tiny random chat model of the Swift tests (vocabulary 601, 2 layers): for tests that need a
+#: learner that steps in milliseconds and do not care what the text says.
+TINY_CHAT = REPO / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
+
+
 def selm_binary() -> Path:
     env = os.environ.get("SELM_BIN")
     if env:
@@ -51,13 +56,14 @@ def model_path() -> Path:
 class Server:
     """A running `selm serve` process."""
 
-    def __init__(self, extra_args: Optional[List[str]] = None, token: Optional[str] = None) -> None:
+    def __init__(self, extra_args: Optional[List[str]] = None, token: Optional[str] = None,
+                 model: Optional[str] = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="selm-pytest-"))
         self.data_dir = self.dir / "data"
         self.unix = str(self.dir / "selm.sock")
         self.log_path = self.dir / "serve.log"
         self.token = token
-        args = [str(selm_binary()), "serve", "--model", str(model_path()), "--address", "127.0.0.1:0",
+        args = [str(selm_binary()), "serve", "--model", model or str(model_path()), "--address", "127.0.0.1:0",
                 "--unix", self.unix, "--data-dir", str(self.data_dir)]
         if token is not None:
             token_file = self.dir / "token"
