@@ -86,8 +86,10 @@ def load_results(path: pathlib.Path) -> List[Dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarize(results: List[Dict], judges: Sequence[str], alphas: Sequence[float], steps: int) -> str:
-    """The tables, as Markdown."""
+def summarize(results: List[Dict], judges: Sequence[str], alphas: Sequence[float], steps: int,
+              eval_samples: int = 2) -> str:
+    """The tables, as Markdown (best-of-n only with more than one sample per prompt)."""
+    explore = [(k, n) for k, n in EXPLORE if eval_samples > 1 or k != "explore/best_of_n_reward"]
     out = []
     for judge in judges:
         runs = {(r["alpha"], r["seed"]): r for r in results if r["judge"] == judge and r["steps"] == steps}
@@ -114,28 +116,28 @@ def summarize(results: List[Dict], judges: Sequence[str], alphas: Sequence[float
         out.append("")
         out.append("Exploration metrics at the last version (held-out prompts; π_ref = the version it was trained against):")
         out.append("")
-        out.append("| setting | " + " | ".join(name for _, name in EXPLORE) + " |")
-        out.append("|---|" + "---|" * len(EXPLORE))
+        out.append("| setting | " + " | ".join(name for _, name in explore) + " |")
+        out.append("|---|" + "---|" * len(explore))
         for a in alphas:
             mine = [runs[(a, s)] for s in seeds if (a, s) in runs]
             if not mine:
                 continue
             cells = []
-            for key, _ in EXPLORE:
+            for key, _ in explore:
                 xs = [r["curve"][-1]["explore"][key] for r in mine if key in r["curve"][-1]["explore"]]
                 cells.append(fmt_ci(xs))
             out.append(f"| {label(a)} | " + " | ".join(cells) + " |")
         out.append("")
         out.append("Exploration metrics averaged over all versions after the start:")
         out.append("")
-        out.append("| setting | " + " | ".join(name for _, name in EXPLORE) + " |")
-        out.append("|---|" + "---|" * len(EXPLORE))
+        out.append("| setting | " + " | ".join(name for _, name in explore) + " |")
+        out.append("|---|" + "---|" * len(explore))
         for a in alphas:
             mine = [runs[(a, s)] for s in seeds if (a, s) in runs]
             if not mine:
                 continue
             cells = []
-            for key, _ in EXPLORE:
+            for key, _ in explore:
                 xs = []
                 for r in mine:
                     vals = [v["explore"][key] for v in r["curve"][1:] if key in v["explore"]]
@@ -236,7 +238,7 @@ def main() -> None:
     settings = (f"Settings: loop {args.loop} (iteration {online_selm.iteration_steps(args)} step), {args.steps} steps of "
                 f"{args.batch} pairs, {args.n} samples per prompt, {args.max_tokens} tokens, β {args.beta}, lr {args.lr}, "
                 f"{args.heldout} held-out prompts × {args.eval_samples} samples; model {pathlib.Path(args.model).name}.")
-    text = settings + "\n" + summarize(results, judges, alphas, args.steps)
+    text = settings + "\n" + summarize(results, judges, alphas, args.steps, args.eval_samples)
     online_selm.log(text)
     (out / "summary.md").write_text(text + "\n")
     plot(results, judges, alphas, args.steps, out / "compare.png")

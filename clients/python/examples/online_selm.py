@@ -368,6 +368,8 @@ def drive(address: str, loop: Loop) -> None:
     with Client(address) as client:
         subscription = client.subscribe_versions()
         first = subscription.get(timeout=30)
+        if first is None:
+            raise SystemExit("no version event from the server within 30 s")
         loop.record_version(first, *evaluate(client, loop, first))
         while loop.more():
             batch = loop.next_batch()
@@ -395,6 +397,8 @@ async def drive_async(address: str, loop: Loop) -> None:
     async with AsyncClient(address) as client:
         async with await client.subscribe_versions() as subscription:
             first = await subscription.get(timeout=30)
+            if first is None:
+                raise SystemExit("no version event from the server within 30 s")
             loop.record_version(first, *await evaluate_async(client, loop, first))
             while loop.more():
                 batch = loop.next_batch()
