@@ -3,7 +3,7 @@ SWIFT ?= swift
 MODEL := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SELM := .build/release/selm
 
-.PHONY: all deps model build test demo bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-cluster bench-vs-llamacpp bench-load bench-http soak-restarts fuzz fuzz-seeds proto proto-check clean
+.PHONY: all deps model build test demo compare bench-model bench-learner bench-engine bench-precision bench-publish bench-kernels bench-server bench-sharing bench-cluster bench-vs-llamacpp bench-load bench-http soak-restarts fuzz fuzz-seeds proto proto-check clean
 
 all: build
 
@@ -27,6 +27,12 @@ test: deps model
 # SELM example (rollouts, a rule-based judge, preferences streamed back, hot-swapped versions).
 demo: deps model build
 	scripts/demo.sh $(ARGS)
+
+# SELM against DPO and an α sweep (0, 1e-3, 1e-2, 1e-1) × 3 seeds at equal step budgets on two judges
+# (concise, overlap), reproducible runs of the online example's experiment mode; prints mean and 95 %
+# CI per setting, writes compare-out/ (summary.md, results.jsonl, compare.png). About an hour on 2 cores.
+compare: deps model build
+	scripts/compare.sh $(ARGS)
 
 bench-model: deps model
 	$(SWIFT) build -c release --product selm-bench

@@ -315,18 +315,26 @@ public final class GenerationEngine: @unchecked Sendable {
     /// between two steps), the issuer numbers it (durably), it is queued for the next step, and that
     /// step announces the version (a `.published` event, through the wake-up) once it is installed.
     /// Publications are serialised, so numbers reach the engine in the order they are issued.
+    /// `referenceVersion` (a learner's publication): the version whose weights were the learner's
+    /// reference policy in the step that produced `weights`; the engine keeps it alive from now on,
+    /// beside `maxLiveVersions`, until a later publication names another (`VersionRegistry.setReference`),
+    /// so Score and Generate can name it; 0 keeps none, nil leaves the kept one as it is (a refresh).
+    /// The announcement carries it (0 when it is not live, or nil).
     /// - Returns: the version.
     /// - Throws: `.incompatibleWeights` for another architecture (nothing issued), or what the
     ///   issuer throws (nothing published).
     /// Thread: any but the owner's event loop (the issuer fsyncs); never waits for a running step.
     @discardableResult
-    public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) throws -> UInt64 {
+    public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:],
+                        referenceVersion: UInt64? = nil) throws -> UInt64 {
         let model = try prepare(weights)
         publishLock.lock(); defer { publishLock.unlock() }
         let version = try issuer(versions.newestVersion)
+        var reference: UInt64 = 0
+        if let r = referenceVersion { reference = versions.setReference(r) ? r : 0 }
         try versions.publish(model, version: version)
         outLock.lock()
-        announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics))
+        announcements.append(Publication(version: version, learnerStep: learnerStep, metrics: metrics, referenceVersion: reference))
         outLock.unlock()
         poke()
         return version
@@ -365,6 +373,16 @@ public final class GenerationEngine: @unchecked Sendable {
 
     /// The version new requests bind to. Thread: any.
     public var currentVersion: UInt64 { versions.currentVersion }
+
+    /// The version kept alive as the learner's reference (`publish(weights:learnerStep:metrics:referenceVersion:)`),
+    /// 0 for none. Thread: any.
+    public var referenceVersion: UInt64 { versions.referenceVersion }
+
+    /// Keeps `version` alive as the learner's reference from now on (beside `maxLiveVersions`),
+    /// letting go of the one kept before; 0 keeps none. False when `version` is not live (nothing
+    /// kept). Thread: any.
+    @discardableResult
+    public func keepReference(version: UInt64) -> Bool { versions.setReference(version) }
 
     /// Counters and versions, as of the last step (versions and queue lengths live). Thread: any;
     /// never waits for a running step.

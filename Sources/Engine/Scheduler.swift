@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Model
 import Tokenizer
 
@@ -723,7 +724,7 @@ final class Scheduler {
             report.forwards += 1
             for (item, row0) in spans {
                 let cont = req.items[item].continuation
-                var lps: [Float] = [], tops: [[TokenLogprob]] = [], total = 0.0
+                var lps: [Float] = [], tops: [[TokenLogprob]] = [], ents: [Float] = [], total = 0.0
                 for (j, t) in cont.enumerated() {
                     let row = UnsafePointer(logits + (row0 + j) * V)
                     let lp = logProbability(of: t, logits: row, vocab: V)
@@ -732,8 +733,9 @@ final class Scheduler {
                     if req.topLogprobs > 0 {
                         tops.append(topAlternatives(row, vocab: V, k: req.topLogprobs, lse: row[Int(t)] - lp))
                     }
+                    if req.entropy { ents.append(Float(kernels_entropy(row, Int32(V)))) }
                 }
-                out.append(ScoredContinuation(tokens: cont, logprobs: lps, totalLogprob: total, topLogprobs: tops))
+                out.append(ScoredContinuation(tokens: cont, logprobs: lps, totalLogprob: total, topLogprobs: tops, entropies: ents))
             }
         }
         return out

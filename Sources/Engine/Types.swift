@@ -146,8 +146,10 @@ public struct ScoringRequest: Sendable {
     public var version: UInt64?
     /// Alternatives per continuation token, 0 ... 20.
     public var topLogprobs: Int
-    public init(items: [ScoringItem], version: UInt64? = nil, topLogprobs: Int = 0) {
-        self.items = items; self.version = version; self.topLogprobs = topLogprobs
+    /// Also compute the entropy of the full next-token distribution at each continuation position.
+    public var entropy: Bool
+    public init(items: [ScoringItem], version: UInt64? = nil, topLogprobs: Int = 0, entropy: Bool = false) {
+        self.items = items; self.version = version; self.topLogprobs = topLogprobs; self.entropy = entropy
     }
 }
 
@@ -220,6 +222,9 @@ public struct ScoredContinuation: Sendable {
     /// Their sum (in double precision).
     public var totalLogprob: Double
     public var topLogprobs: [[TokenLogprob]]
+    /// Entropy (nats) of softmax(logits) at each continuation position, when the request asked for
+    /// it (`ScoringRequest.entropy`), else empty.
+    public var entropies: [Float] = []
 }
 
 /// The answer to a `ScoringRequest`.
@@ -268,11 +273,15 @@ public struct Publication: Sendable, Equatable {
     public var learnerStep: UInt64
     /// The learner's metrics for that step (TRL names; empty for a refresh).
     public var metrics: [String: Double]
+    /// The version whose weights were the learner's reference policy in that step (the engine
+    /// keeps it alive as its reference version); 0 = none served as a version.
+    public var referenceVersion: UInt64
 
-    public init(version: UInt64, learnerStep: UInt64 = 0, metrics: [String: Double] = [:]) {
+    public init(version: UInt64, learnerStep: UInt64 = 0, metrics: [String: Double] = [:], referenceVersion: UInt64 = 0) {
         self.version = version
         self.learnerStep = learnerStep
         self.metrics = metrics
+        self.referenceVersion = referenceVersion
     }
 }
 

@@ -36,6 +36,9 @@ final class VersionRegistry: @unchecked Sendable {
     private(set) var current: WeightSnapshot
     private var pending: WeightSnapshot?
     private var newest: UInt64
+    /// The learner's reference version (`setReference`): held, never retired, not counted in
+    /// `maxLive`.
+    private var reference: WeightSnapshot?
 
     init(model: LlamaModel, version: UInt64, maxLive: Int) {
         let s = WeightSnapshot(version: version, model: model)
@@ -56,6 +59,33 @@ final class VersionRegistry: @unchecked Sendable {
     /// The highest version ever published (pending included).
     var newestVersion: UInt64 { locked { newest } }
     var liveVersions: [UInt64] { locked { live.keys.sorted() } }
+    /// The version kept as the learner's reference (0: none).
+    var referenceVersion: UInt64 { locked { reference?.version ?? 0 } }
+
+    /// Keeps `version` alive as the learner's reference policy — held, never retired, beside the
+    /// `maxLive` others — and lets go of the version kept before (freed when nothing else holds
+    /// it). 0 lets go without keeping another. Returns false (keeping nothing) when `version` is
+    /// not live.
+    @discardableResult
+    func setReference(_ version: UInt64) -> Bool {
+        var dropped: WeightSnapshot?
+        let kept: Bool = locked {
+            if reference?.version == version && version != 0 { return true }
+            var next: WeightSnapshot?
+            if version != 0, let s = live[version] { s.holders += 1; next = s }
+            if let old = reference {
+                old.holders -= 1
+                if old.holders == 0 {
+                    if live[old.version] === old { live.removeValue(forKey: old.version) }
+                    dropped = old
+                }
+            }
+            reference = next
+            return next != nil || version == 0
+        }
+        if let dropped { Self.freeInBackground(dropped) }
+        return kept
+    }
 
     /// Records a new snapshot's model, already in the engine's precision (replacing an older
     /// pending publication, which was never used).
@@ -115,7 +145,10 @@ final class VersionRegistry: @unchecked Sendable {
                 return (c.pinned, c.tokens, s.version)
             }
             var retired: [WeightSnapshot] = []
-            while live.count > maxLive, let victim = live.values.filter({ $0 !== p }).min(by: { key($0) < key($1) }) {
+            // The reference version is kept beside the `maxLive` others (unless it is the new current one).
+            let ref = reference.flatMap { r in r !== p && live[r.version] === r ? r : nil }
+            let limit = maxLive + (ref == nil ? 0 : 1)
+            while live.count > limit, let victim = live.values.filter({ $0 !== p && $0 !== ref }).min(by: { key($0) < key($1) }) {
                 live.removeValue(forKey: victim.version)
                 victim.retired = true
                 retired.append(victim)

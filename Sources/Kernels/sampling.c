@@ -65,6 +65,26 @@ static double exp_sum_avx512(const float *x, int n, float m, float s, float *w) 
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
 }
+
+// S = Σ exp(x − m) and T = Σ exp(x − m)·(x − m), both in double lanes; the tail through masks.
+__attribute__((target("avx512f")))
+static void entropy_sums_avx512(const float *x, int n, float m, double *S, double *T) {
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), t0 = _mm512_setzero_pd(), t1 = _mm512_setzero_pd();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        // d clamped at −104 (as exp_avx512 clamps), so a −inf logit adds 0 to both sums, never NaN.
+        __m512 d = _mm512_max_ps(_mm512_maskz_sub_ps(k, _mm512_mask_loadu_ps(vm, k, x + i), vm), _mm512_set1_ps(-104.0f));
+        __m512 e = _mm512_maskz_mov_ps(k, exp_avx512(d));
+        __m512 ed = _mm512_mul_ps(e, d);
+        s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+        t0 = _mm512_add_pd(t0, _mm512_cvtps_pd(_mm512_castps512_ps256(ed)));
+        t1 = _mm512_add_pd(t1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ed), 1))));
+    }
+    *S = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    *T = _mm512_reduce_add_pd(_mm512_add_pd(t0, t1));
+}
 #endif
 
 float kernels_max(const float *x, int n) {
@@ -95,3 +115,24 @@ float kernels_logsumexp(const float *x, int n) {
 }
 
 float kernels_log_prob(const float *x, int n, int token) { return x[token] - kernels_logsumexp(x, n); }
+
+double kernels_entropy(const float *x, int n) {
+    if (n <= 0) return 0.0;
+    float m = kernels_max(x, n);
+    double S = 0.0, T = 0.0;
+#if defined(__x86_64__)
+    if (have_avx512()) {
+        entropy_sums_avx512(x, n, m, &S, &T);
+    } else
+#endif
+    {
+        for (int i = 0; i < n; i++) {
+            float d = x[i] - m;
+            if (!(d >= -104.0f)) continue;  // exp(d) counts as 0 (and a −inf logit adds no NaN)
+            float e = expf(d);
+            S += e;
+            T += (double)e * d;
+        }
+    }
+    return log(S) - T / S;
+}

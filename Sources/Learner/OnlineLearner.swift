@@ -57,6 +57,8 @@ public struct OnlineStatus: Sendable {
     /// Seconds the last optimizer step took (0 before the first), and all steps of this run together.
     public var lastStepSeconds: Double = 0
     public var stepSecondsTotal: Double = 0
+    /// The version whose weights are the reference policy now (0: not served as a version).
+    public var referenceVersion: UInt64 = 0
 }
 
 /// The learner thread of `selm serve`: consumes acknowledged preference records in log order, forms
@@ -68,7 +70,10 @@ public final class OnlineLearner: @unchecked Sendable {
     /// told later, through `versionPublished(_:learnerStep:)` (the engine numbers them). The
     /// weights are the learner's live policy, read during the call only (the engine packs or copies
     /// them on this thread, `GenerationEngine.publish`); the learner changes them only after it returns.
-    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int) -> Bool
+    /// `referenceVersion` is the version whose weights were the reference policy in that step (0:
+    /// none served), which the engine keeps alive.
+    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int,
+                                          _ referenceVersion: UInt64) -> Bool
 
     public let learner: Trainer
     public let options: OnlineOptions
@@ -95,6 +100,10 @@ public final class OnlineLearner: @unchecked Sendable {
     private var consumed: (sequence: UInt64, rows: Int)
     private var lastMetrics: [String: Double] = [:]
     private var lastVersion: UInt64 = 0
+    /// The version serving the reference policy's weights (0: none); a refresh sets it to the
+    /// version its step is published as, once told (`refreshedAt`).
+    private var referenceVersion: UInt64
+    private var refreshedAt: Int?
     /// `learner.step` when the weights were last published (or adopted, or resumed): a checkpoint
     /// saved at that step holds exactly version `lastVersion`.
     private var publishedStep: Int
@@ -124,11 +133,13 @@ public final class OnlineLearner: @unchecked Sendable {
     ///     `checkpointRoot/NAME` and the `latest` pointer there.
     ///   - start: the log position already trained into `learner`'s weights (from a checkpoint).
     ///   - startVersion: the version the engine serves `learner`'s weights as.
+    ///   - referenceVersion: the version serving the reference policy's weights at start (the start
+    ///     version when the reference is the policy's starting weights; 0: none).
     ///   - publish: hands weights to the engine and returns the version they got; called on the
     ///     learner thread.
     public init(learner: Trainer, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
                 extras: Checkpoint.Extras, baseModel: String, start: (sequence: UInt64, rows: Int), startVersion: UInt64,
-                publish: @escaping Publish) {
+                referenceVersion: UInt64 = 0, publish: @escaping Publish) {
         self.learner = learner
         self.options = options
         self.source = source
@@ -140,12 +151,13 @@ public final class OnlineLearner: @unchecked Sendable {
         fetched = start.sequence
         skipRows = start.rows  // of the first record after `start.sequence`, already trained on
         lastVersion = startVersion
+        self.referenceVersion = referenceVersion
         checkpointStep = learner.step
         publishedStep = learner.step
         log = TrainingLog(maxSteps: options.totalSteps, trainBatchSize: options.training.batchSize, saveSteps: options.checkpointEvery)
         statusCache = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: start.sequence,
                                    consumedRows: start.rows, pendingRows: 0, metrics: [:], lastPublishedVersion: startVersion,
-                                   stepsPerMinute: 0)
+                                   stepsPerMinute: 0, referenceVersion: referenceVersion)
     }
 
     /// Starts the learner thread. Thread: any.
@@ -192,6 +204,10 @@ public final class OnlineLearner: @unchecked Sendable {
         if version > lastVersion, step >= publishedStep {
             lastVersion = version
             publishedStep = step
+        }
+        if let s = refreshedAt, s == step {
+            refreshedAt = nil
+            referenceVersion = version  // the reference was refreshed to exactly these weights
         }
         if let r = unloggedStep, r.step == step {
             unloggedStep = nil
@@ -246,9 +262,11 @@ public final class OnlineLearner: @unchecked Sendable {
     }
 
     /// Continues from `weights`, already published by the server as `version` (RefreshWeights).
+    /// `referenceReplaced`: the reference policy was loaded from elsewhere too (no version serves it).
     /// Thread: the learner's (use `enqueue`).
-    public func adopt(weights: ParameterSet, version: UInt64) {
+    public func adopt(weights: ParameterSet, version: UInt64, referenceReplaced: Bool = false) {
         learner.policy.weights.data.update(from: weights.data, count: weights.count)
+        if referenceReplaced { referenceVersion = 0; refreshedAt = nil }
         lastVersion = version
         publishedStep = learner.step
         awaitingVersion = nil  // a version told later for an older step no longer describes these weights
@@ -317,7 +335,14 @@ public final class OnlineLearner: @unchecked Sendable {
             let part = take[start ..< min(start + bs, take.count)]
             micro.append((part.map(\.pair), part.map { ($0.sequence << 20) | UInt64($0.row) }))
         }
+        let usedReference = referenceVersion
+        let generation = learner.reference.generation
         let report = try learner.step(micro)
+        if learner.reference.generation != generation {
+            // Refreshed to the weights after this step: served once (if) this step is published.
+            referenceVersion = 0
+            refreshedAt = learner.step
+        }
         pending.removeFirst(n)
         // Every record before the first pending row's is consumed; of that record, its rows before
         // the pending one are (rows stay in order).
@@ -339,7 +364,7 @@ public final class OnlineLearner: @unchecked Sendable {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
                 learnerLogger.warning("step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)")
-            } else if publish(learner.policy.weights, report.metrics, learner.step) {
+            } else if publish(learner.policy.weights, report.metrics, learner.step, usedReference) {
                 awaitingVersion = learner.step
                 unloggedStep = report  // logged with its version once told
             }
@@ -364,7 +389,8 @@ public final class OnlineLearner: @unchecked Sendable {
         let s = OnlineStatus(step: learner.step, skippedSteps: learner.skippedSteps, consumedSequence: consumed.sequence,
                              consumedRows: consumed.rows, pendingRows: pending.count, metrics: lastMetrics,
                              lastPublishedVersion: lastVersion, stepsPerMinute: spm, skippedPublishes: skippedPublishes,
-                             lastStepSeconds: lastStepSeconds, stepSecondsTotal: stepSecondsTotal)
+                             lastStepSeconds: lastStepSeconds, stepSecondsTotal: stepSecondsTotal,
+                             referenceVersion: referenceVersion)
         lock.lock(); statusCache = s; lock.unlock()
     }
 }

@@ -3569,7 +3569,7 @@ const ProtobufCMessageDescriptor selm__v1__score_item__descriptor =
   (ProtobufCMessageInit) selm__v1__score_item__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__score_request__field_descriptors[4] =
+static const ProtobufCFieldDescriptor selm__v1__score_request__field_descriptors[5] =
 {
   {
     "items",
@@ -3619,9 +3619,22 @@ static const ProtobufCFieldDescriptor selm__v1__score_request__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "entropy",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__ScoreRequest, entropy),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__score_request__field_indices_by_name[] = {
   1,   /* field[1] = chat */
+  4,   /* field[4] = entropy */
   0,   /* field[0] = items */
   3,   /* field[3] = top_logprobs */
   2,   /* field[2] = version */
@@ -3629,7 +3642,7 @@ static const unsigned selm__v1__score_request__field_indices_by_name[] = {
 static const ProtobufCIntRange selm__v1__score_request__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor selm__v1__score_request__descriptor =
 {
@@ -3639,14 +3652,14 @@ const ProtobufCMessageDescriptor selm__v1__score_request__descriptor =
   "Selm__V1__ScoreRequest",
   "selm.v1",
   sizeof(Selm__V1__ScoreRequest),
-  4,
+  5,
   selm__v1__score_request__field_descriptors,
   selm__v1__score_request__field_indices_by_name,
   1,  selm__v1__score_request__number_ranges,
   (ProtobufCMessageInit) selm__v1__score_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__scored_item__field_descriptors[4] =
+static const ProtobufCFieldDescriptor selm__v1__scored_item__field_descriptors[5] =
 {
   {
     "token_ids",
@@ -3696,8 +3709,21 @@ static const ProtobufCFieldDescriptor selm__v1__scored_item__field_descriptors[4
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "entropies",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FLOAT,
+    offsetof(Selm__V1__ScoredItem, n_entropies),
+    offsetof(Selm__V1__ScoredItem, entropies),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__scored_item__field_indices_by_name[] = {
+  4,   /* field[4] = entropies */
   1,   /* field[1] = logprobs */
   0,   /* field[0] = token_ids */
   3,   /* field[3] = top_logprobs */
@@ -3706,7 +3732,7 @@ static const unsigned selm__v1__scored_item__field_indices_by_name[] = {
 static const ProtobufCIntRange selm__v1__scored_item__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor selm__v1__scored_item__descriptor =
 {
@@ -3716,7 +3742,7 @@ const ProtobufCMessageDescriptor selm__v1__scored_item__descriptor =
   "Selm__V1__ScoredItem",
   "selm.v1",
   sizeof(Selm__V1__ScoredItem),
-  4,
+  5,
   selm__v1__scored_item__field_descriptors,
   selm__v1__scored_item__field_indices_by_name,
   1,  selm__v1__scored_item__number_ranges,
@@ -4278,7 +4304,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__learner_metrics_entry__
   (ProtobufCMessageInit) selm__v1__status_reply__learner_metrics_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[21] =
+static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[22] =
 {
   {
     "policy_version",
@@ -4532,6 +4558,18 @@ static const ProtobufCFieldDescriptor selm__v1__status_reply__field_descriptors[
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reference_version",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__StatusReply, reference_version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   15,   /* field[15] = checkpoints */
@@ -4547,6 +4585,7 @@ static const unsigned selm__v1__status_reply__field_indices_by_name[] = {
   1,   /* field[1] = learner_step */
   11,   /* field[11] = live_versions */
   0,   /* field[0] = policy_version */
+  21,   /* field[21] = reference_version */
   19,   /* field[19] = role */
   6,   /* field[6] = running_sequences */
   18,   /* field[18] = stale_rows_dropped */
@@ -4561,7 +4600,7 @@ static const ProtobufCIntRange selm__v1__status_reply__number_ranges[3 + 1] =
   { 1, 0 },
   { 5, 3 },
   { 8, 5 },
-  { 0, 21 }
+  { 0, 22 }
 };
 const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
 {
@@ -4571,7 +4610,7 @@ const ProtobufCMessageDescriptor selm__v1__status_reply__descriptor =
   "Selm__V1__StatusReply",
   "selm.v1",
   sizeof(Selm__V1__StatusReply),
-  21,
+  22,
   selm__v1__status_reply__field_descriptors,
   selm__v1__status_reply__field_indices_by_name,
   3,  selm__v1__status_reply__number_ranges,
@@ -4889,7 +4928,7 @@ const ProtobufCMessageDescriptor selm__v1__version_event__metrics_entry__descrip
   (ProtobufCMessageInit) selm__v1__version_event__metrics_entry__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor selm__v1__version_event__field_descriptors[4] =
+static const ProtobufCFieldDescriptor selm__v1__version_event__field_descriptors[5] =
 {
   {
     "version",
@@ -4939,17 +4978,30 @@ static const ProtobufCFieldDescriptor selm__v1__version_event__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reference_version",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Selm__V1__VersionEvent, reference_version),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned selm__v1__version_event__field_indices_by_name[] = {
   1,   /* field[1] = learner_step */
   2,   /* field[2] = metrics */
+  4,   /* field[4] = reference_version */
   3,   /* field[3] = unix_time */
   0,   /* field[0] = version */
 };
 static const ProtobufCIntRange selm__v1__version_event__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor selm__v1__version_event__descriptor =
 {
@@ -4959,7 +5011,7 @@ const ProtobufCMessageDescriptor selm__v1__version_event__descriptor =
   "Selm__V1__VersionEvent",
   "selm.v1",
   sizeof(Selm__V1__VersionEvent),
-  4,
+  5,
   selm__v1__version_event__field_descriptors,
   selm__v1__version_event__field_indices_by_name,
   1,  selm__v1__version_event__number_ranges,

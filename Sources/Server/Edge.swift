@@ -49,7 +49,7 @@ enum Edge {
             items.append(ScoringItem(prompt: try encoder.prompt(item.prompt, chat: s.chat, field: "items[\(i)].prompt"),
                                      continuation: try encoder.continuation(item.continuation, field: "items[\(i)].continuation")))
         }
-        return ScoringRequest(items: items, version: s.version, topLogprobs: Int(s.topLogprobs))
+        return ScoringRequest(items: items, version: s.version, topLogprobs: Int(s.topLogprobs), entropy: s.entropy)
     }
 
     /// The rows of a `SubmitPreferences` as the learner's checked pairs, and their sources.
@@ -116,7 +116,7 @@ enum Edge {
         case .score(let r):
             return (.scoreReply(ScoreReply(
                 items: r.items.map { ScoredItem(tokenIDs: wire($0.tokens), logprobs: $0.logprobs, totalLogprob: $0.totalLogprob,
-                                                topLogprobs: top($0.topLogprobs)) },
+                                                topLogprobs: top($0.topLogprobs), entropies: $0.entropies) },
                 version: r.version)), true)
         case .error(_, let err):
             return (.error(refusal(err).errorReply), true)

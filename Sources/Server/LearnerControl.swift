@@ -11,12 +11,16 @@ public struct LearnerStatus: Sendable, Equatable {
     public var metrics: [String: Double]
     /// The last preference-log sequence whose rows the learner's state includes.
     public var consumedSequence: UInt64
+    /// The version serving the reference policy's weights (0: none): the start version for a
+    /// learner whose frozen reference is its starting weights, before its first publication.
+    public var referenceVersion: UInt64
 
     /// A status; defaults describe a learner that has done nothing.
-    public init(step: UInt64 = 0, metrics: [String: Double] = [:], consumedSequence: UInt64 = 0) {
+    public init(step: UInt64 = 0, metrics: [String: Double] = [:], consumedSequence: UInt64 = 0, referenceVersion: UInt64 = 0) {
         self.step = step
         self.metrics = metrics
         self.consumedSequence = consumedSequence
+        self.referenceVersion = referenceVersion
     }
 }
 
@@ -49,7 +53,9 @@ public protocol WeightPublisher: Sendable {
     /// — so `OnlineLearner` hands over its live weights and changes them only after the call returns.
     /// `learnerStep` and `metrics` go into the `VersionEvent`. Any thread but the loop's (recording
     /// the number fsyncs; packing takes ~0.1 s); the swap happens between two engine steps.
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool
+    /// `referenceVersion`: the version whose weights were the learner's reference policy in that
+    /// step (0: none served); the engine keeps it alive and the `VersionEvent` names it.
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double], referenceVersion: UInt64) -> Bool
 }
 
 /// Everything a learner needs from the server, handed over by `LearnerControl.start`.

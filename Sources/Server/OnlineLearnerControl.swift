@@ -68,6 +68,15 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         start = (state?.walSequence ?? 0, state?.walRows ?? 0)
     }
 
+    /// Whether the reference policy's weights are the policy's own at start, so the start version
+    /// serves them: a fresh run whose reference is a frozen copy of its starting weights, or a
+    /// resumed one whose last applied step refreshed the reference (`--ref-refresh-steps`).
+    var referenceServed: Bool {
+        let r = learner.reference, steps = learner.optimizer.step, every = options.training.refRefreshSteps
+        if resumedFrom == nil { return r.kind == .initial && r.generation == 0 }
+        return r.generation > 0 && every > 0 && steps > 0 && steps % every == 0
+    }
+
     static func latestDirectory(root: String) -> String? {
         guard let s = OnlineLearner.latestName(root: root) else { return nil }
         let dir = s.hasPrefix("/") ? s : root + "/" + s
@@ -79,7 +88,10 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         let online = OnlineLearner(
             learner: learner, options: options, source: context.log, checkpointRoot: checkpointRoot, extras: extras,
             baseModel: baseModel, start: start, startVersion: context.servedVersion,
-            publish: { weights, metrics, step in publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics) })
+            referenceVersion: referenceServed ? context.servedVersion : 0,
+            publish: { weights, metrics, step, reference in
+                publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics, referenceVersion: reference)
+            })
         let usage = dataDirectory.usage
         online.didChangeCheckpoints = { usage.refreshInBackground() }
         if let dir = resumedFrom, let prior = TrainingLog.load(fromCheckpoint: dir) { online.log.continue(from: prior, upTo: learner.step) }
@@ -108,7 +120,7 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         m["skipped_publishes"] = Double(s.skippedPublishes)
         m["step_seconds"] = s.lastStepSeconds
         m["step_seconds_total"] = s.stepSecondsTotal
-        return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence)
+        return LearnerStatus(step: UInt64(s.step), metrics: m, consumedSequence: s.consumedSequence, referenceVersion: s.referenceVersion)
     }
 
     /// `directory` is `DATA/checkpoints/NAME` as `DataDirectory.checkpointDirectory` returned it.
@@ -158,12 +170,14 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
         o?.enqueue { o in
             do {
                 var isDir: ObjCBool = false
+                var referenceReplaced = false
                 if FileManager.default.fileExists(atPath: path + "/optimizer.safetensors", isDirectory: &isDir),
                    let state = try? Checkpoint.loadState(from: path) {
                     try Checkpoint.restore(o.learner, from: path, state: state)
                     o.learner.schedule = o.options.schedule
+                    referenceReplaced = state.referenceFile != nil
                 }
-                o.adopt(weights: handed.value, version: version)
+                o.adopt(weights: handed.value, version: version, referenceReplaced: referenceReplaced)
             } catch {
                 serverLog("learner: cannot adopt refreshed weights from \(path): \(error)", level: .error)
             }

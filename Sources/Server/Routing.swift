@@ -186,7 +186,8 @@ extension SelmServer {
                            liveVersions: UInt32(clamping: f.liveVersions), connections: UInt32(clamping: f.connections),
                            dataDirBytes: disk.dataDirBytes, diskFreeBytes: disk.freeBytes, checkpoints: UInt32(clamping: disk.checkpoints),
                            enginePrecision: f.enginePrecision, staleness: stalenessBuckets, staleRowsDropped: cluster.staleDropped,
-                           role: cluster.role.rawValue, following: cluster.following ?? "")
+                           role: cluster.role.rawValue, following: cluster.following ?? "",
+                           referenceVersion: lastVersionEvent.referenceVersion)
     }
 
     private func cancel(_ conn: Connection, id: UInt64, target: UInt64) {
@@ -473,12 +474,13 @@ extension SelmServer {
     /// Without an engine the ledger numbers them and the announcement is posted to the loop.
     /// - Returns: the version.
     /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) throws(ServerError) -> UInt64 {
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double],
+                 referenceVersion: UInt64? = nil) throws(ServerError) -> UInt64 {
         guard let engine else {
             let version: UInt64
             do { version = try dataDirectory.versions.issue() } catch { throw ServerError(error) }
             cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: weights.copy()))
-            let p = Publication(version: version, learnerStep: learnerStep, metrics: metrics)
+            let p = Publication(version: version, learnerStep: learnerStep, metrics: metrics)  // no engine keeps a reference
             mailbox.post { [self] in versionPublished(p) }
             return version
         }
@@ -487,7 +489,8 @@ extension SelmServer {
             // call only), made before the engine may announce the version, so a replica told of it
             // finds it stored (it asks for that version and retries while it is not yet).
             let copy = cluster.published == nil ? nil : weights.copy()
-            let version = try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics)
+            let version = try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics,
+                                             referenceVersion: referenceVersion)
             if let copy { cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: copy)) }
             return version
         } catch let e as PreferenceLogError {
@@ -501,7 +504,8 @@ extension SelmServer {
 
     /// Loop thread: a version exists; subscribers hear of it, and the learner when it is its own.
     func versionPublished(_ p: Publication) {
-        announce(VersionEvent(version: p.version, learnerStep: p.learnerStep, metrics: p.metrics, unixTime: Date().timeIntervalSince1970))
+        announce(VersionEvent(version: p.version, learnerStep: p.learnerStep, metrics: p.metrics, unixTime: Date().timeIntervalSince1970,
+                              referenceVersion: p.referenceVersion))
         if p.learnerStep > 0 { learner.versionPublished(p.version, learnerStep: p.learnerStep) }
     }
 }
@@ -516,10 +520,10 @@ struct UncheckedWeights: @unchecked Sendable {
 final class ServerPublisher: WeightPublisher, @unchecked Sendable {
     weak var server: SelmServer?
     init(server: SelmServer) { self.server = server }
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double]) -> Bool {
+    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double], referenceVersion: UInt64) -> Bool {
         guard let server else { return false }
         do throws(ServerError) {
-            _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics)
+            _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics, referenceVersion: referenceVersion)
             return true
         } catch {
             serverLog("learner step \(learnerStep): weights not published: \(error)", level: .error)

@@ -342,6 +342,12 @@ public final class SelmServer: @unchecked Sendable {
         do {
             try learner.start(LearnerContext(log: log, dataDirectory: dataDirectory, publisher: ServerPublisher(server: self),
                                              servedVersion: currentPolicyVersion))
+            // The start version serves the reference policy (a fresh run's frozen copy of its
+            // starting weights): kept alive from now on, and named by the first VersionEvent.
+            let reference = learner.status().referenceVersion
+            if reference != 0, engine?.keepReference(version: reference) ?? false {
+                lastVersionEvent.referenceVersion = reference
+            }
         } catch {
             closeLoop()
             log.close()

@@ -269,6 +269,7 @@ extension Client {
         @Flag(help: "Apply the chat template to the prompt.") var chat = false
         @Option(help: "Score under this weight version (default: the current one).") var version: UInt64?
         @Option(help: "Alternatives reported per token (0…20).") var topLogprobs: UInt32 = 0
+        @Flag(help: "Also print the entropy (nats) of the model's full next-token distribution at each token.") var entropy = false
         @Flag(help: "Print JSON.") var json = false
 
         func validate() throws {
@@ -286,7 +287,8 @@ extension Client {
             let c: Response = if let continuation { .text(continuation) } else {
                 .ids(try parseTokenList(continuationIds!, field: "--continuation-ids").map { UInt32(bitPattern: $0) })
             }
-            return ScoreRequest(items: [ScoreItem(prompt: p, continuation: c)], chat: chat, version: version, topLogprobs: topLogprobs)
+            return ScoreRequest(items: [ScoreItem(prompt: p, continuation: c)], chat: chat, version: version, topLogprobs: topLogprobs,
+                                entropy: entropy)
         }
 
         func run() throws {
@@ -299,11 +301,15 @@ extension Client {
                 var d: [String: Any] = ["version": reply.version, "token_ids": item.tokenIDs.map { Int($0) },
                                         "logprobs": item.logprobs.map { Double($0) }, "total_logprob": item.totalLogprob]
                 if !item.topLogprobs.isEmpty { d["top_logprobs"] = topJSON(item.topLogprobs) }
+                if !item.entropies.isEmpty { d["entropies"] = item.entropies.map { Double($0) } }
                 say(jsonText(d))
                 return
             }
             say("total log-prob \(String(format: "%.6f", item.totalLogprob)) over \(item.tokenIDs.count) tokens (version \(reply.version))")
-            for (id, lp) in zip(item.tokenIDs, item.logprobs) { say("\(id)\t\(String(format: "%.6f", lp))") }
+            for (i, (id, lp)) in zip(item.tokenIDs, item.logprobs).enumerated() {
+                let h = i < item.entropies.count ? "\t" + String(format: "%.6f", item.entropies[i]) : ""
+                say("\(id)\t\(String(format: "%.6f", lp))" + h)
+            }
         }
     }
 
@@ -369,7 +375,8 @@ extension Client {
             let s = try client.status()
             if json {
                 say(jsonText([
-                    "policy_version": s.policyVersion, "learner_step": s.learnerStep, "learner_metrics": s.learnerMetrics,
+                    "policy_version": s.policyVersion, "reference_version": s.referenceVersion,
+                    "learner_step": s.learnerStep, "learner_metrics": s.learnerMetrics,
                     "wal_last_sequence": s.walLastSequence, "wal_consumed_sequence": s.walConsumedSequence,
                     "waiting_requests": Int(s.waitingRequests), "running_sequences": Int(s.runningSequences),
                     "kv_blocks_used": Int(s.kvBlocksUsed), "kv_blocks_total": Int(s.kvBlocksTotal),
@@ -380,7 +387,7 @@ extension Client {
                 return
             }
             say("""
-            policy version   \(s.policyVersion) (\(s.liveVersions) live)
+            policy version   \(s.policyVersion) (\(s.liveVersions) live)\(s.referenceVersion > 0 ? ", reference version \(s.referenceVersion)" : "")
             learner          step \(s.learnerStep)\(s.learnerMetrics.isEmpty ? "" : ": " + metricsText(s.learnerMetrics))
             WAL              last sequence \(s.walLastSequence), consumed \(s.walConsumedSequence)
             requests         \(s.waitingRequests) waiting, \(s.runningSequences) sequences running

@@ -212,6 +212,9 @@ float kernels_logsumexp(const float *x, int n);
 // log softmax(x)[token] = x[token] − kernels_logsumexp(x, n) (so x[token] − log_prob gives the
 // same log-sum-exp back for the other tokens' log-probabilities).
 float kernels_log_prob(const float *x, int n, int token);
+// Entropy of softmax(x) in nats, −Σ p log p = log S − (Σ e·d)/S with d = x − max, e = exp(d),
+// S = Σ e (sums in double precision; a term exp(d) below e^−104 counts as 0).
+double kernels_entropy(const float *x, int n);
 
 #ifdef __cplusplus
 }

@@ -941,6 +941,12 @@ struct  Selm__V1__ScoreRequest
    * alternatives reported per continuation token, 0…20
    */
   uint32_t top_logprobs;
+  /*
+   * Also return the entropy of the model's full next-token distribution at each continuation
+   * position (ScoredItem.entropies): −Σ p log p over the whole vocabulary, natural log, from the
+   * same logits as the log-probs (raw softmax: no temperature, no filters).
+   */
+  protobuf_c_boolean entropy;
   Selm__V1__ScoreRequest__OptionalVersionCase optional_version_case;
   union {
     uint64_t version;
@@ -948,7 +954,7 @@ struct  Selm__V1__ScoreRequest
 };
 #define SELM__V1__SCORE_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__score_request__descriptor) \
-    , 0,NULL, 0, 0, SELM__V1__SCORE_REQUEST__OPTIONAL_VERSION__NOT_SET, {0} }
+    , 0,NULL, 0, 0, 0, SELM__V1__SCORE_REQUEST__OPTIONAL_VERSION__NOT_SET, {0} }
 
 
 /*
@@ -976,10 +982,15 @@ struct  Selm__V1__ScoredItem
    */
   size_t n_top_logprobs;
   Selm__V1__TopLogprobs **top_logprobs;
+  /*
+   * per continuation token, if `ScoreRequest.entropy`: the entropy (nats) of the distribution the token was drawn from
+   */
+  size_t n_entropies;
+  float *entropies;
 };
 #define SELM__V1__SCORED_ITEM__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__scored_item__descriptor) \
-    , 0,NULL, 0,NULL, 0, 0,NULL }
+    , 0,NULL, 0,NULL, 0, 0,NULL, 0,NULL }
 
 
 /*
@@ -1308,10 +1319,14 @@ struct  Selm__V1__StatusReply
    * the learner a rollout replica follows (--follow HOST:PORT), else empty
    */
   ProtobufCBinaryData following;
+  /*
+   * as VersionEvent.reference_version of the current version
+   */
+  uint64_t reference_version;
 };
 #define SELM__V1__STATUS_REPLY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__status_reply__descriptor) \
-    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL}, 0,NULL, 0, {0,NULL}, {0,NULL} }
+    , 0, 0, 0,NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, {0,NULL}, 0,NULL, 0, {0,NULL}, {0,NULL}, 0 }
 
 
 /*
@@ -1462,10 +1477,19 @@ struct  Selm__V1__VersionEvent
    * when it was published, seconds since 1970
    */
   double unix_time;
+  /*
+   * The version whose weights were the learner's reference policy π_ref in the step that produced
+   * this version (the frozen start version, or the previous iteration's version when the reference
+   * is refreshed: selm serve --ref-refresh-steps); 0 = not served as a version (an external --ref,
+   * a reference refreshed at a step that was not published, weights loaded by RefreshWeights, a
+   * rollout replica). The engine keeps that version alive, beside --max-live-versions, until a
+   * later version names another, so Score and Generate may name it.
+   */
+  uint64_t reference_version;
 };
 #define SELM__V1__VERSION_EVENT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&selm__v1__version_event__descriptor) \
-    , 0, 0, 0,NULL, 0 }
+    , 0, 0, 0,NULL, 0, 0 }
 
 
 /*

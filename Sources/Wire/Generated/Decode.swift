@@ -283,7 +283,8 @@ extension Unpacked {
             _items.append(try decodeScoreItem(m.items[i]!.pointee, at: "\(fieldPath(path, "items"))[\(i)]"))
         }
         let _version = m.optional_version_case == SELM__V1__SCORE_REQUEST__OPTIONAL_VERSION_VERSION ? m.version : nil
-        var v = ScoreRequest(items: _items, chat: m.chat != 0, version: _version, topLogprobs: m.top_logprobs)
+        var v = ScoreRequest(
+            items: _items, chat: m.chat != 0, version: _version, topLogprobs: m.top_logprobs, entropy: m.entropy != 0)
         try v.validate(at: path)
         return v
     }
@@ -296,8 +297,10 @@ extension Unpacked {
         for i in 0..<m.n_top_logprobs {
             _topLogprobs.append(decodeTopLogprobs(m.top_logprobs[i]!.pointee))
         }
+        let _entropies = array(m.entropies, m.n_entropies)
         return ScoredItem(
-            tokenIDs: _tokenIDs, logprobs: _logprobs, totalLogprob: m.total_logprob, topLogprobs: _topLogprobs)
+            tokenIDs: _tokenIDs, logprobs: _logprobs, totalLogprob: m.total_logprob, topLogprobs: _topLogprobs,
+            entropies: _entropies)
     }
 
     static func decodeScoreReply(_ m: Selm__V1__ScoreReply) -> ScoreReply {
@@ -417,7 +420,7 @@ extension Unpacked {
             uptimeSeconds: m.uptime_seconds, liveVersions: m.live_versions, connections: m.connections,
             dataDirBytes: m.data_dir_bytes, diskFreeBytes: m.disk_free_bytes, checkpoints: m.checkpoints,
             enginePrecision: string(m.engine_precision), staleness: _staleness, staleRowsDropped: m.stale_rows_dropped,
-            role: string(m.role), following: string(m.following))
+            role: string(m.role), following: string(m.following), referenceVersion: m.reference_version)
     }
 
     static func decodeStalenessBucket(_ m: Selm__V1__StalenessBucket) -> StalenessBucket {
@@ -459,7 +462,9 @@ extension Unpacked {
             let entry = m.metrics[i]!.pointee
             _metrics[cString(entry.key)] = entry.value
         }
-        return VersionEvent(version: m.version, learnerStep: m.learner_step, metrics: _metrics, unixTime: m.unix_time)
+        return VersionEvent(
+            version: m.version, learnerStep: m.learner_step, metrics: _metrics, unixTime: m.unix_time,
+            referenceVersion: m.reference_version)
     }
 
     static func decodeFetchWeights(_ m: Selm__V1__FetchWeights, at path: String) throws(FieldError) -> FetchWeights {

@@ -344,6 +344,7 @@ extension Arena {
             p.pointee.version = v
         }
         p.pointee.top_logprobs = v.topLogprobs
+        p.pointee.entropy = v.entropy ? 1 : 0
         return p
     }
 
@@ -357,6 +358,8 @@ extension Arena {
         p.pointee.total_logprob = v.totalLogprob
         p.pointee.n_top_logprobs = v.topLogprobs.count
         p.pointee.top_logprobs = pointers(v.topLogprobs) { encodeTopLogprobs($0) }
+        p.pointee.n_entropies = v.entropies.count
+        p.pointee.entropies = array(v.entropies)
         return p
     }
 
@@ -478,6 +481,7 @@ extension Arena {
         p.pointee.stale_rows_dropped = v.staleRowsDropped
         p.pointee.role = string(v.role)
         p.pointee.following = string(v.following)
+        p.pointee.reference_version = v.referenceVersion
         return p
     }
 
@@ -537,6 +541,7 @@ extension Arena {
             $0.pointee.value = $2
         }
         p.pointee.unix_time = v.unixTime
+        p.pointee.reference_version = v.referenceVersion
         return p
     }
 

@@ -481,13 +481,20 @@ public struct ScoreRequest: Sendable, Equatable {
     public var version: UInt64?
     /// alternatives reported per continuation token, 0…20
     public var topLogprobs: UInt32
+    /// Also return the entropy of the model's full next-token distribution at each continuation
+    /// position (ScoredItem.entropies): −Σ p log p over the whole vocabulary, natural log, from the
+    /// same logits as the log-probs (raw softmax: no temperature, no filters).
+    public var entropy: Bool
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
-    public init(items: [ScoreItem] = [], chat: Bool = false, version: UInt64? = nil, topLogprobs: UInt32 = 0) {
+    public init(
+                items: [ScoreItem] = [], chat: Bool = false, version: UInt64? = nil, topLogprobs: UInt32 = 0,
+                entropy: Bool = false) {
         self.items = items
         self.chat = chat
         self.version = version
         self.topLogprobs = topLogprobs
+        self.entropy = entropy
     }
 }
 
@@ -502,15 +509,18 @@ public struct ScoredItem: Sendable, Equatable {
     public var totalLogprob: Double
     /// per continuation token, if requested
     public var topLogprobs: [TopLogprobs]
+    /// per continuation token, if `ScoreRequest.entropy`: the entropy (nats) of the distribution the token was drawn from
+    public var entropies: [Float]
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
                 tokenIDs: [UInt32] = [], logprobs: [Float] = [], totalLogprob: Double = 0,
-                topLogprobs: [TopLogprobs] = []) {
+                topLogprobs: [TopLogprobs] = [], entropies: [Float] = []) {
         self.tokenIDs = tokenIDs
         self.logprobs = logprobs
         self.totalLogprob = totalLogprob
         self.topLogprobs = topLogprobs
+        self.entropies = entropies
     }
 }
 
@@ -717,6 +727,8 @@ public struct StatusReply: Sendable, Equatable {
     public var role: String
     /// the learner a rollout replica follows (--follow HOST:PORT), else empty
     public var following: String
+    /// as VersionEvent.reference_version of the current version
+    public var referenceVersion: UInt64
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
     public init(
@@ -726,7 +738,7 @@ public struct StatusReply: Sendable, Equatable {
                 generatedTokensPerSecond: Double = 0, uptimeSeconds: Double = 0, liveVersions: UInt32 = 0,
                 connections: UInt32 = 0, dataDirBytes: UInt64 = 0, diskFreeBytes: UInt64 = 0, checkpoints: UInt32 = 0,
                 enginePrecision: String = "", staleness: [StalenessBucket] = [], staleRowsDropped: UInt64 = 0,
-                role: String = "", following: String = "") {
+                role: String = "", following: String = "", referenceVersion: UInt64 = 0) {
         self.policyVersion = policyVersion
         self.learnerStep = learnerStep
         self.learnerMetrics = learnerMetrics
@@ -748,6 +760,7 @@ public struct StatusReply: Sendable, Equatable {
         self.staleRowsDropped = staleRowsDropped
         self.role = role
         self.following = following
+        self.referenceVersion = referenceVersion
     }
 }
 
@@ -847,13 +860,23 @@ public struct VersionEvent: Sendable, Equatable {
     public var metrics: [String: Double]
     /// when it was published, seconds since 1970
     public var unixTime: Double
+    /// The version whose weights were the learner's reference policy π_ref in the step that produced
+    /// this version (the frozen start version, or the previous iteration's version when the reference
+    /// is refreshed: selm serve --ref-refresh-steps); 0 = not served as a version (an external --ref,
+    /// a reference refreshed at a step that was not published, weights loaded by RefreshWeights, a
+    /// rollout replica). The engine keeps that version alive, beside --max-live-versions, until a
+    /// later version names another, so Score and Generate may name it.
+    public var referenceVersion: UInt64
 
     /// Creates the message; omitted arguments take the values an unset field decodes to.
-    public init(version: UInt64 = 0, learnerStep: UInt64 = 0, metrics: [String: Double] = [:], unixTime: Double = 0) {
+    public init(
+                version: UInt64 = 0, learnerStep: UInt64 = 0, metrics: [String: Double] = [:], unixTime: Double = 0,
+                referenceVersion: UInt64 = 0) {
         self.version = version
         self.learnerStep = learnerStep
         self.metrics = metrics
         self.unixTime = unixTime
+        self.referenceVersion = referenceVersion
     }
 }
 

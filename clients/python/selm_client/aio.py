@@ -356,9 +356,10 @@ class AsyncClient:
         return await s.collect()
 
     async def score(self, items: Sequence[Union[Tuple[PromptLike, ResponseLike], Mapping[str, Any]]], *,
-                    chat: bool = False, version: Optional[int] = None, top_logprobs: int = 0) -> ScoreResult:
+                    chat: bool = False, version: Optional[int] = None, top_logprobs: int = 0,
+                    entropy: bool = False) -> ScoreResult:
         """Log-probabilities of given continuations (see :meth:`selm_client.Client.score`)."""
-        req = score_request(items, chat=chat, version=version, top_logprobs=top_logprobs)
+        req = score_request(items, chat=chat, version=version, top_logprobs=top_logprobs, entropy=entropy)
         return score_result((await self._call(pb.Envelope(score=req), "score_reply")).score_reply)
 
     async def tokenize(self, text: Union[str, Sequence[Message]] = "", *, chat: bool = False,

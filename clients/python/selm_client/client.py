@@ -138,7 +138,7 @@ def _chunk(m: "pb.GenerateChunk") -> Chunk:
 
 def _version_event(m: "pb.VersionEvent") -> VersionEvent:
     return VersionEvent(version=m.version, learner_step=m.learner_step, metrics=dict(m.metrics),
-                        unix_time=m.unix_time)
+                        unix_time=m.unix_time, reference_version=m.reference_version)
 
 
 def _parse_address(address: str) -> Tuple[str, int]:
@@ -196,9 +196,9 @@ def generate_request(prompts: Any, *, n: int = 1, chat: bool = False, max_tokens
 
 
 def score_request(items: Sequence[Any], *, chat: bool = False, version: Optional[int] = None,
-                  top_logprobs: int = 0) -> "pb.ScoreRequest":
+                  top_logprobs: int = 0, entropy: bool = False) -> "pb.ScoreRequest":
     """The ``ScoreRequest`` of :meth:`Client.score`'s arguments."""
-    req = pb.ScoreRequest(chat=bool(chat))
+    req = pb.ScoreRequest(chat=bool(chat), entropy=bool(entropy))
     _set_scalar(req, "top_logprobs", top_logprobs, "top_logprobs")
     if version is not None:
         _set_scalar(req, "version", version, "version")
@@ -270,7 +270,8 @@ def generate_done(d: "pb.GenerateDone") -> GenerateDone:
 
 def score_result(reply: "pb.ScoreReply") -> ScoreResult:
     return ScoreResult(items=[ScoredItem(token_ids=list(it.token_ids), logprobs=list(it.logprobs),
-                                         total_logprob=it.total_logprob, top_logprobs=_top(it.top_logprobs))
+                                         total_logprob=it.total_logprob, top_logprobs=_top(it.top_logprobs),
+                                         entropies=list(it.entropies))
                               for it in reply.items], version=reply.version)
 
 
@@ -283,7 +284,8 @@ def status_result(m: "pb.StatusReply") -> Status:
                   uptime_seconds=m.uptime_seconds, live_versions=m.live_versions, connections=m.connections,
                   data_dir_bytes=m.data_dir_bytes, disk_free_bytes=m.disk_free_bytes, checkpoints=m.checkpoints,
                   engine_precision=m.engine_precision, staleness={b.le: b.rows for b in m.staleness},
-                  stale_rows_dropped=m.stale_rows_dropped, role=m.role, following=m.following)
+                  stale_rows_dropped=m.stale_rows_dropped, role=m.role, following=m.following,
+                  reference_version=m.reference_version)
 
 
 def checkpoint_result(m: "pb.SaveCheckpointReply") -> Checkpoint:
@@ -619,7 +621,8 @@ class Client:
         return sorted(s.samples, key=lambda x: (x.prompt_index, x.sample_index))
 
     def score(self, items: Sequence[Union[Tuple[PromptLike, ResponseLike], Mapping[str, Any]]], *,
-              chat: bool = False, version: Optional[int] = None, top_logprobs: int = 0) -> ScoreResult:
+              chat: bool = False, version: Optional[int] = None, top_logprobs: int = 0,
+              entropy: bool = False) -> ScoreResult:
         """Log-probabilities of given continuations (teacher forcing, no sampling).
 
         Args:
@@ -629,8 +632,10 @@ class Client:
             chat: apply the chat template to text prompts.
             version: score under this weight version (must be alive); ``None`` = current.
             top_logprobs: alternatives reported per continuation token (0…20).
+            entropy: also return, per continuation token, the entropy (nats) of the model's full
+                next-token distribution at that position (:attr:`ScoredItem.entropies`).
         """
-        req = score_request(items, chat=chat, version=version, top_logprobs=top_logprobs)
+        req = score_request(items, chat=chat, version=version, top_logprobs=top_logprobs, entropy=entropy)
         return score_result(self._call(pb.Envelope(score=req), "score_reply").score_reply)
 
     def tokenize(self, text: Union[str, Sequence[Message]] = "", *, chat: bool = False,

@@ -84,6 +84,8 @@ class ScoredItem:
     logprobs: List[float]
     total_logprob: float
     top_logprobs: List[Dict[int, float]]
+    #: per token, with ``score(..., entropy=True)``: entropy (nats) of the full next-token distribution
+    entropies: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Status:
     stale_rows_dropped: int = 0  #: rows dropped by ``--max-staleness`` since the server started
     role: str = ""              #: "all", "rollout" or "learner" (``selm serve --role``)
     following: str = ""         #: the learner a rollout replica follows (``--follow``), else ""
+    reference_version: int = 0  #: as :attr:`VersionEvent.reference_version` of the current version
 
 
 @dataclass(frozen=True)
@@ -147,3 +150,7 @@ class VersionEvent:
     learner_step: int
     metrics: Dict[str, float]
     unix_time: float
+    #: the version serving the reference policy the learner trained this version against (the frozen
+    #: start version, or the previous iteration's with ``--ref-refresh-steps``); kept alive by the
+    #: server so :meth:`Client.score` can name it. 0 = none served.
+    reference_version: int = 0

@@ -30,6 +30,11 @@ TINY_CHAT = REPO / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
 REPLY_TIMEOUT = 120.0
 
 
+#: The tiny random chat model of the Swift tests (vocabulary 601, 2 layers): for tests that need a
+#: learner that steps in milliseconds and do not care what the text says.
+TINY_CHAT = REPO / "Tests" / "ModelTests" / "Fixtures" / "tiny-chat"
+
+
 def selm_binary() -> Path:
     env = os.environ.get("SELM_BIN")
     if env:
