@@ -59,7 +59,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from selm_client import Client  # noqa: E402
+from selm_client import Client, NotFound  # noqa: E402
 from selm_client.aio import AsyncClient  # noqa: E402
 from judges import Judge, load_judge, score_all  # noqa: E402
 
@@ -332,7 +332,10 @@ def evaluate(client: Client, loop: Loop, event) -> Tuple[float, Dict[str, float]
     if event.reference_version == version:
         ref = cur  # π is its own reference (an untrained start): every ratio is 0
     elif event.reference_version:
-        ref = client.score(items, version=event.reference_version)
+        try:
+            ref = client.score(items, version=event.reference_version)
+        except NotFound:
+            pass  # let go meanwhile: a later version (time-budget loop) named another reference
     return reward, explore_metrics(loop.judge, prompts, greedy, samples, cur, ref), time.time() - t0
 
 
@@ -357,7 +360,10 @@ async def evaluate_async(client: AsyncClient, loop: Loop, event) -> Tuple[float,
     if event.reference_version == version:
         ref = cur
     elif event.reference_version:
-        ref = await client.score(items, version=event.reference_version)
+        try:
+            ref = await client.score(items, version=event.reference_version)
+        except NotFound:
+            pass  # let go meanwhile: a later version named another reference
     return reward, explore_metrics(loop.judge, prompts, greedy, samples, cur, ref), time.time() - t0
 
 
