@@ -188,7 +188,9 @@ extension SelmServer {
     /// removed. Returns the rows kept and the number dropped.
     /// - Throws: INVALID_ARGUMENT naming `rows[i].version` for a version newer than the newest.
     func admitStaleness(_ p: SubmitPreferences) throws(ServerError) -> (SubmitPreferences, Int) {
-        let newest = lastVersionEvent.version
+        // The newest version as Status reports it: the engine's installed one may be ahead of the
+        // last announcement this loop has drained.
+        let newest = max(lastVersionEvent.version, currentPolicyVersion)
         for (i, row) in p.rows.enumerated() {
             if let v = row.version, v > newest {
                 throw .invalid("rows[\(i)].version", "version \(v) is newer than this learner's newest version \(newest)")

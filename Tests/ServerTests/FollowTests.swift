@@ -178,7 +178,10 @@ final class FollowTests: XCTestCase {
         let server = try ServerProcess(model: Self.tinyChat, dataDir: dir + "/data", metrics: true, args: ["--no-learner", "--max-staleness", "1"])
         defer { _ = server.stop() }
         let c = try connect(server)
-        for seed in 11...13 { _ = try publish(server, c, seed: UInt64(seed)) }
+        var last: UInt64 = 0
+        for seed in 11...13 { last = try publish(server, c, seed: UInt64(seed)) }
+        // RefreshWeights answers before the engine installs the version at its next step.
+        try waitFor("version \(last) installed") { try status(c).policyVersion == last }
         let newest = try status(c).policyVersion
         XCTAssertGreaterThanOrEqual(newest, 4)
         XCTAssertEqual(try status(c).staleness, [], "no histogram before a row with a version")
