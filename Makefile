@@ -124,14 +124,14 @@ fuzz-seeds: deps
 
 # Engine and learner busy at once under each --compute-sharing mode (Python client, demo venv).
 bench-sharing: deps model build
-	scripts/demo.sh --version >/dev/null 2>&1 || true
+	scripts/demo_venv.sh
 	.venv-demo/bin/python scripts/bench_sharing.py
 
 # One learner and rollout replicas (plain processes, release build) through selm_client.Cluster:
 # publish → first sample at a replica, bytes per version (bf16 and f32 engines), rollout throughput
 # with 1 and 2 replicas. ARGS go to scripts/bench_cluster.py (--seconds, --clients, --publications).
 bench-cluster: deps model build
-	scripts/demo.sh --version >/dev/null 2>&1 || true
+	scripts/demo_venv.sh
 	.venv-demo/bin/python scripts/bench_cluster.py $(ARGS)
 
 clean:

@@ -6,10 +6,5 @@
 # compare.png, each run's logs under runs/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=.venv-demo
-if ! "$VENV/bin/python" -c "import google.protobuf, matplotlib" >/dev/null 2>&1; then
-  echo "setting up $VENV (protobuf, matplotlib) ..." >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "protobuf>=4.21" matplotlib
-fi
+source scripts/demo_venv.sh
 exec "$VENV/bin/python" clients/python/examples/compare.py --selm .build/release/selm "$@"
