@@ -56,9 +56,12 @@ final class ServerProcess {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             let text = self.log
-            if let p = Self.port(in: text, after: "listening on tcp 127.0.0.1:") {
+            // Each address is logged by its own write: with metrics, wait for both lines (reading
+            // the tcp line alone once left the metrics port 0 and the scrape failed to connect).
+            if let p = Self.port(in: text, after: "listening on tcp 127.0.0.1:"),
+               !metrics || Self.port(in: text, after: "listening on metrics http://127.0.0.1:") != nil {
                 port = p
-                if metrics { metricsPort = Self.port(in: text, after: "listening on metrics http://127.0.0.1:") ?? 0 }
+                if metrics { metricsPort = Self.port(in: text, after: "listening on metrics http://127.0.0.1:")! }
                 return
             }
             if !process.isRunning { throw TestError("selm serve exited (\(process.terminationStatus)):\n\(text)") }
