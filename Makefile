@@ -55,12 +55,14 @@ bench-precision: deps model
 	$(SWIFT) build -c release --product selm-bench
 	.build/release/selm-bench precision --model $(MODEL)
 
-# What publishing every second costs the engine in PRECISION (default q8): the 32 × (64 + 128) job
-# without and with a publication of the live f32 weights every second (packed on the publishing thread).
-PRECISION ?= q8
+# What publishing every second costs the engine in PRECISION (default bf16, the serving default):
+# the 32 × (64 + 128) job without and with a new version every second, each a snapshot made by the
+# learner's optimizer pass (whose cost on the learner's thread it prints first); ARGS="--snapshot
+# pack" has the engine pack the live f32 weights on publish instead (RefreshWeights, replicas).
+PRECISION ?= bf16
 bench-publish: deps model
 	$(SWIFT) build -c release --product selm-bench
-	.build/release/selm-bench publish --model $(MODEL) --engine-precision $(PRECISION)
+	.build/release/selm-bench publish --model $(MODEL) --engine-precision $(PRECISION) $(ARGS)
 
 # The project's own bf16 / 8-bit products on SmolLM2's shapes beside the ceilings measured in the
 # same run (bf16/VNNI peaks, streaming read, sgemm); OpenBLAS kernel cores compared. ARGS=--quick

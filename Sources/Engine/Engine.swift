@@ -46,7 +46,7 @@ public final class GenerationEngine: @unchecked Sendable {
 
     /// Publication preparation times (guarded by `packLock`).
     private let packLock = NSLock()
-    private var packs: (count: UInt64, last: Double, total: Double) = (0, 0, 0)
+    private var packs: (count: UInt64, last: Double, total: Double, snapshots: UInt64) = (0, 0, 0, 0)
 
     private let versions: VersionRegistry
     /// Guarded by `stepLock` (internal for tests).
@@ -268,9 +268,19 @@ public final class GenerationEngine: @unchecked Sendable {
     /// The snapshot model of `weights` in the engine's precision, made on the calling thread (the
     /// publisher's, never the engine's): packed for bf16/q8, copied for f32. Reads `weights` during
     /// the call only. Times it (`EngineStatus.lastPublishPackSeconds`).
-    private func prepare(_ weights: ParameterSet) throws -> LlamaModel {
+    private func prepare(_ weights: ParameterSet, snapshot: CompactSnapshot? = nil) throws -> LlamaModel {
         guard weights.config == modelConfig else {
             throw EngineError.incompatibleWeights(reason: "config \(weights.config) differs from the engine's \(modelConfig)")
+        }
+        if let snapshot, snapshot.precision == precision, snapshot.config == modelConfig, snapshot.isComplete {
+            let model: LlamaModel
+            do { model = try snapshot.model() } catch {
+                throw EngineError.incompatibleWeights(reason: "cannot be served in \(precision): \(error)")
+            }
+            packLock.lock()
+            packs.snapshots += 1
+            packLock.unlock()
+            return model
         }
         let model: LlamaModel
         let pacing = config.publishPackSlice > 0 && precision != .f32
@@ -286,6 +296,15 @@ public final class GenerationEngine: @unchecked Sendable {
         packs.total += model.packSeconds
         packLock.unlock()
         return model
+    }
+
+    /// Storage for the compact model of the next publication of `weights`, for the learner's
+    /// optimizer pass to fill (`AdamW.update(…, snapshot:)`); nil for an f32 engine (its
+    /// snapshot is a copy) or when it cannot be allocated (the publication then packs as usual).
+    /// Thread: any.
+    public func makeSnapshot(of weights: ParameterSet) -> CompactSnapshot? {
+        guard precision != .f32, weights.config == modelConfig else { return nil }
+        return try? CompactSnapshot(of: weights, precision: precision)
     }
 
     /// Steps that did work so far (a publisher's packing paces itself by them).
@@ -325,9 +344,12 @@ public final class GenerationEngine: @unchecked Sendable {
     ///   issuer throws (nothing published).
     /// Thread: any but the owner's event loop (the issuer fsyncs); never waits for a running step.
     @discardableResult
-    public func publish(weights: ParameterSet, learnerStep: UInt64 = 0, metrics: [String: Double] = [:],
-                        referenceVersion: UInt64? = nil) throws -> UInt64 {
-        let model = try prepare(weights)
+    /// `snapshot`: the learner's optimizer pass already made the compact model of `weights`
+    /// (`AdamW.update(…, snapshot:)`, `makeSnapshot(of:)`): it is used as it is, with no packing
+    /// here, when complete and of the engine's precision; otherwise `weights` are packed as usual.
+    public func publish(weights: ParameterSet, snapshot: CompactSnapshot? = nil, learnerStep: UInt64 = 0,
+                        metrics: [String: Double] = [:], referenceVersion: UInt64? = nil) throws -> UInt64 {
+        let model = try prepare(weights, snapshot: snapshot)
         publishLock.lock(); defer { publishLock.unlock() }
         let version = try issuer(versions.newestVersion)
         var reference: UInt64 = 0
@@ -398,7 +420,7 @@ public final class GenerationEngine: @unchecked Sendable {
         s.kvCachePrecision = kvCachePrecision
         s.snapshotBytes = snapshotBytes
         packLock.lock()
-        (s.publishPacks, s.lastPublishPackSeconds, s.publishPackSecondsTotal) = (packs.count, packs.last, packs.total)
+        (s.publishPacks, s.lastPublishPackSeconds, s.publishPackSecondsTotal, s.publishSnapshots) = (packs.count, packs.last, packs.total, packs.snapshots)
         packLock.unlock()
         return s
     }

@@ -335,6 +335,9 @@ public struct EngineStatus: Sendable {
     public var publishPacks: UInt64 = 0
     public var lastPublishPackSeconds: Double = 0
     public var publishPackSecondsTotal: Double = 0
+    /// Publications whose compact model the learner's optimizer pass made (`CompactSnapshot`):
+    /// nothing was packed for them on the publishing thread (not counted in `publishPacks`).
+    public var publishSnapshots: UInt64 = 0
 }
 
 /// What one `step()` did.

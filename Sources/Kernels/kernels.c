@@ -888,8 +888,7 @@ void logprob_gather_backward(float *dlogits, const float *dlogp, const float *lo
 
 struct adamw_ctx { float *p, *m, *v; const float *g; float b1, b2, eps, shrink, step, bc2, gscale; };
 
-static void adamw_range(void *ctx, size_t b, size_t e) {
-    struct adamw_ctx *c = ctx;
+static void adamw_elems(const struct adamw_ctx *c, size_t b, size_t e) {
     float *p = c->p, *m = c->m, *v = c->v; const float *g = c->g;
     float b1 = c->b1, b2 = c->b2, eps = c->eps, shrink = c->shrink, step = c->step, bc2 = c->bc2, gs = c->gscale;
     for (size_t i = b; i < e; i++) {
@@ -902,12 +901,47 @@ static void adamw_range(void *ctx, size_t b, size_t e) {
     }
 }
 
+static void adamw_range(void *ctx, size_t b, size_t e) { adamw_elems(ctx, b, e); }
+
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, float beta1, float beta2,
                   float eps, float shrink, float step, float bc2sqrt, float gscale) {
     double _t0 = mono_now();
     struct adamw_ctx c = {p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt, gscale};
     kernels_parallel(n, 1 << 16, adamw_range, &c);
     section_end(KS_OPTIMIZER, _t0);
+}
+
+// The fused update: groups of AW_ROWS rows (a multiple of every compact format's panel height),
+// each updated and then, while its rows are in this core's cache, packed and/or copied.
+#define AW_ROWS 32
+struct adamw_rows_ctx { struct adamw_ctx a; int N, K; ck_weights *packed; float *copy; long *bad; };
+
+static void adamw_rows_range(void *ctx, size_t b, size_t e) {
+    struct adamw_rows_ctx *c = ctx;
+    long bad = 0;
+    for (size_t grp = b; grp < e; grp++) {
+        int r0 = (int)grp * AW_ROWS, r1 = r0 + AW_ROWS < c->N ? r0 + AW_ROWS : c->N;
+        size_t lo = (size_t)r0 * c->K, hi = (size_t)r1 * c->K;
+        adamw_elems(&c->a, lo, hi);
+        if (c->packed) bad += ck_pack_f32(c->packed, c->a.p, (size_t)c->K, r0, r1);
+        if (c->copy) memcpy(c->copy + lo, c->a.p + lo, (hi - lo) * sizeof(float));
+    }
+    if (bad) __atomic_fetch_add(c->bad, bad, __ATOMIC_RELAXED);
+}
+
+long adamw_update_rows(float *p, const float *g, float *m, float *v, int N, int K, float beta1, float beta2,
+                       float eps, float shrink, float step, float bc2sqrt, float gscale, ck_weights *packed, float *copy) {
+    if (N <= 0 || K <= 0) return 0;
+    if (packed && (packed->N != N || packed->K != K)) return -1;
+    double _t0 = mono_now();
+    long bad = 0;
+    struct adamw_rows_ctx c = {{p, m, v, g, beta1, beta2, eps, shrink, step, bc2sqrt, gscale}, N, K, packed, copy, &bad};
+    size_t groups = ((size_t)N + AW_ROWS - 1) / AW_ROWS;
+    // As adamw_update's threshold: go parallel from about 2^16 values.
+    size_t minGroups = ((size_t)1 << 16) / ((size_t)AW_ROWS * (size_t)K) + 1;
+    kernels_parallel(groups, minGroups, adamw_rows_range, &c);
+    section_end(KS_OPTIMIZER, _t0);
+    return bad;
 }
 
 // Fixed chunks of SS_CHUNK values, each summed with eight partial sums, the chunks' sums added in

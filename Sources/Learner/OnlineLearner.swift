@@ -72,13 +72,19 @@ public final class OnlineLearner: @unchecked Sendable {
     /// them on this thread, `GenerationEngine.publish`); the learner changes them only after it returns.
     /// `referenceVersion` is the version whose weights were the reference policy in that step (0:
     /// none served), which the engine keeps alive.
-    public typealias Publish = @Sendable (_ weights: ParameterSet, _ metrics: [String: Double], _ step: Int,
-                                          _ referenceVersion: UInt64) -> Bool
+    /// `snapshot`: the engine's compact model of these weights, made by the step's optimizer pass
+    /// (`makeSnapshot`), or nil (the engine packs them).
+    public typealias Publish = @Sendable (_ weights: ParameterSet, _ snapshot: CompactSnapshot?, _ metrics: [String: Double],
+                                          _ step: Int, _ referenceVersion: UInt64) -> Bool
+    /// Storage for the engine's compact model of the weights (`GenerationEngine.makeSnapshot`), for
+    /// a step that will be published to fill in its optimizer pass; nil: none (f32 engine, none).
+    public typealias MakeSnapshot = @Sendable (_ weights: ParameterSet) -> CompactSnapshot?
 
     public let learner: Trainer
     public let options: OnlineOptions
     private let source: PreferenceSource
     private let publish: Publish
+    private let makeSnapshot: MakeSnapshot?
     private let checkpointRoot: String
     private let extras: Checkpoint.Extras
     private let baseModel: String
@@ -139,11 +145,12 @@ public final class OnlineLearner: @unchecked Sendable {
     ///     learner thread.
     public init(learner: Trainer, options: OnlineOptions, source: PreferenceSource, checkpointRoot: String,
                 extras: Checkpoint.Extras, baseModel: String, start: (sequence: UInt64, rows: Int), startVersion: UInt64,
-                referenceVersion: UInt64 = 0, publish: @escaping Publish) {
+                referenceVersion: UInt64 = 0, makeSnapshot: MakeSnapshot? = nil, publish: @escaping Publish) {
         self.learner = learner
         self.options = options
         self.source = source
         self.publish = publish
+        self.makeSnapshot = makeSnapshot
         self.checkpointRoot = checkpointRoot
         self.extras = extras
         self.baseModel = baseModel
@@ -337,7 +344,10 @@ public final class OnlineLearner: @unchecked Sendable {
         }
         let usedReference = referenceVersion
         let generation = learner.reference.generation
-        let report = try learner.step(micro)
+        // A step that will be published fills the engine's snapshot in its optimizer pass.
+        let publishing = options.publishEvery > 0 && (learner.step + 1) % options.publishEvery == 0
+        let snapshot = publishing ? makeSnapshot?(learner.policy.weights) : nil
+        let report = try learner.step(micro, snapshot: snapshot)
         if learner.reference.generation != generation {
             // Refreshed to the weights after this step: served once (if) this step is published.
             referenceVersion = 0
@@ -364,7 +374,8 @@ public final class OnlineLearner: @unchecked Sendable {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
                 learnerLogger.warning("step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)")
-            } else if publish(learner.policy.weights, report.metrics, learner.step, usedReference) {
+            } else if publish(learner.policy.weights, snapshot?.isComplete == true ? snapshot : nil, report.metrics,
+                              learner.step, usedReference) {
                 awaitingVersion = learner.step
                 unloggedStep = report  // logged with its version once told
             }

@@ -61,18 +61,34 @@ public final class AdamW: @unchecked Sendable {
 
     /// One update of `params` with gradients `grads` · `gradScale` at learning rate `lr` (gradient
     /// clipping's factor is applied here, in the same pass: the bits of scaling `grads` first).
-    public func update(_ params: ParameterSet, grads: ParameterSet, lr: Float, gradScale: Float = 1) {
+    /// With `snapshot` (made for `params`), the same pass fills it: each tensor is packed or copied
+    /// into it right after its update (`adamw_update_rows`), so the engine's next version needs no
+    /// packing pass of its own; the update's bits are the same either way.
+    public func update(_ params: ParameterSet, grads: ParameterSet, lr: Float, gradScale: Float = 1,
+                       snapshot: CompactSnapshot? = nil) {
         step += 1
         let b1 = beta1, b2 = beta2, eps = eps
         let bc1 = 1 - Float(pow(Double(b1), Double(step)))
         let bc2sqrt = Float(sqrt(1 - pow(Double(b2), Double(step))))
         let stepSize = lr / bc1
         let p = params.data, g = grads.data, m = self.m.data, v = self.v.data
+        let t0 = DispatchTime.now().uptimeNanoseconds
         for seg in decayMask {
             let shrink: Float = seg.decay ? 1 - lr * weightDecay : 1
             let o = seg.offset
-            adamw_update(p + o, g + o, m + o, v + o, seg.count, b1, b2, eps, shrink, stepSize, bc2sqrt, gradScale)
+            if let snapshot {
+                guard let t = snapshot.target(offset: o), t.rows * t.cols == seg.count else {
+                    preconditionFailure("the snapshot was made for another layout")
+                }
+                let bad = adamw_update_rows(p + o, g + o, m + o, v + o, Int32(t.rows), Int32(t.cols), b1, b2, eps, shrink,
+                                            stepSize, bc2sqrt, gradScale, t.packed, t.copy)
+                precondition(bad >= 0, "adamw_update_rows refused the snapshot's matrix")
+                snapshot.filled(offset: o, bad: bad)
+            } else {
+                adamw_update(p + o, g + o, m + o, v + o, seg.count, b1, b2, eps, shrink, stepSize, bc2sqrt, gradScale)
+            }
         }
+        snapshot?.seconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
     }
 }
 

@@ -205,8 +205,9 @@ public final class Trainer {
     }
 
     /// One optimizer step over `microBatches` (gradient accumulation). Keys identify rows for the
-    /// reference cache.
-    public func step(_ microBatches: [(pairs: [PreferencePair], keys: [UInt64])]) throws -> StepReport {
+    /// reference cache. `snapshot` (made for `policy.weights`): the update fills it with the new
+    /// weights in the engine's compact precision (`AdamW.update`); a skipped step leaves it incomplete.
+    public func step(_ microBatches: [(pairs: [PreferencePair], keys: [UInt64])], snapshot: CompactSnapshot? = nil) throws -> StepReport {
         let t0 = Date()
         let k = 1.0 / Double(microBatches.count)
         if gradsDirty { grads.zero() }
@@ -229,7 +230,7 @@ public final class Trainer {
         if finite {
             // Clipping's factor goes into the update's pass over the gradients.
             let clip: Float = options.maxGradNorm > 0 && norm > options.maxGradNorm ? Float(options.maxGradNorm / (norm + 1e-6)) : 1
-            optimizer.update(policy.weights, grads: grads, lr: Float(lr), gradScale: clip)
+            optimizer.update(policy.weights, grads: grads, lr: Float(lr), gradScale: clip, snapshot: snapshot)
         } else {
             skippedSteps += 1
         }

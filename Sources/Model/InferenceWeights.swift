@@ -185,7 +185,9 @@ enum CompactMemoryPool {
         let old = spare
         spare = m
         lock.unlock()
-        _ = old  // freed here, outside the lock
+        // The one displaced is unmapped on a background thread: a version is often released on the
+        // engine's thread (retired between two steps), and unmapping ~250 MB takes milliseconds.
+        if let old { DispatchQueue.global(qos: .utility).async { withExtendedLifetime(old) {} } }
     }
 }
 
@@ -368,6 +370,94 @@ extension LlamaModel {
         }
         let m = LlamaModel(compact: store, config: weights.config)
         m.packSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9 - (pacing?.paused ?? 0)
+        return m
+    }
+}
+
+/// An engine snapshot made by the learner's optimizer pass instead of a packing pass of its own:
+/// `AdamW.update(_:grads:lr:gradScale:snapshot:)` packs (or copies) each tensor right after updating
+/// it, while its rows are in cache, into a compact model of the engine's precision. Publishing the
+/// result (`model()`) then costs the engine nothing but the swap. Made for one `ParameterSet`'s
+/// layout (the learner's weights); its memory comes from the same pool as a publish's packing.
+/// Thread: the learner's.
+public final class CompactSnapshot: @unchecked Sendable {
+    /// Where one tensor of the weights goes: packed into a compact matrix (linear weights, the
+    /// output head), copied as f32 (the embedding table, the norms), or both (a tied embedding).
+    public struct Target {
+        public let rows: Int, cols: Int
+        public let packed: UnsafeMutablePointer<ck_weights>?
+        public let copy: UnsafeMutablePointer<Float>?
+    }
+
+    public let precision: EnginePrecision
+    public let config: LlamaConfig
+    private let store: CompactStore
+    private var targets: [Int: Target] = [:]
+    private var filled = Set<Int>()
+    private var bad = 0
+    /// Seconds of the optimizer passes that made it (the update and the packing together).
+    public var seconds = 0.0
+
+    /// Storage for a snapshot of `weights` (same layout) in `precision` (a compact one).
+    /// - Throws: `ModelError.badInput` when it cannot be allocated.
+    public init(of weights: ParameterSet, precision: EnginePrecision) throws {
+        precondition(precision != .f32, "a CompactSnapshot is compact")
+        let c = weights.config
+        self.precision = precision
+        config = c
+        store = try CompactStore(config: c, precision: precision)
+        let base = weights.data
+        func put(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, packed: Int?, copy: UnsafeMutablePointer<Float>?) {
+            let key = p - base
+            let old = targets[key]
+            targets[key] = Target(rows: rows, cols: cols, packed: packed.map { store.mats + $0 } ?? old?.packed, copy: copy ?? old?.copy)
+        }
+        // The slab's order (CompactStore.fill): embedding, final norm, then each layer's two norms.
+        var o = store.slab
+        put(weights.tokenEmbedding, rows: c.vocabSize, cols: c.dim, packed: nil, copy: o); o += c.vocabSize * c.dim
+        put(weights.finalNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+        for (l, p) in weights.layers.enumerated() {
+            put(p.attnNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+            put(p.mlpNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+            let b = 7 * l
+            put(p.wq, rows: c.qDim, cols: c.dim, packed: b, copy: nil)
+            put(p.wk, rows: c.kvDim, cols: c.dim, packed: b + 1, copy: nil)
+            put(p.wv, rows: c.kvDim, cols: c.dim, packed: b + 2, copy: nil)
+            put(p.wo, rows: c.dim, cols: c.qDim, packed: b + 3, copy: nil)
+            put(p.wGate, rows: c.hiddenDim, cols: c.dim, packed: b + 4, copy: nil)
+            put(p.wUp, rows: c.hiddenDim, cols: c.dim, packed: b + 5, copy: nil)
+            put(p.wDown, rows: c.dim, cols: c.hiddenDim, packed: b + 6, copy: nil)
+        }
+        // The head: the embedding's own entry when tied (packed and copied in one pass).
+        put(weights.lmHead, rows: c.vocabSize, cols: c.dim, packed: 7 * c.nLayers, copy: nil)
+        precondition(targets.values.reduce(0) { $0 + $1.rows * $1.cols } == weights.count,
+                     "a CompactSnapshot covers every weight once")
+    }
+
+    /// Where the tensor at `offset` of the weights' layout goes (nil: no tensor starts there).
+    public func target(offset: Int) -> Target? { targets[offset] }
+
+    /// The tensor at `offset` is in place; `bad`: its q8/q4 blocks that could not be represented.
+    public func filled(offset: Int, bad: Int) {
+        filled.insert(offset)
+        self.bad += bad
+    }
+
+    /// Whether every tensor is in place.
+    public var isComplete: Bool { filled.count == targets.count }
+
+    /// The inference model, once complete (its `packSeconds` is `seconds`).
+    /// - Throws: `ModelError.badInput` when a tensor is missing, or when q8/q4 blocks hold a NaN/Inf
+    ///   or a value beyond their scale range (`field: "weights"`).
+    public func model() throws -> LlamaModel {
+        guard isComplete else {
+            throw ModelError.badInput(field: "weights", reason: "the snapshot holds \(filled.count) of \(targets.count) tensors")
+        }
+        guard bad == 0 else {
+            throw ModelError.badInput(field: "weights", reason: "\(bad) blocks of 32 weights are non-finite or beyond the \(precision) scale range")
+        }
+        let m = LlamaModel(compact: store, config: config)
+        m.packSeconds = seconds
         return m
     }
 }

@@ -55,7 +55,20 @@ public protocol WeightPublisher: Sendable {
     /// the number fsyncs; packing takes ~0.1 s); the swap happens between two engine steps.
     /// `referenceVersion`: the version whose weights were the learner's reference policy in that
     /// step (0: none served); the engine keeps it alive and the `VersionEvent` names it.
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double], referenceVersion: UInt64) -> Bool
+    /// `snapshot`: the engine's compact model of `weights`, filled by the learner's optimizer pass
+    /// (from `makeSnapshot(of:)`); the engine then packs nothing.
+    func publish(_ weights: ParameterSet, snapshot: CompactSnapshot?, learnerStep: UInt64, metrics: [String: Double],
+                 referenceVersion: UInt64) -> Bool
+    /// Storage for the engine's compact model of `weights`, for the optimizer pass of a step that
+    /// will be published to fill; nil when the engine needs none (f32, no engine). Any thread.
+    func makeSnapshot(of weights: ParameterSet) -> CompactSnapshot?
+}
+
+extension WeightPublisher {
+    public func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double], referenceVersion: UInt64) -> Bool {
+        publish(weights, snapshot: nil, learnerStep: learnerStep, metrics: metrics, referenceVersion: referenceVersion)
+    }
+    public func makeSnapshot(of weights: ParameterSet) -> CompactSnapshot? { nil }
 }
 
 /// Everything a learner needs from the server, handed over by `LearnerControl.start`.

@@ -69,6 +69,7 @@ struct LiveFigures {
     var publishPacks: UInt64 = 0
     var lastPublishPackSeconds: Double = 0
     var publishPackSecondsTotal: Double = 0
+    var publishSnapshots: UInt64 = 0
 }
 
 /// Why the server closed a client connection (the `reason` label of
@@ -190,7 +191,8 @@ final class ServerMetrics {
             o += "# HELP selm_engine_info The precision the engine computes generations, log-probs and scores in (f32, bf16, q8 or q4), what the KV cache holds keys and values in (f32 or f16), and the bytes of one weight snapshot.\n# TYPE selm_engine_info gauge\n"
             o += "selm_engine_info{precision=\"\(live.enginePrecision)\",kv_cache=\"\(live.kvCachePrecision)\",snapshot_bytes=\"\(live.snapshotBytes)\"} 1\n"
             gauge("selm_publish_pack_seconds", "Seconds the last publication took to convert the weights to the engine's precision (on the publishing thread).", live.lastPublishPackSeconds)
-            counter("selm_publish_packs_total", "Publications converted to the engine's precision.", live.publishPacks)
+            counter("selm_publish_packs_total", "Publications converted to the engine's precision on the publishing thread.", live.publishPacks)
+            counter("selm_publish_snapshots_total", "Publications whose compact weights the learner's optimizer pass made (nothing converted on publish).", live.publishSnapshots)
             o += "# HELP selm_publish_pack_seconds_total Seconds spent converting publications to the engine's precision.\n# TYPE selm_publish_pack_seconds_total counter\nselm_publish_pack_seconds_total \(promNumber(live.publishPackSecondsTotal))\n"
         }
         return o

@@ -89,8 +89,9 @@ public final class OnlineLearnerControl: LearnerControl, @unchecked Sendable {
             learner: learner, options: options, source: context.log, checkpointRoot: checkpointRoot, extras: extras,
             baseModel: baseModel, start: start, startVersion: context.servedVersion,
             referenceVersion: referenceServed ? context.servedVersion : 0,
-            publish: { weights, metrics, step, reference in
-                publisher.publish(weights, learnerStep: UInt64(step), metrics: metrics, referenceVersion: reference)
+            makeSnapshot: { weights in publisher.makeSnapshot(of: weights) },
+            publish: { weights, snapshot, metrics, step, reference in
+                publisher.publish(weights, snapshot: snapshot, learnerStep: UInt64(step), metrics: metrics, referenceVersion: reference)
             })
         let usage = dataDirectory.usage
         online.didChangeCheckpoints = { usage.refreshInBackground() }

@@ -165,6 +165,7 @@ extension SelmServer {
             f.publishPacks = s.publishPacks
             f.lastPublishPackSeconds = s.lastPublishPackSeconds
             f.publishPackSecondsTotal = s.publishPackSecondsTotal
+            f.publishSnapshots = s.publishSnapshots
         } else {
             f.liveVersions = 1
         }
@@ -474,7 +475,7 @@ extension SelmServer {
     /// Without an engine the ledger numbers them and the announcement is posted to the loop.
     /// - Returns: the version.
     /// - Throws: `ServerError.io` when the version cannot be recorded (nothing is published).
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double],
+    func publish(_ weights: ParameterSet, snapshot: CompactSnapshot? = nil, learnerStep: UInt64, metrics: [String: Double],
                  referenceVersion: UInt64? = nil) throws(ServerError) -> UInt64 {
         guard let engine else {
             let version: UInt64
@@ -489,7 +490,7 @@ extension SelmServer {
             // call only), made before the engine may announce the version, so a replica told of it
             // finds it stored (it asks for that version and retries while it is not yet).
             let copy = cluster.published == nil ? nil : weights.copy()
-            let version = try engine.publish(weights: weights, learnerStep: learnerStep, metrics: metrics,
+            let version = try engine.publish(weights: weights, snapshot: snapshot, learnerStep: learnerStep, metrics: metrics,
                                              referenceVersion: referenceVersion)
             if let copy { cluster.published?.store(.init(version: version, learnerStep: learnerStep, weights: copy)) }
             return version
@@ -520,16 +521,19 @@ struct UncheckedWeights: @unchecked Sendable {
 final class ServerPublisher: WeightPublisher, @unchecked Sendable {
     weak var server: SelmServer?
     init(server: SelmServer) { self.server = server }
-    func publish(_ weights: ParameterSet, learnerStep: UInt64, metrics: [String: Double], referenceVersion: UInt64) -> Bool {
+    func publish(_ weights: ParameterSet, snapshot: CompactSnapshot?, learnerStep: UInt64, metrics: [String: Double],
+                 referenceVersion: UInt64) -> Bool {
         guard let server else { return false }
         do throws(ServerError) {
-            _ = try server.publish(weights, learnerStep: learnerStep, metrics: metrics, referenceVersion: referenceVersion)
+            _ = try server.publish(weights, snapshot: snapshot, learnerStep: learnerStep, metrics: metrics, referenceVersion: referenceVersion)
             return true
         } catch {
             serverLog("learner step \(learnerStep): weights not published: \(error)", level: .error)
             return false
         }
     }
+
+    func makeSnapshot(of weights: ParameterSet) -> CompactSnapshot? { server?.engine?.makeSnapshot(of: weights) }
 }
 
 /// Loads the weights of a checkpoint for RefreshWeights: a Hugging Face directory (config.json +

@@ -1,11 +1,15 @@
 // publish: what publishing every second costs the engine in its precision — the 32 × (64 + 128) job
-// without publications, then with a publisher thread handing the engine the learner's live f32
-// weights every `--every` seconds (the engine packs them on that thread, as OnlineLearner's
-// publications do). Prints throughput, inter-token latency p50/p99 and the packing time.
+// without publications, then with a publisher thread handing the engine a new version every
+// `--every` seconds. By default each version is a snapshot made as the learner makes it, by its
+// optimizer pass (`AdamW.update(…, snapshot:)`: what that pass costs the learner is measured first
+// and printed); `--snapshot pack` has the engine pack the live f32 weights on the publishing thread
+// instead, paced (as RefreshWeights' and a replica's publications are). Prints throughput,
+// inter-token latency p50/p99 and the packing time.
 import Dispatch
 import Engine
 import Foundation
 import Kernels
+import Learner
 import Model
 
 func benchPublish(_ modelPath: String) throws {
@@ -14,14 +18,47 @@ func benchPublish(_ modelPath: String) throws {
     guard let precision = EnginePrecision(rawValue: name) else { print("error: --engine-precision: expected f32, bf16, q8 or q4"); exit(2) }
     // As selm serve's default --compute-sharing: the publishing thread's packing counts as compute.
     kernels_set_sharing(Int32(KERNELS_SHARING_ADAPTIVE), 0)
+    let mode = option("--snapshot", "optimizer")
+    guard ["optimizer", "pack"].contains(mode) else { print("error: --snapshot: expected optimizer or pack"); exit(2) }
+    let fromOptimizer = mode == "optimizer" && precision != .f32
     let loaded = try Loaded(path: modelPath)
     let live = loaded.source.weights                // the learner's weights (f32)
+    let config = live.config
+
+    // The learner's side: its optimizer pass (AdamW over every weight, zero gradients, lr 0: the
+    // weights stay the live ones), alone and filling a snapshot, alternated; and a packing pass of
+    // its own, as a publication without a snapshot makes. Medians of 3.
+    let optimizer = AdamW(config: config)
+    let grads = ParameterSet(config: config)
+    func seconds(_ body: () throws -> Void) rethrows -> Double {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try body()
+        return Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+    }
+    var plainPass: [Double] = [], fusedPass: [Double] = [], packPass: [Double] = []
+    if precision != .f32 {
+        for _ in 0..<3 {
+            plainPass.append(seconds { optimizer.update(live, grads: grads, lr: 0) })
+            let s = try CompactSnapshot(of: live, precision: precision)
+            fusedPass.append(seconds { optimizer.update(live, grads: grads, lr: 0, snapshot: s) })
+            packPass.append(try seconds { _ = try LlamaModel.inference(from: live, precision: precision) })
+        }
+    }
+    /// Snapshots of the live weights made by the optimizer's pass, for the publisher to hand over.
+    func makeSnapshots(_ n: Int) throws -> [CompactSnapshot] {
+        try (0..<n).map { _ in
+            let s = try CompactSnapshot(of: live, precision: precision)
+            optimizer.update(live, grads: grads, lr: 0, snapshot: s)
+            return s
+        }
+    }
     let prompts = benchPrompts(loaded.tokenizer, count: 32, length: 64)
     var params = SamplerSettings()
     params.temperature = 1.0; params.topP = 0.95; params.seed = 42
 
-    struct Figures { var seconds = 0.0, tokens = 0, itl: [Double] = [], publishes = 0, pack: [Double] = [] }
-    func job(publishing: Bool) throws -> Figures {
+    struct Figures { var seconds = 0.0, tokens = 0, itl: [Double] = [], publishes = 0, pack: [Double] = [], snapshots: UInt64 = 0 }
+    /// `snapshots`: handed over one per publication (none left: the publisher stops).
+    func job(publishing: Bool, snapshots: [CompactSnapshot] = []) throws -> Figures {
         var cfg = EngineConfig()
         cfg.kvCacheMB = 512
         if let v = Double(option("--pack-slice", "")) { cfg.publishPackSlice = v }
@@ -37,17 +74,23 @@ func benchPublish(_ modelPath: String) throws {
         }
         let t0 = DispatchTime.now().uptimeNanoseconds
         engine.start()
-        final class Stop: @unchecked Sendable { let lock = NSLock(); var stop = false; var packs: [Double] = []; let done = DispatchSemaphore(value: 0) }
+        final class Stop: @unchecked Sendable {
+            let lock = NSLock(); var stop = false; var packs: [Double] = []; let done = DispatchSemaphore(value: 0)
+            var snapshots: [CompactSnapshot] = []
+        }
         let ctl = Stop()
+        ctl.snapshots = snapshots
+        let useSnapshots = fromOptimizer
         if publishing {
             Thread.detachNewThread {
-                var v: UInt64 = 2
                 while true {
                     Thread.sleep(forTimeInterval: every)
-                    ctl.lock.lock(); let s = ctl.stop; ctl.lock.unlock()
+                    ctl.lock.lock()
+                    let s = ctl.stop || (useSnapshots && ctl.snapshots.isEmpty)
+                    let snapshot = useSnapshots && !s ? ctl.snapshots.removeFirst() : nil
+                    ctl.lock.unlock()
                     if s { break }
-                    try? engine.publish(weights: live, version: v)
-                    v += 1
+                    _ = try? engine.publish(weights: live, snapshot: snapshot)
                     let last = engine.status().lastPublishPackSeconds
                     ctl.lock.lock(); ctl.packs.append(last); ctl.lock.unlock()
                 }
@@ -77,11 +120,20 @@ func benchPublish(_ modelPath: String) throws {
         f.seconds = Double(end - t0) * 1e-9
         f.pack = ctl.packs
         f.publishes = ctl.packs.count
+        f.snapshots = engine.status().publishSnapshots
         engine.stop()
         return f
     }
     let rounds = max(1, Int(option("--rounds", "3")) ?? 3)
-    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s from the live f32 weights; \(rounds) rounds, each the job without then with publications")
+    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s; \(rounds) rounds, each the job without then with publications")
+    if fromOptimizer {
+        print("each version is a snapshot made by the learner's optimizer pass (as the server's learner publishes); on the learner's thread, medians of 3:")
+        print(String(format: "  optimizer pass %.3f s alone, %.3f s filling the snapshot: the snapshot costs the learner %+.3f s per published step (a packing pass of its own: %.3f s)",
+                     percentile(plainPass, 50), percentile(fusedPass, 50), percentile(fusedPass, 50) - percentile(plainPass, 50), percentile(packPass, 50)))
+    } else {
+        print("each version is packed from the live f32 weights by the engine on the publishing thread, paced (as RefreshWeights and replicas publish)")
+        if !packPass.isEmpty { print(String(format: "  a packing pass alone, machine idle: %.3f s (median of 3)", percentile(packPass, 50))) }
+    }
     func line(_ label: String, _ f: Figures) {
         print(String(format: "  %@ %6.2f s  %6.1f tok/s  inter-token p50 %6.1f ms  p99 %7.1f ms  publications %d",
                      label as NSString, f.seconds, Double(f.tokens) / f.seconds, 1000 * percentile(f.itl, 50), 1000 * percentile(f.itl, 99), f.publishes))
@@ -89,17 +141,30 @@ func benchPublish(_ modelPath: String) throws {
     var losses: [Double] = [], added: [Double] = [], packs: [Double] = []
     for r in 1...rounds {
         let quiet = try job(publishing: false)
-        let busy = try job(publishing: true)
+        // Enough snapshots for the job with publications (made before it: the learner makes each in
+        // its step, whose cost is the learner's, printed above).
+        let needed = fromOptimizer ? Int((quiet.seconds * 1.3 / every).rounded(.up)) + 2 : 0
+        let busy = try job(publishing: true, snapshots: try makeSnapshots(needed))
+        if fromOptimizer && busy.snapshots != UInt64(busy.publishes) {
+            print("error: \(busy.publishes) publications, \(busy.snapshots) of them from snapshots"); exit(1)
+        }
         print("round \(r):")
         line("no publications    ", quiet)
         line("publish every \(every) s", busy)
         let loss = 100 * (1 - (Double(busy.tokens) / busy.seconds) / (Double(quiet.tokens) / quiet.seconds))
         let p99 = 1000 * (percentile(busy.itl, 99) - percentile(quiet.itl, 99))
-        print(String(format: "  throughput loss %.1f %%, added p99 inter-token %.1f ms; snapshot made on the publishing thread in %.3f s median (%.3f max)",
-                     loss, p99, percentile(busy.pack, 50), busy.pack.max() ?? 0))
+        if fromOptimizer {
+            print(String(format: "  throughput loss %.1f %%, added p99 inter-token %.1f ms; %d publications, each a snapshot from the optimizer (nothing packed on publish)",
+                         loss, p99, busy.publishes))
+        } else {
+            print(String(format: "  throughput loss %.1f %%, added p99 inter-token %.1f ms; snapshot made on the publishing thread in %.3f s median (%.3f max)",
+                         loss, p99, percentile(busy.pack, 50), busy.pack.max() ?? 0))
+        }
         losses.append(loss); added.append(p99); packs += busy.pack
     }
-    print(String(format: "median of %d rounds: throughput loss %.1f %% (goal ≤ 5 %%), added p99 inter-token %.1f ms (goal ≤ 10 ms); snapshot made in %.3f s median",
-                 rounds, percentile(losses, 50), percentile(added, 50), percentile(packs, 50)))
+    print(String(format: "median of %d rounds: throughput loss %.1f %% (goal ≤ 5 %%), added p99 inter-token %.1f ms (goal ≤ 10 ms); %@",
+                 rounds, percentile(losses, 50), percentile(added, 50),
+                 (fromOptimizer ? String(format: "snapshots from the optimizer pass (%+.3f s each on the learner's thread)", percentile(fusedPass, 50) - percentile(plainPass, 50))
+                                : String(format: "packed on publish in %.3f s median", percentile(packs, 50))) as NSString))
     print(String(format: "peak RSS %.0f MB", peakRSSMB()))
 }

@@ -43,7 +43,7 @@ final class OnlineLearnerWakeTests: XCTestCase {
         let handed = Mutex<[Int]>([])
         let online = OnlineLearner(learner: trainer, options: options, source: source, checkpointRoot: NSTemporaryDirectory(),
                                    extras: .init(writeGGUF: false), baseModel: "x", start: (0, 0), startVersion: 1,
-                                   publish: { _, _, step, _ in handed.withLock { $0.append(step) }; return true })
+                                   publish: { _, _, _, step, _ in handed.withLock { $0.append(step) }; return true })
         online.start()
         defer { online.stop() }
         wait("the first read") { source.reads >= 1 }
@@ -88,7 +88,7 @@ final class OnlineLearnerReferenceVersionTests: XCTestCase {
         let online = OnlineLearner(learner: trainer, options: options, source: source, checkpointRoot: NSTemporaryDirectory(),
                                    extras: .init(writeGGUF: false), baseModel: "x", start: (0, 0), startVersion: 1,
                                    referenceVersion: startReference,
-                                   publish: { _, _, _, reference in named.withLock { $0.append(reference) }; return true })
+                                   publish: { _, _, _, _, reference in named.withLock { $0.append(reference) }; return true })
         online.start()
         defer { online.stop() }
         func wait(_ what: String, _ cond: () -> Bool) {

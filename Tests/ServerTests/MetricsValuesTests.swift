@@ -199,4 +199,44 @@ final class MetricsValuesTests: XCTestCase {
         XCTAssertEqual(metricValue(text, "selm_preference_rows_total"), 2)
         XCTAssertEqual(server.stop(), 0, server.log)
     }
+
+    /// With a compact engine the learner's optimizer pass makes the version's packed weights
+    /// (issue 13: nothing is packed on publish): the metrics count it as a snapshot, not a pack, and
+    /// the version scores bit for bit as the same weights packed by RefreshWeights from the
+    /// checkpoint of that step.
+    func testALearnerStepIsPublishedAsTheOptimizersSnapshot() throws {
+        let dir = try temporaryDirectory()
+        let server = try ServerProcess(model: Self.tinyChat, dataDir: dir + "/data", metrics: true,
+                                       args: ["--engine-precision", "bf16", "--batch-size", "2", "--max-wait-seconds", "0", "--lr", "1e-2",
+                                              "--publish-every", "1", "--checkpoint-every", "1000"])
+        let watcher = try server.client()
+        _ = try watcher.hello()
+        guard case .versionEvent(let v0) = try watcher.call(1, .subscribeVersions(SubscribeVersions())) else { return XCTFail() }
+        let c = try server.client()
+        _ = try c.hello()
+        let rows = (0..<2).map { PreferenceRow(prompt: .ids([1, UInt32(10 + $0)]), chosen: .ids([20, 2]), rejected: .ids([21, 22, 2])) }
+        guard case .preferenceAck = try c.call(2, .submitPreferences(SubmitPreferences(rows: rows))) else { return XCTFail() }
+        guard case .versionEvent(let v1) = try watcher.receive(1) else { return XCTFail() }
+        XCTAssertEqual(v1.learnerStep, 1)
+        var text = try server.scrapeMetrics()
+        XCTAssertEqual(metricValue(text, "selm_publish_snapshots_total"), 1, text)
+        XCTAssertEqual(metricValue(text, "selm_publish_packs_total"), 0, text)
+
+        func score(_ id: UInt64, _ version: UInt64) throws -> [Float] {
+            let item = ScoreItem(prompt: .ids([1, 10, 11, 12]), continuation: .ids([20, 21, 22, 2]))
+            guard case .scoreReply(let s) = try c.call(id, .score(ScoreRequest(items: [item], version: version))) else { throw TestError("score") }
+            XCTAssertEqual(s.version, version)
+            return s.items[0].logprobs
+        }
+        let fromSnapshot = try score(3, v1.version)
+        XCTAssertNotEqual(fromSnapshot, try score(4, v0.version), "the step changed the weights")
+        guard case .saveCheckpointReply(let saved) = try c.call(5, .saveCheckpoint(SaveCheckpoint(name: "one"))) else { return XCTFail() }
+        XCTAssertEqual(saved.version, v1.version)
+        guard case .refreshWeightsReply(let r) = try c.call(6, .refreshWeights(RefreshWeights(checkpoint: saved.path))) else { return XCTFail() }
+        XCTAssertEqual(try score(7, r.version).map(\.bitPattern), fromSnapshot.map(\.bitPattern),
+                       "the snapshot is what packing the step's weights gives")
+        text = try server.scrapeMetrics()
+        XCTAssertEqual(metricValue(text, "selm_publish_packs_total"), 1, text)
+        XCTAssertEqual(server.stop(), 0, server.log)
+    }
 }
