@@ -187,7 +187,38 @@ enum CompactMemoryPool {
         lock.unlock()
         // The one displaced is unmapped on a background thread: a version is often released on the
         // engine's thread (retired between two steps), and unmapping ~250 MB takes milliseconds.
-        if let old { DispatchQueue.global(qos: .utility).async { withExtendedLifetime(old) {} } }
+        if let old { reaper.free(old) }
+    }
+
+    private static let reaper = Reaper()
+
+    /// One thread that frees what it is handed (not libdispatch: a global-queue block submitted from
+    /// the engine's thread, a plain pthread, corrupted dispatch's continuation cache when its worker
+    /// exited — AddressSanitizer, double free in `_dispatch_cache_cleanup`).
+    private final class Reaper: @unchecked Sendable {
+        private let cond = NSCondition()
+        private var items: [CompactMemory] = []
+
+        init() {
+            let t = Thread { [self] in run() }
+            t.name = "selm-unmap"
+            t.start()
+        }
+
+        func free(_ m: CompactMemory) {
+            cond.lock(); items.append(m); cond.signal(); cond.unlock()
+        }
+
+        private func run() {
+            while true {
+                cond.lock()
+                while items.isEmpty { cond.wait() }
+                var batch = items
+                items = []
+                cond.unlock()
+                batch.removeAll()  // deinit: ck_weights_free, deallocate, here
+            }
+        }
     }
 }
 

@@ -56,7 +56,7 @@ func benchPublish(_ modelPath: String) throws {
     var params = SamplerSettings()
     params.temperature = 1.0; params.topP = 0.95; params.seed = 42
 
-    struct Figures { var seconds = 0.0, tokens = 0, itl: [Double] = [], publishes = 0, pack: [Double] = [], snapshots: UInt64 = 0 }
+    struct Figures { var seconds = 0.0, tokens = 0, itl: [Double] = [], publishes = 0, pack: [Double] = [], snapshots: UInt64 = 0, prefill: UInt64 = 0, steps: UInt64 = 0, forwards: UInt64 = 0 }
     /// `snapshots`: handed over one per publication (none left: the publisher stops).
     func job(publishing: Bool, snapshots: [CompactSnapshot] = []) throws -> Figures {
         var cfg = EngineConfig()
@@ -84,7 +84,9 @@ func benchPublish(_ modelPath: String) throws {
         if publishing {
             Thread.detachNewThread {
                 while true {
-                    Thread.sleep(forTimeInterval: every)
+                    // Sleeps `every`, waking early when the job is over.
+                    let wake = Date().addingTimeInterval(every)
+                    while Date() < wake && !ctl.lock.withLock({ ctl.stop }) { Thread.sleep(forTimeInterval: 0.01) }
                     ctl.lock.lock()
                     let s = ctl.stop || (useSnapshots && ctl.snapshots.isEmpty)
                     let snapshot = useSnapshots && !s ? ctl.snapshots.removeFirst() : nil
@@ -120,12 +122,13 @@ func benchPublish(_ modelPath: String) throws {
         f.seconds = Double(end - t0) * 1e-9
         f.pack = ctl.packs
         f.publishes = ctl.packs.count
-        f.snapshots = engine.status().publishSnapshots
+        let st = engine.status()
+        (f.snapshots, f.prefill, f.steps, f.forwards) = (st.publishSnapshots, st.promptTokensComputed, st.steps, st.forwards)
         engine.stop()
         return f
     }
-    let rounds = max(1, Int(option("--rounds", "3")) ?? 3)
-    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s; \(rounds) rounds, each the job without then with publications")
+    let rounds = max(1, Int(option("--rounds", "9")) ?? 9)
+    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s; \(rounds) rounds, each the job without and with publications (alternately first)")
     if fromOptimizer {
         print("each version is a snapshot made by the learner's optimizer pass (as the server's learner publishes); on the learner's thread, medians of 3:")
         print(String(format: "  optimizer pass %.3f s alone, %.3f s filling the snapshot: the snapshot costs the learner %+.3f s per published step (a packing pass of its own: %.3f s)",
@@ -135,16 +138,35 @@ func benchPublish(_ modelPath: String) throws {
         if !packPass.isEmpty { print(String(format: "  a packing pass alone, machine idle: %.3f s (median of 3)", percentile(packPass, 50))) }
     }
     func line(_ label: String, _ f: Figures) {
-        print(String(format: "  %@ %6.2f s  %6.1f tok/s  inter-token p50 %6.1f ms  p99 %7.1f ms  publications %d",
-                     label as NSString, f.seconds, Double(f.tokens) / f.seconds, 1000 * percentile(f.itl, 50), 1000 * percentile(f.itl, 99), f.publishes))
+        print(String(format: "  %@ %6.2f s  %6.1f tok/s  inter-token p50 %6.1f ms  p99 %7.1f ms  publications %d  (prefilled %d tokens, %d steps, %d forwards)",
+                     label as NSString, f.seconds, Double(f.tokens) / f.seconds, 1000 * percentile(f.itl, 50), 1000 * percentile(f.itl, 99), f.publishes,
+                     Int(f.prefill), Int(f.steps), Int(f.forwards)))
     }
     var losses: [Double] = [], added: [Double] = [], packs: [Double] = []
+    // Snapshots for a job with publications: enough for 1.3 × the first job's time (made before the
+    // job: the learner makes each in its step, whose cost is the learner's, printed above).
+    var needed = 0
+    func publishingJob() throws -> Figures {
+        let snapshots = try makeSnapshots(needed)
+        settle()
+        return try job(publishing: true, snapshots: snapshots)
+    }
+    /// Before a timed job: what the previous one released (snapshots, KV pool) is unmapped on
+    /// background threads; let that finish, so it is timed with neither job.
+    func settle() { Thread.sleep(forTimeInterval: 1) }
     for r in 1...rounds {
-        let quiet = try job(publishing: false)
-        // Enough snapshots for the job with publications (made before it: the learner makes each in
-        // its step, whose cost is the learner's, printed above).
-        let needed = fromOptimizer ? Int((quiet.seconds * 1.3 / every).rounded(.up)) + 2 : 0
-        let busy = try job(publishing: true, snapshots: try makeSnapshots(needed))
+        // Alternate which job runs first (ABBA), so that neither always follows the other.
+        var quiet = Figures(), busy = Figures()
+        if r % 2 == 1 {
+            settle()
+            quiet = try job(publishing: false)
+            if needed == 0 && fromOptimizer { needed = Int((quiet.seconds * 1.3 / every).rounded(.up)) + 2 }
+            busy = try publishingJob()
+        } else {
+            busy = try publishingJob()
+            settle()
+            quiet = try job(publishing: false)
+        }
         if fromOptimizer && busy.snapshots != UInt64(busy.publishes) {
             print("error: \(busy.publishes) publications, \(busy.snapshots) of them from snapshots"); exit(1)
         }
