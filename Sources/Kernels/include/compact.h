@@ -141,12 +141,12 @@ void ck_weights_free(ck_weights *w);
 /// for a bad range.
 long ck_pack_f32(ck_weights *w, const float *src, size_t ld, int row_begin, int row_end);
 
-// adamw_update (kernels.h) over a row-major (N, K) tensor, and in the same pass — each group of 32 rows right
-// after its update, while it is in this core's cache — its packed copy into `packed` (a compact
-// matrix of N × K, ck_pack_f32; NULL: none) and/or an f32 copy into `copy` (N·K floats; NULL: none):
-// the optimizer's pass makes the engine's next snapshot. The update is bit for bit adamw_update's.
-// Returns the q8 blocks that could not be represented (ck_pack_f32's count), -1 when `packed` is
-// not N × K.
+/// adamw_update (kernels.h) over a row-major (N, K) tensor, and in the same pass — each group of 32 rows right
+/// after its update, while it is in this core's cache — its packed copy into `packed` (a compact
+/// matrix of N × K, ck_pack_f32; NULL: none) and/or an f32 copy into `copy` (N·K floats; NULL: none):
+/// the optimizer's pass makes the engine's next snapshot. The update is bit for bit adamw_update's.
+/// Returns the q8 blocks that could not be represented (ck_pack_f32's count), -1 when `packed` is
+/// not N × K.
 long adamw_update_rows(float *p, const float *g, float *m, float *v, int N, int K, float beta1, float beta2,
                        float eps, float shrink, float step, float bc2sqrt, float gscale, ck_weights *packed, float *copy);
 /// The same from bf16 (uint16_t bits) rows: exact for CK_BF16.
