@@ -73,7 +73,8 @@ public final class OnlineLearner: @unchecked Sendable {
     /// `referenceVersion` is the version whose weights were the reference policy in that step (0:
     /// none served), which the engine keeps alive.
     /// `snapshot`: the engine's compact model of these weights, made by the step's optimizer pass
-    /// (`makeSnapshot`), or nil (the engine packs them).
+    /// (`makeSnapshot`), or nil; the engine packs the weights when there is none or it is
+    /// incomplete (a skipped step).
     public typealias Publish = @Sendable (_ weights: ParameterSet, _ snapshot: CompactSnapshot?, _ metrics: [String: Double],
                                           _ step: Int, _ referenceVersion: UInt64) -> Bool
     /// Storage for the engine's compact model of the weights (`GenerationEngine.makeSnapshot`), for
@@ -374,8 +375,7 @@ public final class OnlineLearner: @unchecked Sendable {
                 // Never hand the engine weights that would serve NaN: skip, say so, count it.
                 skippedPublishes += 1
                 learnerLogger.warning("step \(learner.step): not published, the weights hold \(bad) (\(skippedPublishes) skipped)")
-            } else if publish(learner.policy.weights, snapshot?.isComplete == true ? snapshot : nil, report.metrics,
-                              learner.step, usedReference) {
+            } else if publish(learner.policy.weights, snapshot, report.metrics, learner.step, usedReference) {
                 awaitingVersion = learner.step
                 unloggedStep = report  // logged with its version once told
             }

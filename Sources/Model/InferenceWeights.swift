@@ -259,38 +259,61 @@ final class CompactStore: @unchecked Sendable {
         return b
     }
 
+    /// Where each tensor of `w` goes in this store, keyed by its offset in `w`'s layout: linear
+    /// weights and the head packed (7 matrices per layer, then the head), the embedding table and
+    /// the norms copied into the slab (embedding, final norm, then each layer's two norms: the
+    /// order `tensors` reads), a tied embedding both. Covers every weight of `w` once.
+    func targets(of w: ParameterSet) -> [Int: CompactSnapshot.Target] {
+        let c = w.config
+        var targets: [Int: CompactSnapshot.Target] = [:]
+        func put(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, packed: Int?, copy: UnsafeMutablePointer<Float>?) {
+            let key = p - w.data
+            let old = targets[key]
+            targets[key] = CompactSnapshot.Target(rows: rows, cols: cols, packed: packed.map { mats + $0 } ?? old?.packed,
+                                                  copy: copy ?? old?.copy)
+        }
+        var o = slab
+        put(w.tokenEmbedding, rows: c.vocabSize, cols: c.dim, packed: nil, copy: o); o += c.vocabSize * c.dim
+        put(w.finalNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+        for (l, p) in w.layers.enumerated() {
+            put(p.attnNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+            put(p.mlpNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
+            let b = 7 * l
+            put(p.wq, rows: c.qDim, cols: c.dim, packed: b, copy: nil)
+            put(p.wk, rows: c.kvDim, cols: c.dim, packed: b + 1, copy: nil)
+            put(p.wv, rows: c.kvDim, cols: c.dim, packed: b + 2, copy: nil)
+            put(p.wo, rows: c.dim, cols: c.qDim, packed: b + 3, copy: nil)
+            put(p.wGate, rows: c.hiddenDim, cols: c.dim, packed: b + 4, copy: nil)
+            put(p.wUp, rows: c.hiddenDim, cols: c.dim, packed: b + 5, copy: nil)
+            put(p.wDown, rows: c.dim, cols: c.hiddenDim, packed: b + 6, copy: nil)
+        }
+        // The head: the embedding's own entry when tied.
+        put(w.lmHead, rows: c.vocabSize, cols: c.dim, packed: 7 * c.nLayers, copy: nil)
+        precondition(targets.values.reduce(0) { $0 + $1.rows * $1.cols } == w.count, "the store covers every weight once")
+        return targets
+    }
+
     /// Fills the store from f32 weights on the calling thread only: packs every linear weight, copies
     /// the embedding table and norms. Reads `w` during the call only. Returns the number of q8
     /// blocks that could not be represented (non-finite or out of range: their scale is NaN).
     func fill(from w: ParameterSet, pacing: PackPacing? = nil) -> Int {
-        let c = w.config
         var bad = 0
         // Row ranges of at most `rows` (a multiple of every panel height), pacing between them.
         let rows = 2048
-        func pack(_ i: Int, _ src: UnsafeMutablePointer<Float>) {
-            let n = Int(mats[i].N), k = Int(mats[i].K)
-            var r0 = 0
-            while r0 < n {
-                let r1 = min(n, r0 + rows)
-                let r = ck_pack_f32(mats + i, src, k, Int32(r0), Int32(r1))
-                precondition(r >= 0, "ck_pack_f32 refused a row range")
-                bad += r
-                r0 = r1
-                pacing?.tick()
+        for (offset, t) in targets(of: w).sorted(by: { $0.key < $1.key }) {
+            let src = w.data + offset
+            if let packed = t.packed {
+                var r0 = 0
+                while r0 < t.rows {
+                    let r1 = min(t.rows, r0 + rows)
+                    let r = ck_pack_f32(packed, src, t.cols, Int32(r0), Int32(r1))
+                    precondition(r >= 0, "ck_pack_f32 refused a row range")
+                    bad += r
+                    r0 = r1
+                    pacing?.tick()
+                }
             }
-        }
-        for (l, p) in w.layers.enumerated() {
-            let b = 7 * l
-            pack(b, p.wq); pack(b + 1, p.wk); pack(b + 2, p.wv); pack(b + 3, p.wo)
-            pack(b + 4, p.wGate); pack(b + 5, p.wUp); pack(b + 6, p.wDown)
-        }
-        pack(7 * c.nLayers, w.lmHead)
-        var o = slab
-        o.update(from: w.tokenEmbedding, count: c.vocabSize * c.dim); o += c.vocabSize * c.dim
-        o.update(from: w.finalNorm, count: c.dim); o += c.dim
-        for p in w.layers {
-            o.update(from: p.attnNorm, count: c.dim); o += c.dim
-            o.update(from: p.mlpNorm, count: c.dim); o += c.dim
+            t.copy?.update(from: src, count: t.rows * t.cols)
         }
         return bad
     }
@@ -423,7 +446,7 @@ public final class CompactSnapshot: @unchecked Sendable {
     public let precision: EnginePrecision
     public let config: LlamaConfig
     private let store: CompactStore
-    private var targets: [Int: Target] = [:]
+    private let targets: [Int: Target]
     private var filled = Set<Int>()
     private var bad = 0
     /// Seconds of the optimizer passes that made it (the update and the packing together).
@@ -437,32 +460,7 @@ public final class CompactSnapshot: @unchecked Sendable {
         self.precision = precision
         config = c
         store = try CompactStore(config: c, precision: precision)
-        let base = weights.data
-        func put(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, packed: Int?, copy: UnsafeMutablePointer<Float>?) {
-            let key = p - base
-            let old = targets[key]
-            targets[key] = Target(rows: rows, cols: cols, packed: packed.map { store.mats + $0 } ?? old?.packed, copy: copy ?? old?.copy)
-        }
-        // The slab's order (CompactStore.fill): embedding, final norm, then each layer's two norms.
-        var o = store.slab
-        put(weights.tokenEmbedding, rows: c.vocabSize, cols: c.dim, packed: nil, copy: o); o += c.vocabSize * c.dim
-        put(weights.finalNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
-        for (l, p) in weights.layers.enumerated() {
-            put(p.attnNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
-            put(p.mlpNorm, rows: 1, cols: c.dim, packed: nil, copy: o); o += c.dim
-            let b = 7 * l
-            put(p.wq, rows: c.qDim, cols: c.dim, packed: b, copy: nil)
-            put(p.wk, rows: c.kvDim, cols: c.dim, packed: b + 1, copy: nil)
-            put(p.wv, rows: c.kvDim, cols: c.dim, packed: b + 2, copy: nil)
-            put(p.wo, rows: c.dim, cols: c.qDim, packed: b + 3, copy: nil)
-            put(p.wGate, rows: c.hiddenDim, cols: c.dim, packed: b + 4, copy: nil)
-            put(p.wUp, rows: c.hiddenDim, cols: c.dim, packed: b + 5, copy: nil)
-            put(p.wDown, rows: c.dim, cols: c.hiddenDim, packed: b + 6, copy: nil)
-        }
-        // The head: the embedding's own entry when tied (packed and copied in one pass).
-        put(weights.lmHead, rows: c.vocabSize, cols: c.dim, packed: 7 * c.nLayers, copy: nil)
-        precondition(targets.values.reduce(0) { $0 + $1.rows * $1.cols } == weights.count,
-                     "a CompactSnapshot covers every weight once")
+        targets = store.targets(of: weights)
     }
 
     /// Where the tensor at `offset` of the weights' layout goes (nil: no tensor starts there).
