@@ -422,6 +422,7 @@ public final class GenerationEngine: @unchecked Sendable {
         packLock.lock()
         (s.publishPacks, s.lastPublishPackSeconds, s.publishPackSecondsTotal, s.publishSnapshots) = (packs.count, packs.last, packs.total, packs.snapshots)
         packLock.unlock()
+        s.compactMemory = CompactMemoryPool.statistics
         return s
     }
 

@@ -338,6 +338,10 @@ public struct EngineStatus: Sendable {
     /// Publications whose compact model the learner's optimizer pass made (`CompactSnapshot`):
     /// nothing was packed for them on the publishing thread (not counted in `publishPacks`).
     public var publishSnapshots: UInt64 = 0
+    /// Compact models' memory, process-wide (`CompactMemoryPool.statistics`): allocated fresh,
+    /// reused from the last version released, freed. A learner publishing in steady state reuses:
+    /// `freed` growing with publications means each one costs the engine an unmapping.
+    public var compactMemory = CompactMemoryPool.Counts()
 }
 
 /// What one `step()` did.

@@ -190,9 +190,10 @@ final class VersionRegistry: @unchecked Sendable {
         if freed { Self.freeInBackground(s) }
     }
 
-    /// Drops the registry's reference on another thread a little later, after the step thread
-    /// has let go of its own, so the last release (unmapping ~0.5 GB) happens off the step thread.
+    /// Drops the registry's reference on the reaper's thread a little later, after the step thread
+    /// has let go of its own, so the last release (for f32, unmapping ~0.5 GB; a compact model's
+    /// memory returns to `CompactMemoryPool`) happens off the step thread.
     private static func freeInBackground(_ s: WeightSnapshot) {
-        DispatchQueue.global(qos: .utility).asyncAfter(deadline: .now() + 0.5) { withExtendedLifetime(s) {} }
+        Reaper.shared.drop(s, after: 0.5)
     }
 }

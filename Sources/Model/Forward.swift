@@ -10,7 +10,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// The f32 weights; nil for a compact model, which keeps none.
     public let f32Weights: ParameterSet?
     /// The compact model's storage (nil for f32).
-    private let store: CompactStore?
+    let store: CompactStore?
     /// What `forward` reads.
     let tensors: ForwardTensors
     /// Seconds `inference(from:precision:)` took to make this model (0 otherwise).

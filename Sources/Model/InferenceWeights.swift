@@ -168,56 +168,116 @@ final class CompactMemory: @unchecked Sendable {
 
 /// The memory of the last compact model released, kept for the next one of the same shape and
 /// precision: publishing every second would otherwise map, fault in and zero ~250 MB each time
-/// (about as long as the packing itself). Holds at most one. Thread: any (one lock).
-enum CompactMemoryPool {
+/// (about as long as the packing itself), and unmap as much when each version is released — on a
+/// background thread, but on this 2-core machine the unmapping alone cost the engine ~7 % of its
+/// throughput and ~20 ms of p99 inter-token latency at one publication per second (bench-publish
+/// `--recycle no`). A learner that publishes takes one (its next snapshot) for each version the engine
+/// releases, so in steady state nothing is allocated or freed. Holds `capacity` (default 1).
+/// Thread: any (one lock).
+public enum CompactMemoryPool {
     private static let lock = NSLock()
-    nonisolated(unsafe) private static var spare: CompactMemory?
+    nonisolated(unsafe) private static var spares: [CompactMemory] = []
+    nonisolated(unsafe) private static var limit = 1
+    nonisolated(unsafe) private static var counts = Counts()
 
-    static func take(_ c: LlamaConfig, _ p: EnginePrecision) -> CompactMemory? {
-        lock.lock(); defer { lock.unlock() }
-        guard let m = spare, m.config == c, m.precision == p else { return nil }
-        spare = nil
+    /// Compact models' memory since start: allocated fresh, reused from the pool, and freed (released
+    /// while the pool was full). Process-wide.
+    public struct Counts: Sendable, Equatable {
+        public var allocated: UInt64 = 0
+        public var reused: UInt64 = 0
+        public var freed: UInt64 = 0
+        public init() {}
+    }
+
+    public static var statistics: Counts { lock.withLock { counts } }
+
+    /// Memory for a compact model of `c` in `precision`: a spare one of that shape, or fresh.
+    static func memory(_ c: LlamaConfig, _ precision: EnginePrecision, format: Int32) throws -> CompactMemory {
+        if let m = take(c, precision) {
+            lock.withLock { counts.reused += 1 }
+            return m
+        }
+        let m = try CompactMemory(config: c, precision: precision, format: format)
+        lock.withLock { counts.allocated += 1 }
         return m
+    }
+
+    /// How many released compact models are kept for reuse (default 1); lowering it frees the rest.
+    public static var capacity: Int {
+        get { lock.withLock { limit } }
+        set {
+            lock.lock()
+            limit = max(0, newValue)
+            let excess = spares.count > limit ? Array(spares[limit...]) : []
+            spares = Array(spares.prefix(limit))
+            counts.freed += UInt64(excess.count)
+            lock.unlock()
+            for m in excess { reap(m) }
+        }
+    }
+
+    private static func take(_ c: LlamaConfig, _ p: EnginePrecision) -> CompactMemory? {
+        lock.lock(); defer { lock.unlock() }
+        guard let i = spares.lastIndex(where: { $0.config == c && $0.precision == p }) else { return nil }
+        return spares.remove(at: i)
     }
 
     static func recycle(_ m: CompactMemory) {
         lock.lock()
-        let old = spare
-        spare = m
+        spares.append(m)
+        let old = spares.count > limit ? spares.removeFirst() : nil
+        if old != nil { counts.freed += 1 }
         lock.unlock()
         // The one displaced is unmapped on a background thread: a version is often released on the
         // engine's thread (retired between two steps), and unmapping ~250 MB takes milliseconds.
-        if let old { reaper.free(old) }
+        if let old { reap(old) }
     }
 
-    private static let reaper = Reaper()
+    private static func reap(_ m: CompactMemory) { Reaper.shared.drop(m) }
+}
 
-    /// One thread that frees what it is handed (not libdispatch: a global-queue block submitted from
-    /// the engine's thread, a plain pthread, corrupted dispatch's continuation cache when its worker
-    /// exited — AddressSanitizer, double free in `_dispatch_cache_cleanup`).
-    private final class Reaper: @unchecked Sendable {
-        private let cond = NSCondition()
-        private var items: [CompactMemory] = []
+/// One thread that drops what it is handed — at once or after a delay — so that freeing large
+/// memory (unmapping hundreds of MB takes milliseconds) never runs on the engine's step thread.
+/// Not libdispatch: a global-queue block submitted from the engine's thread, a plain pthread,
+/// corrupted dispatch's continuation cache when its worker exited (AddressSanitizer, double free in
+/// `_dispatch_cache_cleanup`). Thread: any.
+public final class Reaper: @unchecked Sendable {
+    public static let shared = Reaper()
+    private let cond = NSCondition()
+    private var items: [(due: Date, object: AnyObject)] = []
 
-        init() {
-            let t = Thread { [self] in run() }
-            t.name = "selm-unmap"
-            t.start()
-        }
+    private init() {
+        let t = Thread { [self] in run() }
+        t.name = "selm-reaper"
+        t.start()
+    }
 
-        func free(_ m: CompactMemory) {
-            cond.lock(); items.append(m); cond.signal(); cond.unlock()
-        }
+    /// Drops `object` on the reaper's thread `after` seconds from now (in order of their times).
+    public func drop(_ object: AnyObject, after: TimeInterval = 0) {
+        cond.lock()
+        items.append((Date().addingTimeInterval(after), object))
+        cond.signal()
+        cond.unlock()
+    }
 
-        private func run() {
-            while true {
-                cond.lock()
-                while items.isEmpty { cond.wait() }
-                var batch = items
-                items = []
-                cond.unlock()
-                batch.removeAll()  // deinit: ck_weights_free, deallocate, here
+    private func run() {
+        while true {
+            cond.lock()
+            var batch: [AnyObject] = []
+            while batch.isEmpty {
+                let now = Date()
+                let due = items.filter { $0.due <= now }
+                if !due.isEmpty {
+                    items.removeAll { $0.due <= now }
+                    batch = due.map(\.object)
+                } else if let next = items.map(\.due).min() {
+                    _ = cond.wait(until: next)
+                } else {
+                    cond.wait()
+                }
             }
+            cond.unlock()
+            batch.removeAll()  // the last references: deinit (freeing) here
         }
     }
 }
@@ -236,7 +296,7 @@ final class CompactStore: @unchecked Sendable {
     init(config c: LlamaConfig, precision: EnginePrecision) throws {
         guard let format = precision.compactFormat else { preconditionFailure("CompactStore needs a compact precision") }
         self.precision = precision
-        mem = try CompactMemoryPool.take(c, precision) ?? CompactMemory(config: c, precision: precision, format: format)
+        mem = try CompactMemoryPool.memory(c, precision, format: format)
     }
 
     deinit { CompactMemoryPool.recycle(mem) }

@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Model
 import Wire
 
 /// A Prometheus histogram with fixed upper bounds (seconds).
@@ -70,6 +71,7 @@ struct LiveFigures {
     var lastPublishPackSeconds: Double = 0
     var publishPackSecondsTotal: Double = 0
     var publishSnapshots: UInt64 = 0
+    var compactMemory = CompactMemoryPool.Counts()
 }
 
 /// Why the server closed a client connection (the `reason` label of
@@ -193,6 +195,10 @@ final class ServerMetrics {
             gauge("selm_publish_pack_seconds", "Seconds the last publication took to convert the weights to the engine's precision (on the publishing thread).", live.lastPublishPackSeconds)
             counter("selm_publish_packs_total", "Publications converted to the engine's precision on the publishing thread.", live.publishPacks)
             counter("selm_publish_snapshots_total", "Publications whose compact weights the learner's optimizer pass made (nothing converted on publish).", live.publishSnapshots)
+            o += "# HELP selm_compact_memory_total Compact weight models' memory by event: allocated fresh, reused from the last version released, freed (unmapped; in steady state a publishing learner frees none).\n# TYPE selm_compact_memory_total counter\n"
+            for (event, n) in [("allocated", live.compactMemory.allocated), ("reused", live.compactMemory.reused), ("freed", live.compactMemory.freed)] {
+                o += "selm_compact_memory_total{event=\"\(event)\"} \(n)\n"
+            }
             o += "# HELP selm_publish_pack_seconds_total Seconds spent converting publications to the engine's precision.\n# TYPE selm_publish_pack_seconds_total counter\nselm_publish_pack_seconds_total \(promNumber(live.publishPackSecondsTotal))\n"
         }
         return o

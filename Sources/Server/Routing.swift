@@ -166,6 +166,7 @@ extension SelmServer {
             f.lastPublishPackSeconds = s.lastPublishPackSeconds
             f.publishPackSecondsTotal = s.publishPackSecondsTotal
             f.publishSnapshots = s.publishSnapshots
+            f.compactMemory = s.compactMemory
         } else {
             f.liveVersions = 1
         }

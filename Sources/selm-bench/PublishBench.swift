@@ -4,7 +4,14 @@
 // optimizer pass (`AdamW.update(…, snapshot:)`: what that pass costs the learner is measured first
 // and printed); `--snapshot pack` has the engine pack the live f32 weights on the publishing thread
 // instead, paced (as RefreshWeights' and a replica's publications are). Prints throughput,
-// inter-token latency p50/p99 and the packing time.
+// inter-token latency p50/p99 and the packing time, per round and pooled over the rounds.
+//
+// Memory: the server's learner fills each snapshot in the memory of the version the engine released
+// last (`CompactMemoryPool`), so in steady state a publication neither maps nor unmaps anything. The
+// bench makes its snapshots before each job, so by default (`--recycle yes`) the pool keeps every
+// version released during a job for the next job's snapshots, as the learner reuses them;
+// `--recycle no` keeps the server's pool of one, and each version released during the job is then
+// unmapped (on the reaper's thread) — what publishing would cost if memory were not reused.
 import Dispatch
 import Engine
 import Foundation
@@ -128,7 +135,10 @@ func benchPublish(_ modelPath: String) throws {
         return f
     }
     let rounds = max(1, Int(option("--rounds", "9")) ?? 9)
-    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s; \(rounds) rounds, each the job without and with publications (alternately first)")
+    let recycleOption = option("--recycle", "yes")
+    guard ["yes", "no"].contains(recycleOption) else { print("error: --recycle: expected yes or no"); exit(2) }
+    let recycle = recycleOption == "yes"
+    print("== bench-publish: \(precision) engine, 32 × (64 prompt + 128 new), publication every \(every) s; \(rounds) rounds, each the job without and with publications (alternately first); released versions' memory \(recycle ? "reused" : "unmapped (--recycle no)")")
     if fromOptimizer {
         print("each version is a snapshot made by the learner's optimizer pass (as the server's learner publishes); on the learner's thread, medians of 3:")
         print(String(format: "  optimizer pass %.3f s alone, %.3f s filling the snapshot: the snapshot costs the learner %+.3f s per published step (a packing pass of its own: %.3f s)",
@@ -143,10 +153,12 @@ func benchPublish(_ modelPath: String) throws {
                      Int(f.prefill), Int(f.steps), Int(f.forwards)))
     }
     var losses: [Double] = [], added: [Double] = [], packs: [Double] = []
+    var quietAll = Figures(), busyAll = Figures()
     // Snapshots for a job with publications: enough for 1.3 × the first job's time (made before the
     // job: the learner makes each in its step, whose cost is the learner's, printed above).
     var needed = 0
     func publishingJob() throws -> Figures {
+        if recycle { CompactMemoryPool.capacity = needed + 4 }
         let snapshots = try makeSnapshots(needed)
         settle()
         return try job(publishing: true, snapshots: snapshots)
@@ -183,7 +195,18 @@ func benchPublish(_ modelPath: String) throws {
                          loss, p99, percentile(busy.pack, 50), busy.pack.max() ?? 0))
         }
         losses.append(loss); added.append(p99); packs += busy.pack
+        quietAll.seconds += quiet.seconds; quietAll.tokens += quiet.tokens; quietAll.itl += quiet.itl
+        busyAll.seconds += busy.seconds; busyAll.tokens += busy.tokens; busyAll.itl += busy.itl
     }
+    let memory = CompactMemoryPool.statistics
+    print("compact models' memory over the run: \(memory.allocated) allocated, \(memory.reused) reused, \(memory.freed) freed"
+          + (recycle ? " (versions released during a job kept for the next job's snapshots, as the learner reuses them)"
+                     : " (a pool of one: versions released during a job were unmapped)"))
+    let pooledLoss = 100 * (1 - (Double(busyAll.tokens) / busyAll.seconds) / (Double(quietAll.tokens) / quietAll.seconds))
+    let pooledP99 = 1000 * (percentile(busyAll.itl, 99) - percentile(quietAll.itl, 99))
+    print(String(format: "pooled over %d rounds (all tokens over all seconds; p99 of all %d and %d inter-token gaps): throughput loss %.1f %%, added p99 inter-token %.1f ms (p99 %.1f → %.1f ms, p50 %.1f → %.1f ms)",
+                 rounds, quietAll.itl.count, busyAll.itl.count, pooledLoss, pooledP99,
+                 1000 * percentile(quietAll.itl, 99), 1000 * percentile(busyAll.itl, 99), 1000 * percentile(quietAll.itl, 50), 1000 * percentile(busyAll.itl, 50)))
     print(String(format: "median of %d rounds: throughput loss %.1f %% (goal ≤ 5 %%), added p99 inter-token %.1f ms (goal ≤ 10 ms); %@",
                  rounds, percentile(losses, 50), percentile(added, 50),
                  (fromOptimizer ? String(format: "snapshots from the optimizer pass (%+.3f s each on the learner's thread)", percentile(fusedPass, 50) - percentile(plainPass, 50))
