@@ -169,8 +169,8 @@ final class CompactMemory: @unchecked Sendable {
 /// The memory of the last compact model released, kept for the next one of the same shape and
 /// precision: publishing every second would otherwise map, fault in and zero ~250 MB each time
 /// (about as long as the packing itself), and unmap as much when each version is released — on a
-/// background thread, but on this 2-core machine the unmapping alone cost the engine ~7 % of its
-/// throughput and ~20 ms of p99 inter-token latency at one publication per second (bench-publish
+/// background thread, but on this 2-core machine the unmapping alone cost the engine 5.6–6.7 % of its
+/// throughput and ~16 ms of p99 inter-token latency at one publication per second (bench-publish
 /// `--recycle no`). A learner that publishes takes one (its next snapshot) for each version the engine
 /// releases, so in steady state nothing is allocated or freed. Holds `capacity` (default 1).
 /// Thread: any (one lock).

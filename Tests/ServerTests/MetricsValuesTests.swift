@@ -238,7 +238,7 @@ final class MetricsValuesTests: XCTestCase {
 
     /// Publishing every step reuses memory (issue 13): the learner fills each snapshot in the memory
     /// of the version the engine released last, so in steady state no compact model is allocated or
-    /// freed — freeing ~380 MB per publication cost the engine ~7 % of its throughput on this machine.
+    /// freed — unmapping ~365 MB per publication cost the engine 5.6–6.7 % of its throughput here.
     /// Live at most: `maxLiveVersions` (3) + the reference version + the snapshot being filled.
     /// (Before compact models' memory was pooled, every version allocated its own and freed it.)
     func testALearnerPublishingEveryStepReusesTheMemoryOfReleasedVersions() throws {
