@@ -45,6 +45,13 @@ enum Samples {
         ("save_checkpoint", Envelope(id: 12, body: .saveCheckpoint(SaveCheckpoint()))),
         ("save_checkpoint_named", Envelope(id: 13, body: .saveCheckpoint(SaveCheckpoint(name: "manual/before-eval")))),
         ("subscribe_versions", Envelope(id: UInt64.max, body: .subscribeVersions(SubscribeVersions()))),
+        ("score_entropy", Envelope(id: 14, body: .score(ScoreRequest(
+            items: [ScoreItem(prompt: .text("Hi"), continuation: .ids([3, 4]))], entropy: true)))),
+        ("submit_preferences_versioned", Envelope(id: 15, body: .submitPreferences(SubmitPreferences(
+            rows: [PreferenceRow(prompt: .ids([1]), chosen: .ids([2]), rejected: .ids([3]), weight: 2, version: 41),
+                   PreferenceRow(prompt: .ids([1]), chosen: .ids([4]), rejected: .ids([5]), weight: 1, version: 0)])))),
+        ("fetch_weights", Envelope(id: 16, body: .fetchWeights(FetchWeights(version: 43, chunkBytes: 65536, dtype: "bf16")))),
+        ("fetch_weights_newest", Envelope(id: 17, body: .fetchWeights(FetchWeights(chunkBytes: 1 << 20)))),  // 0 decodes as 1 MiB
     ]
 
     static let tops = [TopLogprobs(tokenIDs: [5, 9], logprobs: [-0.25, -1.5]), TopLogprobs(tokenIDs: [7], logprobs: [-0.125])]
@@ -82,6 +89,27 @@ enum Samples {
             path: "checkpoints/step-420", learnerStep: 420, walSequence: 99, version: 42)))),
         ("version_event", Envelope(id: UInt64.max, body: .versionEvent(VersionEvent(
             version: 43, learnerStep: 430, metrics: ["loss": 0.5, "rewards/accuracies": 0.75], unixTime: 1_767_225_600.5)))),
+        ("hello_reply_precision", Envelope(id: 1, body: .helloReply(HelloReply(
+            protocolVersion: 1, serverVersion: "0.1.0", modelName: "m", modelPath: "m.gguf", policyVersion: 1, vocabSize: 32,
+            contextLength: 64, chatTemplate: "chatml", maxFrameBytes: 1 << 20, enginePrecision: "bf16")))),
+        ("preference_ack_stale", Envelope(id: 15, body: .preferenceAck(PreferenceAck(firstSequence: 102, lastSequence: 102, rows: 1, staleRows: 1)))),
+        ("score_reply_entropy", Envelope(id: 14, body: .scoreReply(ScoreReply(
+            items: [ScoredItem(tokenIDs: [3, 4], logprobs: [-1.5, -0.75], totalLogprob: -2.25, entropies: [2.5, 0.0625])],
+            version: 7)))),
+        ("status_reply_full", Envelope(id: 10, body: .statusReply(StatusReply(
+            policyVersion: 43, learnerStep: 430, walLastSequence: 7, walConsumedSequence: 7, kvBlocksTotal: 512,
+            uptimeSeconds: 12.5, liveVersions: 3, connections: 1, dataDirBytes: 123_456_789, diskFreeBytes: 1 << 40, checkpoints: 2,
+            enginePrecision: "q8",
+            staleness: [StalenessBucket(le: 0, rows: 10), StalenessBucket(le: 1, rows: 4), StalenessBucket(le: UInt64.max, rows: 1)],
+            staleRowsDropped: 3, role: "rollout", following: "10.0.0.2:7000", referenceVersion: 41)))),
+        ("version_event_reference", Envelope(id: UInt64.max, body: .versionEvent(VersionEvent(
+            version: 44, learnerStep: 440, unixTime: 1_767_225_601.25, referenceVersion: 42)))),
+        ("weights_chunk", Envelope(id: 16, body: .weightsChunk(WeightsChunk(offset: 1 << 20, data: [0, 1, 2, 128, 255], crc32c: 0xE306_9283)))),
+        ("weights_done", Envelope(id: 16, body: .weightsDone(WeightsDone(
+            version: 43, dtype: "bf16",
+            tensors: [TensorLayout(name: "model.embed_tokens.weight", shape: [32, 8], offset: 0, length: 1024, dtype: "f32"),
+                      TensorLayout(name: "model.layers.0.self_attn.q_proj.weight", shape: [8, 8], offset: 1024, length: 128, dtype: "bf16")],
+            totalBytes: 1152, crc32c: 0x1234_5678, chunks: 2, learnerStep: 430)))),
     ]
 
     /// Every sample as a complete frame, client samples first.

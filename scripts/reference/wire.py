@@ -88,6 +88,17 @@ def client_samples(pb):
         ("save_checkpoint", E(id=12, save_checkpoint=pb.SaveCheckpoint())),
         ("save_checkpoint_named", E(id=13, save_checkpoint=pb.SaveCheckpoint(name="manual/before-eval"))),
         ("subscribe_versions", E(id=U64_MAX, subscribe_versions=pb.SubscribeVersions())),
+        ("score_entropy", E(id=14, score=pb.ScoreRequest(
+            items=[pb.ScoreItem(prompt=pb.Prompt(text="Hi"), continuation=pb.Response(ids=pb.TokenIds(ids=[3, 4])))],
+            entropy=True))),
+        ("submit_preferences_versioned", E(id=15, submit_preferences=pb.SubmitPreferences(rows=[
+            pb.PreferenceRow(prompt=pb.Prompt(ids=pb.TokenIds(ids=[1])), chosen=pb.Response(ids=pb.TokenIds(ids=[2])),
+                             rejected=pb.Response(ids=pb.TokenIds(ids=[3])), weight=2.0, version=41),
+            pb.PreferenceRow(prompt=pb.Prompt(ids=pb.TokenIds(ids=[1])), chosen=pb.Response(ids=pb.TokenIds(ids=[4])),
+                             rejected=pb.Response(ids=pb.TokenIds(ids=[5])), weight=1.0, version=0),
+        ]))),
+        ("fetch_weights", E(id=16, fetch_weights=pb.FetchWeights(version=43, chunk_bytes=65536, dtype="bf16"))),
+        ("fetch_weights_newest", E(id=17, fetch_weights=pb.FetchWeights(chunk_bytes=1 << 20))),  # 0 decodes as 1 MiB
     ]
 
 
@@ -136,6 +147,32 @@ def server_samples(pb):
         ("version_event", E(id=U64_MAX, version_event=pb.VersionEvent(
             version=43, learner_step=430, metrics={"loss": 0.5, "rewards/accuracies": 0.75},
             unix_time=1767225600.5))),
+        ("hello_reply_precision", E(id=1, hello_reply=pb.HelloReply(
+            protocol_version=1, server_version="0.1.0", model_name="m", model_path="m.gguf", policy_version=1,
+            vocab_size=32, context_length=64, chat_template="chatml", max_frame_bytes=1 << 20,
+            engine_precision="bf16"))),
+        ("preference_ack_stale", E(id=15, preference_ack=pb.PreferenceAck(first_sequence=102, last_sequence=102, rows=1,
+                                                                         stale_rows=1))),
+        ("score_reply_entropy", E(id=14, score_reply=pb.ScoreReply(
+            items=[pb.ScoredItem(token_ids=[3, 4], logprobs=[-1.5, -0.75], total_logprob=-2.25, entropies=[2.5, 0.0625])],
+            version=7))),
+        ("status_reply_full", E(id=10, status_reply=pb.StatusReply(
+            policy_version=43, learner_step=430, wal_last_sequence=7, wal_consumed_sequence=7, kv_blocks_total=512,
+            uptime_seconds=12.5, live_versions=3, connections=1, data_dir_bytes=123456789, disk_free_bytes=1 << 40,
+            checkpoints=2, engine_precision="q8",
+            staleness=[pb.StalenessBucket(le=0, rows=10), pb.StalenessBucket(le=1, rows=4),
+                       pb.StalenessBucket(le=U64_MAX, rows=1)],
+            stale_rows_dropped=3, role="rollout", following="10.0.0.2:7000", reference_version=41))),
+        ("version_event_reference", E(id=U64_MAX, version_event=pb.VersionEvent(
+            version=44, learner_step=440, unix_time=1767225601.25, reference_version=42))),
+        ("weights_chunk", E(id=16, weights_chunk=pb.WeightsChunk(offset=1 << 20, data=bytes([0, 1, 2, 128, 255]),
+                                                                 crc32c=0xE3069283))),
+        ("weights_done", E(id=16, weights_done=pb.WeightsDone(
+            version=43, dtype="bf16",
+            tensors=[pb.TensorLayout(name="model.embed_tokens.weight", shape=[32, 8], offset=0, length=1024, dtype="f32"),
+                     pb.TensorLayout(name="model.layers.0.self_attn.q_proj.weight", shape=[8, 8], offset=1024,
+                                     length=128, dtype="bf16")],
+            total_bytes=1152, crc32c=0x12345678, chunks=2, learner_step=430))),
     ]
 
 
