@@ -193,10 +193,7 @@ public enum CompactMemoryPool {
 
     /// Memory for a compact model of `c` in `precision`: a spare one of that shape, or fresh.
     static func memory(_ c: LlamaConfig, _ precision: EnginePrecision, format: Int32) throws -> CompactMemory {
-        if let m = take(c, precision) {
-            lock.withLock { counts.reused += 1 }
-            return m
-        }
+        if let m = take(c, precision) { return m }
         let m = try CompactMemory(config: c, precision: precision, format: format)
         lock.withLock { counts.allocated += 1 }
         return m
@@ -216,9 +213,11 @@ public enum CompactMemoryPool {
         }
     }
 
+    /// A spare of that shape (counted as reused), or nil.
     private static func take(_ c: LlamaConfig, _ p: EnginePrecision) -> CompactMemory? {
         lock.lock(); defer { lock.unlock() }
         guard let i = spares.lastIndex(where: { $0.config == c && $0.precision == p }) else { return nil }
+        counts.reused += 1
         return spares.remove(at: i)
     }
 

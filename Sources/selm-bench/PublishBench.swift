@@ -154,6 +154,11 @@ func benchPublish(_ modelPath: String) throws {
     }
     var losses: [Double] = [], added: [Double] = [], packs: [Double] = []
     var quietAll = Figures(), busyAll = Figures()
+    /// What publishing cost: throughput loss (%) and added p99 inter-token latency (ms).
+    func cost(_ quiet: Figures, _ busy: Figures) -> (loss: Double, p99: Double) {
+        (100 * (1 - (Double(busy.tokens) / busy.seconds) / (Double(quiet.tokens) / quiet.seconds)),
+         1000 * (percentile(busy.itl, 99) - percentile(quiet.itl, 99)))
+    }
     // Snapshots for a job with publications: enough for 1.3 × the first job's time (made before the
     // job: the learner makes each in its step, whose cost is the learner's, printed above).
     var needed = 0
@@ -185,8 +190,7 @@ func benchPublish(_ modelPath: String) throws {
         print("round \(r):")
         line("no publications    ", quiet)
         line("publish every \(every) s", busy)
-        let loss = 100 * (1 - (Double(busy.tokens) / busy.seconds) / (Double(quiet.tokens) / quiet.seconds))
-        let p99 = 1000 * (percentile(busy.itl, 99) - percentile(quiet.itl, 99))
+        let (loss, p99) = cost(quiet, busy)
         if fromOptimizer {
             print(String(format: "  throughput loss %.1f %%, added p99 inter-token %.1f ms; %d publications, each a snapshot from the optimizer (nothing packed on publish)",
                          loss, p99, busy.publishes))
@@ -202,8 +206,7 @@ func benchPublish(_ modelPath: String) throws {
     print("compact models' memory over the run: \(memory.allocated) allocated, \(memory.reused) reused, \(memory.freed) freed"
           + (recycle ? " (versions released during a job kept for the next job's snapshots, as the learner reuses them)"
                      : " (a pool of one: versions released during a job were unmapped)"))
-    let pooledLoss = 100 * (1 - (Double(busyAll.tokens) / busyAll.seconds) / (Double(quietAll.tokens) / quietAll.seconds))
-    let pooledP99 = 1000 * (percentile(busyAll.itl, 99) - percentile(quietAll.itl, 99))
+    let (pooledLoss, pooledP99) = cost(quietAll, busyAll)
     print(String(format: "pooled over %d rounds (all tokens over all seconds; p99 of all %d and %d inter-token gaps): throughput loss %.1f %%, added p99 inter-token %.1f ms (p99 %.1f → %.1f ms, p50 %.1f → %.1f ms)",
                  rounds, quietAll.itl.count, busyAll.itl.count, pooledLoss, pooledP99,
                  1000 * percentile(quietAll.itl, 99), 1000 * percentile(busyAll.itl, 99), 1000 * percentile(quietAll.itl, 50), 1000 * percentile(busyAll.itl, 50)))

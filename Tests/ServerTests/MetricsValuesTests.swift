@@ -158,11 +158,11 @@ final class MetricsValuesTests: XCTestCase {
         XCTAssertEqual(server.stop(), 0, server.log)
     }
 
-    /// The learner's figures: one step on a full batch of two rows, then the metrics say what the
-    /// version event and Status say.
     /// A tiny-chat server (`args` added) whose learner takes one step on a full batch of two rows
-    /// sent by `c`: the start version and the version event of that step (watched by a subscriber).
-    func oneLearnerStep(_ args: [String], lr: String) throws -> (server: ServerProcess, c: TestClient, v0: VersionEvent, v1: VersionEvent) {
+    /// sent by `c`: the start version and the version event of that step, seen by `watcher`
+    /// (subscribed to versions with request id 1).
+    func oneLearnerStep(_ args: [String], lr: String) throws -> (server: ServerProcess, c: TestClient, watcher: TestClient,
+                                                                  v0: VersionEvent, v1: VersionEvent) {
         let dir = try temporaryDirectory()
         let server = try ServerProcess(model: Self.tinyChat, dataDir: dir + "/data", metrics: true,
                                        args: args + ["--batch-size", "2", "--max-wait-seconds", "0", "--lr", lr, "--publish-every", "1",
@@ -175,12 +175,14 @@ final class MetricsValuesTests: XCTestCase {
         let rows = (0..<2).map { PreferenceRow(prompt: .ids([1, UInt32(10 + $0)]), chosen: .ids([20, 2]), rejected: .ids([21, 22, 2])) }
         guard case .preferenceAck = try c.call(2, .submitPreferences(SubmitPreferences(rows: rows))) else { throw TestError("submit") }
         guard case .versionEvent(let v1) = try watcher.receive(1) else { throw TestError("version event") }
-        return (server, c, v0, v1)
+        return (server, c, watcher, v0, v1)
     }
 
+    /// The learner's figures: one step on a full batch of two rows, then the metrics say what the
+    /// version event and Status say.
     func testLearnerFiguresEqualWhatStatusAndTheVersionEventSay() throws {
         // The step publishes a version; its event carries the step's metrics.
-        let (server, c, v0, v1) = try oneLearnerStep([], lr: "1e-3")
+        let (server, c, _, v0, v1) = try oneLearnerStep([], lr: "1e-3")
         XCTAssertEqual(v1.version, v0.version + 1)
         XCTAssertEqual(v1.learnerStep, 1)
         // The engine installs a published version at its next step: wait for Status to say so.
@@ -212,7 +214,7 @@ final class MetricsValuesTests: XCTestCase {
     /// the version scores bit for bit as the same weights packed by RefreshWeights from the
     /// checkpoint of that step.
     func testALearnerStepIsPublishedAsTheOptimizersSnapshot() throws {
-        let (server, c, v0, v1) = try oneLearnerStep(["--engine-precision", "bf16"], lr: "1e-2")
+        let (server, c, _, v0, v1) = try oneLearnerStep(["--engine-precision", "bf16"], lr: "1e-2")
         XCTAssertEqual(v1.learnerStep, 1)
         var text = try server.scrapeMetrics()
         XCTAssertEqual(metricValue(text, "selm_publish_snapshots_total"), 1, text)
@@ -242,10 +244,7 @@ final class MetricsValuesTests: XCTestCase {
     /// Live at most: `maxLiveVersions` (3) + the reference version + the snapshot being filled.
     /// (Before compact models' memory was pooled, every version allocated its own and freed it.)
     func testALearnerPublishingEveryStepReusesTheMemoryOfReleasedVersions() throws {
-        let (server, c, _, v1) = try oneLearnerStep(["--engine-precision", "bf16"], lr: "1e-3")
-        let watcher = try server.client()
-        _ = try watcher.hello()
-        guard case .versionEvent = try watcher.call(1, .subscribeVersions(SubscribeVersions())) else { throw TestError("subscribe") }
+        let (server, c, watcher, _, v1) = try oneLearnerStep(["--engine-precision", "bf16"], lr: "1e-3")
         let steps = 8
         var last = v1.version
         for i in 2...steps {
